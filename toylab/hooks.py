@@ -1,0 +1,276 @@
+"""Hook points, hooked forward passes and the activation cache.
+
+Every intermediate activation of a toylab model passes through a
+:class:`HookPoint`, an identity module with a name such as
+``blocks.1.attn.hook_pattern`` (the names TransformerLens uses, so what a
+student learns here carries over). A *hook* is a function
+``fn(activation, hook) -> None | replacement``: it may read the activation,
+or return a tensor of the same shape that replaces it downstream.
+
+Two ways to use hooks, both on any :class:`HookedRootModule`:
+
+- ``logits = model.run_with_hooks(tokens, fwd_hooks=[(name_or_filter, fn)])``
+- ``logits, cache = model.run_with_cache(tokens, names_filter=...)``
+
+Hooks are removed when the call returns, *also* when a hook raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Union
+
+import torch
+from torch import nn
+
+HookFn = Callable[[torch.Tensor, "HookPoint"], Union[torch.Tensor, None]]
+NameFilter = Union[str, Iterable[str], Callable[[str], bool], None]
+
+
+class HookPoint(nn.Module):
+    """An identity module that runs the hooks attached to it.
+
+    ``forward(x)`` calls each hook ``fn(x, self)`` in the order they were
+    added; a hook that returns a tensor replaces ``x`` for the hooks after it
+    and for the rest of the model. The replacement must have the same shape.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name: str = "<unnamed hook point>"
+        self._fwd_hooks: list[HookFn] = []
+
+    @property
+    def has_hooks(self) -> bool:
+        return bool(self._fwd_hooks)
+
+    def add_hook(self, fn: HookFn) -> None:
+        if not callable(fn):
+            raise TypeError(f"a hook must be callable as fn(activation, hook), got {type(fn).__name__}")
+        self._fwd_hooks.append(fn)
+
+    def remove_hooks(self) -> None:
+        self._fwd_hooks.clear()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for fn in self._fwd_hooks:
+            out = fn(x, self)
+            if out is None:
+                continue
+            if not isinstance(out, torch.Tensor):
+                raise TypeError(
+                    f"hook {getattr(fn, '__name__', fn)!r} on {self.name} returned "
+                    f"{type(out).__name__}; a hook returns None or a replacement tensor"
+                )
+            if out.shape != x.shape:
+                raise ValueError(
+                    f"hook {getattr(fn, '__name__', fn)!r} on {self.name} returned shape "
+                    f"{list(out.shape)}, expected the activation's shape {list(x.shape)}"
+                )
+            x = out
+        return x
+
+    def __repr__(self) -> str:
+        return f"HookPoint({self.name!r})"
+
+
+# Short activation names -> (full name template, needs a layer index).
+_SHORT_NAMES: dict[str, tuple[str, bool]] = {
+    "embed": ("hook_embed", False),
+    "pos_embed": ("hook_pos_embed", False),
+    "resid_pre": ("blocks.{l}.hook_resid_pre", True),
+    "resid_post": ("blocks.{l}.hook_resid_post", True),
+    "attn_out": ("blocks.{l}.hook_attn_out", True),
+    "q": ("blocks.{l}.attn.hook_q", True),
+    "k": ("blocks.{l}.attn.hook_k", True),
+    "v": ("blocks.{l}.attn.hook_v", True),
+    "z": ("blocks.{l}.attn.hook_z", True),
+    "result": ("blocks.{l}.attn.hook_result", True),
+    "attn_scores": ("blocks.{l}.attn.hook_attn_scores", True),
+    "scores": ("blocks.{l}.attn.hook_attn_scores", True),
+    "pattern": ("blocks.{l}.attn.hook_pattern", True),
+    "attn": ("blocks.{l}.attn.hook_pattern", True),
+    "normalized": ("blocks.{l}.ln1.hook_normalized", True),
+}
+
+
+def act_name(name: str, layer: int | None = None) -> str:
+    """Full hook name from a short one: ``act_name("pattern", 1)`` is
+    ``"blocks.1.attn.hook_pattern"``; ``act_name("embed")`` is ``"hook_embed"``.
+    A name that already looks full (contains ``hook_``) is returned unchanged.
+    """
+    if "hook_" in name:
+        if layer is not None:
+            raise ValueError(f"{name!r} is already a full hook name; do not also pass layer={layer}")
+        return name
+    if name not in _SHORT_NAMES:
+        raise KeyError(f"unknown activation name {name!r}; short names are {sorted(_SHORT_NAMES)}")
+    template, needs_layer = _SHORT_NAMES[name]
+    if needs_layer and layer is None:
+        raise KeyError(f"activation {name!r} lives in every layer: give a layer, e.g. ({name!r}, 0)")
+    if not needs_layer and layer is not None:
+        raise KeyError(f"activation {name!r} has no layer; got layer {layer}")
+    return template.format(l=layer)
+
+
+class ActivationCache(Mapping):
+    """Activations recorded by :meth:`HookedRootModule.run_with_cache`.
+
+    A read-only mapping from full hook names to tensors, that also takes
+    short keys: ``cache["pattern", 1]`` is ``cache["blocks.1.attn.hook_pattern"]``
+    (shape ``[batch, n_heads, query_pos, key_pos]``), ``cache["embed"]`` is
+    ``cache["hook_embed"]``. Tensors are detached unless the cache was made
+    with ``detach=False``.
+    """
+
+    def __init__(self, activations: dict[str, torch.Tensor], model: "HookedRootModule | None" = None):
+        self._acts = dict(activations)
+        self.model = model
+
+    def _key(self, key) -> str:
+        if isinstance(key, tuple):
+            if len(key) != 2:
+                raise KeyError(f"cache keys are a name or (name, layer), got {key!r}")
+            name, layer = key
+            if layer is not None and layer < 0 and self.model is not None:
+                layer = self.model.cfg.n_layers + layer
+            return act_name(name, layer)
+        if isinstance(key, str):
+            return act_name(key) if key in _SHORT_NAMES and not _SHORT_NAMES[key][1] else key
+        raise KeyError(f"cache keys are a name or (name, layer), got {key!r}")
+
+    def __getitem__(self, key) -> torch.Tensor:
+        full = self._key(key)
+        if full not in self._acts:
+            raise KeyError(
+                f"{full!r} is not in this cache; it holds {sorted(self._acts)}"
+                " (was it excluded by names_filter?)"
+            )
+        return self._acts[full]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._acts)
+
+    def __len__(self) -> int:
+        return len(self._acts)
+
+    def __contains__(self, key) -> bool:
+        try:
+            return self._key(key) in self._acts
+        except KeyError:
+            return False
+
+    def __repr__(self) -> str:
+        return f"ActivationCache({len(self)} activations: {', '.join(list(self._acts)[:4])}{', ...' if len(self) > 4 else ''})"
+
+
+class HookedRootModule(nn.Module):
+    """Base class of a model whose activations pass through named hook points.
+
+    Subclasses build their modules, then call :meth:`setup_hooks` once; it
+    names every :class:`HookPoint` by its module path.
+    """
+
+    hook_dict: dict[str, HookPoint]
+
+    def setup_hooks(self) -> None:
+        self.hook_dict = {}
+        for name, module in self.named_modules():
+            if isinstance(module, HookPoint):
+                module.name = name
+                self.hook_dict[name] = module
+
+    @property
+    def hook_names(self) -> list[str]:
+        """Every hook point's name, in forward order."""
+        return list(self.hook_dict)
+
+    def _names_matching(self, name_filter: NameFilter) -> list[str]:
+        """Resolve a name, list of names, predicate or None (all) to hook names."""
+        if name_filter is None:
+            return self.hook_names
+        if callable(name_filter):
+            return [n for n in self.hook_dict if name_filter(n)]
+        names = [name_filter] if isinstance(name_filter, str) else list(name_filter)
+        unknown = [n for n in names if n not in self.hook_dict]
+        if unknown:
+            raise KeyError(
+                f"unknown hook name(s) {unknown}; valid names are:\n  " + "\n  ".join(self.hook_names)
+            )
+        return names
+
+    def reset_hooks(self) -> None:
+        """Remove every hook from every hook point."""
+        for hp in self.hook_dict.values():
+            hp.remove_hooks()
+
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks: Iterable[tuple[NameFilter, HookFn]] = ()):
+        """Context manager: attach ``fwd_hooks`` for the duration of the block.
+
+        Each entry is ``(name_or_filter, fn)``, where the first element is a
+        full hook name, a list of them, or a predicate ``name -> bool``.
+        The hooks are removed on exit, whether or not the block raised;
+        hooks that were attached before are left alone.
+        """
+        added: list[tuple[HookPoint, HookFn]] = []
+        try:
+            for entry in fwd_hooks:
+                if not (isinstance(entry, tuple) and len(entry) == 2):
+                    raise TypeError(f"fwd_hooks entries are (name_or_filter, fn) pairs, got {entry!r}")
+                name_filter, fn = entry
+                for name in self._names_matching(name_filter):
+                    hp = self.hook_dict[name]
+                    hp.add_hook(fn)
+                    added.append((hp, fn))
+            yield self
+        finally:
+            for hp, fn in added:
+                # remove this exact registration (the same fn may be on it twice)
+                for i in range(len(hp._fwd_hooks) - 1, -1, -1):
+                    if hp._fwd_hooks[i] is fn:
+                        del hp._fwd_hooks[i]
+                        break
+
+    def run_with_hooks(self, tokens: torch.Tensor, fwd_hooks: Iterable[tuple[NameFilter, HookFn]] = (), **kwargs):
+        """Run the model with temporary hooks; returns what ``forward`` returns."""
+        with self.hooks(fwd_hooks):
+            return self(tokens, **kwargs)
+
+    def run_with_cache(
+        self,
+        tokens: torch.Tensor,
+        names_filter: NameFilter = None,
+        detach: bool = True,
+        **kwargs,
+    ) -> tuple[torch.Tensor, ActivationCache]:
+        """Run the model and record activations.
+
+        Args:
+            tokens: ``[batch, pos]`` token ids.
+            names_filter: which hook points to record: a full name, a list
+                of names, a predicate ``name -> bool``, or None for all.
+            detach: detach the recorded tensors from the autograd graph.
+
+        Returns:
+            ``(output, cache)`` where ``output`` is what ``forward`` returns
+            and ``cache`` an :class:`ActivationCache`.
+        """
+        store: dict[str, torch.Tensor] = {}
+
+        def save(act: torch.Tensor, hook: HookPoint) -> None:
+            store[hook.name] = act.detach() if detach else act
+
+        names = self._names_matching(names_filter)
+        with self.hooks([(names, save)] if names else []):
+            out = self(tokens, **kwargs)
+        # order the cache as the forward pass ran
+        return out, ActivationCache({n: store[n] for n in self.hook_dict if n in store}, self)
+
+
+def names_regex(pattern: str) -> Callable[[str], bool]:
+    """A names filter matching hook names with ``re.search(pattern, name)``."""
+    rx = re.compile(pattern)
+    return lambda name: rx.search(name) is not None

@@ -1,0 +1,308 @@
+"""The attention-only transformer of "A Mathematical Framework for Transformer Circuits".
+
+Row-vector notation, as in TransformerLens: the residual stream is
+``x [batch, pos, d_model]`` and a layer computes ``x <- x + sum_h A^h x W_V^h W_O^h``
+with ``A^h = softmax*(x W_Q^h (x W_K^h)^T / sqrt(d_head))`` (``*``: causal
+mask). The logits are ``x W_U``. No MLPs, no biases; LayerNorm is optional
+and off by default, so every path through the model is a product of
+weight matrices the analysis tools can read.
+
+Positional embeddings, ``positional=``:
+
+- ``"none"``: no positions at all;
+- ``"learned"``: ``W_pos[p]`` is added to the residual stream at position p;
+- ``"shortformer"``: ``W_pos[p]`` is added only to the inputs of the queries
+  and keys of every layer, so values (and thus the OV circuit) see tokens only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from toylab.hooks import HookedRootModule, HookPoint
+
+POSITIONAL_MODES = ("none", "learned", "shortformer")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes and options of an :class:`AttnOnlyTransformer`.
+
+    ``d_head`` defaults to ``d_model // n_heads``; ``n_heads * d_head`` must
+    equal ``d_model``. ``init_std`` scales the initial weights (see
+    :meth:`AttnOnlyTransformer.init_weights`).
+    """
+
+    d_vocab: int
+    n_ctx: int
+    d_model: int
+    n_layers: int
+    n_heads: int = 1
+    d_head: int = 0
+    positional: str = "learned"
+    layernorm: bool = False
+    init_std: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("d_vocab", "n_ctx", "d_model", "n_heads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.n_layers, int) or isinstance(self.n_layers, bool) or self.n_layers < 0:
+            raise ValueError(f"ModelConfig.n_layers must be an integer >= 0, got {self.n_layers!r}")
+        if self.d_head == 0:
+            if self.d_model % self.n_heads:
+                raise ValueError(
+                    f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}: "
+                    "choose sizes with n_heads * d_head == d_model"
+                )
+            object.__setattr__(self, "d_head", self.d_model // self.n_heads)
+        if not isinstance(self.d_head, int) or self.d_head < 1:
+            raise ValueError(f"ModelConfig.d_head must be a positive integer, got {self.d_head!r}")
+        if self.n_heads * self.d_head != self.d_model:
+            raise ValueError(
+                f"n_heads * d_head = {self.n_heads} * {self.d_head} = {self.n_heads * self.d_head} "
+                f"must equal d_model = {self.d_model}"
+            )
+        if self.positional not in POSITIONAL_MODES:
+            raise ValueError(f"unknown positional mode {self.positional!r}; expected one of {POSITIONAL_MODES}")
+        if not isinstance(self.layernorm, bool):
+            raise ValueError(f"ModelConfig.layernorm must be True or False, got {self.layernorm!r}")
+        if not (isinstance(self.init_std, (int, float)) and self.init_std > 0):
+            raise ValueError(f"ModelConfig.init_std must be a positive number, got {self.init_std!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - fields
+        if unknown:
+            raise ValueError(f"unknown ModelConfig field(s) {sorted(unknown)}; expected a subset of {sorted(fields)}")
+        return cls(**d)
+
+
+def _layer_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """LayerNorm without learned weights: centre and scale each residual vector."""
+    x = x - x.mean(-1, keepdim=True)
+    return x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+
+
+class Attention(nn.Module):
+    """One layer of ``n_heads`` attention heads.
+
+    Parameters (per-head, as in the paper and TransformerLens):
+    ``W_Q, W_K, W_V [n_heads, d_model, d_head]``, ``W_O [n_heads, d_head, d_model]``.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        h, d, e = cfg.n_heads, cfg.d_model, cfg.d_head
+        self.W_Q = nn.Parameter(torch.empty(h, d, e))
+        self.W_K = nn.Parameter(torch.empty(h, d, e))
+        self.W_V = nn.Parameter(torch.empty(h, d, e))
+        self.W_O = nn.Parameter(torch.empty(h, e, d))
+        self.hook_q = HookPoint()  # [batch, pos, n_heads, d_head]
+        self.hook_k = HookPoint()  # [batch, pos, n_heads, d_head]
+        self.hook_v = HookPoint()  # [batch, pos, n_heads, d_head]
+        self.hook_attn_scores = HookPoint()  # [batch, n_heads, query_pos, key_pos], masked to -inf
+        self.hook_pattern = HookPoint()  # [batch, n_heads, query_pos, key_pos]
+        self.hook_z = HookPoint()  # [batch, pos, n_heads, d_head]
+        self.hook_result = HookPoint()  # [batch, pos, n_heads, d_model]
+
+    def forward(self, x: torch.Tensor, qk_extra: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [batch, pos, d_model]`` -> attention output ``[batch, pos, d_model]``.
+
+        ``qk_extra [pos, d_model]`` (shortformer positions) is added to the
+        input of the queries and keys only.
+        """
+        qk_in = x if qk_extra is None else x + qk_extra
+        q = self.hook_q(torch.einsum("bpd,hde->bphe", qk_in, self.W_Q))
+        k = self.hook_k(torch.einsum("bpd,hde->bphe", qk_in, self.W_K))
+        v = self.hook_v(torch.einsum("bpd,hde->bphe", x, self.W_V))
+        n_pos = x.shape[1]
+        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(self.cfg.d_head)
+        future = torch.triu(torch.ones(n_pos, n_pos, dtype=torch.bool, device=x.device), diagonal=1)
+        scores = self.hook_attn_scores(scores.masked_fill(future, float("-inf")))
+        pattern = self.hook_pattern(torch.softmax(scores, dim=-1))
+        z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)
+        z = self.hook_z(z)
+        if self.hook_result.has_hooks:  # per-head outputs only when someone looks at them
+            result = self.hook_result(torch.einsum("bqhe,hed->bqhd", z, self.W_O))
+            return result.sum(dim=2)
+        return z.flatten(2) @ self.W_O.flatten(0, 1)
+
+
+class Block(nn.Module):
+    """A residual block: ``resid_post = resid_pre + attn(resid_pre)``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
+        if cfg.layernorm:
+            self.ln1 = nn.Module()
+            self.ln1.hook_normalized = HookPoint()  # [batch, pos, d_model]
+        self.attn = Attention(cfg)
+        self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
+
+    def forward(self, resid: torch.Tensor, qk_extra: torch.Tensor | None = None) -> torch.Tensor:
+        resid = self.hook_resid_pre(resid)
+        x = self.ln1.hook_normalized(_layer_norm(resid)) if self.cfg.layernorm else resid
+        attn_out = self.hook_attn_out(self.attn(x, qk_extra))
+        return self.hook_resid_post(resid + attn_out)
+
+
+class AttnOnlyTransformer(HookedRootModule):
+    """An attention-only transformer with ``cfg.n_layers`` layers (0 allowed).
+
+    Parameters: ``W_E [d_vocab, d_model]``, ``W_pos [n_ctx, d_model]`` (unless
+    ``positional="none"``), ``blocks[l].attn.W_Q|W_K|W_V [n_heads, d_model, d_head]``,
+    ``blocks[l].attn.W_O [n_heads, d_head, d_model]``, ``W_U [d_model, d_vocab]``.
+    ``model.W_Q`` etc. stack the layers: ``[n_layers, n_heads, d_model, d_head]``.
+
+    ``forward(tokens [batch, pos])`` returns logits ``[batch, pos, d_vocab]``;
+    logits at position p predict the token at p + 1.
+    """
+
+    def __init__(self, cfg: ModelConfig, seed: int | None = 0):
+        super().__init__()
+        if not isinstance(cfg, ModelConfig):
+            raise TypeError(f"AttnOnlyTransformer needs a ModelConfig, got {type(cfg).__name__}")
+        self.cfg = cfg
+        self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
+        self.hook_embed = HookPoint()  # [batch, pos, d_model]
+        if cfg.positional != "none":
+            self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model))
+            self.hook_pos_embed = HookPoint()  # [pos, d_model] broadcast over batch: [batch, pos, d_model]
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
+        if cfg.layernorm:
+            self.ln_final = nn.Module()
+            self.ln_final.hook_normalized = HookPoint()
+        self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
+        self.setup_hooks()
+        if seed is not None:
+            self.init_weights(seed)
+
+    def init_weights(self, seed: int) -> None:
+        """Initialise from ``seed`` (a private generator; the global RNG is untouched).
+
+        Embeddings ``W_E, W_pos ~ N(0, init_std^2 / d_model)`` give residual
+        vectors of norm about ``init_std``; ``W_Q, W_K, W_V, W_O`` and ``W_U``
+        have std ``init_std / sqrt(fan_in)``.
+        """
+        g = torch.Generator().manual_seed(int(seed))
+        s = self.cfg.init_std
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                fan_in = p.shape[-2] if name.endswith(("W_Q", "W_K", "W_V", "W_U")) else self.cfg.d_model
+                if name.endswith("W_O"):
+                    fan_in = self.cfg.d_model  # n_heads * d_head
+                p.normal_(0.0, s / math.sqrt(fan_in), generator=g)
+
+    # stacked per-layer weights, [n_layers, n_heads, ...]
+    def _stack(self, name: str) -> torch.Tensor:
+        cfg = self.cfg
+        if cfg.n_layers == 0:
+            shape = (0, cfg.n_heads) + ((cfg.d_head, cfg.d_model) if name == "W_O" else (cfg.d_model, cfg.d_head))
+            return torch.zeros(shape, dtype=self.W_E.dtype)
+        return torch.stack([getattr(b.attn, name) for b in self.blocks])
+
+    @property
+    def W_Q(self) -> torch.Tensor:
+        """``[n_layers, n_heads, d_model, d_head]``"""
+        return self._stack("W_Q")
+
+    @property
+    def W_K(self) -> torch.Tensor:
+        """``[n_layers, n_heads, d_model, d_head]``"""
+        return self._stack("W_K")
+
+    @property
+    def W_V(self) -> torch.Tensor:
+        """``[n_layers, n_heads, d_model, d_head]``"""
+        return self._stack("W_V")
+
+    @property
+    def W_O(self) -> torch.Tensor:
+        """``[n_layers, n_heads, d_head, d_model]``"""
+        return self._stack("W_O")
+
+    def check_tokens(self, tokens) -> torch.Tensor:
+        """Validate ``tokens`` and return them as a ``[batch, pos]`` long tensor.
+
+        Raises ``ValueError``/``TypeError`` saying what was expected for a
+        non-integer tensor, wrong rank, empty batch, a sequence longer than
+        ``n_ctx`` or ids outside ``[0, d_vocab)``.
+        """
+        if not isinstance(tokens, torch.Tensor):
+            raise TypeError(f"tokens must be a torch.Tensor of integer ids, got {type(tokens).__name__}")
+        if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+            raise TypeError(f"tokens must be integer ids (torch.long), got dtype {tokens.dtype}")
+        if tokens.ndim == 1:
+            tokens = tokens[None]
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must have shape [batch, pos] or [pos], got {list(tokens.shape)}")
+        batch, n_pos = tokens.shape
+        if batch == 0 or n_pos == 0:
+            raise ValueError(f"tokens is empty (shape {list(tokens.shape)}); expected at least one token")
+        if n_pos > self.cfg.n_ctx:
+            raise ValueError(f"sequence of length {n_pos} is longer than the model's n_ctx = {self.cfg.n_ctx}")
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= self.cfg.d_vocab:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"token id {bad} is out of range: ids must be in [0, {self.cfg.d_vocab})")
+        return tokens.long()
+
+    def forward(self, tokens: torch.Tensor, return_type: str = "logits"):
+        """Run the model.
+
+        Args:
+            tokens: ``[batch, pos]`` (or ``[pos]``) integer ids, ``pos <= n_ctx``.
+            return_type: ``"logits"`` -> ``[batch, pos, d_vocab]``;
+                ``"loss"`` -> mean next-token cross-entropy (scalar);
+                ``"loss_per_token"`` -> ``[batch, pos - 1]``;
+                ``"both"`` -> ``(logits, loss)``.
+        """
+        if return_type not in ("logits", "loss", "loss_per_token", "both"):
+            raise ValueError(f"unknown return_type {return_type!r}; expected logits, loss, loss_per_token or both")
+        tokens = self.check_tokens(tokens)
+        n_pos = tokens.shape[1]
+        resid = self.hook_embed(self.W_E[tokens])
+        qk_extra = None
+        if self.cfg.positional != "none":
+            pos = self.hook_pos_embed(self.W_pos[:n_pos].expand(tokens.shape[0], -1, -1))
+            if self.cfg.positional == "learned":
+                resid = resid + pos
+            else:  # shortformer: only queries and keys see positions
+                qk_extra = pos
+        for block in self.blocks:
+            resid = block(resid, qk_extra)
+        if self.cfg.layernorm:
+            resid = self.ln_final.hook_normalized(_layer_norm(resid))
+        logits = resid @ self.W_U
+        if return_type == "logits":
+            return logits
+        per_token = next_token_loss(logits, tokens)
+        if return_type == "loss_per_token":
+            return per_token
+        return per_token.mean() if return_type == "loss" else (logits, per_token.mean())
+
+
+def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of predicting ``tokens[:, p+1]`` from ``logits[:, p]``.
+
+    ``logits [batch, pos, d_vocab]``, ``tokens [batch, pos]`` -> ``[batch, pos - 1]`` (nats).
+    """
+    if tokens.shape[1] < 2:
+        raise ValueError("a next-token loss needs sequences of at least 2 tokens")
+    logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    return -logprobs.gather(-1, tokens[:, 1:, None]).squeeze(-1)
