@@ -1,0 +1,151 @@
+"""The model computes exactly the attention-only transformer of the paper."""
+
+import math
+
+import pytest
+import torch
+
+from toylab.model import AttnOnlyTransformer, ModelConfig, next_token_loss
+
+
+def make(n_layers=2, positional="learned", **kw):
+    cfg = ModelConfig(d_vocab=kw.pop("d_vocab", 11), n_ctx=kw.pop("n_ctx", 9), d_model=kw.pop("d_model", 8),
+                      n_layers=n_layers, n_heads=kw.pop("n_heads", 2), positional=positional, **kw)
+    return AttnOnlyTransformer(cfg, seed=3)
+
+
+def reference_logits(model, tokens):
+    """The paper's equations, written with explicit loops over heads and positions."""
+    cfg = model.cfg
+    B, T = tokens.shape
+    x = model.W_E[tokens].clone()
+    pos = model.W_pos[:T] if cfg.positional != "none" else torch.zeros(T, cfg.d_model)
+    if cfg.positional == "learned":
+        x = x + pos
+    for block in model.blocks:
+        a = block.attn
+        out = torch.zeros_like(x)
+        for h in range(cfg.n_heads):
+            qk_in = x + pos if cfg.positional == "shortformer" else x
+            q, k, v = qk_in @ a.W_Q[h], qk_in @ a.W_K[h], x @ a.W_V[h]
+            for b in range(B):
+                for i in range(T):
+                    s = torch.stack([q[b, i] @ k[b, j] for j in range(i + 1)]) / math.sqrt(cfg.d_head)
+                    w = torch.softmax(s, 0)
+                    out[b, i] += sum(w[j] * v[b, j] for j in range(i + 1)) @ a.W_O[h]
+        x = x + out
+    return x @ model.W_U
+
+
+@pytest.mark.parametrize("positional", ["none", "learned", "shortformer"])
+@pytest.mark.parametrize("n_layers", [0, 1, 2, 3])
+def test_forward_matches_reference(n_layers, positional):
+    model = make(n_layers, positional)
+    tokens = torch.randint(0, 11, (3, 7), generator=torch.Generator().manual_seed(0))
+    logits = model(tokens)
+    assert logits.shape == (3, 7, 11)
+    torch.testing.assert_close(logits, reference_logits(model, tokens), atol=1e-5, rtol=1e-5)
+
+
+def test_parameter_names_and_shapes():
+    model = make(2, "learned", d_model=8, n_heads=2)
+    shapes = {n: list(p.shape) for n, p in model.named_parameters()}
+    assert shapes == {
+        "W_E": [11, 8], "W_pos": [9, 8], "W_U": [8, 11],
+        **{f"blocks.{l}.attn.{w}": [2, 8, 4] for l in range(2) for w in ("W_Q", "W_K", "W_V")},
+        **{f"blocks.{l}.attn.W_O": [2, 4, 8] for l in range(2)},
+    }
+    assert list(model.W_Q.shape) == [2, 2, 8, 4] and list(model.W_O.shape) == [2, 2, 4, 8]
+    assert "W_pos" not in dict(make(1, "none").named_parameters())
+
+
+def test_causal():
+    model = make(2)
+    a = torch.tensor([[1, 2, 3, 4, 5]])
+    b = torch.tensor([[1, 2, 3, 9, 0]])
+    torch.testing.assert_close(model(a)[:, :3], model(b)[:, :3])
+    assert not torch.allclose(model(a)[:, 3:], model(b)[:, 3:])
+
+
+def test_shortformer_values_see_tokens_only():
+    model = make(1, "shortformer")
+    _, cache = model.run_with_cache(torch.tensor([[4, 4, 4, 4]]))
+    v = cache["v", 0][0]  # [pos, n_heads, d_head]: the same token at every position
+    torch.testing.assert_close(v, v[:1].expand_as(v))
+    _, cache = make(1, "learned").run_with_cache(torch.tensor([[4, 4, 4, 4]]))
+    assert not torch.allclose(cache["v", 0][0, 0], cache["v", 0][0, 1])
+
+
+def test_layernorm_option_runs_and_differs():
+    plain, normed = make(2), make(2, layernorm=True)
+    tokens = torch.tensor([[1, 2, 3]])
+    assert not torch.allclose(plain(tokens), normed(tokens))
+    assert "blocks.0.ln1.hook_normalized" in normed.hook_names
+
+
+def test_seed_fixes_weights():
+    a, b, c = make(2), make(2), AttnOnlyTransformer(make(2).cfg, seed=4)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert not torch.equal(a.W_E, c.W_E)
+
+
+def test_loss_is_next_token_cross_entropy():
+    model = make(1)
+    tokens = torch.tensor([[1, 2, 3, 4], [4, 3, 2, 1]])
+    logits, loss = model(tokens, return_type="both")
+    manual = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 11), tokens[:, 1:].reshape(-1))
+    torch.testing.assert_close(loss, manual)
+    assert model(tokens, return_type="loss_per_token").shape == (2, 3)
+    torch.testing.assert_close(next_token_loss(logits, tokens).mean(), manual)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(d_model=10, n_heads=3), "not divisible"),
+        (dict(d_model=8, n_heads=2, d_head=3), "must equal d_model"),
+        (dict(positional="rotary"), "unknown positional mode"),
+        (dict(d_vocab=0), "d_vocab must be a positive integer"),
+        (dict(n_layers=-1), "n_layers must be an integer >= 0"),
+        (dict(n_ctx=2.5), "n_ctx must be a positive integer"),
+        (dict(init_std=0), "init_std"),
+    ],
+)
+def test_config_rejects_inconsistent_sizes(kwargs, match):
+    base = dict(d_vocab=11, n_ctx=9, d_model=8, n_layers=1, n_heads=2)
+    with pytest.raises(ValueError, match=match):
+        ModelConfig(**{**base, **kwargs})
+
+
+def test_config_round_trip_and_unknown_field():
+    cfg = make(2, "shortformer").cfg
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown ModelConfig field"):
+        ModelConfig.from_dict({**cfg.to_dict(), "mlp": True})
+
+
+@pytest.mark.parametrize(
+    "tokens, error, match",
+    [
+        (torch.tensor([[1, 2, 11]]), ValueError, r"token id 11 is out of range: ids must be in \[0, 11\)"),
+        (torch.tensor([[1, -1]]), ValueError, "token id -1 is out of range"),
+        (torch.tensor([[1.0, 2.0]]), TypeError, "integer ids"),
+        (torch.zeros(1, 10, dtype=torch.long), ValueError, "longer than the model's n_ctx = 9"),
+        (torch.zeros(0, 3, dtype=torch.long), ValueError, "empty"),
+        (torch.zeros(2, 2, 2, dtype=torch.long), ValueError, r"\[batch, pos\]"),
+        ([[1, 2]], TypeError, "torch.Tensor"),
+    ],
+)
+def test_bad_tokens_are_clear_errors(tokens, error, match):
+    with pytest.raises(error, match=match):
+        make(1)(tokens)
+
+
+def test_single_sequence_accepted():
+    model = make(1)
+    torch.testing.assert_close(model(torch.tensor([1, 2, 3])), model(torch.tensor([[1, 2, 3]])))
+
+
+def test_unknown_return_type():
+    with pytest.raises(ValueError, match="unknown return_type"):
+        make(1)(torch.tensor([[1, 2]]), return_type="probs")
