@@ -49,6 +49,8 @@ class InductionData:
     Generating rule (``V = d_vocab``, ``n = n_ctx``)::
 
         x_0 = BOS,  x_p ~ Uniform{1..V-1}           for p = 1..n-1, independently
+                    (distinct=True: x_1..x_{n-1} drawn without replacement, so
+                     within a sequence a token recurs only inside the copy)
         with probability p_repeat:
             L ~ Uniform{min_len..max_len}
             (s, d) ~ Uniform{ (s, d) : 1 <= s,  s + L <= d,  d + L <= n }
@@ -57,6 +59,12 @@ class InductionData:
     The source ``[s, s+L)`` and the copy ``[d, d+L)`` do not overlap, and the
     offset ``d - s`` varies between sequences, so a head with a fixed positional
     offset cannot imitate induction.
+
+    Why ``distinct``: with independent tokens, many earlier occurrences of a
+    token are chance matches whose successor is *not* a copy, so the best a
+    one-token-match induction head can do is hedge (its attention settles near
+    0.9). Without chance matches, every match is a true repeat and the heads
+    become sharp; the probes still use independent tokens.
 
     Ground truth: position ``p`` is *predictable by induction* (``is_repeat``) iff
     ``d < p < d + L``: then ``x_{p-1}`` occurred earlier at ``p-1-(d-s)`` and
@@ -72,13 +80,20 @@ class InductionData:
     kind = "induction"
 
     def __init__(self, *, d_vocab: int = 64, n_ctx: int = 32, seed: int = 0,
-                 min_len: int = 4, max_len: int = 12, p_repeat: float = 1.0) -> None:
+                 min_len: int = 4, max_len: int = 12, p_repeat: float = 1.0,
+                 distinct: bool = False) -> None:
         self.d_vocab = check_int("d_vocab", d_vocab, minimum=2)
         self.n_ctx = check_int("n_ctx", n_ctx, minimum=2)
         self.seed = check_seed(seed)
         self.min_len = check_int("min_len", min_len, minimum=2)
         self.max_len = check_int("max_len", max_len, minimum=self.min_len)
         self.p_repeat = check_probability("p_repeat", p_repeat)
+        if not isinstance(distinct, bool):
+            raise ValueError(f"distinct must be True or False, got {distinct!r}")
+        if distinct and self.n_ctx > self.d_vocab:
+            raise ValueError(f"distinct=True needs n_ctx <= d_vocab (n_ctx - 1 distinct tokens from 1..V-1), "
+                             f"got n_ctx={self.n_ctx}, d_vocab={self.d_vocab}")
+        self.distinct = distinct
         if self.n_ctx < 1 + 2 * self.max_len:
             raise ValueError(
                 f"n_ctx must be >= 1 + 2 * max_len = {1 + 2 * self.max_len} to fit BOS, a "
@@ -89,8 +104,13 @@ class InductionData:
         """Sample a batch with its full ground truth (see :class:`InductionBatch`)."""
         batch_size = check_batch_size(batch_size)
         generator = check_generator(generator)
-        tokens = torch.randint(1, self.d_vocab, (batch_size, self.n_ctx), generator=generator,
-                               dtype=torch.long)
+        if self.distinct:  # a random ordering of 1..V-1, truncated
+            keys = torch.rand(batch_size, self.d_vocab - 1, generator=generator)
+            tokens = torch.cat([torch.zeros(batch_size, 1, dtype=torch.long),
+                                keys.argsort(dim=-1)[:, : self.n_ctx - 1] + 1], dim=1)
+        else:
+            tokens = torch.randint(1, self.d_vocab, (batch_size, self.n_ctx), generator=generator,
+                                   dtype=torch.long)
         tokens[:, 0] = BOS
         return copy_random_segment(tokens, self.min_len, self.max_len, self.p_repeat, generator)
 
@@ -110,17 +130,20 @@ class InductionData:
         return check_json_able({
             "kind": self.kind, "d_vocab": self.d_vocab, "n_ctx": self.n_ctx, "seed": self.seed,
             "min_len": self.min_len, "max_len": self.max_len, "p_repeat": self.p_repeat,
+            "distinct": self.distinct,
         })
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> "InductionData":
         """Rebuild from :attr:`spec` (all fields required)."""
+        spec = {"distinct": False, **spec}  # specs written before the option existed
         return cls(**check_spec(spec, cls.kind, ["d_vocab", "n_ctx", "seed", "min_len",
-                                                 "max_len", "p_repeat"]))
+                                                 "max_len", "p_repeat", "distinct"]))
 
     def __repr__(self) -> str:
         return (f"InductionData(d_vocab={self.d_vocab}, n_ctx={self.n_ctx}, "
-                f"min_len={self.min_len}, max_len={self.max_len}, p_repeat={self.p_repeat})")
+                f"min_len={self.min_len}, max_len={self.max_len}, p_repeat={self.p_repeat}, "
+                f"distinct={self.distinct})")
 
 
 def copy_random_segment(tokens: torch.Tensor, min_len: int, max_len: int, p_repeat: float,

@@ -272,7 +272,13 @@ class TextData:
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> "TextData":
-        """Rebuild from :attr:`spec`; warns if this machine's corpus differs from the spec's."""
+        """Rebuild from :attr:`spec`; warns if this machine's corpus differs from the spec's.
+
+        ``corpus_fingerprint`` and ``alphabet`` may be left out together (a preset
+        says "this machine's corpus"); the dataset's own ``spec`` always has them.
+        """
+        if isinstance(spec, dict) and "corpus_fingerprint" not in spec and "alphabet" not in spec:
+            return cls(**check_spec(spec, cls.kind, list(cls._FIELDS)))
         kwargs = check_spec(spec, cls.kind, list(cls._FIELDS) + ["corpus_fingerprint", "alphabet"])
         fingerprint, alphabet = kwargs.pop("corpus_fingerprint"), kwargs.pop("alphabet")
         data = cls(**kwargs)

@@ -1,0 +1,157 @@
+"""The ``toylab`` command.
+
+    toylab train PRESET [--seed N] [--steps N] [--out PATH] [--threads N] [--quiet]
+    toylab train --all [--out-dir DIR]
+    toylab info CHECKPOINT_OR_PRESET
+    toylab models            # the shipped models and what they learned
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+from toylab.checkpoint import CheckpointError, atomic_write, load_checkpoint
+from toylab.presets import PRESETS, get_preset, shipped_path
+from toylab.train import TrainResult, train
+
+
+def _fmt_heads(rows: list[list[float]]) -> str:
+    return " | ".join(" ".join(f"{x:.2f}" for x in row) for row in rows) or "-"
+
+
+def summary_lines(metrics: dict) -> list[str]:
+    """Human-readable lines for an evaluation entry (see :func:`toylab.train.evaluate`)."""
+    if not metrics:
+        return ["  (no evaluation recorded)"]
+    return [
+        f"  validation loss        {metrics['val_loss']:.3f} nats (train {metrics.get('train_loss', float('nan')):.3f})",
+        f"  [BOS, r, r] loss       first copy {metrics['loss_first']:.3f}, repeated copy {metrics['loss_repeat']:.3f}"
+        f" (at another offset {metrics['loss_repeat_gap']:.3f})",
+        f"  induction score        {_fmt_heads(metrics['induction'])}   (layers separated by |)",
+        f"  previous-token score   {_fmt_heads(metrics['prev_token'])}",
+    ]
+
+
+def _metadata(name: str, result: TrainResult, pt_path: Path) -> dict:
+    cfg = result.model.cfg
+    return {
+        "preset": name,
+        "description": get_preset(name).description if name in PRESETS else "",
+        "file": pt_path.name,
+        "sha256": hashlib.sha256(pt_path.read_bytes()).hexdigest(),
+        "n_params": sum(p.numel() for p in result.model.parameters()),
+        "config": cfg.to_dict(),
+        "data_spec": result.data_spec,
+        "train_spec": result.train_cfg.to_dict(),
+        "seed": result.seed,
+        "train_seconds": round(result.seconds, 1),
+        "final_metrics": result.metrics,
+    }
+
+
+def train_preset(name: str, out: Path, seed: int | None, steps: int | None, threads: int | None,
+                 quiet: bool) -> TrainResult:
+    preset = get_preset(name)
+    tcfg = preset.train
+    if steps is not None:
+        tcfg = dataclasses.replace(tcfg, steps=steps)
+    if threads is not None:
+        tcfg = dataclasses.replace(tcfg, threads=threads)
+    seed = preset.seed if seed is None else seed
+    result = train(preset.model, preset.data, tcfg, seed=seed, progress=not quiet, desc=name)
+    result.save(out)
+    meta = _metadata(name, result, out)
+    atomic_write(out.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1) + "\n"))
+    print(f"{name}: trained {tcfg.steps} steps in {result.seconds:.1f}s (seed {seed}) -> {out}")
+    for line in summary_lines(result.metrics):
+        print(line)
+    return result
+
+
+def cmd_train(args) -> int:
+    if args.all == bool(args.preset):
+        raise SystemExit("toylab train: give one PRESET or --all")
+    names = list(PRESETS) if args.all else [args.preset]
+    for name in names:
+        get_preset(name)  # fail early on an unknown name
+    for name in names:
+        if args.all:
+            out = Path(args.out_dir) / f"{name}.pt"
+        else:
+            out = Path(args.out) if args.out else Path("runs") / f"{name}-seed{args.seed or 0}.pt"
+        train_preset(name, out, args.seed, args.steps, args.threads, args.quiet)
+    return 0
+
+
+def _resolve_checkpoint(arg: str) -> Path:
+    return shipped_path(arg) if arg in PRESETS else Path(arg)
+
+
+def cmd_info(args) -> int:
+    ckpt = load_checkpoint(_resolve_checkpoint(args.checkpoint))
+    cfg = ckpt.config
+    n_params = sum(p.numel() for p in ckpt.model.parameters())
+    print(f"{ckpt.path}")
+    print(f"  model    {cfg.n_layers} layers x {cfg.n_heads} heads, d_model {cfg.d_model}, d_head {cfg.d_head}, "
+          f"d_vocab {cfg.d_vocab}, n_ctx {cfg.n_ctx}, positions {cfg.positional}, "
+          f"layernorm {'on' if cfg.layernorm else 'off'}; {n_params:,} parameters")
+    print(f"  data     {json.dumps({k: v for k, v in ckpt.data_spec.items() if k != 'alphabet'})}")
+    t = ckpt.train_spec
+    print(f"  training {t.get('steps')} steps, batch {t.get('batch_size')}, lr {t.get('lr')}, seed {ckpt.seed}, "
+          f"{t.get('threads')} thread(s); toylab {ckpt.toylab_version}, torch {ckpt.torch_version}")
+    for line in summary_lines(ckpt.metrics):
+        print(line)
+    return 0
+
+
+def cmd_models(args) -> int:
+    print(f"{'preset':16s} {'layers':>6s} {'heads':>5s} {'val loss':>8s} {'rep loss':>8s} {'induction':>9s} "
+          f"{'prev-tok':>8s}  description")
+    for name, preset in PRESETS.items():
+        path = shipped_path(name)
+        if not path.is_file():
+            print(f"{name:16s} (not trained: run `toylab train {name}`)")
+            continue
+        m = load_checkpoint(path).metrics
+        print(f"{name:16s} {preset.model.n_layers:6d} {preset.model.n_heads:5d} {m['val_loss']:8.3f} "
+              f"{m['loss_repeat']:8.3f} {m['best_induction']:9.2f} {m['best_prev_token']:8.2f}  {preset.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="toylab", description="toylab: train and dissect attention-only transformers")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train a preset model")
+    p.add_argument("preset", nargs="?", help=f"one of {', '.join(PRESETS)}")
+    p.add_argument("--all", action="store_true", help="train every preset into --out-dir")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the preset's, 1)")
+    p.add_argument("--out", help="checkpoint path (default runs/PRESET-seedN.pt)")
+    p.add_argument("--out-dir", default="runs", help="with --all: where to write the checkpoints")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("info", help="describe a checkpoint (a path or a preset name)")
+    p.add_argument("checkpoint")
+    p.set_defaults(func=cmd_info)
+    p = sub.add_parser("models", help="the shipped models and their final metrics")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, CheckpointError) as e:
+        print(f"toylab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

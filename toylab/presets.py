@@ -1,0 +1,116 @@
+"""The lab's canonical models: how each is trained, and the shipped checkpoints.
+
+Every preset names a model config, a data spec and a training config; the
+seed fixes everything else. ``toylab train PRESET`` trains one; the files in
+``toylab/models/`` were made by ``toylab train --all --out-dir toylab/models``.
+
+=================  ==========================================================
+``bigram-0l``      zero layers on the bigram language: the model is a bigram table
+``skiptrigram-1l`` one layer on the skip-trigram language: planted ``A ... B -> C`` rules
+``induction-2l``   two layers on repeated random segments: previous-token + induction heads
+``induction-1l``   the one-layer control, trained the same way: it cannot form induction heads
+``text-2l``        two layers on characters of the standard library's docstrings
+=================  ==========================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from toylab.checkpoint import Checkpoint, load_checkpoint
+from toylab.model import AttnOnlyTransformer, ModelConfig
+from toylab.train import TrainConfig
+
+MODELS_DIR = Path(__file__).parent / "models"
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    model: ModelConfig
+    data: dict
+    train: TrainConfig
+    seed: int = 0
+
+
+def _induction_data(n_ctx: int = 32) -> dict:
+    # Segments of 8..15 tokens copied at a random offset; background tokens are
+    # distinct within a sequence so that every match is a true repeat (see InductionData).
+    return {"kind": "induction", "d_vocab": 64, "n_ctx": n_ctx, "seed": 0, "min_len": 8, "max_len": 15,
+            "p_repeat": 1.0, "distinct": True}
+
+
+_INDUCTION_TRAIN = TrainConfig(steps=1000, batch_size=128, lr=1e-2, warmup_steps=50, weight_decay=0.0, eval_every=50)
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in [
+        Preset(
+            "bigram-0l",
+            "0-layer model on the bigram language (logits = W_E W_U: a bigram table)",
+            ModelConfig(d_vocab=64, n_ctx=32, d_model=64, n_layers=0, positional="none"),
+            {"kind": "bigram", "d_vocab": 64, "n_ctx": 32, "seed": 0, "zipf_exponent": 1.0, "n_successors": 8,
+             "boost_tokens": [], "p_boost": 0.0},
+            TrainConfig(steps=600, batch_size=128, lr=1e-2, warmup_steps=20, weight_decay=0.0, eval_every=100),
+        ),
+        Preset(
+            "skiptrigram-1l",
+            "1-layer, 4-head model on the skip-trigram language (planted A ... B -> C rules)",
+            ModelConfig(d_vocab=64, n_ctx=32, d_model=128, n_layers=1, n_heads=4, positional="shortformer"),
+            {"kind": "skip_trigram", "d_vocab": 64, "n_ctx": 32, "seed": 0, "n_rules": 12, "p_rule": 0.8,
+             "n_triggers": 4, "p_boost": 0.4, "zipf_exponent": 1.0, "n_successors": 8},
+            TrainConfig(steps=1500, batch_size=128, lr=1e-2, warmup_steps=50, weight_decay=0.0, eval_every=100),
+        ),
+        Preset(
+            "induction-2l",
+            "2-layer, 2-head model on repeated random segments: previous-token and induction heads",
+            ModelConfig(d_vocab=64, n_ctx=32, d_model=64, n_layers=2, n_heads=2, positional="shortformer"),
+            _induction_data(),
+            _INDUCTION_TRAIN,
+        ),
+        Preset(
+            "induction-1l",
+            "1-layer control on the induction data: no induction heads are possible",
+            ModelConfig(d_vocab=64, n_ctx=32, d_model=64, n_layers=1, n_heads=2, positional="shortformer"),
+            _induction_data(),
+            _INDUCTION_TRAIN,
+        ),
+        Preset(
+            "text-2l",
+            "2-layer, 4-head character model of the standard library's docstrings",
+            ModelConfig(d_vocab=97, n_ctx=64, d_model=128, n_layers=2, n_heads=4, positional="shortformer"),
+            {"kind": "text", "n_ctx": 64, "seed": 0},
+            TrainConfig(steps=1000, batch_size=64, lr=5e-3, warmup_steps=50, weight_decay=0.0, eval_every=100),
+        ),
+    ]
+}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``; an unknown name lists the known ones."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; the presets are {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def shipped_path(name: str) -> Path:
+    """Where the shipped checkpoint of preset ``name`` lives."""
+    get_preset(name)
+    return MODELS_DIR / f"{name}.pt"
+
+
+def load_shipped(name: str) -> Checkpoint:
+    """The shipped checkpoint of preset ``name`` (model, data spec, history, ...)."""
+    path = shipped_path(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"preset {name!r} has no shipped model at {path}; run `toylab train {name}`")
+    return load_checkpoint(path)
+
+
+def load_model(name_or_path: str | Path) -> AttnOnlyTransformer:
+    """A trained model, from a preset name (the shipped checkpoint) or a checkpoint path."""
+    if isinstance(name_or_path, str) and name_or_path in PRESETS:
+        return load_shipped(name_or_path).model
+    return load_checkpoint(name_or_path).model

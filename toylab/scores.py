@@ -1,0 +1,96 @@
+"""Scores that classify attention heads.
+
+Head detectors read attention patterns on a batch of tokens. Each has one
+formula, written here and in the book, and each returns 1 for a head that
+does its job perfectly. ``pattern`` is ``[batch, n_heads, query_pos, key_pos]``
+(rows sum to 1, causal), ``tokens`` is ``[batch, pos]``.
+
+- previous-token score  ``= mean_{b, q >= 1} A[b, q, q-1]``
+- duplicate-token score ``= mean_{(b, q) in D} sum_{k < q : t_k = t_q} A[b, q, k]``
+- induction score       ``= mean_{(b, q) in D} sum_{1 <= k <= q : t_{k-1} = t_q} A[b, q, k]``
+
+where ``D`` is the set of destinations ``(b, q)`` whose token occurred
+earlier in its sequence (for induction: at a position ``k-1 < q``, so there
+is a token after it to attend to). On the probe ``[BOS, r, r]`` the
+induction score is the mean attention from the tokens of the second copy to
+the token right after their earlier occurrence. Inputs are never modified.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _check_pattern(pattern: torch.Tensor, tokens: torch.Tensor | None = None) -> None:
+    if not isinstance(pattern, torch.Tensor) or pattern.ndim != 4 or pattern.shape[-1] != pattern.shape[-2]:
+        shape = list(pattern.shape) if isinstance(pattern, torch.Tensor) else type(pattern).__name__
+        raise ValueError(f"pattern must have shape [batch, n_heads, query_pos, key_pos] with query_pos == key_pos, got {shape}")
+    if tokens is not None:
+        if tokens.ndim != 2 or tokens.shape[0] != pattern.shape[0] or tokens.shape[1] != pattern.shape[-1]:
+            raise ValueError(
+                f"tokens must have shape [batch, pos] = {[pattern.shape[0], pattern.shape[-1]]} "
+                f"to match the pattern {list(pattern.shape)}, got {list(tokens.shape)}"
+            )
+
+
+def _masked_mean(pattern: torch.Tensor, mask: torch.Tensor, what: str) -> torch.Tensor:
+    """``mean over (b, q) in D of sum_k mask[b, q, k] A[b, h, q, k]`` -> ``[n_heads]``.
+
+    ``mask [batch, q, k]`` marks the keys that count; ``D`` = rows of ``mask`` with a key.
+    """
+    has_target = mask.any(-1)  # [batch, q]
+    if not has_target.any():
+        raise ValueError(
+            f"no destination in this batch has a {what}: the {what} score needs tokens that repeat "
+            "(e.g. the probe [BOS, r, r] from toylab.data.repeated_tokens)"
+        )
+    mass = (pattern * mask[:, None].to(pattern.dtype)).sum(-1)  # [batch, n_heads, q]
+    return mass.transpose(0, 1)[:, has_target].mean(-1)
+
+
+def previous_token_score(pattern: torch.Tensor) -> torch.Tensor:
+    """``[batch, n_heads, pos, pos]`` -> ``[n_heads]``: mean attention to the previous position."""
+    _check_pattern(pattern)
+    if pattern.shape[-1] < 2:
+        raise ValueError("the previous-token score needs sequences of at least 2 positions")
+    return pattern.diagonal(offset=-1, dim1=-2, dim2=-1).mean(dim=(0, 2))
+
+
+def duplicate_token_score(pattern: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``[batch, n_heads, pos, pos]``, ``[batch, pos]`` -> ``[n_heads]``:
+    attention from a token to its own earlier occurrences."""
+    _check_pattern(pattern, tokens)
+    same = tokens[:, :, None] == tokens[:, None, :]  # [batch, q, k]
+    earlier = torch.ones_like(same[0]).tril(diagonal=-1)
+    return _masked_mean(pattern, same & earlier, "earlier duplicate")
+
+
+def induction_score(pattern: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``[batch, n_heads, pos, pos]``, ``[batch, pos]`` -> ``[n_heads]``:
+    attention from a token to the tokens right after its earlier occurrences."""
+    _check_pattern(pattern, tokens)
+    n = tokens.shape[1]
+    mask = torch.zeros(tokens.shape[0], n, n, dtype=torch.bool)
+    # key k is an induction target of query q when t[k-1] == t[q] and k <= q
+    mask[:, :, 1:] = tokens[:, :, None] == tokens[:, None, :-1]
+    mask &= torch.ones(n, n, dtype=torch.bool).tril()
+    return _masked_mean(pattern, mask, "earlier occurrence")
+
+
+@torch.no_grad()
+def head_detector_scores(model, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every head's detector scores on ``tokens [batch, pos]``.
+
+    Returns ``{"previous_token": [n_layers, n_heads], "duplicate_token": ...,
+    "induction": ...}``. A batch without repeated tokens raises ``ValueError``.
+    """
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+    out: dict[str, list[torch.Tensor]] = {"previous_token": [], "duplicate_token": [], "induction": []}
+    toks = model.check_tokens(tokens)
+    for layer in range(model.cfg.n_layers):
+        pattern = cache["pattern", layer]
+        out["previous_token"].append(previous_token_score(pattern))
+        out["duplicate_token"].append(duplicate_token_score(pattern, toks))
+        out["induction"].append(induction_score(pattern, toks))
+    empty = torch.zeros(0, model.cfg.n_heads)
+    return {k: torch.stack(v) if v else empty for k, v in out.items()}

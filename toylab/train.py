@@ -1,0 +1,233 @@
+"""Seeded, deterministic training of attention-only transformers.
+
+``train(model_cfg, data_spec, train_cfg)`` builds the model and the data from
+their specs, trains with AdamW (linear warm-up, then cosine decay), evaluates
+every ``eval_every`` steps and returns a :class:`TrainResult` that
+:meth:`TrainResult.save` writes as a checkpoint.
+
+Determinism: the seed fixes the initial weights (``seed``), the training
+batches (a generator seeded with ``seed + 1``) and the evaluation batches
+(a fixed, separate generator). Training runs on ``threads`` CPU threads
+(default 1): on the same machine and thread count, the same call gives
+bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from toylab.checkpoint import save_checkpoint
+from toylab.data import make_dataset, repeated_tokens, repeated_tokens_with_gap
+from toylab.model import AttnOnlyTransformer, ModelConfig, next_token_loss
+from toylab.progress import Progress
+from toylab.scores import induction_score, previous_token_score
+
+EVAL_SEED = 1234  # the evaluation batches are the same for every run
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser and loop settings. ``lr`` peaks after ``warmup_steps`` and
+    decays with a cosine to ``lr * final_lr_frac`` at ``steps``."""
+
+    steps: int = 1000
+    batch_size: int = 128
+    lr: float = 1e-2
+    warmup_steps: int = 50
+    final_lr_frac: float = 0.1
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0
+    eval_every: int = 50
+    eval_batch: int = 256
+    prefix_steps: int = 20
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "eval_every", "eval_batch", "threads"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {v!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"TrainConfig.lr must be positive, got {self.lr!r}")
+        if self.warmup_steps < 0 or self.prefix_steps < 0:
+            raise ValueError("TrainConfig.warmup_steps and prefix_steps must be >= 0")
+        object.__setattr__(self, "betas", tuple(self.betas))
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - fields
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {sorted(unknown)}; expected a subset of {sorted(fields)}")
+        return cls(**d)
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate for optimiser step ``step`` (1-based)."""
+        if step <= self.warmup_steps:
+            return self.lr * step / max(self.warmup_steps, 1)
+        t = (step - self.warmup_steps) / max(self.steps - self.warmup_steps, 1)
+        return self.lr * (self.final_lr_frac + (1 - self.final_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+@dataclass
+class TrainResult:
+    model: AttnOnlyTransformer
+    data_spec: dict
+    train_cfg: TrainConfig
+    seed: int
+    history: list[dict] = field(default_factory=list)
+    prefix_state: dict[str, torch.Tensor] | None = None
+    seconds: float = 0.0
+
+    @property
+    def metrics(self) -> dict:
+        """The last evaluation (what the model ended with)."""
+        return self.history[-1] if self.history else {}
+
+    def save(self, path: str | Path) -> Path:
+        return save_checkpoint(
+            path, self.model, data_spec=self.data_spec, train_spec=self.train_cfg.to_dict(), seed=self.seed,
+            history=self.history, metrics=self.metrics, prefix_state=self.prefix_state,
+        )
+
+
+@torch.no_grad()
+def induction_probe(model: AttnOnlyTransformer, half_len: int, gap: int = 0, batch: int = 256,
+                    seed: int = EVAL_SEED) -> dict:
+    """Losses and head scores on ``[BOS, r, g, r]`` (``g`` of length ``gap``; ``gap=0`` is the probe ``[BOS, r, r]``).
+
+    Returns ``loss_first`` (mean loss on the first copy of r), ``loss_repeat``
+    (on the second copy except its first token, which nothing can predict),
+    and per-head ``induction`` and ``prev_token`` scores ``[n_layers][n_heads]``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    V = model.cfg.d_vocab
+    toks = repeated_tokens(V, half_len, batch, g) if gap == 0 else repeated_tokens_with_gap(V, half_len, gap, batch, g)
+    logits, cache = model.run_with_cache(toks, names_filter=lambda n: n.endswith("hook_pattern"))
+    loss = next_token_loss(logits, toks)  # loss[:, p] is for the token at p + 1
+    second = 1 + half_len + gap  # position of the first token of the second copy
+    out = {
+        "loss_first": loss[:, :half_len].mean().item(),
+        "loss_repeat": loss[:, second:].mean().item(),
+        "induction": [induction_score(cache["pattern", l], toks).tolist() for l in range(model.cfg.n_layers)],
+        "prev_token": [previous_token_score(cache["pattern", l]).tolist() for l in range(model.cfg.n_layers)],
+    }
+    return out
+
+
+def default_half_len(n_ctx: int) -> int:
+    """The probe ``[BOS, r, r]`` that fills the context: ``half_len = (n_ctx - 1) // 2``."""
+    return (n_ctx - 1) // 2
+
+
+@torch.no_grad()
+def evaluate(model: AttnOnlyTransformer, dataset, step: int) -> dict:
+    """Validation loss on a fixed batch of ``dataset``, and the induction probes
+    (at the probe's offset and at a different one, so a positional shortcut cannot pass)."""
+    was_training = model.training
+    model.eval()
+    g = torch.Generator().manual_seed(EVAL_SEED)
+    val = model(dataset.sample(256, g), return_type="loss").item()
+    L = default_half_len(model.cfg.n_ctx)
+    probe = induction_probe(model, L)
+    gap_len = max(L // 2, 1)
+    gapped = induction_probe(model, L - gap_len, gap=gap_len + 1)  # offset L + 1 instead of L
+    model.train(was_training)
+    best = lambda rows: max((max(r) for r in rows), default=0.0)  # noqa: E731
+    return {
+        "step": step,
+        "val_loss": val,
+        **probe,
+        "loss_repeat_gap": gapped["loss_repeat"],
+        "induction_gap": gapped["induction"],
+        "best_induction": best(probe["induction"]),
+        "best_prev_token": best(probe["prev_token"]),
+    }
+
+
+def train(
+    model_cfg: ModelConfig,
+    data_spec: dict,
+    train_cfg: TrainConfig = TrainConfig(),
+    seed: int = 0,
+    *,
+    progress: bool = True,
+    desc: str = "train",
+    callback: Callable[[dict], None] | None = None,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train a fresh model; returns a :class:`TrainResult`.
+
+    ``callback(entry)`` is called after each evaluation with the history entry.
+    ``stop_after=n`` runs only the first ``n`` steps of the same schedule
+    (used to re-derive a shipped model's recorded prefix).
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    dataset = make_dataset(data_spec)
+    if dataset.d_vocab != model_cfg.d_vocab or dataset.n_ctx > model_cfg.n_ctx:
+        raise ValueError(
+            f"data (d_vocab={dataset.d_vocab}, n_ctx={dataset.n_ctx}) does not fit the model "
+            f"(d_vocab={model_cfg.d_vocab}, n_ctx={model_cfg.n_ctx})"
+        )
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(train_cfg.threads)
+    try:
+        return _train_loop(model_cfg, dataset, train_cfg, seed, progress, desc, callback, stop_after)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _train_loop(model_cfg, dataset, cfg: TrainConfig, seed, progress, desc, callback, stop_after) -> TrainResult:
+    model = AttnOnlyTransformer(model_cfg, seed=seed)
+    data_gen = torch.Generator().manual_seed(seed + 1)
+    decay = [p for n, p in model.named_parameters() if n.split(".")[-1] in ("W_Q", "W_K", "W_V", "W_O")]
+    no_decay = [p for n, p in model.named_parameters() if n.split(".")[-1] not in ("W_Q", "W_K", "W_V", "W_O")]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr_at(1), betas=cfg.betas,
+    )
+    result = TrainResult(model, dataset.spec, cfg, seed)
+    start = time.perf_counter()
+    running, n_running = 0.0, 0
+    model.train()
+    last = cfg.steps if stop_after is None else min(stop_after, cfg.steps)
+    with Progress(last, desc, enabled=progress) as bar:
+        for step in range(1, last + 1):
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr_at(step)
+            loss = model(dataset.sample(cfg.batch_size, data_gen), return_type="loss")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            running, n_running = running + loss.item(), n_running + 1
+            if step == cfg.prefix_steps:
+                result.prefix_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if step % cfg.eval_every == 0 or step == last:
+                entry = evaluate(model, dataset, step)
+                entry["train_loss"] = running / n_running
+                entry["seconds"] = time.perf_counter() - start
+                running, n_running = 0.0, 0
+                result.history.append(entry)
+                if callback is not None:
+                    callback(entry)
+                bar.update(0, loss=entry["train_loss"], induction=entry["best_induction"])
+            bar.update(1)
+    result.seconds = time.perf_counter() - start
+    model.eval()
+    return result
