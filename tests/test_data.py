@@ -216,26 +216,30 @@ def test_next_token_distribution_by_hand(skip: SkipTrigramLanguage) -> None:
 
 
 # ------------------------------------------------------------------- induction
-def test_induction_copies_at_varying_offsets() -> None:
-    ds = InductionData(d_vocab=64, n_ctx=32, min_len=4, max_len=12)
+def test_induction_repeats_to_the_end_at_varying_offsets() -> None:
+    ds = InductionData(d_vocab=64, n_ctx=32, min_offset=2, max_offset=20)
     batch = ds.sample_batch(256, gen(0))
     check_sequences(batch.tokens, 256, 32, 64)
     assert batch.has_repeat.all()
-    s, d, L = batch.src_start, batch.dst_start, batch.length
-    assert (s >= 1).all() and (d >= s + L).all() and (d + L <= 32).all()
-    assert (L >= 4).all() and (L <= 12).all()
-    assert batch.offset.unique().numel() > 5
+    o, d = batch.offset, batch.dst_start
+    assert (o >= 2).all() and (o <= 20).all() and (d >= o + 1).all() and (d <= 30).all()
+    assert o.unique().numel() > 5 and d.unique().numel() > 5
     for i in range(256):
-        si, di, li = int(s[i]), int(d[i]), int(L[i])
-        assert torch.equal(batch.tokens[i, di:di + li], batch.tokens[i, si:si + li])
+        oi, di = int(o[i]), int(d[i])
+        toks = batch.tokens[i]
+        assert torch.equal(toks[di:], toks[di - oi:32 - oi])  # x_p = x_{p-o} from d on
         expected = torch.zeros(32, dtype=torch.bool)
-        expected[di + 1:di + li] = True
+        expected[di + 1:] = True
         assert torch.equal(batch.is_repeat[i], expected)
-    # is_repeat positions are predictable: token[p] == token[p - offset]
+    # is_repeat positions are predictable: the previous token occurred o earlier, followed by this one
     rows, pos = batch.is_repeat.nonzero(as_tuple=True)
     off = batch.offset[rows]
     assert torch.equal(batch.tokens[rows, pos], batch.tokens[rows, pos - off])
     assert torch.equal(batch.tokens[rows, pos - 1], batch.tokens[rows, pos - 1 - off])
+    # every position from 2 on is sometimes the target of an induction head (a key after an earlier token)
+    big = ds.sample_batch(2048, gen(1))
+    target_pos = (big.is_repeat.nonzero(as_tuple=True)[1] - big.offset[big.is_repeat.nonzero(as_tuple=True)[0]])
+    assert set(range(2, 30)) <= set(target_pos.tolist())
 
 
 def test_induction_sample_consistency() -> None:
@@ -347,7 +351,7 @@ SPEC_DATASETS = [
     lambda: BigramLanguage(d_vocab=20, n_ctx=10, seed=4, zipf_exponent=1.5, n_successors=3),
     lambda: SkipTrigramLanguage(d_vocab=40, n_ctx=16, seed=9, n_rules=6, n_triggers=2,
                                 p_rule=0.7),
-    lambda: InductionData(d_vocab=30, n_ctx=40, seed=2, min_len=3, max_len=9, p_repeat=0.8),
+    lambda: InductionData(d_vocab=30, n_ctx=40, seed=2, min_offset=3, max_offset=9, p_repeat=0.8),
     lambda: TextData(n_ctx=24, seed=1),
     lambda: TextWithRepeatsData(n_ctx=40, seed=0, min_len=5, max_len=15, p_repeat=0.9),
 ]
@@ -413,8 +417,8 @@ BAD_INPUTS = [
     (lambda: SkipTrigramLanguage().next_token_distribution(torch.tensor([3, 4])), "start with BOS"),
     (lambda: SkipTrigramLanguage().next_token_distribution(torch.tensor([0, 64])), r"\[0, 63\]"),
     (lambda: SkipTrigramLanguage().next_token_distribution(torch.tensor([0.0])), "LongTensor"),
-    (lambda: InductionData(n_ctx=20, max_len=12), "n_ctx must be >= 1 \\+ 2 \\* max_len = 25"),
-    (lambda: InductionData(min_len=5, max_len=4), "max_len must be >= 5, got 4"),
+    (lambda: InductionData(n_ctx=20, max_offset=18), "max_offset must be <= n_ctx - 3 = 17"),
+    (lambda: InductionData(min_offset=5, max_offset=4), "max_offset must be >= 5, got 4"),
     (lambda: InductionData(p_repeat=-0.1), "p_repeat must be a probability"),
     (lambda: InductionData().sample_with_truth(-1, gen()), "batch_size must be >= 1"),
     (lambda: repeated_tokens(1, 4, 2, gen()), "d_vocab must be >= 2"),

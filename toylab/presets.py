@@ -35,14 +35,11 @@ class Preset:
     seed: int = 0
 
 
-def _induction_data(n_ctx: int = 32) -> dict:
-    # Segments of 8..15 tokens copied at a random offset; background tokens are
-    # distinct within a sequence so that every match is a true repeat (see InductionData).
-    return {"kind": "induction", "d_vocab": 64, "n_ctx": n_ctx, "seed": 0, "min_len": 8, "max_len": 15,
-            "p_repeat": 1.0, "distinct": True}
-
-
-_INDUCTION_TRAIN = TrainConfig(steps=1000, batch_size=128, lr=1e-2, warmup_steps=50, weight_decay=0.0, eval_every=50)
+# Random tokens that repeat themselves from a random point on, at an offset of 2..20 (see
+# InductionData for why the repeat runs to the end). 127 token types keep chance matches rare.
+_INDUCTION_DATA = {"kind": "induction", "d_vocab": 128, "n_ctx": 32, "seed": 0, "min_offset": 2, "max_offset": 20,
+                   "p_repeat": 1.0}
+_INDUCTION_TRAIN = TrainConfig(steps=1500, batch_size=128, lr=1e-2, warmup_steps=50, weight_decay=0.0, eval_every=50)
 
 PRESETS: dict[str, Preset] = {
     p.name: p
@@ -66,15 +63,15 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "induction-2l",
             "2-layer, 2-head model on repeated random segments: previous-token and induction heads",
-            ModelConfig(d_vocab=64, n_ctx=32, d_model=64, n_layers=2, n_heads=2, positional="shortformer"),
-            _induction_data(),
+            ModelConfig(d_vocab=128, n_ctx=32, d_model=64, n_layers=2, n_heads=2, positional="shortformer"),
+            _INDUCTION_DATA,
             _INDUCTION_TRAIN,
         ),
         Preset(
             "induction-1l",
             "1-layer control on the induction data: no induction heads are possible",
-            ModelConfig(d_vocab=64, n_ctx=32, d_model=64, n_layers=1, n_heads=2, positional="shortformer"),
-            _induction_data(),
+            ModelConfig(d_vocab=128, n_ctx=32, d_model=64, n_layers=1, n_heads=2, positional="shortformer"),
+            _INDUCTION_DATA,
             _INDUCTION_TRAIN,
         ),
         Preset(

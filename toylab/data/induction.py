@@ -44,33 +44,29 @@ class InductionBatch:
 
 
 class InductionData:
-    """Random tokens in which a random segment is copied to a random later place.
+    """Random tokens that, from a random point on, repeat themselves at a random offset.
 
     Generating rule (``V = d_vocab``, ``n = n_ctx``)::
 
-        x_0 = BOS,  x_p ~ Uniform{1..V-1}           for p = 1..n-1, independently
-                    (distinct=True: x_1..x_{n-1} drawn without replacement, so
-                     within a sequence a token recurs only inside the copy)
+        x_0 = BOS,  x_p ~ Uniform{1..V-1}, independently     for p = 1..n-1
         with probability p_repeat:
-            L ~ Uniform{min_len..max_len}
-            (s, d) ~ Uniform{ (s, d) : 1 <= s,  s + L <= d,  d + L <= n }
-            x_p := x_{p - (d - s)}                    for d <= p < d + L
+            o ~ Uniform{min_offset..max_offset}               (the offset)
+            d ~ Uniform{o+1..n-2}                             (where the repeat starts)
+            x_p := x_{p-o}   for p = d, d+1, ..., n-1  (in order, so a short offset
+                                                        makes a periodic tail)
 
-    The source ``[s, s+L)`` and the copy ``[d, d+L)`` do not overlap, and the
-    offset ``d - s`` varies between sequences, so a head with a fixed positional
-    offset cannot imitate induction.
+    The probe ``[BOS, r, r]`` is the case ``o = d - 1 = len(r)``. Offsets vary
+    between sequences, so a head attending at a fixed distance cannot imitate
+    induction, and the repeat runs to the end of the sequence, so tokens at
+    *every* position are sometimes the ones an induction head must find (with a
+    copied segment in the middle, keys late in the context never are, and the
+    previous-token head learns to ignore late positions).
 
-    Why ``distinct``: with independent tokens, many earlier occurrences of a
-    token are chance matches whose successor is *not* a copy, so the best a
-    one-token-match induction head can do is hedge (its attention settles near
-    0.9). Without chance matches, every match is a true repeat and the heads
-    become sharp; the probes still use independent tokens.
-
-    Ground truth: position ``p`` is *predictable by induction* (``is_repeat``) iff
-    ``d < p < d + L``: then ``x_{p-1}`` occurred earlier at ``p-1-(d-s)`` and
-    ``x_p = x_{p-(d-s)}`` is the token right after that occurrence. (The copy's
-    first token, ``p = d``, is not predictable.) Random tokens may repeat by
-    chance elsewhere; those positions are not marked.
+    Ground truth: position ``p`` is *predictable by induction* (``is_repeat``)
+    iff ``p > d``: then ``x_{p-1}`` occurred at ``p-1-o`` and ``x_p = x_{p-o}``
+    is the token right after it. (``p = d`` follows a fresh token and is not
+    predictable.) Tokens also repeat by chance (about ``n^2 / 2V`` pairs per
+    sequence); those positions are not marked.
 
     ``seed`` is accepted for the common dataset interface; this language has no
     seed-dependent rules (all randomness comes from the generator passed to
@@ -79,40 +75,41 @@ class InductionData:
 
     kind = "induction"
 
-    def __init__(self, *, d_vocab: int = 64, n_ctx: int = 32, seed: int = 0,
-                 min_len: int = 4, max_len: int = 12, p_repeat: float = 1.0,
-                 distinct: bool = False) -> None:
+    def __init__(self, *, d_vocab: int = 128, n_ctx: int = 32, seed: int = 0,
+                 min_offset: int = 2, max_offset: int = 20, p_repeat: float = 1.0) -> None:
         self.d_vocab = check_int("d_vocab", d_vocab, minimum=2)
-        self.n_ctx = check_int("n_ctx", n_ctx, minimum=2)
+        self.n_ctx = check_int("n_ctx", n_ctx, minimum=4)
         self.seed = check_seed(seed)
-        self.min_len = check_int("min_len", min_len, minimum=2)
-        self.max_len = check_int("max_len", max_len, minimum=self.min_len)
+        self.min_offset = check_int("min_offset", min_offset, minimum=1)
+        self.max_offset = check_int("max_offset", max_offset, minimum=self.min_offset)
         self.p_repeat = check_probability("p_repeat", p_repeat)
-        if not isinstance(distinct, bool):
-            raise ValueError(f"distinct must be True or False, got {distinct!r}")
-        if distinct and self.n_ctx > self.d_vocab:
-            raise ValueError(f"distinct=True needs n_ctx <= d_vocab (n_ctx - 1 distinct tokens from 1..V-1), "
-                             f"got n_ctx={self.n_ctx}, d_vocab={self.d_vocab}")
-        self.distinct = distinct
-        if self.n_ctx < 1 + 2 * self.max_len:
+        if self.max_offset > self.n_ctx - 3:
             raise ValueError(
-                f"n_ctx must be >= 1 + 2 * max_len = {1 + 2 * self.max_len} to fit BOS, a "
-                f"segment and its copy, got n_ctx={self.n_ctx}"
+                f"max_offset must be <= n_ctx - 3 = {self.n_ctx - 3} (a repeat needs o fresh tokens "
+                f"after BOS and two repeated ones), got max_offset={self.max_offset}"
             )
 
     def sample_batch(self, batch_size: int, generator: torch.Generator) -> InductionBatch:
-        """Sample a batch with its full ground truth (see :class:`InductionBatch`)."""
+        """Sample a batch with its full ground truth (see :class:`InductionBatch`;
+        ``length`` is ``n_ctx - d``, the copy's source starts at ``d - o``)."""
         batch_size = check_batch_size(batch_size)
         generator = check_generator(generator)
-        if self.distinct:  # a random ordering of 1..V-1, truncated
-            keys = torch.rand(batch_size, self.d_vocab - 1, generator=generator)
-            tokens = torch.cat([torch.zeros(batch_size, 1, dtype=torch.long),
-                                keys.argsort(dim=-1)[:, : self.n_ctx - 1] + 1], dim=1)
-        else:
-            tokens = torch.randint(1, self.d_vocab, (batch_size, self.n_ctx), generator=generator,
-                                   dtype=torch.long)
+        n = self.n_ctx
+        tokens = torch.randint(1, self.d_vocab, (batch_size, n), generator=generator, dtype=torch.long)
         tokens[:, 0] = BOS
-        return copy_random_segment(tokens, self.min_len, self.max_len, self.p_repeat, generator)
+        has_repeat = torch.rand(batch_size, generator=generator, dtype=torch.float64) < self.p_repeat
+        offset = torch.randint(self.min_offset, self.max_offset + 1, (batch_size,), generator=generator)
+        u = torch.rand(batch_size, generator=generator, dtype=torch.float64)
+        dst = offset + 1 + (u * (n - 2 - offset)).long()  # uniform on o+1..n-2
+        dst = torch.where(has_repeat, dst, torch.full_like(dst, n))
+        rows = torch.arange(batch_size)
+        for p in range(2, n):
+            on = rows[dst <= p]
+            tokens[on, p] = tokens[on, p - offset[on]]
+        positions = torch.arange(n)
+        is_repeat = positions[None, :] > dst[:, None]
+        return InductionBatch(tokens=tokens, is_repeat=is_repeat, has_repeat=has_repeat,
+                              src_start=dst - offset, dst_start=dst, length=n - dst)
 
     def sample_with_truth(self, batch_size: int,
                           generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,21 +126,18 @@ class InductionData:
         """JSON-able description; ``make_dataset(spec)`` rebuilds this dataset."""
         return check_json_able({
             "kind": self.kind, "d_vocab": self.d_vocab, "n_ctx": self.n_ctx, "seed": self.seed,
-            "min_len": self.min_len, "max_len": self.max_len, "p_repeat": self.p_repeat,
-            "distinct": self.distinct,
+            "min_offset": self.min_offset, "max_offset": self.max_offset, "p_repeat": self.p_repeat,
         })
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> "InductionData":
         """Rebuild from :attr:`spec` (all fields required)."""
-        spec = {"distinct": False, **spec}  # specs written before the option existed
-        return cls(**check_spec(spec, cls.kind, ["d_vocab", "n_ctx", "seed", "min_len",
-                                                 "max_len", "p_repeat", "distinct"]))
+        return cls(**check_spec(spec, cls.kind, ["d_vocab", "n_ctx", "seed", "min_offset",
+                                                 "max_offset", "p_repeat"]))
 
     def __repr__(self) -> str:
         return (f"InductionData(d_vocab={self.d_vocab}, n_ctx={self.n_ctx}, "
-                f"min_len={self.min_len}, max_len={self.max_len}, p_repeat={self.p_repeat}, "
-                f"distinct={self.distinct})")
+                f"min_offset={self.min_offset}, max_offset={self.max_offset}, p_repeat={self.p_repeat})")
 
 
 def copy_random_segment(tokens: torch.Tensor, min_len: int, max_len: int, p_repeat: float,
