@@ -24,12 +24,20 @@ def _fmt_heads(rows: list[list[float]]) -> str:
     return " | ".join(" ".join(f"{x:.2f}" for x in row) for row in rows) or "-"
 
 
-def summary_lines(metrics: dict) -> list[str]:
+# languages where repeats (and so the induction probe) mean something
+PROBED_KINDS = ("induction", "text", "text_repeats")
+
+
+def summary_lines(metrics: dict, data_kind: str) -> list[str]:
     """Human-readable lines for an evaluation entry (see :func:`toylab.train.evaluate`)."""
     if not metrics:
         return ["  (no evaluation recorded)"]
-    return [
-        f"  validation loss        {metrics['val_loss']:.3f} nats (train {metrics.get('train_loss', float('nan')):.3f})",
+    lines = [f"  validation loss        {metrics['val_loss']:.3f} nats (train {metrics.get('train_loss', float('nan')):.3f})"]
+    if metrics.get("kl_to_truth") is not None:
+        lines.append(f"  KL(truth || model)     {metrics['kl_to_truth']:.4f} nats per token, on held-out samples")
+    if data_kind not in PROBED_KINDS or not metrics.get("induction"):
+        return lines
+    return lines + [
         f"  [BOS, r, r] loss       first copy {metrics['loss_first']:.3f}, repeated copy {metrics['loss_repeat']:.3f}"
         f" (at another offset {metrics['loss_repeat_gap']:.3f})",
         f"  induction score        {_fmt_heads(metrics['induction'])}   (layers separated by |)",
@@ -68,7 +76,7 @@ def train_preset(name: str, out: Path, seed: int | None, steps: int | None, thre
     meta = _metadata(name, result, out)
     atomic_write(out.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1) + "\n"))
     print(f"{name}: trained {tcfg.steps} steps in {result.seconds:.1f}s (seed {seed}) -> {out}")
-    for line in summary_lines(result.metrics):
+    for line in summary_lines(result.metrics, result.data_spec["kind"]):
         print(line)
     return result
 
@@ -104,22 +112,27 @@ def cmd_info(args) -> int:
     t = ckpt.train_spec
     print(f"  training {t.get('steps')} steps, batch {t.get('batch_size')}, lr {t.get('lr')}, seed {ckpt.seed}, "
           f"{t.get('threads')} thread(s); toylab {ckpt.toylab_version}, torch {ckpt.torch_version}")
-    for line in summary_lines(ckpt.metrics):
+    for line in summary_lines(ckpt.metrics, ckpt.data_spec["kind"]):
         print(line)
     return 0
 
 
 def cmd_models(args) -> int:
-    print(f"{'preset':16s} {'layers':>6s} {'heads':>5s} {'val loss':>8s} {'rep loss':>8s} {'induction':>9s} "
-          f"{'prev-tok':>8s}  description")
+    print(f"{'preset':16s} {'layers':>6s} {'heads':>5s} {'val loss':>8s} {'KL truth':>8s} {'rep loss':>8s} "
+          f"{'induction':>9s} {'prev-tok':>8s}  description")
     for name, preset in PRESETS.items():
         path = shipped_path(name)
         if not path.is_file():
             print(f"{name:16s} (not trained: run `toylab train {name}`)")
             continue
         m = load_checkpoint(path).metrics
-        print(f"{name:16s} {preset.model.n_layers:6d} {preset.model.n_heads:5d} {m['val_loss']:8.3f} "
-              f"{m['loss_repeat']:8.3f} {m['best_induction']:9.2f} {m['best_prev_token']:8.2f}  {preset.description}")
+        kl = f"{m['kl_to_truth']:8.4f}" if m.get("kl_to_truth") is not None else f"{'-':>8s}"
+        if preset.data["kind"] in PROBED_KINDS:
+            probe = f"{m['loss_repeat']:8.3f} {m['best_induction']:9.2f} {m['best_prev_token']:8.2f}"
+        else:
+            probe = f"{'-':>8s} {'-':>9s} {'-':>8s}"
+        print(f"{name:16s} {preset.model.n_layers:6d} {preset.model.n_heads:5d} {m['val_loss']:8.3f} {kl} {probe}"
+              f"  {preset.description}")
     return 0
 
 

@@ -54,11 +54,11 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "skiptrigram-1l",
-            "1-layer, 4-head model on the skip-trigram language (planted A ... B -> C rules)",
-            ModelConfig(d_vocab=64, n_ctx=32, d_model=128, n_layers=1, n_heads=4, positional="shortformer"),
+            "1-layer, 2-head model on the skip-trigram language (planted A ... B -> C rules)",
+            ModelConfig(d_vocab=64, n_ctx=32, d_model=64, n_layers=1, n_heads=2, positional="shortformer"),
             {"kind": "skip_trigram", "d_vocab": 64, "n_ctx": 32, "seed": 0, "n_rules": 12, "p_rule": 0.8,
              "n_triggers": 4, "p_boost": 0.4, "zipf_exponent": 1.0, "n_successors": 8},
-            TrainConfig(steps=1500, batch_size=128, lr=1e-2, warmup_steps=50, weight_decay=0.0, eval_every=100),
+            TrainConfig(steps=1000, batch_size=128, lr=1e-2, warmup_steps=50, weight_decay=0.0, eval_every=100),
         ),
         Preset(
             "induction-2l",
@@ -76,10 +76,10 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "text-2l",
-            "2-layer, 4-head character model of the standard library's docstrings",
-            ModelConfig(d_vocab=97, n_ctx=64, d_model=128, n_layers=2, n_heads=4, positional="shortformer"),
+            "2-layer, 3-head character model of the standard library's docstrings",
+            ModelConfig(d_vocab=97, n_ctx=64, d_model=96, n_layers=2, n_heads=3, positional="shortformer"),
             {"kind": "text", "n_ctx": 64, "seed": 0},
-            TrainConfig(steps=1000, batch_size=64, lr=5e-3, warmup_steps=50, weight_decay=0.0, eval_every=100),
+            TrainConfig(steps=800, batch_size=64, lr=5e-3, warmup_steps=50, weight_decay=0.0, eval_every=100),
         ),
     ]
 }

@@ -133,14 +133,40 @@ def default_half_len(n_ctx: int) -> int:
     return (n_ctx - 1) // 2
 
 
+def true_next_token_probs(dataset, tokens: torch.Tensor) -> torch.Tensor | None:
+    """``[batch, pos, d_vocab]`` exact next-token distributions, for languages that know them."""
+    if hasattr(dataset, "next_token_probs"):
+        return dataset.next_token_probs(tokens)
+    if hasattr(dataset, "transition"):
+        return dataset.transition[tokens]
+    return None
+
+
+def kl_to_truth(logits: torch.Tensor, true_probs: torch.Tensor) -> float:
+    """Mean over positions of ``KL(P_true || P_model)`` in nats (``0 log 0 = 0``).
+
+    ``logits [batch, pos, d_vocab]``, ``true_probs [batch, pos, d_vocab]``; the last
+    position (which predicts past the sequence) is left out.
+    """
+    p = true_probs[:, :-1].double()
+    log_q = torch.log_softmax(logits[:, :-1].double(), dim=-1)
+    log_p = torch.log(p.clamp_min(1e-300))
+    return (p * (log_p - log_q)).sum(-1).mean().item()
+
+
 @torch.no_grad()
 def evaluate(model: AttnOnlyTransformer, dataset, step: int) -> dict:
-    """Validation loss on a fixed batch of ``dataset``, and the induction probes
-    (at the probe's offset and at a different one, so a positional shortcut cannot pass)."""
+    """Validation loss on a fixed batch of ``dataset`` (and, where the language
+    knows its true next-token distribution, the KL from it), and the induction
+    probes (at the probe's offset and at a different one, so a positional
+    shortcut cannot pass)."""
     was_training = model.training
     model.eval()
     g = torch.Generator().manual_seed(EVAL_SEED)
-    val = model(dataset.sample(256, g), return_type="loss").item()
+    tokens = dataset.sample(256, g)
+    logits = model(tokens)
+    val = next_token_loss(logits, tokens).mean().item()
+    truth = true_next_token_probs(dataset, tokens)
     L = default_half_len(model.cfg.n_ctx)
     probe = induction_probe(model, L)
     gap_len = max(L // 2, 1)
@@ -150,6 +176,7 @@ def evaluate(model: AttnOnlyTransformer, dataset, step: int) -> dict:
     return {
         "step": step,
         "val_loss": val,
+        "kl_to_truth": kl_to_truth(logits, truth) if truth is not None else None,
         **probe,
         "loss_repeat_gap": gapped["loss_repeat"],
         "induction_gap": gapped["induction"],
