@@ -242,6 +242,16 @@ def test_induction_repeats_to_the_end_at_varying_offsets() -> None:
     assert set(range(2, 30)) <= set(target_pos.tolist())
 
 
+def test_induction_periodic_fraction() -> None:
+    batch = InductionData(p_periodic=0.5).sample_batch(2000, gen(2))
+    periodic = batch.dst_start == batch.offset + 1
+    assert 0.45 < periodic.double().mean() < 0.6  # p_periodic plus uniform starts that land on o+1
+    always = InductionData(p_periodic=1.0).sample_batch(200, gen(2))
+    assert torch.equal(always.dst_start, always.offset + 1)
+    never = InductionData(p_periodic=0.0).sample_batch(2000, gen(2))
+    assert (never.dst_start == never.offset + 1).double().mean() < 0.15
+
+
 def test_induction_sample_consistency() -> None:
     ds = InductionData(seed=0)
     tokens, is_repeat = ds.sample_with_truth(8, gen(3))
@@ -420,6 +430,7 @@ BAD_INPUTS = [
     (lambda: InductionData(n_ctx=20, max_offset=18), "max_offset must be <= n_ctx - 3 = 17"),
     (lambda: InductionData(min_offset=5, max_offset=4), "max_offset must be >= 5, got 4"),
     (lambda: InductionData(p_repeat=-0.1), "p_repeat must be a probability"),
+    (lambda: InductionData(p_periodic=1.5), "p_periodic must be a probability"),
     (lambda: InductionData().sample_with_truth(-1, gen()), "batch_size must be >= 1"),
     (lambda: repeated_tokens(1, 4, 2, gen()), "d_vocab must be >= 2"),
     (lambda: repeated_tokens_with_gap(10, 4, -1, 2, gen()), "gap must be >= 0"),

@@ -10,7 +10,7 @@ from toylab.train import TrainConfig, evaluate, induction_probe, train
 
 CFG = ModelConfig(d_vocab=16, n_ctx=12, d_model=16, n_layers=1, n_heads=2, positional="shortformer")
 DATA = {"kind": "induction", "d_vocab": 16, "n_ctx": 12, "seed": 0, "min_offset": 2, "max_offset": 5,
-        "p_repeat": 1.0}
+        "p_repeat": 1.0, "p_periodic": 0.5}
 TCFG = TrainConfig(steps=12, batch_size=8, eval_every=5, eval_batch=16, prefix_steps=4, warmup_steps=3)
 
 

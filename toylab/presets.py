@@ -35,10 +35,11 @@ class Preset:
     seed: int = 0
 
 
-# Random tokens that repeat themselves from a random point on, at an offset of 2..20 (see
-# InductionData for why the repeat runs to the end). 127 token types keep chance matches rare.
+# Random tokens that repeat themselves at an offset of 2..20, half of them periodic from the
+# start like the probe [BOS, r, r] (see InductionData for why). 127 token types keep chance
+# matches rare.
 _INDUCTION_DATA = {"kind": "induction", "d_vocab": 128, "n_ctx": 32, "seed": 0, "min_offset": 2, "max_offset": 20,
-                   "p_repeat": 1.0}
+                   "p_repeat": 1.0, "p_periodic": 0.5}
 _INDUCTION_TRAIN = TrainConfig(steps=1500, batch_size=128, lr=1e-2, warmup_steps=50, weight_decay=0.0, eval_every=50)
 
 PRESETS: dict[str, Preset] = {

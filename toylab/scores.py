@@ -11,9 +11,13 @@ does its job perfectly. ``pattern`` is ``[batch, n_heads, query_pos, key_pos]``
 
 where ``D`` is the set of destinations ``(b, q)`` whose token occurred
 earlier in its sequence (for induction: at a position ``k-1 < q``, so there
-is a token after it to attend to). On the probe ``[BOS, r, r]`` the
-induction score is the mean attention from the tokens of the second copy to
-the token right after their earlier occurrence. Inputs are never modified.
+is a token after it to attend to), optionally restricted to given
+``destinations``. On the probe ``[BOS, r, r]`` with ``destinations`` = the
+second copy, the induction score is the mean attention from the tokens of the
+second copy to the token right after their earlier occurrence. (Left
+unrestricted, ``D`` also holds chance repeats inside ``r``, where a head that
+has learned to distrust a lone match rightly attends less.) Inputs are never
+modified.
 """
 
 from __future__ import annotations
@@ -33,12 +37,20 @@ def _check_pattern(pattern: torch.Tensor, tokens: torch.Tensor | None = None) ->
             )
 
 
-def _masked_mean(pattern: torch.Tensor, mask: torch.Tensor, what: str) -> torch.Tensor:
+def _masked_mean(pattern: torch.Tensor, mask: torch.Tensor, what: str,
+                 destinations: torch.Tensor | None = None) -> torch.Tensor:
     """``mean over (b, q) in D of sum_k mask[b, q, k] A[b, h, q, k]`` -> ``[n_heads]``.
 
-    ``mask [batch, q, k]`` marks the keys that count; ``D`` = rows of ``mask`` with a key.
+    ``mask [batch, q, k]`` marks the keys that count; ``D`` = rows of ``mask`` with
+    a key, and inside ``destinations`` (``[pos]`` or ``[batch, pos]`` bool) if given.
     """
     has_target = mask.any(-1)  # [batch, q]
+    if destinations is not None:
+        destinations = torch.as_tensor(destinations, dtype=torch.bool)
+        if destinations.shape[-1] != mask.shape[1] or destinations.ndim not in (1, 2):
+            raise ValueError(f"destinations must be a bool mask [pos] or [batch, pos] with pos = {mask.shape[1]}, "
+                             f"got shape {list(destinations.shape)}")
+        has_target = has_target & destinations
     if not has_target.any():
         raise ValueError(
             f"no destination in this batch has a {what}: the {what} score needs tokens that repeat "
@@ -56,25 +68,28 @@ def previous_token_score(pattern: torch.Tensor) -> torch.Tensor:
     return pattern.diagonal(offset=-1, dim1=-2, dim2=-1).mean(dim=(0, 2))
 
 
-def duplicate_token_score(pattern: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+def duplicate_token_score(pattern: torch.Tensor, tokens: torch.Tensor,
+                          destinations: torch.Tensor | None = None) -> torch.Tensor:
     """``[batch, n_heads, pos, pos]``, ``[batch, pos]`` -> ``[n_heads]``:
     attention from a token to its own earlier occurrences."""
     _check_pattern(pattern, tokens)
     same = tokens[:, :, None] == tokens[:, None, :]  # [batch, q, k]
     earlier = torch.ones_like(same[0]).tril(diagonal=-1)
-    return _masked_mean(pattern, same & earlier, "earlier duplicate")
+    return _masked_mean(pattern, same & earlier, "earlier duplicate", destinations)
 
 
-def induction_score(pattern: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+def induction_score(pattern: torch.Tensor, tokens: torch.Tensor,
+                    destinations: torch.Tensor | None = None) -> torch.Tensor:
     """``[batch, n_heads, pos, pos]``, ``[batch, pos]`` -> ``[n_heads]``:
-    attention from a token to the tokens right after its earlier occurrences."""
+    attention from a token to the tokens right after its earlier occurrences
+    (only from ``destinations``, a bool mask ``[pos]`` or ``[batch, pos]``, if given)."""
     _check_pattern(pattern, tokens)
     n = tokens.shape[1]
     mask = torch.zeros(tokens.shape[0], n, n, dtype=torch.bool)
     # key k is an induction target of query q when t[k-1] == t[q] and k <= q
     mask[:, :, 1:] = tokens[:, :, None] == tokens[:, None, :-1]
     mask &= torch.ones(n, n, dtype=torch.bool).tril()
-    return _masked_mean(pattern, mask, "earlier occurrence")
+    return _masked_mean(pattern, mask, "earlier occurrence", destinations)
 
 
 @torch.no_grad()

@@ -111,7 +111,8 @@ def induction_probe(model: AttnOnlyTransformer, half_len: int, gap: int = 0, bat
 
     Returns ``loss_first`` (mean loss on the first copy of r), ``loss_repeat``
     (on the second copy except its first token, which nothing can predict),
-    and per-head ``induction`` and ``prev_token`` scores ``[n_layers][n_heads]``.
+    and per-head ``induction`` (from the tokens of the second copy) and
+    ``prev_token`` scores ``[n_layers][n_heads]``.
     """
     g = torch.Generator().manual_seed(seed)
     V = model.cfg.d_vocab
@@ -119,10 +120,12 @@ def induction_probe(model: AttnOnlyTransformer, half_len: int, gap: int = 0, bat
     logits, cache = model.run_with_cache(toks, names_filter=lambda n: n.endswith("hook_pattern"))
     loss = next_token_loss(logits, toks)  # loss[:, p] is for the token at p + 1
     second = 1 + half_len + gap  # position of the first token of the second copy
+    in_second_copy = torch.arange(toks.shape[1]) >= second
     out = {
         "loss_first": loss[:, :half_len].mean().item(),
         "loss_repeat": loss[:, second:].mean().item(),
-        "induction": [induction_score(cache["pattern", l], toks).tolist() for l in range(model.cfg.n_layers)],
+        "induction": [induction_score(cache["pattern", l], toks, in_second_copy).tolist()
+                      for l in range(model.cfg.n_layers)],
         "prev_token": [previous_token_score(cache["pattern", l]).tolist() for l in range(model.cfg.n_layers)],
     }
     return out

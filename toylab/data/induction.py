@@ -51,11 +51,17 @@ class InductionData:
         x_0 = BOS,  x_p ~ Uniform{1..V-1}, independently     for p = 1..n-1
         with probability p_repeat:
             o ~ Uniform{min_offset..max_offset}               (the offset)
-            d ~ Uniform{o+1..n-2}                             (where the repeat starts)
+            d = o + 1 with probability p_periodic             (where the repeat starts:
+              ~ Uniform{o+1..n-2} otherwise                    right after its source, or later)
             x_p := x_{p-o}   for p = d, d+1, ..., n-1  (in order, so a short offset
                                                         makes a periodic tail)
 
-    The probe ``[BOS, r, r]`` is the case ``o = d - 1 = len(r)``. Offsets vary
+    The probe ``[BOS, r, r]`` is the case ``o = d - 1 = len(r)``: a sequence that
+    is periodic from the start. Why ``p_periodic``: if the start ``d`` were always
+    uniform, a single earlier match at distance ``o`` would be a true repeat with
+    prior about ``1 / (#offsets * #starts)``, less than the chance of a random
+    match ``1 / (V-1)``; a calibrated model then waits for several matches before
+    it trusts a repeat, and the first tokens of a repeat stay uncertain. Offsets vary
     between sequences, so a head attending at a fixed distance cannot imitate
     induction, and the repeat runs to the end of the sequence, so tokens at
     *every* position are sometimes the ones an induction head must find (with a
@@ -76,13 +82,15 @@ class InductionData:
     kind = "induction"
 
     def __init__(self, *, d_vocab: int = 128, n_ctx: int = 32, seed: int = 0,
-                 min_offset: int = 2, max_offset: int = 20, p_repeat: float = 1.0) -> None:
+                 min_offset: int = 2, max_offset: int = 20, p_repeat: float = 1.0,
+                 p_periodic: float = 0.5) -> None:
         self.d_vocab = check_int("d_vocab", d_vocab, minimum=2)
         self.n_ctx = check_int("n_ctx", n_ctx, minimum=4)
         self.seed = check_seed(seed)
         self.min_offset = check_int("min_offset", min_offset, minimum=1)
         self.max_offset = check_int("max_offset", max_offset, minimum=self.min_offset)
         self.p_repeat = check_probability("p_repeat", p_repeat)
+        self.p_periodic = check_probability("p_periodic", p_periodic)
         if self.max_offset > self.n_ctx - 3:
             raise ValueError(
                 f"max_offset must be <= n_ctx - 3 = {self.n_ctx - 3} (a repeat needs o fresh tokens "
@@ -101,6 +109,8 @@ class InductionData:
         offset = torch.randint(self.min_offset, self.max_offset + 1, (batch_size,), generator=generator)
         u = torch.rand(batch_size, generator=generator, dtype=torch.float64)
         dst = offset + 1 + (u * (n - 2 - offset)).long()  # uniform on o+1..n-2
+        periodic = torch.rand(batch_size, generator=generator, dtype=torch.float64) < self.p_periodic
+        dst = torch.where(periodic, offset + 1, dst)
         dst = torch.where(has_repeat, dst, torch.full_like(dst, n))
         rows = torch.arange(batch_size)
         for p in range(2, n):
@@ -127,17 +137,19 @@ class InductionData:
         return check_json_able({
             "kind": self.kind, "d_vocab": self.d_vocab, "n_ctx": self.n_ctx, "seed": self.seed,
             "min_offset": self.min_offset, "max_offset": self.max_offset, "p_repeat": self.p_repeat,
+            "p_periodic": self.p_periodic,
         })
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> "InductionData":
         """Rebuild from :attr:`spec` (all fields required)."""
         return cls(**check_spec(spec, cls.kind, ["d_vocab", "n_ctx", "seed", "min_offset",
-                                                 "max_offset", "p_repeat"]))
+                                                 "max_offset", "p_repeat", "p_periodic"]))
 
     def __repr__(self) -> str:
         return (f"InductionData(d_vocab={self.d_vocab}, n_ctx={self.n_ctx}, "
-                f"min_offset={self.min_offset}, max_offset={self.max_offset}, p_repeat={self.p_repeat})")
+                f"min_offset={self.min_offset}, max_offset={self.max_offset}, p_repeat={self.p_repeat}, "
+                f"p_periodic={self.p_periodic})")
 
 
 def copy_random_segment(tokens: torch.Tensor, min_len: int, max_len: int, p_repeat: float,
