@@ -2,14 +2,18 @@
 #   make book   - the main job: check the shipped models, build the textbook (HTML, offline), screenshot-check it
 #   make test   - the test suite (library tests, graded exercises against the solutions, notebooks)
 #   make models - retrain every canonical model into toylab/models (a few minutes on a laptop CPU)
-#   make bench  - the benchmarks
+#   make bench  - the benchmarks (with the TransformerLens comparison: make bench-tl)
+#   make test-peer - cross-check against TransformerLens 3.9.0, in its own environment .venv-tl
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip -q --disable-pip-version-check
 
-.PHONY: book test models bench clean
+VENV_TL := .venv-tl
+PY_TL   := $(VENV_TL)/bin/python
+
+.PHONY: book test models bench bench-tl test-peer clean
 
 # torch first, pinned: the CPU build lies on these machines; an unpinned torch would pull GBs of CUDA.
 $(VENV)/.torch:
@@ -40,5 +44,19 @@ models: $(VENV)/.torch $(VENV)/.test
 bench: $(VENV)/.test
 	$(PY) benchmarks/bench_train.py
 
+# TransformerLens 3.9.0 (the 4.x line dropped HookedTransformer), with torch pinned first; ~0.8 GB.
+$(VENV_TL)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV_TL)
+	$(VENV_TL)/bin/pip -q --disable-pip-version-check install torch==2.13.0
+	$(VENV_TL)/bin/pip -q --disable-pip-version-check install transformer-lens==3.9.0 pytest
+	$(VENV_TL)/bin/pip -q --disable-pip-version-check install --no-deps -e .
+	touch $@
+
+bench-tl: $(VENV_TL)/.installed
+	$(PY_TL) benchmarks/bench_train.py
+
+test-peer: $(VENV_TL)/.installed
+	$(PY_TL) -m pytest -p no:cacheprovider tests/test_peer_transformerlens.py
+
 clean:
-	rm -rf $(VENV) chapters/_build
+	rm -rf $(VENV) $(VENV_TL) chapters/_build
