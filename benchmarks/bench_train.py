@@ -115,6 +115,9 @@ def bench_induction_run() -> None:
 
 
 def bench_transformer_lens(n_steps: int) -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*HookedTransformer is deprecated.*")
     try:
         from transformer_lens import HookedTransformer, HookedTransformerConfig
     except ImportError:
