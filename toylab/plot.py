@@ -1,0 +1,190 @@
+"""Matplotlib figures used by the book (PNG-friendly, deterministic).
+
+Every function takes plain tensors (or lists) and an optional ``ax``; it
+returns the matplotlib ``Figure`` so a notebook can show it or save it with
+``fig.savefig(path, dpi=...)``. Nothing here computes interpretability
+quantities: the analysis modules do that, and these functions only draw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+
+def _np(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        return x.numpy() if not x.is_complex() else x.resolve_conj().numpy()
+    return np.asarray(x)
+
+
+def _axes(ax, n: int = 1, size=(4.0, 3.6)):
+    if ax is not None:
+        axes = list(np.atleast_1d(ax))
+        return axes[0].figure, axes
+    fig, axes = plt.subplots(1, n, figsize=(size[0] * n, size[1]), squeeze=False, constrained_layout=True)
+    return fig, list(axes[0])
+
+
+def attention_patterns(pattern, labels: Sequence[str] | None = None, titles: Sequence[str] | None = None,
+                       ax=None, vmax: float = 1.0):
+    """Attention patterns ``[n_heads, query_pos, key_pos]`` (or one ``[q, k]``), one panel per head.
+
+    Rows are destinations (queries), columns sources (keys); ``labels`` names the
+    positions (tokens) on both axes.
+    """
+    p = _np(pattern)
+    if p.ndim == 2:
+        p = p[None]
+    if p.ndim != 3 or p.shape[-1] != p.shape[-2]:
+        raise ValueError(f"pattern must be [n_heads, pos, pos] or [pos, pos], got {list(p.shape)}")
+    fig, axes = _axes(ax, p.shape[0])
+    for i, a in enumerate(axes):
+        im = a.imshow(p[i], cmap="Blues", vmin=0.0, vmax=vmax)
+        a.set_title(titles[i] if titles else f"head {i}", fontsize=10)
+        a.set_xlabel("source (key) position")
+        a.set_ylabel("destination (query) position")
+        if labels is not None:
+            if len(labels) != p.shape[-1]:
+                raise ValueError(f"{len(labels)} labels for {p.shape[-1]} positions")
+            a.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)
+            a.set_yticks(range(len(labels)), labels, fontsize=6)
+    fig.colorbar(im, ax=axes, shrink=0.8, label="attention")
+    return fig
+
+
+def composition(scores, baseline: float, row_labels: Sequence[str], col_labels: Sequence[str],
+                title: str = "K-composition", ax=None):
+    """A heat map of composition scores ``[n_earlier, n_later]`` with the random baseline marked.
+
+    The colour scale is centred on ``baseline``: red cells compose more than random
+    matrices of the same shapes, blue less; each cell shows ``score / baseline``.
+    """
+    s = _np(scores)
+    if s.shape != (len(row_labels), len(col_labels)):
+        raise ValueError(f"scores {list(s.shape)} do not match {len(row_labels)} x {len(col_labels)} labels")
+    fig, (a,) = _axes(ax)
+    span = max(np.abs(s - baseline).max(), 1e-9)
+    im = a.imshow(s, cmap="RdBu_r", vmin=baseline - span, vmax=baseline + span)
+    for i in range(s.shape[0]):
+        for j in range(s.shape[1]):
+            a.text(j, i, f"{s[i, j]:.2f}\n({s[i, j] / baseline:.1f}x)", ha="center", va="center", fontsize=8)
+    a.set_xticks(range(len(col_labels)), col_labels)
+    a.set_yticks(range(len(row_labels)), row_labels)
+    a.set_xlabel("later head (reads)")
+    a.set_ylabel("earlier head (writes)")
+    a.set_title(f"{title} (random baseline {baseline:.2f})", fontsize=10)
+    fig.colorbar(im, ax=a, shrink=0.8, label="composition score")
+    return fig
+
+
+def eigenvalues(eigs, titles: Sequence[str] | None = None, ax=None):
+    """Each head's eigenvalues ``[n_heads, k]`` (complex) in the complex plane.
+
+    Positive real eigenvalues mean the circuit copies (maps a token to itself);
+    the title shows the copying score ``Re(sum λ) / sum |λ|``.
+    """
+    e = _np(eigs)
+    if e.ndim == 1:
+        e = e[None]
+    fig, axes = _axes(ax, e.shape[0], size=(3.2, 3.2))
+    for i, a in enumerate(axes):
+        lam = e[i]
+        score = np.real(lam.sum()) / max(np.abs(lam).sum(), 1e-12)
+        r = max(np.abs(lam).max(), 1e-12) * 1.1
+        a.axhline(0, color="0.7", lw=0.8)
+        a.axvline(0, color="0.7", lw=0.8)
+        a.scatter(np.real(lam), np.imag(lam), s=12, c=np.where(np.real(lam) >= 0, "tab:red", "tab:blue"))
+        a.set_xlim(-r, r)
+        a.set_ylim(-r, r)
+        a.set_aspect("equal")
+        a.set_xlabel("Re λ")
+        a.set_ylabel("Im λ")
+        name = titles[i] if titles else f"head {i}"
+        a.set_title(f"{name}: copying {score:+.2f}", fontsize=10)
+    return fig
+
+
+def circuit(matrix, row_label: str = "source token", col_label: str = "output token", title: str = "",
+            ticks: Sequence[str] | None = None, ax=None, center: bool = True):
+    """An image of a ``[d_vocab, d_vocab]`` circuit (e.g. the full OV or QK circuit)."""
+    m = _np(matrix)
+    if m.ndim != 2:
+        raise ValueError(f"a circuit image needs a 2-D matrix, got shape {list(m.shape)}")
+    fig, (a,) = _axes(ax, size=(4.4, 4.0))
+    if center:
+        span = max(np.abs(m).max(), 1e-12)
+        im = a.imshow(m, cmap="RdBu_r", vmin=-span, vmax=span)
+    else:
+        im = a.imshow(m, cmap="viridis")
+    a.set_xlabel(col_label)
+    a.set_ylabel(row_label)
+    a.set_title(title, fontsize=10)
+    if ticks is not None:
+        a.set_xticks(range(len(ticks)), ticks, rotation=90, fontsize=6)
+        a.set_yticks(range(len(ticks)), ticks, fontsize=6)
+    fig.colorbar(im, ax=a, shrink=0.8)
+    return fig
+
+
+def head_scores(scores: dict[str, object], title: str = "head scores", ax=None):
+    """A grid of per-head scores: ``{score name: [n_layers, n_heads]}``, one panel per score."""
+    names = list(scores)
+    arrays = [_np(scores[n]) for n in names]
+    if not arrays or any(a.ndim != 2 or a.shape != arrays[0].shape for a in arrays):
+        raise ValueError("head_scores needs {name: [n_layers, n_heads]} arrays of one shape")
+    n_layers, n_heads = arrays[0].shape
+    fig, axes = _axes(ax, len(names), size=(0.9 * n_heads + 1.8, 0.8 * n_layers + 1.6))
+    for a, name, arr in zip(axes, names, arrays):
+        a.imshow(arr, cmap="Greens", vmin=min(0.0, arr.min()), vmax=max(1.0, arr.max()))
+        for l in range(n_layers):
+            for h in range(n_heads):
+                a.text(h, l, f"{arr[l, h]:.2f}", ha="center", va="center", fontsize=8)
+        a.set_xticks(range(n_heads), [f"H{h}" for h in range(n_heads)])
+        a.set_yticks(range(n_layers), [f"L{l}" for l in range(n_layers)])
+        a.set_title(name, fontsize=10)
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def training_history(history: Sequence[dict], keys: Sequence[str] = ("loss_first", "loss_repeat"),
+                     score_keys: Sequence[str] = ("best_induction", "best_prev_token"), ax=None):
+    """Losses (left axis) and head scores (right axis) against the training step."""
+    if not history:
+        raise ValueError("training_history needs at least one evaluation entry")
+    steps = [e["step"] for e in history]
+    fig, (a,) = _axes(ax, size=(6.0, 3.4))
+    for k in keys:
+        a.plot(steps, [e[k] for e in history], label=k.replace("_", " "))
+    a.set_xlabel("training step")
+    a.set_ylabel("loss (nats)")
+    b = a.twinx()
+    for k, style in zip(score_keys, ("--", ":")):
+        b.plot(steps, [e[k] for e in history], style, color="k", label=k.replace("_", " "))
+    b.set_ylim(0, 1.05)
+    b.set_ylabel("score")
+    lines = a.get_legend_handles_labels()[0] + b.get_legend_handles_labels()[0]
+    a.legend(lines, [ln.get_label() for ln in lines], fontsize=8, loc="center right")
+    return fig
+
+
+def patching(effect, row_labels: Sequence[str], col_labels: Sequence[str] | None = None,
+             title: str = "activation patching", ax=None):
+    """A heat map of a patching sweep ``[n_components, n_pos]`` (normalised effect: 0 corrupted, 1 clean)."""
+    e = _np(effect)
+    if e.ndim != 2 or e.shape[0] != len(row_labels):
+        raise ValueError(f"effect must be [len(row_labels), n_pos], got {list(e.shape)}")
+    fig, (a,) = _axes(ax, size=(max(4.0, 0.22 * e.shape[1] + 1.5), 0.35 * e.shape[0] + 1.6))
+    span = max(np.abs(e).max(), 1e-12)
+    im = a.imshow(e, cmap="RdBu_r", vmin=-span, vmax=span, aspect="auto")
+    a.set_yticks(range(len(row_labels)), row_labels)
+    if col_labels is not None:
+        a.set_xticks(range(len(col_labels)), col_labels, rotation=90, fontsize=6)
+    a.set_xlabel("position")
+    a.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=a, shrink=0.8, label="normalised effect")
+    return fig
