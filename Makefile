@@ -1,6 +1,7 @@
 # toylab: every target makes its own virtual environment and installs what it needs.
 #   make book   - the main job: check the shipped models, build the textbook (HTML, offline), screenshot-check it
-#   make test   - the test suite (library tests, graded exercises against the solutions, notebooks)
+#   make test   - the test suite (library tests, graded exercises against the solutions), then the
+#                 chapter notebooks re-executed by nbval and compared with their stored outputs
 #   make models - retrain every canonical model into toylab/models (a few minutes on a laptop CPU)
 #   make bench  - the benchmarks (with the TransformerLens comparison: make bench-tl)
 #   make test-peer - cross-check against TransformerLens 3.9.0, in its own environment .venv-tl
@@ -35,8 +36,11 @@ book: $(VENV)/.book
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 	$(PY) .ci/check_book.py chapters/_build/html chapters/_build/screenshots
 
+NOTEBOOKS := $(wildcard chapters/ch*.ipynb)
+
 test: $(VENV)/.test
 	$(PY) -m pytest
+	$(if $(NOTEBOOKS),$(PY) -m pytest -p no:cacheprovider --nbval --current-env --nbval-sanitize-with chapters/nbval_sanitize.cfg $(NOTEBOOKS))
 
 models: $(VENV)/.torch $(VENV)/.test
 	$(PY) -m toylab.cli train --all --out-dir toylab/models
