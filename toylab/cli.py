@@ -4,6 +4,7 @@
     toylab train --all [--out-dir DIR]
     toylab info CHECKPOINT_OR_PRESET
     toylab models            # the shipped models and what they learned
+    toylab grade [--chapter N] [--json [FILE]] [--timeout S] [PATH]   # grade exercises
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 from toylab.checkpoint import CheckpointError, atomic_write, load_checkpoint
+from toylab.grading import add_grade_parser
 from toylab.presets import PRESETS, get_preset, shipped_path
 from toylab.train import TrainResult, train
 
@@ -154,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
     p = sub.add_parser("models", help="the shipped models and their final metrics")
     p.set_defaults(func=cmd_models)
+    add_grade_parser(sub)
     return parser
 
 

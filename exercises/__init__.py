@@ -1,0 +1,1 @@
+"""Exercises: one module per chapter, functions to fill in (see the textbook)."""

@@ -1,0 +1,1 @@
+"""Reference answers to the exercises, same names and signatures as exercises/."""

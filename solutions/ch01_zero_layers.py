@@ -1,0 +1,142 @@
+"""Chapter 1 — zero layers: the model is a bigram table. Reference answers.
+
+A zero-layer transformer computes ``logits = W_E[token] @ W_U``: its prediction
+depends on the current token only, so all it can learn is a bigram table.
+Grade your own answers in ``exercises/ch01_zero_layers.py`` with
+``toylab grade --chapter 1``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def bigram_table_from_weights(W_E: torch.Tensor, W_U: torch.Tensor) -> torch.Tensor:
+    """Read a zero-layer model's bigram table out of its weights.  ★  (about 5 min)
+
+    Args:
+        W_E: ``[d_vocab, d_model]`` embedding; W_U: ``[d_model, d_vocab]`` unembedding.
+
+    Returns:
+        ``[d_vocab, d_vocab]``: ``Q[a, b] = softmax(W_E W_U)[a, b]``, the model's
+        probability that token ``b`` follows token ``a``; every row sums to 1.
+
+    Hint: row ``a`` of ``W_E @ W_U`` holds the logits the model gives after token ``a``.
+    """
+    return torch.softmax(W_E @ W_U, dim=-1)
+
+
+def empirical_bigram_counts(tokens: torch.Tensor, d_vocab: int) -> torch.Tensor:
+    """Count how often each token follows each other token in a batch.  ★★  (about 10 min)
+
+    Args:
+        tokens: ``[batch, pos]`` token ids in ``[0, d_vocab)``.
+        d_vocab: the number of token types.
+
+    Returns:
+        ``[d_vocab, d_vocab]`` integer (``torch.long``) counts::
+
+            counts[a, b] = #{(n, p) : tokens[n, p] = a and tokens[n, p + 1] = b}
+
+        Pairs never cross from one sequence into the next; the counts add up
+        to ``batch * (pos - 1)``.
+
+    Hint: the pair ``(a, b)`` has the flat index ``a * d_vocab + b``; ``torch.bincount``
+    with ``minlength`` counts them all at once. No Python loop is needed.
+    """
+    current, following = tokens[:, :-1].reshape(-1), tokens[:, 1:].reshape(-1)
+    flat = torch.bincount(current * d_vocab + following, minlength=d_vocab * d_vocab)
+    return flat.reshape(d_vocab, d_vocab).long()
+
+
+def frequency_weighted_kl(P: torch.Tensor, Q: torch.Tensor, weights: torch.Tensor) -> float:
+    """How far a model's bigram table ``Q`` is from the truth ``P``, in nats.  ★★  (about 10 min)
+
+    Args:
+        P: ``[d_vocab, d_vocab]`` true transition probabilities, ``P[a, b] = P(b | a)``.
+        Q: ``[d_vocab, d_vocab]`` model probabilities, same layout.
+        weights: ``[d_vocab]`` non-negative, how often each token ``a`` is the
+            current token; normalise them to sum to 1.
+
+    Returns:
+        A Python float::
+
+            KL_w(P || Q) = sum_a w(a) sum_b P(b|a) (log P(b|a) - log Q(b|a)),   w = weights / sum(weights)
+
+        with the convention ``0 log 0 = 0`` (a pair the truth never produces
+        costs nothing), and ``inf`` when ``Q(b|a) = 0`` where ``P(b|a) > 0`` and ``w(a) > 0``.
+
+    Hint: work in float64 and sum only over the entries with ``P > 0`` (and
+    ``w > 0``), otherwise ``0 * log 0`` gives NaN.
+    """
+    P, Q, w = P.double(), Q.double(), weights.double()
+    w = w / w.sum()
+    support = (P > 0) & (w > 0)[:, None]
+    if (Q[support] == 0).any():
+        return float("inf")
+    terms = torch.zeros_like(P)
+    terms[support] = P[support] * (P[support].log() - Q[support].log())
+    return float((w * terms.sum(dim=1)).sum())
+
+
+def top_k_successors(table: torch.Tensor, token: int, k: int) -> torch.Tensor:
+    """The ``k`` most likely tokens to follow ``token``, most likely first.  ★  (about 5 min)
+
+    Args:
+        table: ``[d_vocab, d_vocab]`` a bigram table (probabilities or logits), rows = current token.
+        token: the current token ``a``.
+        k: how many successors.
+
+    Returns:
+        ``[k]`` ``torch.long`` token ids ``b_1, ..., b_k`` with
+        ``table[a, b_1] >= table[a, b_2] >= ... >= table[a, b_k]`` and no other
+        token above ``table[a, b_k]``.
+
+    Hint: ``torch.topk`` returns values and indices.
+    """
+    return torch.topk(table[token], k).indices.long()
+
+
+def conditional_entropy(P: torch.Tensor, weights: torch.Tensor) -> float:
+    """The lowest loss any model can reach on a bigram language, in nats per token.  ★★  (about 10 min)
+
+    Args:
+        P: ``[d_vocab, d_vocab]`` true transition probabilities, ``P[a, b] = P(b | a)``.
+        weights: ``[d_vocab]`` how often each token is the current token; normalise to sum 1.
+
+    Returns:
+        A Python float::
+
+            H_w(P) = - sum_a w(a) sum_b P(b|a) log P(b|a),   with 0 log 0 = 0
+
+        A model ``Q`` has expected loss ``H_w(P) + KL_w(P || Q)``, so ``H_w`` is
+        the floor its training loss approaches.
+
+    Hint: the same care with zeros as in ``frequency_weighted_kl``.
+    """
+    P, w = P.double(), weights.double()
+    w = w / w.sum()
+    plogp = torch.where(P > 0, P * P.clamp_min(1e-300).log(), torch.zeros_like(P))
+    return float(-(w * plogp.sum(dim=1)).sum())
+
+
+def best_rank_r_approximation(M: torch.Tensor, r: int) -> torch.Tensor:
+    """The matrix of rank at most ``r`` closest to ``M`` (in the Frobenius norm).  ★★  (about 15 min)
+
+    A model with ``d_model < d_vocab`` can only make logit tables ``W_E W_U``
+    of rank ``<= d_model``; this is the best such table it could hope for.
+
+    Args:
+        M: ``[m, n]`` a matrix, e.g. a table of logits.
+        r: the rank, ``0 <= r``.
+
+    Returns:
+        ``[m, n]``: with the SVD ``M = U diag(S) V^T`` (``S`` decreasing),
+        ``M_r = U[:, :r] diag(S[:r]) V[:, :r]^T`` (Eckart–Young: no matrix of
+        rank ``<= r`` is closer to ``M``). For ``r >= min(m, n)`` it is ``M`` itself.
+
+    Hint: ``torch.linalg.svd(M, full_matrices=False)`` returns ``U, S, Vh`` with ``Vh = V^T``.
+    """
+    U, S, Vh = torch.linalg.svd(M, full_matrices=False)
+    r = min(r, S.shape[0])
+    return (U[:, :r] * S[:r]) @ Vh[:r]

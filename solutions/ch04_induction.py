@@ -1,0 +1,215 @@
+"""Chapter 4 — induction heads. Reference answers.
+
+An induction head completes ``[A][B] ... [A] -> [B]``: at a token ``A`` it
+attends to the token right after an earlier ``A`` and copies it. On the probe
+``[BOS, r, r]`` (random tokens ``r`` repeated once) a model with induction
+heads predicts the second copy almost perfectly, while a one-layer model cannot.
+Grade your own answers in ``exercises/ch04_induction.py`` with
+``toylab grade --chapter 4``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+BOS = 0  # the beginning-of-sequence token, always at position 0
+
+
+def make_probe(d_vocab: int, half_len: int, batch: int, generator: torch.Generator) -> torch.Tensor:
+    """Build the induction probe ``[BOS, r, r]``.  ★  (about 5 min)
+
+    Args:
+        d_vocab: vocabulary size ``V``; the random tokens are uniform on ``1..V-1``
+            (never ``BOS = 0``).
+        half_len: ``L``, the length of ``r``.
+        batch: how many sequences.
+        generator: the only source of randomness.
+
+    Returns:
+        ``[batch, 1 + 2 L]`` ``torch.long``: ``x_0 = BOS``, ``x_1..x_L = r`` and
+        ``x_{L+1}..x_{2L} = r`` again, so ``x_{p + L} = x_p`` for ``1 <= p <= L``.
+        Draw ``r`` with one call ``torch.randint(1, d_vocab, (batch, half_len),
+        generator=generator)``, so the probe equals ``toylab.data.repeated_tokens``.
+
+    Hint: ``torch.cat`` along dim 1 of a column of ``BOS`` and ``r`` twice.
+    """
+    r = torch.randint(1, d_vocab, (batch, half_len), generator=generator, dtype=torch.long)
+    bos = torch.full((batch, 1), BOS, dtype=torch.long)
+    return torch.cat([bos, r, r], dim=1)
+
+
+def per_position_loss(model, tokens: torch.Tensor) -> torch.Tensor:
+    """The model's mean loss at every position of a batch.  ★★  (about 10 min)
+
+    Args:
+        model: an ``AttnOnlyTransformer``; ``model(tokens)`` gives logits
+            ``[batch, pos, d_vocab]``.
+        tokens: ``[batch, pos]`` token ids.
+
+    Returns:
+        ``[pos - 1]`` float: entry ``p`` is the cross-entropy of predicting the
+        token at position ``p + 1`` from the logits at position ``p``, averaged
+        over the batch::
+
+            loss[p] = mean_b ( -log softmax(logits[b, p])[tokens[b, p + 1]] )
+
+    Hint: the logits at the last position predict a token past the end, so
+    drop them; ``torch.log_softmax`` then ``.gather`` on the last dimension.
+    """
+    logits = model(tokens)
+    log_probs = torch.log_softmax(logits[:, :-1].double(), dim=-1)
+    target = tokens[:, 1:, None]
+    return -log_probs.gather(-1, target)[..., 0].mean(0).to(logits.dtype)
+
+
+def previous_token_score(pattern: torch.Tensor) -> torch.Tensor:
+    """How much each head attends to the previous position.  ★  (about 5 min)
+
+    Args:
+        pattern: ``[batch, n_heads, query_pos, key_pos]`` attention patterns
+            (rows sum to 1, causal).
+
+    Returns:
+        ``[n_heads]``: ``mean_{b, q >= 1} A[b, h, q, q - 1]``, the mean attention
+        from each destination to the position just before it (position 0 has
+        no previous position and is left out).
+
+    Hint: ``pattern.diagonal(offset=-1, dim1=-2, dim2=-1)`` holds ``A[..., q, q - 1]``.
+    """
+    return pattern.diagonal(offset=-1, dim1=-2, dim2=-1).mean(dim=(0, 2))
+
+
+def _destination_mean(pattern: torch.Tensor, mask: torch.Tensor, destinations) -> torch.Tensor:
+    """``mean over (b, q) in D of sum_k mask[b, q, k] A[b, h, q, k]``, ``D`` = rows with a key (in ``destinations``)."""
+    D = mask.any(-1)  # [batch, q]
+    if destinations is not None:
+        D = D & torch.as_tensor(destinations, dtype=torch.bool)
+    mass = (pattern * mask[:, None].to(pattern.dtype)).sum(-1)  # [batch, n_heads, q]
+    return mass.transpose(0, 1)[:, D].mean(-1)
+
+
+def duplicate_token_score(pattern: torch.Tensor, tokens: torch.Tensor,
+                          destinations: torch.Tensor | None = None) -> torch.Tensor:
+    """How much each head attends from a token to its earlier copies.  ★★  (about 15 min)
+
+    Args:
+        pattern: ``[batch, n_heads, pos, pos]`` attention patterns.
+        tokens: ``[batch, pos]`` the tokens the patterns were computed on.
+        destinations: optional bool mask ``[pos]`` or ``[batch, pos]``: count only
+            these destinations.
+
+    Returns:
+        ``[n_heads]``::
+
+            score_h = mean_{(b, q) in D} sum_{k < q : t_k = t_q} A[b, h, q, k]
+
+        where ``D`` holds the destinations ``(b, q)`` whose token occurred
+        earlier in the sequence (and that are in ``destinations``, if given).
+        A destination without an earlier copy is not averaged in at all.
+
+    Hint: ``same[b, q, k] = tokens[b, q] == tokens[b, k]`` by broadcasting; keep
+    only ``k < q`` with a strictly lower-triangular mask (``tril(diagonal=-1)``).
+    """
+    same = tokens[:, :, None] == tokens[:, None, :]
+    earlier = torch.ones(tokens.shape[1], tokens.shape[1], dtype=torch.bool).tril(diagonal=-1)
+    return _destination_mean(pattern, same & earlier, destinations)
+
+
+def induction_score(pattern: torch.Tensor, tokens: torch.Tensor,
+                    destinations: torch.Tensor | None = None) -> torch.Tensor:
+    """How much each head attends to the token *after* an earlier copy of the current one.  ★★★  (about 20 min)
+
+    Args:
+        pattern: ``[batch, n_heads, pos, pos]`` attention patterns.
+        tokens: ``[batch, pos]``.
+        destinations: optional bool mask ``[pos]`` or ``[batch, pos]`` (on the
+            probe ``[BOS, r, r]``: the positions of the second copy).
+
+    Returns:
+        ``[n_heads]``::
+
+            score_h = mean_{(b, q) in D} sum_{1 <= k <= q : t_{k-1} = t_q} A[b, h, q, k]
+
+        ``D``: destinations whose token occurred at some ``k - 1 < q`` (and in
+        ``destinations``, if given). Key ``k`` may equal ``q`` (at the last
+        position of a repeat the token after the earlier copy can be ``q`` itself).
+
+    Hint: build ``match[b, q, k] = (t_q == t_{k-1})`` for ``k >= 1`` by comparing
+    ``tokens[:, :, None]`` with ``tokens[:, None, :-1]`` and writing it into
+    columns ``1:`` of a ``False`` tensor; then keep ``k <= q`` (``tril()``).
+    """
+    n = tokens.shape[1]
+    match = torch.zeros(tokens.shape[0], n, n, dtype=torch.bool)
+    match[:, :, 1:] = tokens[:, :, None] == tokens[:, None, :-1]
+    match &= torch.ones(n, n, dtype=torch.bool).tril()
+    return _destination_mean(pattern, match, destinations)
+
+
+def icl_score(model, tokens: torch.Tensor, early: int = 5, late: int | None = None) -> float:
+    """The in-context-learning score: how much later tokens gain from the context.  ★  (about 10 min)
+
+    Args:
+        model: an ``AttnOnlyTransformer``.
+        tokens: ``[batch, pos]`` sequences from the training distribution.
+        early, late: token indices with ``1 <= early < late <= pos - 1``;
+            ``late`` defaults to ``pos - 1``, the last token.
+
+    Returns:
+        A Python float, in nats::
+
+            ICL = mean_b loss(token late) - mean_b loss(token early)
+
+        where "loss of token ``i``" is the cross-entropy of predicting
+        ``tokens[:, i]`` from ``tokens[:, :i]``. Negative: the model does better
+        with more context.
+
+    Hint: ``model(tokens, return_type="loss_per_token")`` is ``[batch, pos - 1]``
+    and its column ``i - 1`` is the loss of token ``i``.
+    """
+    late = tokens.shape[1] - 1 if late is None else late
+    loss = model(tokens, return_type="loss_per_token")
+    return float(loss[:, late - 1].mean() - loss[:, early - 1].mean())
+
+
+def find_heads(scores: torch.Tensor, threshold: float) -> list[tuple[int, int]]:
+    """The heads whose detector score reaches a threshold, best first.  ★  (about 5 min)
+
+    Args:
+        scores: ``[n_layers, n_heads]`` one detector's scores (e.g.
+            ``head_detector_scores(model, tokens)["induction"]``).
+        threshold: the score a head needs.
+
+    Returns:
+        A list of ``(layer, head)`` tuples of Python ints, one for every head with
+        ``scores[layer, head] >= threshold``, sorted by score, highest first;
+        an empty list if none qualifies.
+
+    Hint: ``torch.nonzero(scores >= threshold)`` gives the indices; sort them with
+    ``key=lambda lh: -scores[lh]``.
+    """
+    found = [(int(l), int(h)) for l, h in torch.nonzero(scores >= threshold).tolist()]
+    return sorted(found, key=lambda lh: -float(scores[lh]))
+
+
+def phase_change_step(history: list[dict], key: str = "best_induction", threshold: float = 0.5) -> int | None:
+    """The training step at which a score jumps up and stays up.  ★★  (about 10 min)
+
+    Args:
+        history: evaluations in training order, each a dict with ``"step"`` and
+            ``key`` (e.g. ``load_shipped("induction-2l").history``).
+        key: which number to watch.
+        threshold: the level it must reach.
+
+    Returns:
+        The ``"step"`` of the first evaluation from which on *every* evaluation
+        (that one and all later ones) has ``entry[key] >= threshold``; ``None`` if
+        the last evaluation is below the threshold (the change never happened).
+
+    Hint: walk the history backwards while the value stays above the threshold.
+    """
+    step = None
+    for entry in reversed(history):
+        if entry[key] < threshold:
+            break
+        step = entry["step"]
+    return step

@@ -1,0 +1,174 @@
+"""The grading system: graded tests fail on the stubs and pass on the answers; the grader survives bad answers.
+
+The meta-tests run the real grader (pytest in a child process) on
+
+- the untouched stubs in ``exercises/``: every graded test must fail (a test
+  that passes on a stub grades nothing);
+- a copy of ``solutions/`` in a temporary folder: every graded test must pass;
+- a copy with one answer that loops forever, one that ignores the alarm and
+  hangs, and one that kills its process: those fail with a message, the rest
+  still score.
+"""
+
+import ast
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from toylab import grading
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = sorted(p.stem for p in (ROOT / "solutions").glob("ch*.py"))
+
+
+def _functions(path: Path) -> dict[str, ast.FunctionDef]:
+    tree = ast.parse(path.read_text())
+    return {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")}
+
+
+@pytest.fixture(scope="module")
+def stub_grade():
+    return grading.grade(ROOT / "exercises", timeout=30)
+
+
+@pytest.fixture(scope="module")
+def solution_grade(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("answers")
+    for ch in CHAPTERS:
+        shutil.copy(ROOT / "solutions" / f"{ch}.py", folder / f"{ch}.py")
+    return grading.grade(folder, timeout=30)
+
+
+def test_every_chapter_has_exercises_solutions_and_graded_tests():
+    assert len(CHAPTERS) >= 2
+    for ch in CHAPTERS:
+        sol, ex = _functions(ROOT / "solutions" / f"{ch}.py"), _functions(ROOT / "exercises" / f"{ch}.py")
+        assert sol.keys() == ex.keys(), f"{ch}: exercises and solutions define different functions"
+        assert len(sol) >= 5, f"{ch}: only {len(sol)} exercises"
+        for name, fn in ex.items():
+            assert ast.dump(fn.args) == ast.dump(sol[name].args), f"{ch}.{name}: signatures differ"
+            doc = ast.get_docstring(fn) or ""
+            assert re.search(r"★+\s+\(about \d+ min\)", doc), f"{ch}.{name}: docstring needs difficulty and minutes"
+            assert "Hint" in doc and "Returns" in doc, f"{ch}.{name}: docstring needs Returns and a Hint"
+            body = fn.body[1:]
+            assert len(body) == 1 and isinstance(body[0], ast.Raise) and "NotImplementedError" in ast.dump(body[0]), \
+                f"exercises/{ch}.py: {name} must be a stub that raises NotImplementedError"
+
+
+def test_graded_tests_cover_every_exercise(stub_grade):
+    graded = {(t.chapter, t.exercise) for t in stub_grade.tests}
+    for ch in CHAPTERS:
+        n = int(ch[2:4])
+        for name in _functions(ROOT / "exercises" / f"{ch}.py"):
+            assert (n, name) in graded, f"no graded test for {ch}.{name}"
+    assert all(t.points >= 1 for t in stub_grade.tests)
+
+
+def test_every_graded_test_fails_on_the_stubs(stub_grade):
+    assert len(stub_grade.tests) >= 10
+    passing = [t.nodeid for t in stub_grade.tests if t.passed]
+    assert not passing, f"graded tests that pass on the untouched stubs grade nothing: {passing}"
+    for t in stub_grade.tests:
+        assert "not implemented yet" in t.message, (t.nodeid, t.message)
+    assert stub_grade.earned == 0
+    table = stub_grade.table()
+    assert re.search(r"total\s+0/\d+", table), table
+    assert "embed" in table and "bigram_table_from_weights" in table
+
+
+def test_every_graded_test_passes_on_the_solutions(solution_grade):
+    failing = {t.nodeid: t.message for t in solution_grade.tests if not t.passed}
+    assert not failing, failing
+    assert solution_grade.earned == solution_grade.max_points >= 10
+    assert re.search(r"total\s+(\d+)/\1", solution_grade.table())
+
+
+HANGS = '''
+def conditional_entropy(P, weights):
+    while True:  # a Python loop that never ends: the alarm stops it
+        pass
+'''
+HANGS_IN_C = '''
+def next_token_loss(logits, tokens):
+    import signal, time
+    signal.signal(signal.SIGALRM, signal.SIG_IGN)  # ignores the alarm: only the watchdog can stop it
+    while True:
+        time.sleep(0.05)
+'''
+CRASHES = '''
+def top_k_successors(table, token, k):
+    import os
+    os._exit(3)  # the whole test process dies
+'''
+
+
+def _replace(src: str, name: str, new: str) -> str:
+    fn = _functions_from_source(src)[name]
+    lines = src.splitlines()
+    return "\n".join(lines[: fn.lineno - 1] + new.strip("\n").splitlines() + lines[fn.end_lineno:]) + "\n"
+
+
+def _functions_from_source(src):
+    return {n.name: n for n in ast.parse(src).body if isinstance(n, ast.FunctionDef)}
+
+
+def test_grader_survives_hanging_and_crashing_answers(tmp_path, capsys):
+    ch0 = (ROOT / "solutions" / "ch00_transformer.py").read_text()
+    (tmp_path / "ch00_transformer.py").write_text(_replace(ch0, "next_token_loss", HANGS_IN_C))
+    ch1 = (ROOT / "solutions" / "ch01_zero_layers.py").read_text()
+    ch1 = _replace(_replace(ch1, "conditional_entropy", HANGS), "top_k_successors", CRASHES)
+    (tmp_path / "ch01_zero_layers.py").write_text(ch1)
+    out = tmp_path / "scores" / "grades.json"
+    code = grading.main([str(tmp_path), "--timeout", "3", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 1
+    report = json.loads(out.read_text())
+    rows = {r["exercise"]: r for r in report["exercises"]}
+    assert "timed out after 3 s" in rows["conditional_entropy"]["message"]
+    assert "timed out after 3 s" in rows["next_token_loss"]["message"]
+    assert "crashed: the test process exited with code 3" in rows["top_k_successors"]["message"]
+    broken = {"conditional_entropy", "next_token_loss", "top_k_successors"}
+    for name, row in rows.items():  # everything else is graded normally
+        assert row["passed"] == (name not in broken), (name, row)
+    assert report["earned"] == report["max"] - sum(rows[n]["max"] for n in broken)
+    assert "crashed" in printed and "timed out after 3 s" in printed and "total" in printed
+    assert not list(out.parent.glob("*.tmp")), "the JSON must be written atomically (no temp file left)"
+
+
+def test_grade_one_chapter_and_check_one_exercise(tmp_path, capsys):
+    for ch in CHAPTERS:
+        shutil.copy(ROOT / "solutions" / f"{ch}.py", tmp_path / f"{ch}.py")
+    assert grading.check("ch01", "top_k_successors", path=tmp_path) is True
+    assert "ch01 top_k_successors: 1/1 points, pass" in capsys.readouterr().out
+    assert grading.main(["--chapter", "7", str(tmp_path)]) == 2
+    assert "no graded tests for chapter 7" in capsys.readouterr().err
+
+
+def test_missing_or_broken_answer_files_fail_with_a_message(tmp_path):
+    (tmp_path / "ch00_transformer.py").write_text("def embed(:\n")
+    g = grading.grade(tmp_path, timeout=20, select="embed or project or top_k")
+    messages = {t.exercise: t.message for t in g.tests}
+    assert set(messages) == {"embed", "project", "top_k_successors"}
+    assert "could not import ch00_transformer.py: SyntaxError" in messages["embed"], messages
+    assert "could not import ch00_transformer.py: SyntaxError" in messages["project"], messages
+    assert "no file ch01_zero_layers.py" in messages["top_k_successors"]
+
+
+def test_expect_tensor_teaches():
+    import torch
+
+    with pytest.raises(AssertionError, match=r"expected shape \[n_heads, d_vocab\] = \[2, 3\], got \[3, 2\]"):
+        grading.expect_tensor(torch.zeros(3, 2), torch.zeros(2, 3), "x", "n_heads, d_vocab")
+    with pytest.raises(AssertionError, match="did you forget `return`"):
+        grading.expect_tensor(None, torch.zeros(2), "x")
+    with pytest.raises(AssertionError, match="wrong values. Halve it"):
+        grading.expect_tensor(torch.ones(2) * 2, torch.ones(2), "x", hints=[(torch.ones(2) * 2, "Halve it.")])
+    with pytest.raises(AssertionError, match=r"your value for y is -0.42, expected about 0.97: hint"):
+        grading.expect_number(-0.42, 0.97, "y", tol=0.01, hint="hint")
+    inf = float("inf")
+    grading.expect_tensor(torch.tensor([1.0, -inf]), torch.tensor([1.0, -inf]), "masked")
+    with pytest.raises(AssertionError):
+        grading.expect_tensor(torch.tensor([1.0, 0.0]), torch.tensor([1.0, -inf]), "masked")

@@ -1,0 +1,493 @@
+"""Grade a student's exercises: run the graded tests, print and save a score table.
+
+    toylab grade [--chapter N] [--json [FILE]] [--timeout S] [PATH]
+
+The graded tests live in ``tests/exercises/test_chNN_<topic>.py``; each one
+carries ``@pytest.mark.exercise("name")`` and ``@pytest.mark.points(n)``. They
+import the module under test with :func:`load_answers`, which reads the folder
+from the environment variable ``TOYLAB_ANSWERS``:
+
+=====================  ==============================================
+unset or ``solutions``  the reference answers in ``solutions/`` (CI)
+``exercises``           the student's stubs in ``exercises/``
+any other value         a folder holding ``chNN_<topic>.py`` files
+=====================  ==============================================
+
+The grader runs pytest on those tests in a child process with a recording
+plugin (:class:`Recorder`) that writes one JSON line per event. Each test has
+a time limit, enforced twice: an alarm inside the child (a Python loop that
+never ends fails with "timed out after S s") and a watchdog in the parent that
+kills the child if a test outlives its limit anyway (a hang in C code). A
+child that dies (``os._exit``, a segfault) fails the test it was running;
+the grader then starts a fresh child on the tests that are left, so one
+broken answer never costs the others their points.
+
+This module imports pytest only inside the child process; the helpers
+:func:`load_answers` and :func:`expect_tensor` are what the graded tests use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+DEFAULT_TIMEOUT = 10.0
+_EVENTS_ENV = "TOYLAB_GRADE_EVENTS"
+TIMEOUT_ENV = "TOYLAB_GRADE_TIMEOUT"
+ANSWERS_ENV = "TOYLAB_ANSWERS"
+
+
+# ----------------------------------------------------------------- locating
+def repo_root() -> Path:
+    """The checkout that holds ``tests/exercises``: the current folder or a parent, else toylab's."""
+    here = Path.cwd().resolve()
+    for cand in (here, *here.parents, Path(__file__).resolve().parents[1]):
+        if (cand / "tests" / "exercises").is_dir():
+            return cand
+    raise FileNotFoundError("cannot find tests/exercises: run the grader inside a clone of the toylab repository")
+
+
+def answers_dir() -> Path:
+    """The folder the graded tests import answers from (see the module docstring)."""
+    value = os.environ.get(ANSWERS_ENV, "").strip() or "solutions"
+    if value in ("solutions", "exercises"):
+        return repo_root() / value
+    return Path(value).expanduser().resolve()
+
+
+_loaded: dict[Path, object] = {}
+
+
+def load_answers(module: str):
+    """Import ``<answers_dir>/<module>.py`` by path (e.g. ``module="ch00_transformer"``).
+
+    Each file is imported once per process; a file that is missing or does not
+    import raises an ``AssertionError`` that says so, which fails the test.
+    """
+    path = answers_dir() / f"{module}.py"
+    if path in _loaded:
+        return _loaded[path]
+    if not path.is_file():
+        raise AssertionError(f"no file {module}.py in {path.parent}: the answers folder must hold one file per chapter")
+    spec = importlib.util.spec_from_file_location(f"toylab_answers_{module}_{len(_loaded)}", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except Exception as e:  # a syntax error or a failing import in the student's file
+        del sys.modules[spec.name]
+        raise AssertionError(f"could not import {path.name}: {type(e).__name__}: {e}") from e
+    _loaded[path] = mod
+    return mod
+
+
+# ------------------------------------------------------- teaching assertions
+def _shape(x) -> str:
+    return "[" + ", ".join(str(int(s)) for s in x) + "]"
+
+
+def expect_tensor(actual, expected, what: str, dims: str = "", *, atol: float = 1e-4, rtol: float = 1e-4,
+                  hints: tuple = ()) -> None:
+    """Assert that ``actual`` is a tensor equal to ``expected`` (within tolerances); teach if not.
+
+    ``dims`` names the expected dimensions (``"batch, pos, d_model"``).
+    ``hints`` is a sequence of ``(candidate, message)``: if ``actual`` matches a
+    candidate (a typical wrong answer, computed from the truth) the message
+    says which mistake that was. Infinite entries (a causal mask) must match
+    exactly.
+    """
+    import torch
+
+    if actual is None:
+        raise AssertionError(f"{what}: your function returned None; did you forget `return`?")
+    if not isinstance(actual, torch.Tensor):
+        raise AssertionError(f"{what}: expected a torch.Tensor, got {type(actual).__name__}")
+    names = f"[{dims}] = " if dims else ""
+    if tuple(actual.shape) != tuple(expected.shape):
+        raise AssertionError(f"{what}: expected shape {names}{_shape(expected.shape)}, got {_shape(actual.shape)}")
+    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
+    if torch.isnan(a).any():
+        raise AssertionError(f"{what}: your tensor contains NaN at {_shape(torch.nonzero(torch.isnan(a))[0])}")
+    for cand, message in hints:
+        c = cand.detach().double().cpu()
+        if c.shape == a.shape and _close(a, c, atol, rtol) and not _close(a, e, atol, rtol):
+            raise AssertionError(f"{what}: wrong values. {message}")
+    if not _close(a, e, atol, rtol):
+        diff = (a - e).abs().nan_to_num(float("inf"))
+        diff[torch.isinf(a) & torch.isinf(e) & (torch.sign(a) == torch.sign(e))] = 0
+        idx = tuple(int(i) for i in torch.nonzero(diff == diff.max())[0])
+        raise AssertionError(f"{what}: wrong values; at index {list(idx)} you have {a[idx].item():.4g}, "
+                             f"expected {e[idx].item():.4g} (max |difference| {diff.max().item():.3g})")
+
+
+def _close(a, e, atol: float, rtol: float) -> bool:
+    import torch
+
+    if a.shape != e.shape:
+        return False
+    inf = torch.isinf(e)
+    if not torch.equal(torch.isinf(a), inf) or not torch.equal(a[inf], e[inf]):
+        return False
+    return bool(torch.allclose(a[~inf], e[~inf], atol=atol, rtol=rtol))
+
+
+def expect_number(actual, expected: float, what: str, *, tol: float, hint: str = "") -> None:
+    """Assert that ``actual`` is a number within ``tol`` of ``expected``; teach if not."""
+    try:
+        value = float(actual)
+    except (TypeError, ValueError, RuntimeError):
+        raise AssertionError(f"{what}: expected a number (float), got {type(actual).__name__}") from None
+    if not (abs(value - expected) <= tol or (math.isinf(value) and value == expected)):
+        raise AssertionError(f"your value for {what} is {value:.4g}, expected about {expected:.4g}"
+                             + (f": {hint}" if hint else ""))
+
+
+# ------------------------------------------------------- in the child process
+class alarm:
+    """``with alarm(seconds):`` raises ``TimeoutError("timed out after S s")`` in a Python loop that overruns.
+
+    Uses ``SIGALRM`` (Unix, main thread only); elsewhere it does nothing and the
+    grader's watchdog is the only limit.
+    """
+
+    def __init__(self, seconds: float):
+        import signal
+        import threading
+
+        self.seconds = seconds
+        self.active = (seconds > 0 and hasattr(signal, "setitimer")
+                       and threading.current_thread() is threading.main_thread())
+
+    def _fire(self, signum, frame):
+        raise TimeoutError(f"timed out after {self.seconds:g} s")
+
+    def __enter__(self):
+        if self.active:
+            import signal
+
+            self.old = signal.signal(signal.SIGALRM, self._fire)
+            signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        return self
+
+    def __exit__(self, *exc):
+        if self.active:
+            import signal
+
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self.old)
+        return False
+
+
+def first_line(excinfo) -> str:
+    """The line a student sees for a failure: the exception's message, first line."""
+    exc = excinfo.value
+    if isinstance(exc, NotImplementedError):
+        return "not implemented yet (the stub raises NotImplementedError)"
+    if isinstance(exc, TimeoutError) and str(exc).startswith("timed out after"):
+        return str(exc)  # from :class:`alarm`
+    text = excinfo.exconly().strip()
+    if isinstance(exc, AssertionError):
+        text = text.removeprefix("AssertionError").lstrip(": ")
+    return (text.splitlines() or [type(exc).__name__])[0].strip()[:200]
+
+
+class Recorder:
+    """pytest plugin: appends one JSON line per event to ``path`` (collected, start, result)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.failures: dict[str, str] = {}
+
+    def _write(self, **event) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(event) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def pytest_collection_finish(self, session) -> None:
+        tests = []
+        for item in session.items:
+            ex, pts = item.get_closest_marker("exercise"), item.get_closest_marker("points")
+            m = re.match(r"test_ch(\d+)_", Path(str(item.fspath)).name)
+            tests.append({"nodeid": item.nodeid, "chapter": int(m.group(1)) if m else -1,
+                          "exercise": ex.args[0] if ex else item.name,
+                          "points": pts.args[0] if pts else 1})
+        self._write(event="collected", tests=tests)
+
+    def pytest_runtest_logstart(self, nodeid, location) -> None:
+        self._write(event="start", nodeid=nodeid, time=time.time())
+
+    def pytest_runtest_makereport(self, item, call) -> None:
+        if call.excinfo is not None and item.nodeid not in self.failures:
+            self.failures[item.nodeid] = first_line(call.excinfo)
+
+    def pytest_runtest_logreport(self, report) -> None:
+        if report.when == "call" or report.failed or report.skipped:
+            if report.when == "teardown" and not report.failed:
+                return
+            passed = report.passed and report.when == "call"
+            message = "" if passed else self.failures.get(report.nodeid, report.outcome)
+            if report.skipped:
+                message = "skipped"
+            self._write(event="result", nodeid=report.nodeid, passed=passed, message=message)
+
+
+def _child_main(events: str, args: list[str]) -> int:  # pragma: no cover - runs in the child
+    import pytest
+
+    return pytest.main(args, plugins=[Recorder(events)])
+
+
+# ------------------------------------------------------------------ grading
+@dataclass
+class GradedTest:
+    chapter: int
+    exercise: str
+    nodeid: str
+    points: int
+    passed: bool = False
+    message: str = "not run"
+
+
+@dataclass
+class Grade:
+    path: str
+    timeout: float
+    tests: list[GradedTest] = field(default_factory=list)
+
+    def exercises(self) -> list[dict]:
+        """One row per (chapter, exercise): points earned/max, pass or the first failure."""
+        rows: dict[tuple, dict] = {}
+        for t in self.tests:
+            row = rows.setdefault((t.chapter, t.exercise), {"chapter": t.chapter, "exercise": t.exercise,
+                                                            "earned": 0, "max": 0, "passed": True, "message": ""})
+            row["max"] += t.points
+            if t.passed:
+                row["earned"] += t.points
+            else:
+                row["passed"] = False
+                row["message"] = row["message"] or t.message
+        return list(rows.values())
+
+    @property
+    def earned(self) -> int:
+        return sum(t.points for t in self.tests if t.passed)
+
+    @property
+    def max_points(self) -> int:
+        return sum(t.points for t in self.tests)
+
+    def table(self) -> str:
+        rows = self.exercises()
+        w = max([len(r["exercise"]) for r in rows] + [8])
+        lines = [f"{'chapter':>7}  {'exercise':<{w}}  {'points':>6}  result", f"{'-' * 7}  {'-' * w}  {'-' * 6}  {'-' * 40}"]
+        for r in rows:
+            pts = f"{r['earned']}/{r['max']}"
+            lines.append(f"{r['chapter']:>7}  {r['exercise']:<{w}}  {pts:>6}  {'pass' if r['passed'] else r['message']}")
+        lines.append(f"{'-' * 7}  {'-' * w}  {'-' * 6}")
+        lines.append(f"{'total':>7}  {'':<{w}}  {f'{self.earned}/{self.max_points}':>6}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "timeout_s": self.timeout, "earned": self.earned, "max": self.max_points,
+                "exercises": self.exercises(), "tests": [asdict(t) for t in self.tests]}
+
+
+def _read_events(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    events = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a crash
+            pass
+    return events
+
+
+def graded_test_files(chapter: int | None = None, root: Path | None = None) -> list[Path]:
+    """The graded test files, all or one chapter's."""
+    root = root or repo_root()
+    pattern = "test_ch*.py" if chapter is None else f"test_ch{chapter:02d}_*.py"
+    files = sorted((root / "tests" / "exercises").glob(pattern))
+    if not files:
+        raise ValueError(f"no graded tests for chapter {chapter}" if chapter is not None else "no graded tests found")
+    return files
+
+
+def grade(path: str | os.PathLike = "exercises", chapter: int | None = None, timeout: float = DEFAULT_TIMEOUT,
+          select: str | None = None, startup_timeout: float = 120.0) -> Grade:
+    """Run the graded tests against the answers in folder ``path``; returns a :class:`Grade`.
+
+    ``select``: a pytest ``-k`` expression (e.g. one exercise's name).
+    Every test gets ``timeout`` seconds; a hanging or crashing answer fails its
+    own test and the others are still graded.
+    """
+    root = repo_root()
+    folder = Path(path).expanduser().resolve()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no answers folder {folder}")
+    if timeout <= 0:
+        raise ValueError(f"timeout must be positive, got {timeout}")
+    result = Grade(path=str(folder), timeout=timeout)
+    args = [str(f) for f in graded_test_files(chapter, root)]
+    if select:
+        args += ["-k", select]
+    env = dict(os.environ, **{ANSWERS_ENV: str(folder), TIMEOUT_ENV: str(timeout), "PYTHONDONTWRITEBYTECODE": "1"})
+    base = ["-q", "-p", "no:cacheprovider", "-o", "addopts=", "--rootdir", str(root), "-W", "ignore"]
+    by_id: dict[str, GradedTest] = {}
+    pending: list[str] | None = None  # None: not collected yet
+    with tempfile.TemporaryDirectory(prefix="toylab-grade-") as tmp:
+        for attempt in range(1000):
+            events_path = Path(tmp) / f"events{attempt}.jsonl"
+            run_args = base + (args if pending is None else pending)
+            code = ("import sys, toylab.grading as g; "
+                    f"sys.exit(g._child_main({str(events_path)!r}, {run_args!r}))")
+            proc = subprocess.Popen([sys.executable, "-c", code], cwd=root, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+            out = _watch(proc, events_path, timeout, startup_timeout)
+            events = _read_events(events_path)
+            killed_at = out["killed"]
+            running = None
+            for ev in events:
+                if ev["event"] == "collected":
+                    for t in ev["tests"]:
+                        by_id.setdefault(t["nodeid"], GradedTest(t["chapter"], t["exercise"], t["nodeid"], t["points"]))
+                    if pending is None:
+                        pending = [t["nodeid"] for t in ev["tests"]]
+                elif ev["event"] == "start":
+                    running = ev["nodeid"]
+                elif ev["event"] == "result":
+                    t = by_id[ev["nodeid"]]
+                    t.passed, t.message = ev["passed"], ev["message"]
+                    if ev["nodeid"] in pending:
+                        pending.remove(ev["nodeid"])
+                    running = None
+            if pending is None:  # never got as far as collecting the tests
+                tail = out["output"].strip().splitlines()[-5:]
+                raise RuntimeError("the graded tests could not be collected:\n" + "\n".join(tail))
+            if running is not None:  # the child died or was killed inside this test
+                t = by_id[running]
+                t.passed = False
+                if killed_at == "timeout":
+                    t.message = f"timed out after {timeout:g} s"
+                else:
+                    t.message = f"crashed: the test process exited with code {proc.returncode} while running it"
+                pending.remove(running)
+            elif pending and killed_at == "startup":
+                for nodeid in pending:
+                    by_id[nodeid].message = "the test process did not start in time"
+                break
+            if not pending or running is None:
+                break
+    result.tests = list(by_id.values())
+    return result
+
+
+def _watch(proc: subprocess.Popen, events_path: Path, timeout: float, startup_timeout: float) -> dict:
+    """Wait for ``proc``; kill it if one test runs past ``timeout`` (plus a grace) or it never starts."""
+    import threading
+
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: chunks.append(proc.stdout.read()), daemon=True)
+    reader.start()
+    grace = max(1.0, 0.25 * timeout)
+    started = time.time()
+    killed = None
+    while proc.poll() is None:
+        time.sleep(0.1)
+        events = _read_events(events_path)
+        last = events[-1] if events else None
+        now = time.time()
+        if last is None and now - started > startup_timeout:
+            killed = "startup"
+        elif last is not None and last["event"] == "start" and now - last["time"] > timeout + grace:
+            killed = "timeout"
+        if killed:
+            _kill(proc)
+            break
+    proc.wait()
+    reader.join(timeout=5)
+    return {"killed": killed, "output": b"".join(chunks).decode(errors="replace")}
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the child and anything it started
+    except (AttributeError, ProcessLookupError, PermissionError):
+        proc.kill()
+
+
+def check(chapter: str | int, exercise: str, path: str | os.PathLike | None = None,
+          timeout: float = DEFAULT_TIMEOUT) -> bool:
+    """Grade one exercise from a notebook and print one line: ``check("ch01", "bigram_table_from_weights")``.
+
+    ``path`` defaults to the repository's ``exercises/`` folder. Returns whether it passed.
+    """
+    n = int(str(chapter).lower().removeprefix("ch"))
+    folder = Path(path) if path is not None else repo_root() / "exercises"
+    g = grade(folder, chapter=n, timeout=timeout, select=exercise)
+    rows = [r for r in g.exercises() if r["exercise"] == exercise]
+    if not rows:
+        print(f"ch{n:02d} {exercise}: no graded test of that name")
+        return False
+    r = rows[0]
+    status = "pass" if r["passed"] else f"FAIL: {r['message']}"
+    print(f"ch{n:02d} {exercise}: {r['earned']}/{r['max']} points, {status}")
+    return r["passed"]
+
+
+# ------------------------------------------------------------------ command
+def add_grade_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``grade`` command to an ``argparse`` subparsers object (see :mod:`toylab.cli`)."""
+    p = subparsers.add_parser("grade", help="grade the exercises in a folder (default: exercises/)",
+                              description="Run the graded tests against a folder of answers and print a score table.")
+    p.add_argument("path", nargs="?", default=None, help="folder holding chNN_<topic>.py (default: exercises/)")
+    p.add_argument("--chapter", type=int, default=None, help="grade one chapter only")
+    p.add_argument("--json", nargs="?", const="grades.json", default=None, metavar="FILE",
+                   help="also write the scores as JSON (default FILE: grades.json)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per test (default %(default)s)")
+    p.set_defaults(func=cmd_grade)
+    return p
+
+
+def cmd_grade(args) -> int:
+    """Exit status: 0 full marks, 1 some exercise failed, 2 the grader could not run."""
+    try:
+        folder = Path(args.path) if args.path else repo_root() / "exercises"
+        g = grade(folder, chapter=args.chapter, timeout=args.timeout)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"toylab grade: error: {e}", file=sys.stderr)
+        return 2
+    print(f"graded {g.path} ({g.timeout:g} s per test)\n")
+    print(g.table())
+    if args.json:
+        from toylab.checkpoint import atomic_write
+
+        out = atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(g.to_dict(), indent=1) + "\n"))
+        print(f"\nscores written to {out}")
+    return 0 if g.earned == g.max_points else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m toylab.grading [--chapter N] [--json [FILE]] [--timeout S] [PATH]``."""
+    parser = argparse.ArgumentParser(prog="toylab")
+    add_grade_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["grade", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
