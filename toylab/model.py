@@ -88,7 +88,7 @@ class ModelConfig:
         return cls(**d)
 
 
-def _layer_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+def layer_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """LayerNorm without learned weights: centre and scale each residual vector."""
     x = x - x.mean(-1, keepdim=True)
     return x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
@@ -156,7 +156,7 @@ class Block(nn.Module):
 
     def forward(self, resid: torch.Tensor, qk_extra: torch.Tensor | None = None) -> torch.Tensor:
         resid = self.hook_resid_pre(resid)
-        x = self.ln1.hook_normalized(_layer_norm(resid)) if self.cfg.layernorm else resid
+        x = self.ln1.hook_normalized(layer_norm(resid)) if self.cfg.layernorm else resid
         attn_out = self.hook_attn_out(self.attn(x, qk_extra))
         return self.hook_resid_post(resid + attn_out)
 
@@ -287,7 +287,7 @@ class AttnOnlyTransformer(HookedRootModule):
         for block in self.blocks:
             resid = block(resid, qk_extra)
         if self.cfg.layernorm:
-            resid = self.ln_final.hook_normalized(_layer_norm(resid))
+            resid = self.ln_final.hook_normalized(layer_norm(resid))
         logits = resid @ self.W_U
         if return_type == "logits":
             return logits
