@@ -15,7 +15,6 @@ from toylab.data import make_dataset
 from toylab.model import AttnOnlyTransformer, ModelConfig
 from toylab.presets import load_shipped
 
-torch.set_grad_enabled(False)
 
 
 @functools.lru_cache(maxsize=None)

@@ -13,7 +13,6 @@ from toylab.factored import FactoredMatrix
 from toylab.model import AttnOnlyTransformer, ModelConfig
 from toylab.presets import load_shipped
 
-torch.set_grad_enabled(False)
 
 
 @functools.lru_cache(maxsize=None)

@@ -126,14 +126,16 @@ def test_grader_survives_hanging_and_crashing_answers(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert code == 1
     report = json.loads(out.read_text())
-    rows = {r["exercise"]: r for r in report["exercises"]}
+    # only chapters 0 and 1 have answer files here; the later chapters fail with "no file"
+    rows = {r["exercise"]: r for r in report["exercises"] if r["chapter"] in (0, 1)}
     assert "timed out after 3 s" in rows["conditional_entropy"]["message"]
     assert "timed out after 3 s" in rows["next_token_loss"]["message"]
     assert "crashed: the test process exited with code 3" in rows["top_k_successors"]["message"]
     broken = {"conditional_entropy", "next_token_loss", "top_k_successors"}
     for name, row in rows.items():  # everything else is graded normally
         assert row["passed"] == (name not in broken), (name, row)
-    assert report["earned"] == report["max"] - sum(rows[n]["max"] for n in broken)
+    assert sum(r["earned"] for r in rows.values()) == sum(r["max"] for r in rows.values()) - sum(
+        rows[n]["max"] for n in broken)
     assert "crashed" in printed and "timed out after 3 s" in printed and "total" in printed
     assert not list(out.parent.glob("*.tmp")), "the JSON must be written atomically (no temp file left)"
 

@@ -17,7 +17,6 @@ from toylab.copying import copying_scores  # noqa: E402
 from toylab.model import AttnOnlyTransformer, ModelConfig  # noqa: E402
 from toylab.presets import load_model  # noqa: E402
 
-torch.set_grad_enabled(False)
 
 TL_POSITIONAL = {"learned": "standard", "shortformer": "shortformer"}
 

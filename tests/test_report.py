@@ -12,7 +12,6 @@ from toylab.presets import load_model
 from toylab.report import THRESHOLDS, head_report, positional_scores
 from toylab.scores import head_detector_scores
 
-torch.set_grad_enabled(False)
 
 
 @functools.lru_cache(maxsize=None)

@@ -4,6 +4,7 @@
     toylab train --all [--out-dir DIR]
     toylab info CHECKPOINT_OR_PRESET
     toylab models            # the shipped models and what they learned
+    toylab analyze CHECKPOINT_OR_PRESET                               # head report and composition scores
     toylab grade [--chapter N] [--json [FILE]] [--timeout S] [PATH]   # grade exercises
 """
 
@@ -119,6 +120,28 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_analyze(args) -> int:
+    from toylab.composition import analytic_baseline, composition_scores
+    from toylab.report import head_report
+
+    ckpt = load_checkpoint(_resolve_checkpoint(args.checkpoint))
+    model = ckpt.model
+    if model.cfg.n_layers == 0:
+        print("a zero-layer model has no heads: its logits are W_E W_U, a bigram table")
+        return 0
+    print(head_report(model))
+    base = analytic_baseline(model.cfg.d_model)
+    for layer_b in range(1, model.cfg.n_layers):
+        for kind in ("Q", "K", "V"):
+            scores = composition_scores(model, kind, layer_a=layer_b - 1, layer_b=layer_b)
+            rows = "  ".join(
+                f"{layer_b - 1}.{a}->{layer_b}.{b} {scores[a, b]:.3f} ({scores[a, b] / base:.1f}x)"
+                for a in range(scores.shape[0]) for b in range(scores.shape[1])
+            )
+            print(f"{kind}-composition (baseline 1/sqrt(d_model) = {base:.3f}): {rows}")
+    return 0
+
+
 def cmd_models(args) -> int:
     print(f"{'preset':16s} {'layers':>6s} {'heads':>5s} {'val loss':>8s} {'KL truth':>8s} {'rep loss':>8s} "
           f"{'induction':>9s} {'prev-tok':>8s}  description")
@@ -154,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="describe a checkpoint (a path or a preset name)")
     p.add_argument("checkpoint")
     p.set_defaults(func=cmd_info)
+    p = sub.add_parser("analyze", help="head report and composition scores of a checkpoint or preset")
+    p.add_argument("checkpoint")
+    p.set_defaults(func=cmd_analyze)
     p = sub.add_parser("models", help="the shipped models and their final metrics")
     p.set_defaults(func=cmd_models)
     add_grade_parser(sub)

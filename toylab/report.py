@@ -121,18 +121,22 @@ def head_report(model, tokens: Tensor | None = None, batch: int = 64, seed: int 
 
     ``tokens [batch, pos]`` must contain repeats (the detectors need them);
     default: the probe ``[BOS, r, r]`` with ``half_len = (n_ctx - 1) // 2``,
-    ``batch`` sequences drawn with a generator seeded by ``seed``.
+    ``batch`` sequences drawn with a generator seeded by ``seed``, whose
+    duplicate-token and induction scores are taken from the tokens of the
+    second copy (as in training's evaluation), not from chance repeats in ``r``.
     """
     cfg = model.cfg
     if cfg.n_layers == 0:
         raise ValueError("the model has 0 layers: there are no heads to report on")
+    destinations = None
     if tokens is None:
         half = (cfg.n_ctx - 1) // 2
         if half < 1:
             raise ValueError(f"n_ctx = {cfg.n_ctx} is too short for the probe [BOS, r, r]; pass tokens")
         tokens = repeated_tokens(cfg.d_vocab, half, batch, torch.Generator().manual_seed(int(seed)))
+        destinations = torch.arange(tokens.shape[1]) > half
     tokens = model.check_tokens(tokens)
-    scores = dict(head_detector_scores(model, tokens))
+    scores = dict(head_detector_scores(model, tokens, destinations))
     scores["copying"] = copying_scores(model, "full")
     scores["positional"] = positional_scores(model, tokens)
     rows = []

@@ -93,11 +93,13 @@ def induction_score(pattern: torch.Tensor, tokens: torch.Tensor,
 
 
 @torch.no_grad()
-def head_detector_scores(model, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+def head_detector_scores(model, tokens: torch.Tensor, destinations: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Every head's detector scores on ``tokens [batch, pos]``.
 
     Returns ``{"previous_token": [n_layers, n_heads], "duplicate_token": ...,
-    "induction": ...}``. A batch without repeated tokens raises ``ValueError``.
+    "induction": ...}``; ``destinations`` (bool ``[pos]`` or ``[batch, pos]``)
+    restricts the duplicate-token and induction scores to those query
+    positions. A batch without repeated tokens raises ``ValueError``.
     """
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
     out: dict[str, list[torch.Tensor]] = {"previous_token": [], "duplicate_token": [], "induction": []}
@@ -105,7 +107,7 @@ def head_detector_scores(model, tokens: torch.Tensor) -> dict[str, torch.Tensor]
     for layer in range(model.cfg.n_layers):
         pattern = cache["pattern", layer]
         out["previous_token"].append(previous_token_score(pattern))
-        out["duplicate_token"].append(duplicate_token_score(pattern, toks))
-        out["induction"].append(induction_score(pattern, toks))
+        out["duplicate_token"].append(duplicate_token_score(pattern, toks, destinations))
+        out["induction"].append(induction_score(pattern, toks, destinations))
     empty = torch.zeros(0, model.cfg.n_heads)
     return {k: torch.stack(v) if v else empty for k, v in out.items()}
