@@ -25,7 +25,7 @@ import torch
 
 from toylab.checkpoint import save_checkpoint
 from toylab.data import make_dataset, repeated_tokens, repeated_tokens_with_gap
-from toylab.model import AttnOnlyTransformer, ModelConfig, next_token_loss
+from toylab.model import AttnOnlyTransformer, ModelConfig, config_from_dict, next_token_loss
 from toylab.progress import Progress
 from toylab.scores import induction_score, previous_token_score
 
@@ -68,11 +68,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - fields
-        if unknown:
-            raise ValueError(f"unknown TrainConfig field(s) {sorted(unknown)}; expected a subset of {sorted(fields)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
     def lr_at(self, step: int) -> float:
         """Learning rate for optimiser step ``step`` (1-based)."""
