@@ -1,0 +1,205 @@
+"""Chapter 2 — one layer: skip-trigrams and copying. Reference answers.
+
+A one-layer attention-only transformer computes its logits as the direct path
+``W_E W_U`` plus one term per head, ``A^h x W_OV^h W_U``: the heads are
+independent and add up. Each head is read through two ``[d_vocab, d_vocab]``
+tables, the full QK circuit (where it looks) and the full OV circuit (what
+looking there does to the logits); together they implement skip-trigrams
+``A ... B -> C``. Grade your own answers in ``exercises/ch02_one_layer.py`` with
+``toylab grade --chapter 2``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def full_ov_circuit(W_E: torch.Tensor, W_V: torch.Tensor, W_O: torch.Tensor, W_U: torch.Tensor) -> torch.Tensor:
+    """Every head's full OV circuit as a dense table.  ★  (about 5 min)
+
+    Args:
+        W_E: ``[d_vocab, d_model]`` embedding.
+        W_V: ``[n_heads, d_model, d_head]`` value weights of one layer.
+        W_O: ``[n_heads, d_head, d_model]`` output weights of the same layer.
+        W_U: ``[d_model, d_vocab]`` unembedding.
+
+    Returns:
+        ``[n_heads, d_vocab, d_vocab]``: ``OV[h] = W_E W_V[h] W_O[h] W_U``. Entry
+        ``[h, s, t]`` is how much head ``h`` raises the logit of token ``t`` when it
+        attends (with weight 1) to a source position holding token ``s``.
+
+    Hint: ``W_E @ W_V`` broadcasts over the head dimension; keep the order
+    ``W_V`` then ``W_O`` (row vectors: ``x W_V W_O``).
+    """
+    return W_E @ W_V @ W_O @ W_U
+
+
+def full_qk_circuit(W_E: torch.Tensor, W_Q: torch.Tensor, W_K: torch.Tensor) -> torch.Tensor:
+    """Every head's token-to-token full QK circuit as a dense table.  ★  (about 5 min)
+
+    Args:
+        W_E: ``[d_vocab, d_model]`` embedding.
+        W_Q, W_K: ``[n_heads, d_model, d_head]`` query and key weights of one layer.
+
+    Returns:
+        ``[n_heads, d_vocab, d_vocab]``: ``QK[h] = W_E W_Q[h] (W_E W_K[h])^T`` (no
+        ``1/sqrt(d_head)`` scale, no positions). Entry ``[h, b, a]`` is the
+        attention score of a destination (query) token ``b`` on a source (key)
+        token ``a``: rows are queries, columns keys.
+
+    Hint: ``x.mT`` transposes the last two dimensions of a batched tensor.
+    """
+    return (W_E @ W_Q) @ (W_E @ W_K).mT
+
+
+def direct_path_logits(W_E: torch.Tensor, W_U: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """The direct path's contribution to the logits.  ★  (about 5 min)
+
+    Args:
+        W_E: ``[d_vocab, d_model]``; W_U: ``[d_model, d_vocab]``.
+        tokens: ``[batch, pos]`` token ids.
+
+    Returns:
+        ``[batch, pos, d_vocab]``: ``W_E[tokens] W_U``, the logits the model would
+        give if no head wrote anything (the bigram part of the prediction). For a
+        shortformer model positions never reach the residual stream, so they do
+        not appear here.
+
+    Hint: index the rows of ``W_E`` with the token tensor, or index the rows of
+    the table ``W_E @ W_U``.
+    """
+    return (W_E @ W_U)[tokens]
+
+
+def one_layer_path_expansion(W_E: torch.Tensor, W_V: torch.Tensor, W_O: torch.Tensor, W_U: torch.Tensor,
+                             tokens: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+    """Split a one-layer model's logits into the direct path and one term per head.  ★★  (about 15 min)
+
+    For a one-layer attention-only model without LayerNorm whose positions
+    reach only the queries and keys (``positional="shortformer"`` or ``"none"``),
+    with ``x = W_E[tokens]`` and the attention pattern ``A^h`` of head ``h``::
+
+        logits = x W_U  +  sum_h  A^h x W_V^h W_O^h W_U
+
+    Args:
+        W_E: ``[d_vocab, d_model]``; W_V: ``[n_heads, d_model, d_head]``;
+        W_O: ``[n_heads, d_head, d_model]``; W_U: ``[d_model, d_vocab]``.
+        tokens: ``[batch, pos]`` token ids.
+        pattern: ``[batch, n_heads, query_pos, key_pos]`` the attention patterns
+            of the forward pass (``cache["pattern", 0]``).
+
+    Returns:
+        ``[1 + n_heads, batch, pos, d_vocab]``: index 0 the direct path, index
+        ``1 + h`` head ``h``'s term. They sum to ``model(tokens)``.
+
+    Hint: a head's term at query ``q`` is ``sum_k A^h[q, k] OV^h[tokens[k]]``
+    with the full OV circuit ``OV^h = W_E W_V^h W_O^h W_U``; ``torch.einsum``
+    does the sum over ``k``. Do not add ``W_pos`` to the values.
+    """
+    direct = (W_E @ W_U)[tokens]                                    # [b, p, V]
+    ov = W_E @ W_V @ W_O @ W_U                                      # [h, V, V]
+    moved = ov[:, tokens]                                           # [h, b, k, V]: OV row of each source
+    heads = torch.einsum("bhqk,hbkv->hbqv", pattern.to(moved.dtype), moved)
+    return torch.cat([direct[None], heads], dim=0)
+
+
+def top_skip_trigrams(qk: torch.Tensor, ov: torch.Tensor, direct: torch.Tensor, k: int) -> list[tuple[int, int, int]]:
+    """The ``k`` strongest skip-trigrams ``A ... B -> C`` of one head.  ★★★  (about 20 min)
+
+    Args:
+        qk: ``[d_vocab, d_vocab]`` the head's full QK circuit (row: query token
+            ``B``, column: key token ``A``), already divided by ``sqrt(d_head)``.
+        ov: ``[d_vocab, d_vocab]`` the head's full OV circuit (row: source ``A``,
+            column: output ``C``).
+        direct: ``[d_vocab, d_vocab]`` the direct path ``W_E W_U`` (row: current
+            token ``B``, column: output ``C``).
+        k: how many triples.
+
+    Returns:
+        A list of ``k`` tuples ``(A, B, C)`` of Python ints, best first, where::
+
+            att[B, A]   = qk[B, A] - mean_j qk[B, j]        (B attends to A more than to an average token)
+            boost[A, C] = ov[A, C] - mean_j ov[A, j]        (attending to A raises C above the rest)
+            C*(A, B)    = argmax_C ( direct[B, C] + boost[A, C] )
+            score(A, B) = att[B, A] * boost[A, C*(A, B)]
+
+        Every pair ``(A, B)`` gives one triple ``(A, B, C*(A, B))``; drop the pairs
+        with ``A == B``, with token 0 (BOS) among ``A, B, C*``, or with ``C*`` equal
+        to ``A`` or ``B``; sort the rest by score, largest first.
+
+    Hint: ``(direct[None, :, :] + boost[:, None, :]).argmax(-1)`` gives ``C*`` for
+    all ``[A, B]`` at once (``d_vocab^3`` numbers: fine for a toy vocabulary).
+    Then mask the forbidden pairs with ``-inf`` and use ``topk`` on the flattened scores.
+    """
+    V = qk.shape[0]
+    qk, ov, direct = qk.double(), ov.double(), direct.double()
+    att = qk - qk.mean(-1, keepdim=True)                            # [B, A]
+    boost = ov - ov.mean(-1, keepdim=True)                          # [A, C]
+    cstar = (direct[None, :, :] + boost[:, None, :]).argmax(-1)     # [A, B]
+    score = att.T * boost.gather(1, cstar)                          # [A, B]
+    A = torch.arange(V)[:, None].expand(V, V)
+    B = torch.arange(V)[None, :].expand(V, V)
+    bad = (A == B) | (A == 0) | (B == 0) | (cstar == 0) | (cstar == A) | (cstar == B)
+    score = score.masked_fill(bad, float("-inf"))
+    order = score.flatten().argsort(descending=True, stable=True)[:k]
+    return [(int(i) // V, int(i) % V, int(cstar.flatten()[i])) for i in order]
+
+
+def copying_score(M: torch.Tensor) -> torch.Tensor:
+    """Eigenvalue copying score of one or several square matrices.  ★★  (about 10 min)
+
+    Args:
+        M: ``[..., n, n]`` real matrices, e.g. full OV circuits ``[n_heads, d_vocab, d_vocab]``.
+
+    Returns:
+        ``[...]`` float tensor: with ``lambda_1..lambda_n`` the (complex) eigenvalues of ``M``::
+
+            copying score = Re(sum_i lambda_i) / sum_i |lambda_i|     in [-1, 1]
+
+        1 when all eigenvalues are positive reals (the circuit maps each token to
+        itself, "copying"), -1 when all are negative, near 0 for a random matrix.
+        Return 0 for the zero matrix.
+
+    Hint: ``torch.linalg.eigvals`` returns complex eigenvalues. The denominator is
+    the sum of the *moduli* ``|lambda|``, not the modulus of the sum, and not the
+    real parts.
+    """
+    ev = torch.linalg.eigvals(M.double())
+    num = ev.sum(-1).real
+    den = ev.abs().sum(-1)
+    return torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(num)).float()
+
+
+def attention_pattern(W_E: torch.Tensor, W_pos: torch.Tensor, W_Q: torch.Tensor, W_K: torch.Tensor,
+                      tokens: torch.Tensor) -> torch.Tensor:
+    """A one-layer shortformer model's attention patterns, from the weights alone.  ★★  (about 15 min)
+
+    With shortformer positions the queries and keys read ``x_i = W_E[t_i] + W_pos[i]``, so
+    the score of query position ``i`` on key position ``j`` is::
+
+        score[h, i, j] = x_i W_Q^h (x_j W_K^h)^T / sqrt(d_head)
+                       = (token-token) + (token-pos) + (pos-token) + (pos-pos) terms,
+
+    the first of them read off the full QK circuit ``W_E W_QK W_E^T``.
+
+    Args:
+        W_E: ``[d_vocab, d_model]``; W_pos: ``[n_ctx, d_model]``.
+        W_Q, W_K: ``[n_heads, d_model, d_head]`` (layer 0).
+        tokens: ``[batch, pos]`` token ids, ``pos <= n_ctx``.
+
+    Returns:
+        ``[batch, n_heads, pos, pos]``: ``softmax_j`` of the scores with the causal
+        mask (key ``j > i`` gets ``-inf``, probability 0); every row sums to 1.
+
+    Hint: build ``x [batch, pos, d_model]`` first; then
+    ``torch.einsum("bid,hde->bhie", x, W_Q)``. Do not forget the ``1/sqrt(d_head)``.
+    """
+    n = tokens.shape[1]
+    x = W_E[tokens] + W_pos[:n]                                     # [b, p, d]
+    q = torch.einsum("bid,hde->bhie", x, W_Q)
+    k = torch.einsum("bid,hde->bhie", x, W_K)
+    scores = q @ k.mT / math.sqrt(W_Q.shape[-1])                    # [b, h, i, j]
+    future = torch.ones(n, n, dtype=torch.bool).triu(1)
+    return torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)

@@ -1,0 +1,251 @@
+"""Graded tests of chapter 2, "One layer: skip-trigrams and copying".
+
+Ground truth: the shipped one-layer models' own forward passes and caches
+(patterns, logits with the heads switched off), the library's circuits
+(:mod:`toylab.circuits`, :mod:`toylab.copying`), the planted rules of the
+skip-trigram language, brute-force loops over the definitions, and matrices
+whose eigenvalues are known in closed form.
+"""
+
+import math
+
+import pytest
+import torch
+
+from toylab.grading import expect_number, expect_tensor, load_answers
+
+CH = "ch02_one_layer"
+
+
+def answers():
+    return load_answers(CH)
+
+
+@pytest.fixture(scope="module")
+def skiptrigram():
+    """The shipped ``skiptrigram-1l`` model, its language, and a batch of its text."""
+    from toylab.data import make_dataset
+    from toylab.presets import load_shipped
+
+    ckpt = load_shipped("skiptrigram-1l")
+    lang = make_dataset(ckpt.data_spec)
+    tokens = lang.sample(16, torch.Generator().manual_seed(5))
+    return ckpt.model, lang, tokens
+
+
+@pytest.fixture(scope="module")
+def induction_1l():
+    from toylab.presets import load_model
+
+    return load_model("induction-1l")
+
+
+def _layer0(model):
+    a = model.blocks[0].attn
+    return a.W_Q.detach(), a.W_K.detach(), a.W_V.detach(), a.W_O.detach()
+
+
+@pytest.mark.exercise("full_ov_circuit")
+@pytest.mark.points(1)
+def test_full_ov_circuit(skiptrigram, induction_1l):
+    from toylab.circuits import full_ov
+
+    for model in (skiptrigram[0], induction_1l):
+        _, _, W_V, W_O = _layer0(model)
+        W_E, W_U = model.W_E.detach(), model.W_U.detach()
+        want = full_ov(model, 0).AB
+        got = answers().full_ov_circuit(W_E, W_V, W_O, W_U)
+        expect_tensor(got, want, "full_ov_circuit(W_E, W_V, W_O, W_U)", "n_heads, d_vocab, d_vocab", atol=1e-3,
+                      hints=[(want.mT, "rows are source tokens s and columns output tokens t: you have the "
+                                       "transpose (W_U^T ... W_E^T?)")])
+    # what it means: attending to a source with weight 1 adds its OV row to the logits
+    model, _, _ = skiptrigram
+    s = 17
+    tokens = torch.tensor([[0, s]])
+    onto_s = lambda pattern, hook: torch.zeros_like(pattern).index_fill_(-1, torch.tensor([1]), 1.0)
+    with_heads = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_pattern", onto_s)])[0, 1]
+    direct = (model.W_E @ model.W_U)[s]
+    got = answers().full_ov_circuit(model.W_E, *_layer0(model)[2:], model.W_U)
+    expect_tensor(direct + got[:, s].sum(0), with_heads, "direct path + the OV rows of the attended token",
+                  "d_vocab", atol=1e-3)
+
+
+@pytest.mark.exercise("full_qk_circuit")
+@pytest.mark.points(1)
+def test_full_qk_circuit(skiptrigram, induction_1l):
+    from toylab.circuits import full_qk
+
+    for model in (skiptrigram[0], induction_1l):
+        W_Q, W_K, _, _ = _layer0(model)
+        want = full_qk(model, 0).AB
+        got = answers().full_qk_circuit(model.W_E.detach(), W_Q, W_K)
+        expect_tensor(got, want, "full_qk_circuit(W_E, W_Q, W_K)", "n_heads, d_vocab, d_vocab", atol=1e-3,
+                      hints=[(want.mT, "rows must be the query (destination) tokens and columns the keys: "
+                                       "did you swap W_Q and W_K?"),
+                             (want / math.sqrt(model.cfg.d_head),
+                              "leave out the 1/sqrt(d_head) scale: the circuit is the bare bilinear form")])
+    # the attention score of the model on a pair of tokens, minus the position terms, is the circuit entry
+    model = skiptrigram[0]
+    W_Q, W_K, _, _ = _layer0(model)
+    got = answers().full_qk_circuit(model.W_E, W_Q, W_K)
+    x = torch.tensor([[0, 21, 56]])
+    _, cache = model.run_with_cache(x, names_filter=lambda n: n.endswith("hook_q") or n.endswith("hook_k"))
+    q_pos, k_pos = model.W_pos[2] @ W_Q, model.W_pos[1] @ W_K           # [h, d_head]
+    q = cache["q", 0][0, 2] - q_pos                                      # token part of the query at position 2
+    k = cache["k", 0][0, 1] - k_pos
+    expect_tensor(got[:, 56, 21], (q * k).sum(-1), "QK[h, 56, 21] (query token 56, key token 21)", "n_heads",
+                  atol=1e-3)
+
+
+@pytest.mark.exercise("direct_path_logits")
+@pytest.mark.points(1)
+def test_direct_path_logits(skiptrigram):
+    model, _, tokens = skiptrigram
+    # the truth: the model's own logits with every head's output switched off
+    want = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_attn_out", lambda a, hook: torch.zeros_like(a))])
+    n = tokens.shape[1]
+    with_pos = (model.W_E[tokens] + model.W_pos[:n]) @ model.W_U
+    got = answers().direct_path_logits(model.W_E, model.W_U, tokens)
+    expect_tensor(got, want, "direct_path_logits(W_E, W_U, tokens)", "batch, pos, d_vocab", atol=1e-4,
+                  hints=[((model.W_E @ model.W_U).T[tokens], "rows of W_E W_U are the current token: you indexed "
+                                                              "its transpose"),
+                         (with_pos, "shortformer positions reach only queries and keys, never the residual "
+                                    "stream: leave W_pos out")])
+
+
+@pytest.mark.exercise("one_layer_path_expansion")
+@pytest.mark.points(2)
+def test_one_layer_path_expansion(skiptrigram, induction_1l):
+    from toylab.circuits import path_expansion
+    from toylab.data import repeated_tokens
+
+    ind_tokens = repeated_tokens(induction_1l.cfg.d_vocab, 10, 4, torch.Generator().manual_seed(0))
+    for model, tokens in ((skiptrigram[0], skiptrigram[2]), (induction_1l, ind_tokens)):
+        logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+        pattern = cache["pattern", 0]
+        _, _, W_V, W_O = _layer0(model)
+        W_E, W_U = model.W_E.detach(), model.W_U.detach()
+        want = torch.stack(list(path_expansion(model, tokens).values()))
+        wrong_pattern = torch.stack([want[0]] + [torch.einsum("bkq,bkv->bqv", pattern[:, h],
+                                                              (W_E @ W_V[h] @ W_O[h] @ W_U)[tokens])
+                                                 for h in range(model.cfg.n_heads)])
+        n = tokens.shape[1]
+        x_pos = W_E[tokens] + model.W_pos.detach()[:n]
+        with_pos = torch.stack([want[0]] + [torch.einsum("bqk,bkv->bqv", pattern[:, h], x_pos @ W_V[h] @ W_O[h] @ W_U)
+                                            for h in range(model.cfg.n_heads)])
+        got = answers().one_layer_path_expansion(W_E, W_V, W_O, W_U, tokens, pattern)
+        expect_tensor(got, want, "one_layer_path_expansion(...)", "1 + n_heads, batch, pos, d_vocab", atol=1e-3,
+                      hints=[(wrong_pattern, "pattern[b, h, q, k]: sum over the key (source) index k, the last one; "
+                                             "you summed over the queries"),
+                             (with_pos, "with shortformer positions the values see tokens only: do not add W_pos")])
+        expect_tensor(got.sum(0), logits, "the sum of your terms (direct + every head)", "batch, pos, d_vocab",
+                      atol=1e-3)
+
+
+def _brute_force_triples(qk, ov, direct, k):
+    """The definition in the docstring, pair by pair (slow but obviously right)."""
+    V = qk.shape[0]
+    rows = []
+    for a in range(V):
+        for b in range(V):
+            att = float(qk[b, a] - qk[b].mean())
+            boost = ov[a] - ov[a].mean()
+            c = int((direct[b] + boost).argmax())
+            if a == b or 0 in (a, b, c) or c in (a, b):
+                continue
+            rows.append((att * float(boost[c]), (a, b, c)))
+    rows.sort(key=lambda r: -r[0])
+    return [t for _, t in rows[:k]]
+
+
+@pytest.mark.exercise("top_skip_trigrams")
+@pytest.mark.points(3)
+def test_top_skip_trigrams(skiptrigram):
+    from toylab.circuits import full_ov, full_qk
+
+    f = answers().top_skip_trigrams
+    g = torch.Generator().manual_seed(11)
+    V = 9
+    qk, ov, direct = (torch.randn(V, V, generator=g, dtype=torch.float64) for _ in range(3))
+    want = _brute_force_triples(qk, ov, direct, 10)
+    got = f(qk, ov, direct, 10)
+    got = [tuple(int(x) for x in t) for t in got] if isinstance(got, (list, tuple)) else got
+    if got == _brute_force_triples(qk.T, ov, direct, 10) and got != want:
+        raise AssertionError("qk's rows are queries (B) and columns keys (A): att[B, A] is qk[B, A], not qk[A, B]")
+    if got != want:
+        got = list(got) if isinstance(got, (list, tuple)) else got
+        i = next((j for j, (x, y) in enumerate(zip(got, want)) if x != y), min(len(got), len(want)))
+        raise AssertionError(f"on a random 9-token example, triple number {i + 1} should be "
+                             f"{want[i] if i < len(want) else None}, you have {got[i] if i < len(got) else None} "
+                             f"(expected {len(want)} triples, got {len(got)}): check C* = argmax_C(direct[B, C] + "
+                             f"boost[A, C]) and the exclusions (A == B, BOS, C* in (A, B))")
+    # on the trained model, the strongest triples of each head are planted rules of the language
+    model, lang, _ = skiptrigram
+    rules = set(lang.rules)
+    qk_all = full_qk(model, 0).AB / math.sqrt(model.cfg.d_head)
+    ov_all = full_ov(model, 0).AB
+    d = model.W_E @ model.W_U
+    found = set()
+    for h in range(model.cfg.n_heads):
+        top = [tuple(int(x) for x in t) for t in f(qk_all[h], ov_all[h], d, 5)]
+        wrong = [t for t in top if t not in rules]
+        assert not wrong, f"head 0.{h}: your top-5 triples {top} include {wrong}, which are not rules of the language"
+        found |= set(top)
+    assert len(found) == 10, f"the two heads' top-5 triples should be 10 distinct rules, got {sorted(found)}"
+
+
+@pytest.mark.exercise("copying_score")
+@pytest.mark.points(2)
+def test_copying_score(induction_1l, skiptrigram):
+    from toylab.copying import copying_scores
+
+    f = answers().copying_score
+    theta = 1.0
+    R = torch.tensor([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]], dtype=torch.float64)
+    cases = [(torch.diag(torch.tensor([3.0, 1.0, 0.5])), 1.0, "a diagonal matrix with positive entries"),
+             (-torch.eye(4), -1.0, "minus the identity"),
+             (torch.diag(torch.tensor([2.0, -1.0])), 1.0 / 3.0, "diag(2, -1): (2 - 1) / (2 + 1)"),
+             (2.0 * R, math.cos(theta), "a rotation by 1 radian (eigenvalues e^{+-i})")]
+    for M, want, what in cases:
+        before = M.clone()
+        value = f(M)
+        hint = "Re(sum lambda) / sum |lambda|"
+        if what.startswith("a rotation"):
+            hint = ("the eigenvalues are complex, 2 e^{+-i}: the numerator is the real part of their sum (2 cos 1 "
+                    "each), the denominator the sum of their moduli |lambda| (2 each), not of the real parts")
+        expect_number(value, want, f"the copying score of {what}", tol=1e-4, hint=hint)
+        assert torch.equal(M, before), "copying_score changed its input in place"
+    # batched: the full OV circuits of the shipped one-layer models, against the library
+    for model in (induction_1l, skiptrigram[0]):
+        a = model.blocks[0].attn
+        M = model.W_E @ a.W_V @ a.W_O @ model.W_U
+        want = copying_scores(model)[0]
+        expect_tensor(f(M), want, "copying_score of the full OV circuits", "n_heads", atol=2e-3)
+
+
+@pytest.mark.exercise("attention_pattern")
+@pytest.mark.points(2)
+def test_attention_pattern(skiptrigram, induction_1l):
+    from toylab.data import repeated_tokens
+
+    ind_tokens = repeated_tokens(induction_1l.cfg.d_vocab, 8, 3, torch.Generator().manual_seed(1))
+    for model, tokens in ((skiptrigram[0], skiptrigram[2][:, :20]), (induction_1l, ind_tokens)):
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+        want = cache["pattern", 0]
+        W_Q, W_K, _, _ = _layer0(model)
+        W_E, W_pos = model.W_E.detach(), model.W_pos.detach()
+        n = tokens.shape[1]
+        x = W_E[tokens] + W_pos[:n]
+        raw = torch.einsum("bid,hde->bhie", x, W_Q) @ torch.einsum("bid,hde->bhie", x, W_K).mT
+        future = torch.ones(n, n, dtype=torch.bool).triu(1)
+        soft = lambda s: torch.softmax(s.masked_fill(future, float("-inf")), -1)
+        xt = W_E[tokens]
+        tok_only = soft(torch.einsum("bid,hde->bhie", xt, W_Q) @ torch.einsum("bid,hde->bhie", xt, W_K).mT
+                        / math.sqrt(model.cfg.d_head))
+        hints = [(soft(raw), "divide the scores by sqrt(d_head) before the softmax"),
+                 (tok_only, "the queries and keys read W_E[t] + W_pos[i]: you left out the positions"),
+                 (torch.softmax(raw / math.sqrt(model.cfg.d_head), -1),
+                  "apply the causal mask: a query may not attend to later keys (set their scores to -inf)")]
+        got = answers().attention_pattern(W_E, W_pos, W_Q, W_K, tokens)
+        expect_tensor(got, want, "attention_pattern(W_E, W_pos, W_Q, W_K, tokens)", "batch, n_heads, pos, pos",
+                      atol=1e-4, hints=hints)
