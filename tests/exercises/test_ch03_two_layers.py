@@ -106,14 +106,14 @@ def test_k_composition_score(induction_model, random_model):
 def test_random_composition_baseline():
     f = answers().random_composition_baseline
     # with d_head = 1 the score is |cos| of two random directions: its mean is well below 1/sqrt(d_model)
-    for d_model, d_head, n in ((64, 32, 400), (16, 1, 2000), (100, 10, 400)):
+    for d_model, d_head, n in ((64, 32, 300), (16, 1, 2000), (32, 4, 300)):
         value = f(d_model, d_head, n, torch.Generator().manual_seed(11))
-        mean, std = empirical_baseline(d_model, d_head, "K", n_samples=10 * n, seed=1)
-        tol = 4 * std / math.sqrt(n) + 4 * std / math.sqrt(10 * n)
+        mean, std = empirical_baseline(d_model, d_head, "K", n_samples=4 * n, seed=1)
+        tol = 4 * std / math.sqrt(n) + 4 * std / math.sqrt(4 * n)
         expect_number(value, mean, f"the mean random K-composition score for d_model={d_model}, d_head={d_head}",
-                      tol=tol, hint=(f"sample Gaussian W_Q, W_K, W_V [d_model, d_head] and W_O [d_head, d_model] "
-                                     f"and average C(W_V W_O, (W_Q W_K^T)^T); 1/sqrt(d_model) = "
-                                     f"{1 / math.sqrt(d_model):.4f} is only its root mean square"))
+                      tol=tol, hint=(f"1/sqrt(d_model) = {1 / math.sqrt(d_model):.4f} is only the root mean square; "
+                                     f"average C(W_V W_O, (W_Q W_K^T)^T) over Gaussian W_Q, W_K, W_V "
+                                     f"[d_model, d_head] and W_O [d_head, d_model]"))
     again = f(8, 2, 400, torch.Generator().manual_seed(11))
     assert float(again) == float(f(8, 2, 400, torch.Generator().manual_seed(11))), \
         "random_composition_baseline must draw all its randomness from `generator` (same seed, same answer)"
@@ -133,10 +133,13 @@ def test_virtual_weight(induction_model):
                      (W_read.T @ model.W_O[writer].T, "you multiplied in the wrong order; the writer's W_O "
                                                       "comes first: W_O^{writer} @ W_read")]
             expect_tensor(got, want, f"virtual_weight({writer}, {reader})", "d_head, d_head", atol=1e-5, hints=hints)
-    with pytest.raises(ValueError):
-        f(model, (1, 0), (0, 1, "q"))
-    with pytest.raises(ValueError):
-        f(model, (1, 0), (1, 1, "k"))
+    for writer, reader in (((1, 0), (0, 1, "q")), ((1, 0), (1, 1, "k"))):
+        try:
+            f(model, writer, reader)
+        except ValueError:
+            continue
+        raise AssertionError(f"virtual_weight({writer}, {reader}) should raise ValueError: a head reads only "
+                             "what heads in earlier layers wrote")
 
 
 @pytest.mark.exercise("virtual_head_term")
