@@ -1,0 +1,215 @@
+"""Chapter 5 — interventions: testing circuits causally. Exercises.
+
+Reading weights tells us what a head *could* do; an intervention tells us what
+it *does*: replace an activation (by zero, a mean, or its value on another
+prompt), run the model on, and measure how a metric moves.
+Fill in every function whose body raises ``NotImplementedError``, then check
+your work with
+
+    toylab grade --chapter 5
+
+or, in a notebook, ``toylab.grading.check("ch05", "zero_ablation_hook")``.
+The reference answers are in ``solutions/ch05_interventions.py``: try first.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def zero_ablation_hook(head: int):
+    """A hook that zero-ablates one head of a layer.  ★  (about 5 min)
+
+    Attach it to ``blocks.{l}.attn.hook_z``, whose activation is
+    ``z [batch, pos, n_heads, d_head]`` (each head's mixed values, before
+    ``W_O``)::
+
+        logits = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_z", zero_ablation_hook(0))])
+
+    Args:
+        head: the head ``h`` to ablate.
+
+    Returns:
+        A function ``fn(z, hook) -> z'`` with ``z'[:, :, h] = 0`` and every
+        other head unchanged. Do not modify ``z`` in place: return a new tensor.
+
+    Hint: ``z.clone()``, then assign to the slice of head ``h``. Zeroing
+    ``z[:, :, h]`` removes the head's output ``z_h W_O^h`` from the residual
+    stream, exactly as if ``W_O^h`` were zero.
+    """
+    raise NotImplementedError
+
+
+def mean_ablation_hook(reference_z: torch.Tensor, head: int):
+    """A hook that mean-ablates one head: its output becomes its average on a reference batch.  ★★  (about 10 min)
+
+    Zero is an odd value for a head that never outputs zero; the mean output
+    over a reference batch keeps the "typical" part of the signal (e.g. what
+    the head writes at every position regardless of the tokens) and removes
+    only what depends on the particular sequence.
+
+    Args:
+        reference_z: ``[batch_ref, pos, n_heads, d_head]``, the layer's ``z``
+            cached on a reference batch of the same length as the ablated run.
+        head: the head ``h`` to ablate.
+
+    Returns:
+        A hook ``fn(z, hook) -> z'`` for ``hook_z`` with, for every sequence ``b``::
+
+            z'[b, p, h] = mean_{b'} reference_z[b', p, h]     (a separate mean per position p)
+
+        and every other head unchanged; ``z`` itself is not modified.
+
+    Hint: take the mean over dim 0 once, outside the hook; inside, broadcast it
+    over the batch of ``z`` (which may have a different batch size).
+    """
+    raise NotImplementedError
+
+
+def normalised_effect(m_patched: float, m_clean: float, m_corrupted: float) -> float:
+    """Put a patched run's metric on the scale "0 = corrupted run, 1 = clean run".  ★  (about 5 min)
+
+    Args:
+        m_patched, m_clean, m_corrupted: the metric (a float) on the patched,
+            clean and corrupted runs.
+
+    Returns:
+        A Python float::
+
+            (m_patched - m_corrupted) / (m_clean - m_corrupted)
+
+        It works for metrics where smaller is better (a loss, a rank) as well.
+        Raise ``ValueError`` if ``m_clean == m_corrupted`` (there is nothing to
+        normalise by).
+
+    Hint: one line, plus the check.
+    """
+    raise NotImplementedError
+
+
+def logit_difference(logits: torch.Tensor, tokens: torch.Tensor, incorrect_tokens: torch.Tensor,
+                     positions) -> float:
+    """The mean logit difference between the right and a wrong next token.  ★★  (about 10 min)
+
+    Args:
+        logits: ``[batch, pos, d_vocab]``; the logits at position ``p`` predict
+            the token at ``p + 1``.
+        tokens: ``[batch, pos]`` the sequence whose next tokens are correct.
+        incorrect_tokens: ``[batch, pos]`` a sequence whose next tokens are the
+            wrong answers (e.g. the corrupted prompt).
+        positions: a list of logit positions ``p`` (each in ``0 .. pos - 2``) to average over.
+
+    Returns:
+        A Python float::
+
+            mean_{b, p in positions} ( logits[b, p, tokens[b, p + 1]] - logits[b, p, incorrect_tokens[b, p + 1]] )
+
+    Hint: ``logits.gather(-1, index[..., None])`` picks one logit per
+    ``(b, p)``; remember the shift by one between a logit and its target.
+    """
+    raise NotImplementedError
+
+
+def denoise_one_cell(model, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor, layer: int, head: int,
+                     position: int, metric) -> float:
+    """Activation patching, one cell: paste one head's clean ``z`` at one position into the corrupted run.  ★★  (about 15 min)
+
+    Args:
+        model: an ``AttnOnlyTransformer``.
+        clean_tokens, corrupted_tokens: ``[batch, pos]``, same shape.
+        layer, head, position: the cell ``z[:, position, head]`` of ``blocks.{layer}.attn.hook_z``.
+        metric: a function ``logits [batch, pos, d_vocab] -> scalar``.
+
+    Returns:
+        ``float(metric(patched_logits))``, the raw (not normalised) metric of
+        the run on ``corrupted_tokens`` in which that one cell is replaced by
+        its value on the clean run (the same sequence ``b`` of the clean batch)::
+
+            z_patched[b, position, head] = z_clean[b, position, head]
+
+        Everything downstream of the cell is recomputed from the patched value.
+
+    Hint: ``model.run_with_cache(clean_tokens, names_filter=name)`` for the
+    clean value, then ``model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, fn)])``.
+    """
+    raise NotImplementedError
+
+
+def head_dla(model, cache, tokens: torch.Tensor, layer: int, head: int) -> torch.Tensor:
+    """Direct logit attribution of one head: its contribution to the logit of the correct next token.  ★★  (about 10 min)
+
+    Without MLPs or a final LayerNorm the logits are a sum, one term per
+    component: ``logits = (embed + sum_{l,h} result_{l,h}) W_U``. So head
+    ``(l, h)`` adds ``result_{l,h}[b, p] . W_U[:, t]`` to the logit of token ``t``.
+
+    Args:
+        model: an ``AttnOnlyTransformer`` without LayerNorm.
+        cache: an ``ActivationCache`` of ``model`` on ``tokens`` holding
+            ``cache["z", layer]`` ``[batch, pos, n_heads, d_head]``.
+        tokens: ``[batch, pos]``.
+        layer, head: the head.
+
+    Returns:
+        ``[batch, pos - 1]``::
+
+            dla[b, p] = (z[b, p, h] @ W_O^h) . W_U[:, tokens[b, p + 1]]
+
+        with ``W_O^h = model.blocks[layer].attn.W_O[head]`` ``[d_head, d_model]``
+        and ``W_U = model.W_U`` ``[d_model, d_vocab]``. Summed over every head
+        and the embedding term, these give back the logit of the correct token.
+
+    Hint: ``W_U[:, tokens[:, 1:]]`` has shape ``[d_model, batch, pos - 1]``;
+    or pick rows of ``W_U.T``. Drop the last position of the result.
+    """
+    raise NotImplementedError
+
+
+def logit_lens_probs(model, tokens: torch.Tensor) -> torch.Tensor:
+    """The logit lens: the probability of the correct next token read off the stream after each layer.  ★★  (about 10 min)
+
+    Decode the residual stream as if the model stopped there: ``softmax(x W_U)``.
+
+    Args:
+        model: an ``AttnOnlyTransformer`` without LayerNorm.
+        tokens: ``[batch, pos]``.
+
+    Returns:
+        ``[n_layers + 1, batch, pos - 1]``: entry ``[i, b, p]`` is
+        ``softmax(x_i[b, p] W_U)[tokens[b, p + 1]]``, where ``x_0`` is the
+        stream before the first layer (``blocks.0.hook_resid_pre``: the token
+        embedding, plus ``W_pos`` if positions are learned) and ``x_{l+1}`` the
+        stream after layer ``l`` (``blocks.{l}.hook_resid_post``). The last
+        entry is the model's own output distribution.
+
+    Hint: ``model.run_with_cache`` gives every stream at once; stack them,
+    multiply by ``W_U``, softmax, and ``gather`` the next tokens.
+    """
+    raise NotImplementedError
+
+
+def path_patched_keys(model, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor,
+                      sender: tuple[int, int], receiver: tuple[int, int]) -> torch.Tensor:
+    """Path patching: the keys a receiver head computes when only the sender's path into them is corrupted.  ★★★  (about 20 min)
+
+    The receiver's key input is the clean residual stream before its layer,
+    with the sender's clean output swapped for the sender's output on the
+    corrupted prompt (every other path stays clean)::
+
+        x'  = resid_pre[l_r]_clean - result_s_clean + result_s_corrupted,    result_s = z_s W_O^s
+        k'  = (x' + W_pos) W_K^r      (shortformer: W_pos is added to the query/key input of every layer)
+
+    Args:
+        model: an ``AttnOnlyTransformer`` without LayerNorm.
+        clean_tokens, corrupted_tokens: ``[batch, pos]``, same shape.
+        sender: ``(l_s, h_s)``; receiver: ``(l_r, h_r)`` with ``l_r > l_s``.
+
+    Returns:
+        ``[batch, pos, d_head]``: the receiver's patched keys ``k'``. Add
+        ``W_pos[:pos]`` only when ``model.cfg.positional == "shortformer"``
+        (with ``"learned"`` it is already in the stream; with ``"none"`` there is none).
+
+    Hint: cache ``blocks.{l_s}.attn.hook_z`` on both runs and
+    ``blocks.{l_r}.hook_resid_pre`` on the clean run; ``W_K^r =
+    model.blocks[l_r].attn.W_K[h_r]`` ``[d_model, d_head]``.
+    """
+    raise NotImplementedError

@@ -1,0 +1,228 @@
+"""Graded tests of chapter 5, "Interventions: testing circuits causally".
+
+Ground truth: the shipped ``induction-2l`` model itself — an ablated head is
+checked against a copy of the model whose ``W_O`` for that head is zero, the
+direct logit attributions must add up to the model's own logits, the last
+logit-lens layer must equal the model's output distribution, path-patched keys
+must equal the keys of a run in which the sender really saw the corrupted
+prompt — and the library's independent implementations in
+``toylab.interventions``, ``toylab.patching`` and ``toylab.attribution``.
+"""
+
+import copy
+
+import pytest
+import torch
+
+from toylab.attribution import direct_logit_attribution, logit_lens
+from toylab.data import repeated_tokens
+from toylab.grading import expect_number, expect_tensor, load_answers
+from toylab.interventions import ablate_heads, make_metric
+from toylab.patching import patch
+
+CH = "ch05_interventions"
+HALF = 10
+
+
+def answers():
+    return load_answers(CH)
+
+
+@pytest.fixture(scope="module")
+def pair(induction_model):
+    """``(clean, corrupted)`` probes ``[BOS, r, r]`` and ``[BOS, r', r']`` with independent r, r': ``[16, 21]``."""
+    V = induction_model.cfg.d_vocab
+    clean = repeated_tokens(V, HALF, 16, torch.Generator().manual_seed(11))
+    corrupted = repeated_tokens(V, HALF, 16, torch.Generator().manual_seed(12))
+    return clean, corrupted
+
+
+REPEAT = list(range(HALF + 1, 2 * HALF))  # logit positions that predict the (predictable) second copy
+
+
+@pytest.mark.exercise("zero_ablation_hook")
+@pytest.mark.points(1)
+def test_zero_ablation_hook(induction_model, pair):
+    model, (clean, _) = induction_model, pair
+    for layer, head in ((0, 0), (1, 1)):
+        fn = answers().zero_ablation_hook(head)
+        z = model.run_with_cache(clean, names_filter=f"blocks.{layer}.attn.hook_z")[1]["z", layer]
+        z_before = z.clone()
+        out = fn(z, None)
+        got_z = z if out is None else out
+        assert torch.equal(z_before, z) or out is None, \
+            "your hook changed z in place: clone it and return the copy"
+        # the truth: the same model with that head's W_O set to zero
+        ablated = copy.deepcopy(model)
+        ablated.blocks[layer].attn.W_O.data[head] = 0.0
+        want = ablated(clean)
+        got = model.run_with_hooks(clean, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", answers().zero_ablation_hook(head))])
+        other = 1 - head
+        wrong = z.clone()
+        wrong[:, :, other] = 0
+        expect_tensor(got_z, torch.where(torch.arange(model.cfg.n_heads)[None, None, :, None] == head, 0.0, z_before),
+                      f"z after zero_ablation_hook({head})", "batch, pos, n_heads, d_head",
+                      hints=[(wrong, f"you zeroed head {other}; the head axis of z is dim 2"),
+                             (torch.zeros_like(z), "you zeroed every head; only head `head` goes")])
+        expect_tensor(got, want, f"logits with head {layer}.{head} zero-ablated", "batch, pos, d_vocab", atol=1e-4)
+
+
+@pytest.mark.exercise("mean_ablation_hook")
+@pytest.mark.points(2)
+def test_mean_ablation_hook(induction_model, pair):
+    model, (clean, corrupted) = induction_model, pair
+    ref = torch.cat([corrupted, clean])  # a reference batch of another size (32)
+    name = "blocks.0.attn.hook_z"
+    ref_z = model.run_with_cache(ref, names_filter=name)[1][name]
+    ref_before = ref_z.clone()
+    fn = answers().mean_ablation_hook(ref_z, 0)
+    got = model.run_with_hooks(clean, fwd_hooks=[(name, fn)])
+    assert torch.equal(ref_z, ref_before), "your hook changed reference_z; never modify the inputs"
+    want = ablate_heads(model, clean, [(0, 0)], kind="mean", reference=ref)
+    # a typical mistake: one mean over the batch *and* the positions
+    flat = ref_z[:, :, 0].mean((0, 1))
+
+    def wrong_fn(z, hook):
+        z = z.clone()
+        z[:, :, 0] = flat
+        return z
+    wrong = model.run_with_hooks(clean, fwd_hooks=[(name, wrong_fn)])
+    expect_tensor(got, want, "logits with head 0.0 mean-ablated", "batch, pos, d_vocab", atol=1e-4,
+                  hints=[(wrong, "take a separate mean for every position: average over dim 0 (the batch) only"),
+                         (model(clean), "the logits did not change: did your hook return the new z?")])
+
+
+@pytest.mark.exercise("normalised_effect")
+@pytest.mark.points(1)
+def test_normalised_effect():
+    f = answers().normalised_effect
+    expect_number(f(-0.5, -0.5, -9.0), 1.0, "normalised_effect(clean value)", tol=1e-9,
+                  hint="a patched run that scores like the clean run has effect 1")
+    expect_number(f(-9.0, -0.5, -9.0), 0.0, "normalised_effect(corrupted value)", tol=1e-9,
+                  hint="a patched run that scores like the corrupted run has effect 0")
+    expect_number(f(-4.75, -0.5, -9.0), 0.5, "normalised_effect(halfway)", tol=1e-9,
+                  hint="(m_patched - m_corrupted) / (m_clean - m_corrupted)")
+    # a rank or a loss: smaller is better, the scale still runs from corrupted (0) to clean (1)
+    expect_number(f(15.0, 0.0, 60.0), 0.75, "normalised_effect for a rank (clean 0, corrupted 60, patched 15)",
+                  tol=1e-9, hint="do not take absolute values: divide by (m_clean - m_corrupted) with its sign")
+    expect_number(f(70.0, 0.0, 60.0), -1 / 6, "normalised_effect for a patch worse than corrupted (rank: clean 0, "
+                  "corrupted 60, patched 70)", tol=1e-9,
+                  hint="a patch that makes things worse than the corrupted run is negative; keep the signs")
+    with pytest.raises(ValueError):
+        f(1.0, 2.0, 2.0)
+
+
+@pytest.mark.exercise("logit_difference")
+@pytest.mark.points(2)
+def test_logit_difference(induction_model, pair):
+    model, (clean, corrupted) = induction_model, pair
+    logits = model(clean)
+    f = answers().logit_difference
+    want = float(make_metric("logit_diff", clean, REPEAT, incorrect_tokens=corrupted)(logits))
+    unshifted = float((logits[:, REPEAT].gather(-1, clean[:, REPEAT][..., None])
+                       - logits[:, REPEAT].gather(-1, corrupted[:, REPEAT][..., None])).mean())
+    got = f(logits, clean, corrupted, REPEAT)
+    if abs(float(got) - unshifted) < 1e-4 and abs(want - unshifted) > 1e-3:
+        raise AssertionError("the logits at position p predict the token at p + 1: "
+                             "compare with tokens[:, p + 1], not tokens[:, p]")
+    expect_number(got, want, "the logit difference on the repeated half", tol=1e-4,
+                  hint="mean over batch and positions of logit[correct] - logit[incorrect]")
+    expect_number(f(logits, clean, clean, REPEAT), 0.0, "the logit difference of a token with itself", tol=1e-6)
+    # linearity: the logit difference of a sum of logits is the sum of the logit differences
+    other = model(corrupted)
+    expect_number(f(logits + other, clean, corrupted, [0, 3, 7]),
+                  f(logits, clean, corrupted, [0, 3, 7]) + f(other, clean, corrupted, [0, 3, 7]),
+                  "logit_difference(logits_a + logits_b) (it is linear)", tol=1e-3)
+
+
+@pytest.mark.exercise("denoise_one_cell")
+@pytest.mark.points(2)
+def test_denoise_one_cell(induction_model, pair):
+    model, (clean, corrupted) = induction_model, pair
+    metric = make_metric("logprob", clean, REPEAT)
+    f = answers().denoise_one_cell
+    for layer, head, pos in ((1, 1, 14), (0, 0, 5)):
+        want = patch(model, clean, corrupted, "z", metric, layer=layer, head=head, position=pos, normalise=False)
+        noised = patch(model, clean, corrupted, "z", metric, layer=layer, head=head, position=pos,
+                       direction="noise", normalise=False)
+        all_pos = patch(model, clean, corrupted, "z", metric, layer=layer, head=head, normalise=False)
+        got = f(model, clean, corrupted, layer, head, pos, metric)
+        for cand, msg in ((noised, "that is noising: run the CORRUPTED tokens and paste in the CLEAN z"),
+                          (all_pos, "you patched every position; patch only z[:, position, head]"),
+                          (float(metric(model(corrupted))), "nothing changed: did your hook return the patched z?"),
+                          (float(metric(model(clean))), "that is the clean run's metric: run the corrupted tokens "
+                                                        "and paste the clean z into them")):
+            if abs(float(got) - cand) < 1e-5 and abs(want - cand) > 1e-4:
+                raise AssertionError(f"denoise_one_cell(layer={layer}, head={head}, position={pos}): {msg}")
+        expect_number(got, want, f"the metric with z[:, {pos}, {head}] of layer {layer} denoised", tol=1e-4)
+
+
+@pytest.mark.exercise("head_dla")
+@pytest.mark.points(2)
+def test_head_dla(induction_model, pair):
+    model, (clean, _) = induction_model, pair
+    logits, cache = model.run_with_cache(clean)
+    f = answers().head_dla
+    H = model.cfg.n_heads
+    dla = direct_logit_attribution(model, clean)
+    got = {(l, h): f(model, cache, clean, l, h) for l in range(model.cfg.n_layers) for h in range(H)}
+    same_pos = (cache["z", 1][:, :, 1] @ model.blocks[1].attn.W_O[1])[:, :-1]
+    same_pos = (same_pos * model.W_U.T[clean[:, :-1]]).sum(-1)
+    expect_tensor(got[(1, 1)], dla.attrs[1 * H + 1], "head_dla for head 1.1", "batch, pos - 1", atol=1e-3,
+                  hints=[(same_pos, "the logits at p predict tokens[:, p + 1]: read W_U at the NEXT token")])
+    # the truth: the embedding's term plus every head's term is the model's logit of the correct token
+    target = clean[:, 1:]
+    direct = (cache["embed"][:, :-1] * model.W_U.T[target]).sum(-1)
+    total = direct + sum(got.values())
+    want = logits[:, :-1].gather(-1, target[..., None])[..., 0]
+    expect_tensor(total, want, "embedding term + sum of head_dla over all heads", "batch, pos - 1", atol=1e-3)
+
+
+@pytest.mark.exercise("logit_lens_probs")
+@pytest.mark.points(2)
+def test_logit_lens_probs(induction_model, pair):
+    model, (clean, _) = induction_model, pair
+    got = answers().logit_lens_probs(model, clean)
+    L, T = model.cfg.n_layers, clean.shape[1]
+    target = clean[:, 1:]
+    final = torch.softmax(model(clean)[:, :-1], -1).gather(-1, target[..., None])[..., 0]
+    embed_only = torch.softmax(model.W_E @ model.W_U, -1)[clean[:, :-1], target]  # shortformer: no W_pos in the stream
+    padded = torch.cat([target, target[:, :1]], 1)
+    want = logit_lens(model, clean, target=padded).target_probs[:, :, :-1]
+    assert isinstance(got, torch.Tensor) and tuple(got.shape) == (L + 1, clean.shape[0], T - 1), \
+        f"expected shape [n_layers + 1, batch, pos - 1] = {[L + 1, clean.shape[0], T - 1]}, " \
+        f"got {list(getattr(got, 'shape', [])) or type(got).__name__}"
+    expect_tensor(got[-1], final, "logit_lens_probs[-1] (after the last layer)", "batch, pos - 1", atol=1e-4)
+    with_pos = torch.softmax((model.W_E[clean[:, :-1]] + model.W_pos[: T - 1]) @ model.W_U, -1)
+    with_pos = with_pos.gather(-1, target[..., None])[..., 0]
+    expect_tensor(got[0], embed_only, "logit_lens_probs[0] (the embeddings alone)", "batch, pos - 1", atol=1e-4,
+                  hints=[(with_pos, "this model is a shortformer: W_pos is added to queries and keys only, "
+                                    "not to the residual stream")])
+    expect_tensor(got, want, "logit_lens_probs", "n_layers + 1, batch, pos - 1", atol=1e-4)
+
+
+@pytest.mark.exercise("path_patched_keys")
+@pytest.mark.points(3)
+def test_path_patched_keys(induction_model, pair):
+    model, (clean, corrupted) = induction_model, pair
+    f = answers().path_patched_keys
+    T = clean.shape[1]
+    _, corr_cache = model.run_with_cache(corrupted, names_filter="blocks.0.attn.hook_z")
+    _, clean_cache = model.run_with_cache(clean, names_filter=["blocks.1.attn.hook_k", "blocks.1.hook_resid_pre"])
+    for sender, receiver in (((0, 0), (1, 1)), ((0, 1), (1, 0))):
+        hs, hr = sender[1], receiver[1]
+
+        def swap(z, hook):  # the sender really sees the corrupted prompt; nothing else does
+            z = z.clone()
+            z[:, :, hs] = corr_cache["z", 0][:, :, hs]
+            return z
+        with model.hooks([("blocks.0.attn.hook_z", swap)]):
+            _, run = model.run_with_cache(clean, names_filter="blocks.1.attn.hook_k")
+        want = run["k", 1][:, :, hr]
+        no_pos = want - model.W_pos[:T] @ model.blocks[1].attn.W_K[hr]
+        got = f(model, clean, corrupted, sender, receiver)
+        expect_tensor(got, want, f"path_patched_keys(sender={sender}, receiver={receiver})", "batch, pos, d_head",
+                      atol=1e-3,
+                      hints=[(clean_cache["k", 1][:, :, hr], "these are the clean keys: add the sender's "
+                              "corrupted output and subtract its clean output"),
+                             (no_pos, "a shortformer adds W_pos to the key input of every layer: add W_pos[:pos]")])
