@@ -102,3 +102,10 @@ def test_data_must_fit_the_model():
         train(CFG, {**DATA, "kind": "wikipedia"}, TCFG, progress=False)
     with pytest.raises(ValueError, match="seed must be an integer"):
         train(CFG, DATA, TCFG, seed="0", progress=False)
+
+
+def test_training_works_with_autograd_switched_off_by_the_caller():
+    with torch.no_grad():
+        a = train(CFG, DATA, TCFG, seed=7, progress=False)
+    b = train(CFG, DATA, TCFG, seed=7, progress=False)
+    assert states_equal(a.model.state_dict(), b.model.state_dict())

@@ -212,7 +212,8 @@ def train(
     old_threads = torch.get_num_threads()
     torch.set_num_threads(train_cfg.threads)
     try:
-        return _train_loop(model_cfg, dataset, train_cfg, seed, progress, desc, callback, stop_after)
+        with torch.enable_grad():  # also when the caller switched autograd off (a notebook often does)
+            return _train_loop(model_cfg, dataset, train_cfg, seed, progress, desc, callback, stop_after)
     finally:
         torch.set_num_threads(old_threads)
 
