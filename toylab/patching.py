@@ -92,10 +92,11 @@ def run_patched_cells(model, base: torch.Tensor, source_cache, cells: Sequence[t
     ``base [batch, pos]`` is the input run; ``source_cache`` holds the activation
     of each cell's hook on the other input; a cell ``(hook_name, head, position)``
     (``None`` = all heads / positions) replaces that slice by the source's.
-    ``cells_per_pass`` defaults to about 4096 sequences per pass; 1 is the naive loop.
+    ``cells_per_pass`` defaults to about 128 sequences per pass (measured on a 2-core CPU:
+    passes of ~4096 sequences were 1.75x slower, cache-unfriendly); 1 is the naive loop.
     """
     B = base.shape[0]
-    G = cells_per_pass or max(1, 4096 // B)
+    G = cells_per_pass or max(1, 128 // B)
     out = torch.empty(len(cells))
     for start in range(0, len(cells), G):
         group = cells[start:start + G]
