@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from toylab import grading
+from toylab import answers, grading
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted(p.stem for p in (ROOT / "solutions").glob("ch*.py"))
@@ -163,14 +163,14 @@ def test_expect_tensor_teaches():
     import torch
 
     with pytest.raises(AssertionError, match=r"expected shape \[n_heads, d_vocab\] = \[2, 3\], got \[3, 2\]"):
-        grading.expect_tensor(torch.zeros(3, 2), torch.zeros(2, 3), "x", "n_heads, d_vocab")
+        answers.expect_tensor(torch.zeros(3, 2), torch.zeros(2, 3), "x", "n_heads, d_vocab")
     with pytest.raises(AssertionError, match="did you forget `return`"):
-        grading.expect_tensor(None, torch.zeros(2), "x")
+        answers.expect_tensor(None, torch.zeros(2), "x")
     with pytest.raises(AssertionError, match="wrong values. Halve it"):
-        grading.expect_tensor(torch.ones(2) * 2, torch.ones(2), "x", hints=[(torch.ones(2) * 2, "Halve it.")])
+        answers.expect_tensor(torch.ones(2) * 2, torch.ones(2), "x", hints=[(torch.ones(2) * 2, "Halve it.")])
     with pytest.raises(AssertionError, match=r"your value for y is -0.42, expected about 0.97: hint"):
-        grading.expect_number(-0.42, 0.97, "y", tol=0.01, hint="hint")
+        answers.expect_number(-0.42, 0.97, "y", tol=0.01, hint="hint")
     inf = float("inf")
-    grading.expect_tensor(torch.tensor([1.0, -inf]), torch.tensor([1.0, -inf]), "masked")
+    answers.expect_tensor(torch.tensor([1.0, -inf]), torch.tensor([1.0, -inf]), "masked")
     with pytest.raises(AssertionError):
-        grading.expect_tensor(torch.tensor([1.0, 0.0]), torch.tensor([1.0, -inf]), "masked")
+        answers.expect_tensor(torch.tensor([1.0, 0.0]), torch.tensor([1.0, -inf]), "masked")

@@ -22,16 +22,15 @@ child that dies (``os._exit``, a segfault) fails the test it was running;
 the grader then starts a fresh child on the tests that are left, so one
 broken answer never costs the others their points.
 
-This module imports pytest only inside the child process; the helpers
-:func:`load_answers` and :func:`expect_tensor` are what the graded tests use.
+This module imports pytest only inside the child process; what the graded
+tests themselves use (:func:`~toylab.answers.load_answers`, the teaching
+assertions, the alarm) is in :mod:`toylab.answers`.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import math
 import os
 import re
 import subprocess
@@ -41,151 +40,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from toylab.answers import ANSWERS_ENV, TIMEOUT_ENV, repo_root
+
 DEFAULT_TIMEOUT = 10.0
 _EVENTS_ENV = "TOYLAB_GRADE_EVENTS"
-TIMEOUT_ENV = "TOYLAB_GRADE_TIMEOUT"
-ANSWERS_ENV = "TOYLAB_ANSWERS"
-
-
-# ----------------------------------------------------------------- locating
-def repo_root() -> Path:
-    """The checkout that holds ``tests/exercises``: the current folder or a parent, else toylab's."""
-    here = Path.cwd().resolve()
-    for cand in (here, *here.parents, Path(__file__).resolve().parents[1]):
-        if (cand / "tests" / "exercises").is_dir():
-            return cand
-    raise FileNotFoundError("cannot find tests/exercises: run the grader inside a clone of the toylab repository")
-
-
-def answers_dir() -> Path:
-    """The folder the graded tests import answers from (see the module docstring)."""
-    value = os.environ.get(ANSWERS_ENV, "").strip() or "solutions"
-    if value in ("solutions", "exercises"):
-        return repo_root() / value
-    return Path(value).expanduser().resolve()
-
-
-_loaded: dict[Path, object] = {}
-
-
-def load_answers(module: str):
-    """Import ``<answers_dir>/<module>.py`` by path (e.g. ``module="ch00_transformer"``).
-
-    Each file is imported once per process; a file that is missing or does not
-    import raises an ``AssertionError`` that says so, which fails the test.
-    """
-    path = answers_dir() / f"{module}.py"
-    if path in _loaded:
-        return _loaded[path]
-    if not path.is_file():
-        raise AssertionError(f"no file {module}.py in {path.parent}: the answers folder must hold one file per chapter")
-    spec = importlib.util.spec_from_file_location(f"toylab_answers_{module}_{len(_loaded)}", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    try:
-        spec.loader.exec_module(mod)
-    except Exception as e:  # a syntax error or a failing import in the student's file
-        del sys.modules[spec.name]
-        raise AssertionError(f"could not import {path.name}: {type(e).__name__}: {e}") from e
-    _loaded[path] = mod
-    return mod
-
-
-# ------------------------------------------------------- teaching assertions
-def _shape(x) -> str:
-    return "[" + ", ".join(str(int(s)) for s in x) + "]"
-
-
-def expect_tensor(actual, expected, what: str, dims: str = "", *, atol: float = 1e-4, rtol: float = 1e-4,
-                  hints: tuple = ()) -> None:
-    """Assert that ``actual`` is a tensor equal to ``expected`` (within tolerances); teach if not.
-
-    ``dims`` names the expected dimensions (``"batch, pos, d_model"``).
-    ``hints`` is a sequence of ``(candidate, message)``: if ``actual`` matches a
-    candidate (a typical wrong answer, computed from the truth) the message
-    says which mistake that was. Infinite entries (a causal mask) must match
-    exactly.
-    """
-    import torch
-
-    if actual is None:
-        raise AssertionError(f"{what}: your function returned None; did you forget `return`?")
-    if not isinstance(actual, torch.Tensor):
-        raise AssertionError(f"{what}: expected a torch.Tensor, got {type(actual).__name__}")
-    names = f"[{dims}] = " if dims else ""
-    if tuple(actual.shape) != tuple(expected.shape):
-        raise AssertionError(f"{what}: expected shape {names}{_shape(expected.shape)}, got {_shape(actual.shape)}")
-    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
-    if torch.isnan(a).any():
-        raise AssertionError(f"{what}: your tensor contains NaN at {_shape(torch.nonzero(torch.isnan(a))[0])}")
-    for cand, message in hints:
-        c = cand.detach().double().cpu()
-        if c.shape == a.shape and _close(a, c, atol, rtol) and not _close(a, e, atol, rtol):
-            raise AssertionError(f"{what}: wrong values. {message}")
-    if not _close(a, e, atol, rtol):
-        diff = (a - e).abs().nan_to_num(float("inf"))
-        diff[torch.isinf(a) & torch.isinf(e) & (torch.sign(a) == torch.sign(e))] = 0
-        idx = tuple(int(i) for i in torch.nonzero(diff == diff.max())[0])
-        raise AssertionError(f"{what}: wrong values; at index {list(idx)} you have {a[idx].item():.4g}, "
-                             f"expected {e[idx].item():.4g} (max |difference| {diff.max().item():.3g})")
-
-
-def _close(a, e, atol: float, rtol: float) -> bool:
-    import torch
-
-    if a.shape != e.shape:
-        return False
-    inf = torch.isinf(e)
-    if not torch.equal(torch.isinf(a), inf) or not torch.equal(a[inf], e[inf]):
-        return False
-    return bool(torch.allclose(a[~inf], e[~inf], atol=atol, rtol=rtol))
-
-
-def expect_number(actual, expected: float, what: str, *, tol: float, hint: str = "") -> None:
-    """Assert that ``actual`` is a number within ``tol`` of ``expected``; teach if not."""
-    try:
-        value = float(actual)
-    except (TypeError, ValueError, RuntimeError):
-        raise AssertionError(f"{what}: expected a number (float), got {type(actual).__name__}") from None
-    if not (abs(value - expected) <= tol or (math.isinf(value) and value == expected)):
-        raise AssertionError(f"your value for {what} is {value:.4g}, expected about {expected:.4g}"
-                             + (f": {hint}" if hint else ""))
-
-
-# ------------------------------------------------------- in the child process
-class alarm:
-    """``with alarm(seconds):`` raises ``TimeoutError("timed out after S s")`` in a Python loop that overruns.
-
-    Uses ``SIGALRM`` (Unix, main thread only); elsewhere it does nothing and the
-    grader's watchdog is the only limit.
-    """
-
-    def __init__(self, seconds: float):
-        import signal
-        import threading
-
-        self.seconds = seconds
-        self.active = (seconds > 0 and hasattr(signal, "setitimer")
-                       and threading.current_thread() is threading.main_thread())
-
-    def _fire(self, signum, frame):
-        raise TimeoutError(f"timed out after {self.seconds:g} s")
-
-    def __enter__(self):
-        if self.active:
-            import signal
-
-            self.old = signal.signal(signal.SIGALRM, self._fire)
-            signal.setitimer(signal.ITIMER_REAL, self.seconds)
-        return self
-
-    def __exit__(self, *exc):
-        if self.active:
-            import signal
-
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, self.old)
-        return False
 
 
 def first_line(excinfo) -> str:

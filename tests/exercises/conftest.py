@@ -2,7 +2,7 @@
 
 Each graded test is marked ``@pytest.mark.exercise("name")`` and
 ``@pytest.mark.points(n)`` and loads the answers with
-``toylab.grading.load_answers("chNN_<topic>")``, which reads the folder from
+``toylab.answers.load_answers("chNN_<topic>")``, which reads the folder from
 ``TOYLAB_ANSWERS`` (unset: ``solutions/``; ``exercises``: the stubs; or a path).
 
     TOYLAB_ANSWERS=exercises python -m pytest tests/exercises     # grade your own answers
@@ -18,7 +18,7 @@ import os
 import pytest
 import torch
 
-from toylab.grading import TIMEOUT_ENV, alarm
+from toylab.answers import TIMEOUT_ENV, alarm
 
 
 def pytest_configure(config):

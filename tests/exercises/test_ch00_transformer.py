@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from toylab.data import repeated_tokens
-from toylab.grading import expect_tensor, load_answers
+from toylab.answers import expect_tensor, load_answers
 from toylab.model import AttnOnlyTransformer, ModelConfig
 
 CH = "ch00_transformer"

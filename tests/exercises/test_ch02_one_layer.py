@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from toylab.grading import expect_number, expect_tensor, load_answers
+from toylab.answers import expect_number, expect_tensor, load_answers
 
 CH = "ch02_one_layer"
 

@@ -16,7 +16,7 @@ from toylab.circuits import k_composition_circuit as lib_k_circuit
 from toylab.circuits import path_expansion, q_composition_circuit, virtual_weights
 from toylab.composition import composition_scores, empirical_baseline
 from toylab.data import repeated_tokens
-from toylab.grading import expect_number, expect_tensor, load_answers
+from toylab.answers import expect_number, expect_tensor, load_answers
 from toylab.model import AttnOnlyTransformer
 
 CH = "ch03_two_layers"

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from toylab.data import induction_targets, make_dataset, repeated_tokens
-from toylab.grading import expect_number, expect_tensor, load_answers
+from toylab.answers import expect_number, expect_tensor, load_answers
 from toylab.scores import duplicate_token_score, induction_score, previous_token_score
 
 CH = "ch04_induction"

@@ -16,7 +16,7 @@ import torch
 
 from toylab.attribution import direct_logit_attribution, logit_lens
 from toylab.data import repeated_tokens
-from toylab.grading import expect_number, expect_tensor, load_answers
+from toylab.answers import expect_number, expect_tensor, load_answers
 from toylab.interventions import ablate_heads, make_metric
 from toylab.patching import patch
 
