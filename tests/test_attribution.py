@@ -148,3 +148,23 @@ def test_logit_lens(model, probe):
     torch.testing.assert_close(ll.topk_probs[0], embed_probs.topk(3, -1).values)
     with pytest.raises(ValueError, match="k must"):
         logit_lens(model, probe, k=0)
+
+
+def test_cache_methods_match_the_functions(model, probe):
+    from toylab.attribution import decompose_resid, logit_attrs, stack_head_results
+
+    _, cache = model.run_with_cache(probe)
+    stack, labels = cache.decompose_resid()
+    want, want_labels = decompose_resid(cache, model)
+    assert labels == want_labels and torch.equal(stack, want)
+    heads, head_labels = cache.stack_head_results()
+    want, want_labels = stack_head_results(cache, model)
+    assert head_labels == want_labels and torch.equal(heads, want)
+    torch.testing.assert_close(heads.sum(0), cache["resid_post", -1], atol=1e-4, rtol=1e-4)
+    nxt = probe[:, 1:]
+    attrs = cache.logit_attrs(heads[:, :, :-1], nxt)
+    assert torch.equal(attrs, logit_attrs(heads[:, :, :-1], model, nxt))
+    from toylab.hooks import ActivationCache
+
+    with pytest.raises(ValueError, match="made without a model"):
+        ActivationCache(dict(cache)).decompose_resid()

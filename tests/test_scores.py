@@ -77,3 +77,33 @@ def test_bad_input_is_a_clear_error():
         previous_token_score(torch.ones(6, 6))
     with pytest.raises(ValueError, match="tokens must have shape"):
         induction_score(p, torch.zeros(1, 5, dtype=torch.long))
+
+
+def test_exclude_bos_renormalises_over_the_other_keys():
+    # a previous-token head that parks 0.6 of its attention on BOS
+    p = torch.zeros(1, 1, N, N)
+    p[0, 0, 0, 0] = 1.0
+    for q in range(1, N):
+        p[0, 0, q, 0] += 0.6
+        p[0, 0, q, q - 1] += 0.4
+    before = p.clone()
+    plain = previous_token_score(p).item()
+    # q = 1's previous token IS BOS: plain counts it fully; the rest get 0.4
+    assert plain == pytest.approx((1.0 + 0.4 * (N - 2)) / (N - 1))
+    assert previous_token_score(p, exclude_bos=True).item() == pytest.approx(1.0)
+    assert torch.equal(p, before)
+    # an induction head that parks half its attention on BOS
+    ind = torch.zeros(1, 1, N, N)
+    ind[0, 0, :, 0] = 1.0
+    for q in range(L + 1, N):
+        ind[0, 0, q, 0] = 0.5
+        ind[0, 0, q, q - L + 1] = 0.5
+    second = torch.arange(N) > L
+    assert induction_score(ind, TOKENS, second).item() == pytest.approx(0.5)
+    assert induction_score(ind, TOKENS, second, exclude_bos=True).item() == pytest.approx(1.0)
+    dup = torch.zeros(1, 1, N, N)
+    dup[0, 0, :, 0] = 1.0
+    for q in range(L + 1, N):
+        dup[0, 0, q, 0] = 0.75
+        dup[0, 0, q, q - L] = 0.25
+    assert duplicate_token_score(dup, TOKENS, exclude_bos=True).item() == pytest.approx(1.0)

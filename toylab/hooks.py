@@ -162,6 +162,36 @@ class ActivationCache(Mapping):
         except KeyError:
             return False
 
+    # the residual-stream helpers TransformerLens users expect on the cache; the
+    # maths lives in toylab.attribution
+    def _model(self):
+        if self.model is None:
+            raise ValueError("this cache was made without a model; use toylab.attribution's functions directly")
+        return self.model
+
+    def decompose_resid(self, layer: int | None = None):
+        """``(stack [n_components, batch, pos, d_model], labels)``: embeddings and each
+        layer's attention output, summing to the residual stream (see
+        :func:`toylab.attribution.decompose_resid`)."""
+        from toylab.attribution import decompose_resid
+
+        return decompose_resid(self, self._model(), layer)
+
+    def stack_head_results(self, layer: int | None = None, include_embeddings: bool = True):
+        """``(stack [n_heads_total (+ embeddings), batch, pos, d_model], labels)``: one term
+        per head (see :func:`toylab.attribution.stack_head_results`)."""
+        from toylab.attribution import stack_head_results
+
+        return stack_head_results(self, self._model(), layer, include_embeddings)
+
+    def logit_attrs(self, stack: torch.Tensor, tokens: torch.Tensor, incorrect_tokens: torch.Tensor | None = None):
+        """``[n_components, batch, pos]``: each component's direct contribution to the logit
+        of ``tokens`` (or to ``logit(tokens) - logit(incorrect_tokens)``), see
+        :func:`toylab.attribution.logit_attrs`."""
+        from toylab.attribution import logit_attrs
+
+        return logit_attrs(stack, self._model(), tokens, incorrect_tokens)
+
     def __repr__(self) -> str:
         return f"ActivationCache({len(self)} activations: {', '.join(list(self._acts)[:4])}{', ...' if len(self) > 4 else ''})"
 

@@ -16,8 +16,14 @@ is a token after it to attend to), optionally restricted to given
 second copy, the induction score is the mean attention from the tokens of the
 second copy to the token right after their earlier occurrence. (Left
 unrestricted, ``D`` also holds chance repeats inside ``r``, where a head that
-has learned to distrust a lone match rightly attends less.) Inputs are never
-modified.
+has learned to distrust a lone match rightly attends less.)
+
+``exclude_bos=True`` scores the pattern ``Ã`` with the BOS key (position 0)
+removed and each row renormalised over the other keys,
+``Ã[q, k] = A[q, k] / sum_{k' >= 1} A[q, k']`` for ``k >= 1``: many heads park
+the attention they do not need on BOS, and this asks what the head does with
+the rest. Destinations whose only candidate key is BOS (``q = 0``, and ``q = 1``
+for the previous-token score) are left out. Inputs are never modified.
 """
 
 from __future__ import annotations
@@ -35,6 +41,16 @@ def _check_pattern(pattern: torch.Tensor, tokens: torch.Tensor | None = None) ->
                 f"tokens must have shape [batch, pos] = {[pattern.shape[0], pattern.shape[-1]]} "
                 f"to match the pattern {list(pattern.shape)}, got {list(tokens.shape)}"
             )
+
+
+def without_bos(pattern: torch.Tensor) -> torch.Tensor:
+    """``[batch, n_heads, q, k]`` -> the same shape: key 0 (BOS) removed, rows renormalised
+    over keys ``>= 1`` (a row that had all its mass on BOS becomes all zeros)."""
+    _check_pattern(pattern)
+    rest = pattern.clone()
+    rest[..., 0] = 0.0
+    total = rest.sum(-1, keepdim=True)
+    return torch.where(total > 0, rest / total.clamp_min(torch.finfo(rest.dtype).tiny), torch.zeros_like(rest))
 
 
 def _masked_mean(pattern: torch.Tensor, mask: torch.Tensor, what: str,
@@ -60,26 +76,33 @@ def _masked_mean(pattern: torch.Tensor, mask: torch.Tensor, what: str,
     return mass.transpose(0, 1)[:, has_target].mean(-1)
 
 
-def previous_token_score(pattern: torch.Tensor) -> torch.Tensor:
-    """``[batch, n_heads, pos, pos]`` -> ``[n_heads]``: mean attention to the previous position."""
+def previous_token_score(pattern: torch.Tensor, exclude_bos: bool = False) -> torch.Tensor:
+    """``[batch, n_heads, pos, pos]`` -> ``[n_heads]``: mean attention to the previous position
+    (``exclude_bos``: of the attention not on BOS, from destinations ``q >= 2``)."""
     _check_pattern(pattern)
-    if pattern.shape[-1] < 2:
-        raise ValueError("the previous-token score needs sequences of at least 2 positions")
-    return pattern.diagonal(offset=-1, dim1=-2, dim2=-1).mean(dim=(0, 2))
+    first = 2 if exclude_bos else 1
+    if pattern.shape[-1] < first + 1:
+        raise ValueError(f"the previous-token score needs sequences of at least {first + 1} positions")
+    if exclude_bos:
+        pattern = without_bos(pattern)
+    return pattern.diagonal(offset=-1, dim1=-2, dim2=-1)[..., first - 1:].mean(dim=(0, 2))
 
 
 def duplicate_token_score(pattern: torch.Tensor, tokens: torch.Tensor,
-                          destinations: torch.Tensor | None = None) -> torch.Tensor:
+                          destinations: torch.Tensor | None = None, exclude_bos: bool = False) -> torch.Tensor:
     """``[batch, n_heads, pos, pos]``, ``[batch, pos]`` -> ``[n_heads]``:
     attention from a token to its own earlier occurrences."""
     _check_pattern(pattern, tokens)
     same = tokens[:, :, None] == tokens[:, None, :]  # [batch, q, k]
-    earlier = torch.ones_like(same[0]).tril(diagonal=-1)
-    return _masked_mean(pattern, same & earlier, "earlier duplicate", destinations)
+    mask = same & torch.ones_like(same[0]).tril(diagonal=-1)
+    if exclude_bos:
+        pattern, mask = without_bos(pattern), mask.clone()
+        mask[..., 0] = False
+    return _masked_mean(pattern, mask, "earlier duplicate", destinations)
 
 
 def induction_score(pattern: torch.Tensor, tokens: torch.Tensor,
-                    destinations: torch.Tensor | None = None) -> torch.Tensor:
+                    destinations: torch.Tensor | None = None, exclude_bos: bool = False) -> torch.Tensor:
     """``[batch, n_heads, pos, pos]``, ``[batch, pos]`` -> ``[n_heads]``:
     attention from a token to the tokens right after its earlier occurrences
     (only from ``destinations``, a bool mask ``[pos]`` or ``[batch, pos]``, if given)."""
@@ -89,11 +112,14 @@ def induction_score(pattern: torch.Tensor, tokens: torch.Tensor,
     # key k is an induction target of query q when t[k-1] == t[q] and k <= q
     mask[:, :, 1:] = tokens[:, :, None] == tokens[:, None, :-1]
     mask &= torch.ones(n, n, dtype=torch.bool).tril()
+    if exclude_bos:  # keys k >= 1 only (the mask never selects k = 0: it needs a token before k)
+        pattern = without_bos(pattern)
     return _masked_mean(pattern, mask, "earlier occurrence", destinations)
 
 
 @torch.no_grad()
-def head_detector_scores(model, tokens: torch.Tensor, destinations: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def head_detector_scores(model, tokens: torch.Tensor, destinations: torch.Tensor | None = None,
+                         exclude_bos: bool = False) -> dict[str, torch.Tensor]:
     """Every head's detector scores on ``tokens [batch, pos]``.
 
     Returns ``{"previous_token": [n_layers, n_heads], "duplicate_token": ...,
@@ -106,8 +132,8 @@ def head_detector_scores(model, tokens: torch.Tensor, destinations: torch.Tensor
     toks = model.check_tokens(tokens)
     for layer in range(model.cfg.n_layers):
         pattern = cache["pattern", layer]
-        out["previous_token"].append(previous_token_score(pattern))
-        out["duplicate_token"].append(duplicate_token_score(pattern, toks, destinations))
-        out["induction"].append(induction_score(pattern, toks, destinations))
+        out["previous_token"].append(previous_token_score(pattern, exclude_bos))
+        out["duplicate_token"].append(duplicate_token_score(pattern, toks, destinations, exclude_bos))
+        out["induction"].append(induction_score(pattern, toks, destinations, exclude_bos))
     empty = torch.zeros(0, model.cfg.n_heads)
     return {k: torch.stack(v) if v else empty for k, v in out.items()}
