@@ -67,7 +67,8 @@ def time_steps(step, n_steps: int) -> float:
     return statistics.median(times)
 
 
-def toylab_step(model, batch):
+def train_step(model, batch):
+    """One AdamW step of ``model`` (toylab's or TransformerLens's: both take ``return_type="loss"``)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
     def step():
@@ -86,7 +87,7 @@ def bench_presets(n_steps: int, peak: float) -> None:
         data = make_dataset(preset.data)
         batch = data.sample(tcfg.batch_size, torch.Generator().manual_seed(0))
         model = AttnOnlyTransformer(cfg, seed=0)
-        sec = time_steps(toylab_step(model, batch), n_steps)
+        sec = time_steps(train_step(model, batch), n_steps)
         tokens = batch.numel()
         flops = train_flops_per_token(cfg, batch.shape[1]) * tokens / sec
         print(f"{name:16s} {tcfg.batch_size:5d} x {batch.shape[1]:3d} {sec * 1e3:8.1f} {tokens / sec:10.0f} "
@@ -132,16 +133,8 @@ def bench_transformer_lens(n_steps: int) -> None:
     )
     tl_model = HookedTransformer(tl_cfg)
     batch = make_dataset(preset.data).sample(preset.train.batch_size, torch.Generator().manual_seed(0))
-    tl_opt = torch.optim.AdamW(tl_model.parameters(), lr=1e-3)
-
-    def tl_step():
-        loss = tl_model(batch, return_type="loss")
-        tl_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        tl_opt.step()
-
-    ours = time_steps(toylab_step(AttnOnlyTransformer(cfg, seed=0), batch), n_steps)
-    theirs = time_steps(tl_step, n_steps)
+    ours = time_steps(train_step(AttnOnlyTransformer(cfg, seed=0), batch), n_steps)
+    theirs = time_steps(train_step(tl_model, batch), n_steps)
     print(f"\nstep time on the induction-2l config, batch {batch.shape[0]} x {batch.shape[1]}:")
     print(f"  toylab           {ours * 1e3:7.1f} ms")
     print(f"  TransformerLens  {theirs * 1e3:7.1f} ms")
