@@ -33,7 +33,7 @@ $(VENV)/.book: $(VENV)/.test
 book: $(VENV)/.book
 	$(PY) -m toylab.cli models
 	bash .ci/book.sh $(PY)
-	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 	$(PY) .ci/check_book.py chapters/_build/html chapters/_build/screenshots
 
 NOTEBOOKS := $(wildcard chapters/ch*.ipynb)
