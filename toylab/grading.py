@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from toylab.answers import ANSWERS_ENV, TIMEOUT_ENV, repo_root
+from toylab.progress import Progress
 
 DEFAULT_TIMEOUT = 10.0
 _EVENTS_ENV = "TOYLAB_GRADE_EVENTS"
@@ -184,10 +185,11 @@ def graded_test_files(chapter: int | None = None, root: Path | None = None) -> l
 
 
 def grade(path: str | os.PathLike = "exercises", chapter: int | None = None, timeout: float = DEFAULT_TIMEOUT,
-          select: str | None = None, startup_timeout: float = 120.0) -> Grade:
+          select: str | None = None, startup_timeout: float = 120.0, progress: bool = False) -> Grade:
     """Run the graded tests against the answers in folder ``path``; returns a :class:`Grade`.
 
     ``select``: a pytest ``-k`` expression (e.g. one exercise's name).
+    ``progress``: show a progress bar on stderr while the tests run.
     Every test gets ``timeout`` seconds; a hanging or crashing answer fails its
     own test and the others are still graded.
     """
@@ -205,6 +207,20 @@ def grade(path: str | os.PathLike = "exercises", chapter: int | None = None, tim
     base = ["-q", "-p", "no:cacheprovider", "-o", "addopts=", "--rootdir", str(root), "-W", "ignore"]
     by_id: dict[str, GradedTest] = {}
     pending: list[str] | None = None  # None: not collected yet
+    bar: Progress | None = None
+
+    def tick(events: list[dict]) -> None:  # called by the watchdog as the child reports
+        nonlocal bar
+        if not progress:
+            return
+        if bar is None:
+            collected = [e for e in events if e["event"] == "collected"]
+            if not (by_id or collected):
+                return
+            bar = Progress(len(by_id) or len(collected[0]["tests"]), "grading", stream=sys.stderr)
+        finished_before = len(by_id) - len(pending) if pending is not None else 0
+        bar.update(finished_before + sum(e["event"] == "result" for e in events) - bar.n)
+
     with tempfile.TemporaryDirectory(prefix="toylab-grade-") as tmp:
         for attempt in range(1000):
             events_path = Path(tmp) / f"events{attempt}.jsonl"
@@ -213,7 +229,7 @@ def grade(path: str | os.PathLike = "exercises", chapter: int | None = None, tim
                     f"sys.exit(g._child_main({str(events_path)!r}, {run_args!r}))")
             proc = subprocess.Popen([sys.executable, "-c", code], cwd=root, env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, start_new_session=True)
-            out = _watch(proc, events_path, timeout, startup_timeout)
+            out = _watch(proc, events_path, timeout, startup_timeout, tick)
             events = _read_events(events_path)
             killed_at = out["killed"]
             running = None
@@ -248,12 +264,17 @@ def grade(path: str | os.PathLike = "exercises", chapter: int | None = None, tim
                 break
             if not pending or running is None:
                 break
+    if bar is not None:
+        bar.__exit__()
     result.tests = list(by_id.values())
     return result
 
 
-def _watch(proc: subprocess.Popen, events_path: Path, timeout: float, startup_timeout: float) -> dict:
-    """Wait for ``proc``; kill it if one test runs past ``timeout`` (plus a grace) or it never starts."""
+def _watch(proc: subprocess.Popen, events_path: Path, timeout: float, startup_timeout: float,
+           tick=None) -> dict:
+    """Wait for ``proc``; kill it if one test runs past ``timeout`` (plus a grace) or it never starts.
+
+    ``tick(events)``, if given, sees the child's events at every poll (for a progress bar)."""
     import threading
 
     chunks: list[bytes] = []
@@ -265,6 +286,8 @@ def _watch(proc: subprocess.Popen, events_path: Path, timeout: float, startup_ti
     while proc.poll() is None:
         time.sleep(0.1)
         events = _read_events(events_path)
+        if tick is not None:
+            tick(events)
         last = events[-1] if events else None
         now = time.time()
         if last is None and now - started > startup_timeout:
@@ -325,7 +348,7 @@ def cmd_grade(args) -> int:
     """Exit status: 0 full marks, 1 some exercise failed, 2 the grader could not run."""
     try:
         folder = Path(args.path) if args.path else repo_root() / "exercises"
-        g = grade(folder, chapter=args.chapter, timeout=args.timeout)
+        g = grade(folder, chapter=args.chapter, timeout=args.timeout, progress=True)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"toylab grade: error: {e}", file=sys.stderr)
         return 2

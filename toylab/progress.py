@@ -7,6 +7,7 @@ and at the end, so stored outputs stay short and readable.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import TextIO
@@ -39,8 +40,10 @@ class Progress:
                 self._last_draw = now
                 self.stream.write("\r" + self._line(now))
                 self.stream.flush()
-        elif frac >= self._next_log or self.n == self.total:
-            self._next_log = frac + self.log_every
+        elif frac >= self._next_log:
+            # log lines at 0%, every log_every, and once at 100%
+            step = self.log_every
+            self._next_log = math.inf if self.n == self.total else min((math.floor(frac / step) + 1) * step, 1.0)
             self.stream.write(self._line(now) + "\n")
             self.stream.flush()
 
