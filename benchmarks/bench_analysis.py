@@ -19,7 +19,7 @@ import time
 import torch
 
 from toylab.copying import copying_scores
-from toylab.data import repeated_tokens
+from toylab.data import probe_half_len, repeated_tokens
 from toylab.model import AttnOnlyTransformer, ModelConfig
 from toylab.presets import PRESETS, load_model
 from toylab.report import head_report
@@ -46,7 +46,7 @@ def main() -> None:
         model = load_model(name)
         if model.cfg.n_layers == 0:
             continue
-        probe = repeated_tokens(model.cfg.d_vocab, (model.cfg.n_ctx - 1) // 2, 64, torch.Generator().manual_seed(0))
+        probe = repeated_tokens(model.cfg.d_vocab, probe_half_len(model.cfg.n_ctx), 64, torch.Generator().manual_seed(0))
         first = seconds(lambda: head_report(model))
         warm = min(seconds(lambda: head_report(model)) for _ in range(3))
         with torch.no_grad():

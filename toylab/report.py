@@ -37,7 +37,7 @@ from torch import Tensor
 
 from toylab.circuits import positional_qk
 from toylab.copying import copying_scores
-from toylab.data import repeated_tokens
+from toylab.data import probe_half_len, repeated_tokens
 from toylab.scores import head_detector_scores
 
 THRESHOLDS: dict[str, tuple[str, float]] = {
@@ -130,7 +130,7 @@ def head_report(model, tokens: Tensor | None = None, batch: int = 64, seed: int 
         raise ValueError("the model has 0 layers: there are no heads to report on")
     destinations = None
     if tokens is None:
-        half = (cfg.n_ctx - 1) // 2
+        half = probe_half_len(cfg.n_ctx)
         if half < 1:
             raise ValueError(f"n_ctx = {cfg.n_ctx} is too short for the probe [BOS, r, r]; pass tokens")
         tokens = repeated_tokens(cfg.d_vocab, half, batch, torch.Generator().manual_seed(int(seed)))

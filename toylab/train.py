@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 
 from toylab.checkpoint import save_checkpoint
-from toylab.data import make_dataset, repeated_tokens, repeated_tokens_with_gap
+from toylab.data import make_dataset, probe_half_len, repeated_tokens, repeated_tokens_with_gap
 from toylab.model import AttnOnlyTransformer, ModelConfig, config_from_dict, next_token_loss
 from toylab.progress import Progress
 from toylab.scores import induction_score, previous_token_score
@@ -127,11 +127,6 @@ def induction_probe(model: AttnOnlyTransformer, half_len: int, gap: int = 0, bat
     return out
 
 
-def default_half_len(n_ctx: int) -> int:
-    """The probe ``[BOS, r, r]`` that fills the context: ``half_len = (n_ctx - 1) // 2``."""
-    return (n_ctx - 1) // 2
-
-
 def true_next_token_probs(dataset, tokens: torch.Tensor) -> torch.Tensor | None:
     """``[batch, pos, d_vocab]`` exact next-token distributions, for languages that know them."""
     if hasattr(dataset, "next_token_probs"):
@@ -166,7 +161,7 @@ def evaluate(model: AttnOnlyTransformer, dataset, step: int) -> dict:
     logits = model(tokens)
     val = next_token_loss(logits, tokens).mean().item()
     truth = true_next_token_probs(dataset, tokens)
-    L = default_half_len(model.cfg.n_ctx)
+    L = probe_half_len(model.cfg.n_ctx)
     probe = induction_probe(model, L)
     gap_len = max(L // 2, 1)
     gapped = induction_probe(model, L - gap_len, gap=gap_len + 1)  # offset L + 1 instead of L

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any, Union
 
 from toylab.data.bigram import BOS, BigramLanguage
-from toylab.data.induction import (InductionBatch, InductionData, induction_targets,
+from toylab.data.induction import (InductionBatch, InductionData, induction_targets, probe_half_len,
                                    repeated_tokens, repeated_tokens_with_gap)
 from toylab.data.skip_trigram import SkipTrigramLanguage
 from toylab.data.text import CharTokenizer, TextData, corpus_fingerprint, load_corpus
@@ -52,6 +52,6 @@ def make_dataset(spec: dict[str, Any]) -> Dataset:
 __all__ = [
     "BOS", "BigramLanguage", "CharTokenizer", "DATASETS", "Dataset", "InductionBatch",
     "InductionData", "SkipTrigramLanguage", "TextData", "TextWithRepeatsData", "corpus_fingerprint",
-    "induction_targets", "load_corpus", "make_dataset", "repeated_tokens",
+    "induction_targets", "load_corpus", "make_dataset", "probe_half_len", "repeated_tokens",
     "repeated_tokens_with_gap",
 ]

@@ -184,6 +184,11 @@ def copy_random_segment(tokens: torch.Tensor, min_len: int, max_len: int, p_repe
 
 
 # --------------------------------------------------------------------- probes
+def probe_half_len(n_ctx: int) -> int:
+    """``half_len`` of the probe ``[BOS, r, r]`` that fills a context of ``n_ctx``: ``(n_ctx - 1) // 2``."""
+    return (n_ctx - 1) // 2
+
+
 def repeated_tokens(d_vocab: int, half_len: int, batch: int,
                     generator: torch.Generator) -> torch.Tensor:
     """The standard induction probe ``[BOS, r, r]``.
