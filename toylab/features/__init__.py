@@ -1,0 +1,15 @@
+"""Features: superposition toy models, sparse autoencoders, probes and steering.
+
+=====================  =============================================================
+``tms``                Toy Models of Superposition; planted-feature synthetic data
+``sae``                the SAE's maps, the ReLU + L1 SAE, resampling dead latents
+``topk``               the TopK SAE with the AuxK dead-latent loss
+``train_sae``          gather activations at a hook, train, save and load SAEs
+``metrics``            L0, variance explained, CE loss recovered, dead/dense, MMCS, MCC
+``ground_truth``       the known feature directions inside the lab's models
+``probes``             linear (softmax) probes, control tasks and selectivity
+``steering``           activation addition and its exact logit effect
+=====================  =============================================================
+
+Import the modules themselves, e.g. ``from toylab.features import sae, metrics``.
+"""

@@ -1,0 +1,191 @@
+"""Training sparse autoencoders on a model's activations: gather, train, save, load.
+
+``gather_activations`` runs the model with ``run_with_cache`` on one hook point and
+flattens batch and position into rows. ``train_sae`` is a seeded, deterministic
+Adam loop over those rows (same seed, same machine: bit-identical SAE), with the
+decoder kept at unit norm, optional resampling of dead ReLU latents, and a
+:class:`toylab.progress.Progress` bar. ``save_sae``/``load_sae`` follow the lab's
+checkpoint rules: atomic writes, ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from toylab.checkpoint import atomic_write
+from toylab.features.sae import ReluSAE, SparseAutoencoder, check_activations, resample_dead_latents
+from toylab.features.topk import TopKSAE
+from toylab.progress import Progress
+
+#: hook-name endings an SAE can be trained on (``[batch, pos, d]`` or ``[batch, pos, head, d_head]``)
+SAE_HOOKS = ("hook_embed", "hook_resid_pre", "hook_resid_post", "hook_attn_out", "attn.hook_z",
+             "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_result", "hook_normalized")
+_PER_HEAD = ("attn.hook_z", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_result")
+SAE_KINDS = {cls.kind: cls for cls in (ReluSAE, TopKSAE)}
+FORMAT = "toylab-sae"
+
+
+def check_hook(model, hook: str, head: int | None = None) -> str:
+    """Validate an SAE hook name (and ``head`` for per-head hooks); returns the name."""
+    if not isinstance(hook, str):
+        raise TypeError(f"hook must be a hook name (str), got {type(hook).__name__}")
+    if hook not in model.hook_dict:
+        raise KeyError(f"unknown hook {hook!r}; this model's hooks are:\n  " + "\n  ".join(model.hook_names))
+    if not hook.endswith(SAE_HOOKS):
+        raise ValueError(f"an SAE needs a vector-valued activation; {hook!r} is not one of the supported "
+                         f"kinds {SAE_HOOKS} (attention scores and patterns are not residual-like vectors)")
+    if head is not None:
+        if not hook.endswith(_PER_HEAD):
+            raise ValueError(f"head={head} only makes sense for a per-head hook ({_PER_HEAD}), not {hook!r}")
+        n = model.cfg.n_heads
+        if isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < n:
+            raise ValueError(f"head must be an integer in [0, {n}), got {head!r}")
+    return hook
+
+
+def hook_width(model, hook: str, head: int | None = None) -> int:
+    """Size of one activation row at ``hook``: ``d_head`` for one head, ``n_heads * d_head``
+    for a flattened per-head hook (``d_model`` for ``hook_result``), ``d_model`` otherwise."""
+    check_hook(model, hook, head)
+    cfg = model.cfg
+    if hook.endswith(_PER_HEAD):
+        per = cfg.d_model if hook.endswith("hook_result") else cfg.d_head
+        return per if head is not None else per * cfg.n_heads
+    return cfg.d_model
+
+
+def flatten_activation(act: torch.Tensor, hook: str, head: int | None = None) -> torch.Tensor:
+    """``[batch, pos, d]`` or ``[batch, pos, n_heads, d_head]`` -> rows ``[batch * pos, width]``
+    (one head's slice when ``head`` is given, else all heads concatenated)."""
+    if hook.endswith(_PER_HEAD):
+        act = act[:, :, head] if head is not None else act.flatten(2)
+    return act.reshape(-1, act.shape[-1])
+
+
+@torch.no_grad()
+def gather_activations(model, hook: str, tokens: torch.Tensor, head: int | None = None,
+                       skip_first: bool = True, batch_size: int = 256) -> torch.Tensor:
+    """Activations of ``model`` at ``hook`` on ``tokens [batch, pos]``, as rows.
+
+    Returns ``[batch * (pos - skip_first), width]`` (width from :func:`hook_width`),
+    rows ordered sequence by sequence. ``skip_first`` drops position 0 (the BOS
+    token, whose activation is one vector repeated and would dominate a dictionary).
+    """
+    check_hook(model, hook, head)
+    tokens = model.check_tokens(tokens)
+    rows = []
+    for i in range(0, tokens.shape[0], batch_size):
+        _, cache = model.run_with_cache(tokens[i:i + batch_size], names_filter=hook)
+        act = cache[hook]
+        if hook == "hook_pos_embed":
+            act = act.expand(tokens[i:i + batch_size].shape[0], -1, -1)
+        if skip_first:
+            act = act[:, 1:]
+        rows.append(flatten_activation(act, hook, head).float())
+    return torch.cat(rows)
+
+
+def train_sae(sae: SparseAutoencoder, acts: torch.Tensor, *, steps: int = 2000, batch_size: int = 1024,
+              lr: float = 3e-3, seed: int = 0, resample_every: int | None = None, init_b_dec: str = "zero",
+              progress: bool = True, desc: str = "sae") -> list[dict]:
+    """Train ``sae`` in place on ``acts [N, d_in]`` with Adam; returns the loss history.
+
+    Each step draws ``batch_size`` rows without replacement (a fresh permutation
+    each epoch) from a generator seeded with ``seed``; the learning rate decays
+    linearly to zero over the last 20% of the steps. Before training the input
+    scale is set from ``acts`` (``E ||s x||^2 = d_in``) and ``b_dec`` is set to
+    zero or, with ``init_b_dec="mean"``, to the mean of ``s x``. Dead ReLU latents
+    (no activation over the last ``resample_every`` steps) are resampled every
+    ``resample_every`` steps until 70% of training (for TopK SAEs in addition to AuxK).
+
+    History: one dict per logged step: ``{"step", "loss", "mse", "l0", ...}``.
+    """
+    if not isinstance(sae, SparseAutoencoder):
+        raise TypeError(f"sae must be a SparseAutoencoder, got {type(sae).__name__}")
+    acts = check_activations(acts, sae.d_in, "acts")
+    for name, v in (("steps", steps), ("batch_size", batch_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if init_b_dec not in ("zero", "mean"):
+        raise ValueError(f"init_b_dec must be 'zero' or 'mean', got {init_b_dec!r}")
+    if resample_every is not None and (not isinstance(resample_every, int) or resample_every < 1):
+        raise ValueError(f"resample_every must be None or a positive integer, got {resample_every!r}")
+    grad_was = torch.is_grad_enabled()
+    torch.set_grad_enabled(True)
+    try:
+        s = sae.set_input_scale(acts)
+        with torch.no_grad():
+            sae.b_dec.copy_(acts.mean(0) * s if init_b_dec == "mean" else torch.zeros(sae.d_in))
+        g = torch.Generator().manual_seed(int(seed))
+        opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999))
+        n = acts.shape[0]
+        batch_size = min(batch_size, n)
+        perm, cursor = torch.randperm(n, generator=g), 0
+        fired = torch.zeros(sae.d_sae, dtype=torch.bool)
+        history: list[dict] = []
+        decay_from = int(0.8 * steps)
+        sae.train()
+        with Progress(steps, desc, enabled=progress) as bar:
+            for step in range(steps):
+                if cursor + batch_size > n:
+                    perm, cursor = torch.randperm(n, generator=g), 0
+                x = acts[perm[cursor:cursor + batch_size]]
+                cursor += batch_size
+                frac = 1.0 if step < decay_from else (steps - step) / max(steps - decay_from, 1)
+                for group in opt.param_groups:
+                    group["lr"] = lr * frac
+                loss, terms = sae.loss(x)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                sae.project_decoder_grad()
+                opt.step()
+                sae.normalize_decoder()
+                if resample_every is not None:
+                    with torch.no_grad():
+                        fired |= (sae.encode(x) > 0).any(0)
+                    if (step + 1) % resample_every == 0:
+                        if step < 0.7 * steps:
+                            sub = acts[torch.randint(0, n, (min(n, 8192),), generator=g)]
+                            terms["resampled"] = resample_dead_latents(sae, sub, ~fired, g, opt)
+                        fired = torch.zeros_like(fired)
+                if step % max(steps // 100, 1) == 0 or step == steps - 1:
+                    history.append({"step": step, "loss": float(loss.detach()), **terms})
+                bar.update(1, loss=float(loss.detach()), l0=terms["l0"])
+        sae.eval()
+    finally:
+        torch.set_grad_enabled(grad_was)
+    return history
+
+
+def save_sae(path: str | os.PathLike, sae: SparseAutoencoder, meta: dict | None = None) -> Path:
+    """Write ``sae`` (kind, config, tensors, JSON-able ``meta`` such as the hook) atomically."""
+    if not isinstance(sae, SparseAutoencoder) or sae.kind not in SAE_KINDS:
+        raise TypeError(f"save_sae needs one of {sorted(SAE_KINDS)} SAEs, got {type(sae).__name__}")
+    payload = {"format": FORMAT, "kind": sae.kind, "config": sae.config(), "meta": dict(meta or {}),
+               "state_dict": {k: v.detach().clone().contiguous() for k, v in sae.state_dict().items()}}
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_sae(path: str | os.PathLike) -> tuple[SparseAutoencoder, dict]:
+    """``(sae, meta)`` from a file written by :func:`save_sae` (loaded with ``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no SAE file at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not ours"
+        raise ValueError(f"{path} is not a toylab SAE file (could not load it with weights_only=True: {e})") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or payload.get("kind") not in SAE_KINDS:
+        raise ValueError(f"{path} is not a toylab SAE file (format {FORMAT!r} with kind in {sorted(SAE_KINDS)})")
+    sae = SAE_KINDS[payload["kind"]](**payload["config"])
+    try:
+        sae.load_state_dict(payload["state_dict"])
+    except RuntimeError as e:
+        raise ValueError(f"{path}: the stored tensors do not fit the stored config: {e}") from e
+    sae.eval()
+    return sae, payload["meta"]
