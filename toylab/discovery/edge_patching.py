@@ -1,0 +1,225 @@
+"""Exact edge patching: run the model with chosen edges of its :class:`~toylab.discovery.graph.Graph` patched.
+
+A run has a *base* input (the tokens the model reads) and a *source* (the
+corrupted tokens, or ``"zero"`` for zero ablation). Patching edge
+``e = s -> r`` by a weight ``w_e`` in ``[0, 1]`` changes only what slot ``r``
+reads from sender ``s``::
+
+    x_r = sum_{s -> r} ( out_s + w_e (src_s - out_s) )        (+ W_pos where positions enter)
+
+where ``out_s`` is the sender's output *in this run* (itself changed if
+edges upstream of it were patched) and ``src_s`` its output on the source
+(0 for zero ablation). With one edge patched and ``w_e = 1`` this is
+``x_r = x_r^clean - out_s^clean + out_s^corrupted``. Weights between 0 and 1
+interpolate (used by the gradient methods); ``w = 1`` everywhere gives the
+source's logits.
+
+The run is the model's own forward pass with hooks: ``hook_embed``,
+``hook_pos_embed`` and ``blocks.{l}.attn.hook_result`` record the senders,
+``blocks.{l}.attn.hook_q|hook_k|hook_v`` are replaced by ``x_r W_Q^h``
+(``W_K``, ``W_V``) and the last ``hook_resid_post`` by ``x_logits``. ``G``
+weight vectors run in one forward pass on ``G`` copies of the base batch.
+Hooks are removed when the call returns, also when it raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+
+from toylab.discovery.graph import SLOTS, Circuit, Graph, head_name
+from toylab.discovery.metrics import check_metric_value
+
+DIRECTIONS = ("noise", "denoise")
+
+
+def check_pair(model, base: torch.Tensor, source) -> tuple[torch.Tensor, torch.Tensor | str]:
+    """Validated ``(base [batch, pos], source)``; ``source`` is tokens of the same shape or ``"zero"``."""
+    base = model.check_tokens(base)
+    if isinstance(source, str):
+        if source != "zero":
+            raise ValueError(f"source must be corrupted tokens [batch, pos] or 'zero', got {source!r}")
+        return base, source
+    source = model.check_tokens(source)
+    if source.shape != base.shape:
+        raise ValueError(f"clean and corrupted tokens must have the same shape [batch, pos], got "
+                         f"{list(base.shape)} and {list(source.shape)}")
+    return base, source
+
+
+@torch.no_grad()
+def sender_outputs(model, graph: Graph, tokens) -> dict[str, torch.Tensor]:
+    """Every sender's output on ``tokens [batch, pos]``: ``{node name: [batch, pos, d_model]}``.
+
+    ``embed = W_E[x]``, ``pos = W_pos[p]`` (broadcast over the batch), ``L{l}H{h} = z^h W_O^h``.
+    ``tokens="zero"`` gives zeros (zero ablation) with shapes taken from ``graph``'s model on a later call.
+    """
+    tokens = model.check_tokens(tokens)
+    names = ["hook_embed"] + (["hook_pos_embed"] if graph.positional != "none" else []) + [
+        f"blocks.{l}.attn.hook_result" for l in range(graph.cfg.n_layers)]
+    _, cache = model.run_with_cache(tokens, names_filter=names)
+    out = {"embed": cache["hook_embed"]}
+    if graph.positional != "none":
+        out["pos"] = cache["hook_pos_embed"]
+    for l in range(graph.cfg.n_layers):
+        for h in range(graph.cfg.n_heads):
+            out[head_name(l, h)] = cache[f"blocks.{l}.attn.hook_result"][:, :, h]
+    return out
+
+
+def _source_outputs(model, graph: Graph, base: torch.Tensor, source) -> dict[str, torch.Tensor]:
+    if isinstance(source, dict):
+        return source
+    if isinstance(source, str):  # zero ablation
+        B, P = base.shape
+        z = torch.zeros(B, P, graph.cfg.d_model, dtype=model.W_E.dtype)
+        return {n.name: z for n in graph.nodes}
+    return sender_outputs(model, graph, source)
+
+
+def as_weights(graph: Graph, patched) -> torch.Tensor:
+    """Patch weights ``[G, n_edges]`` (float) from edge names, a :class:`Circuit` (its edges are
+    patched), a bool/float tensor ``[n_edges]`` or ``[G, n_edges]``."""
+    if isinstance(patched, Circuit):
+        patched = patched.edges
+    if isinstance(patched, str):
+        patched = [patched]
+    if not isinstance(patched, torch.Tensor):
+        patched = graph.mask(list(patched))
+    w = patched.float() if patched.dtype == torch.bool else patched
+    if w.ndim == 1:
+        w = w[None]
+    if w.ndim != 2 or w.shape[1] != len(graph):
+        raise ValueError(f"patch weights must have shape [{len(graph)}] or [G, {len(graph)}] (one per edge), "
+                         f"got {list(patched.shape)}")
+    return w
+
+
+def _slot_tables(graph: Graph):
+    """For each (layer, slot): sender names ``[S]`` and the edge index matrix ``[n_heads, S]``."""
+    tables = {}
+    H = graph.cfg.n_heads
+    for l in range(graph.cfg.n_layers):
+        for slot in SLOTS:
+            senders = [graph.edges[i].sender for i in graph.incoming(f"{head_name(l, 0)}.{slot}")]
+            idx = torch.tensor([[graph.index[f"{s}->{head_name(l, h)}.{slot}"] for s in senders] for h in range(H)])
+            tables[l, slot] = (senders, idx)
+    senders = [graph.edges[i].sender for i in graph.incoming("logits")]
+    tables["logits"] = (senders, torch.tensor(graph.incoming("logits")))
+    return tables
+
+
+def run_with_edges(model, graph: Graph, base, source, patched, metric: Callable | None = None, *,
+                   input_deltas: dict | None = None, embed_override: torch.Tensor | None = None,
+                   source_outputs: dict | None = None):
+    """Run ``base [batch, pos]`` with edges patched towards ``source`` (tokens of the same shape or ``"zero"``).
+
+    ``patched``: edge names / a Circuit whose edges are patched / weights ``[n_edges]`` or ``[G, n_edges]``
+    (see the module doc for the formula; ``G`` weight rows run as ``G`` copies of the batch in one pass).
+    Returns logits ``[G, batch, pos, d_vocab]``, or with ``metric`` (``logits [batch, pos, d_vocab] ->
+    scalar``) the values ``[G]``. ``input_deltas`` (a dict, filled in) receives zero tensors added to
+    every slot's input, ``(l, slot) -> [G, batch, pos, n_heads, d_model]`` and ``"logits" -> [G, batch,
+    pos, d_model]``, with ``requires_grad`` (their gradients are ``dM/dx_r``); ``embed_override
+    [G * batch, pos, d_model]`` replaces the token embedding. Gradients flow when grad mode is on.
+    """
+    base, source = check_pair(model, base, source)
+    w = as_weights(graph, patched).to(model.W_E.dtype)
+    src = source_outputs if source_outputs is not None else _source_outputs(model, graph, base, source)
+    G, (B, P) = w.shape[0], base.shape
+    H, L = graph.cfg.n_heads, graph.cfg.n_layers
+    tables = _slot_tables(graph)
+    cur: dict[str, torch.Tensor] = {}
+
+    def slot_input(senders, wmat):
+        """``sum_s out_s - sum_s w (out_s - src_s)``; ``wmat [G, ..., S]`` -> ``[G, B, P, ..., d]``."""
+        outs = torch.stack([cur[s].reshape(G, B, P, -1) for s in senders])  # [S, G, B, P, d]
+        diff = outs - torch.stack([src[s] for s in senders])[:, None]
+        if wmat.ndim == 3:  # heads
+            return outs.sum(0)[:, :, :, None] - torch.einsum("sgbpd,ghs->gbphd", diff, wmat)
+        return outs.sum(0) - torch.einsum("sgbpd,gs->gbpd", diff, wmat)
+
+    def capture(name):
+        def fn(act, hook):
+            if name == "embed" and embed_override is not None:
+                act = embed_override
+            cur[name] = act
+            return act if name == "embed" and embed_override is not None else None
+        return fn
+
+    def capture_heads(l):
+        def fn(act, hook):
+            for h in range(H):
+                cur[head_name(l, h)] = act[:, :, h]
+        return fn
+
+    def replace_slot(l, slot):
+        senders, idx = tables[l, slot]
+        W = getattr(model.blocks[l].attn, "W_" + slot.upper())
+
+        def fn(act, hook):
+            x = slot_input(senders, w[:, idx])  # [G, B, P, H, d]
+            if input_deltas is not None:
+                d = input_deltas.setdefault((l, slot), torch.zeros_like(x, requires_grad=True))
+                x = x + d
+            return torch.einsum("gbphd,hde->gbphe", x, W).reshape(act.shape)
+        return fn
+
+    def replace_final(act, hook):
+        senders, idx = tables["logits"]
+        x = slot_input(senders, w[:, idx])  # [G, B, P, d]
+        if input_deltas is not None:
+            d = input_deltas.setdefault("logits", torch.zeros_like(x, requires_grad=True))
+            x = x + d
+        return x.reshape(act.shape)
+
+    hooks = [("hook_embed", capture("embed"))]
+    if graph.positional != "none":
+        hooks.append(("hook_pos_embed", capture("pos")))
+    for l in range(L):
+        hooks += [(f"blocks.{l}.attn.hook_{slot}", replace_slot(l, slot)) for slot in SLOTS]
+        hooks.append((f"blocks.{l}.attn.hook_result", capture_heads(l)))
+    hooks.append((f"blocks.{L - 1}.hook_resid_post", replace_final))
+    logits = model.run_with_hooks(base.repeat(G, 1), fwd_hooks=hooks).reshape(G, B, P, -1)
+    if metric is None:
+        return logits
+    return torch.stack([check_metric_value(metric(logits[g])) for g in range(G)])
+
+
+def run_circuit(model, graph: Graph, circuit: Circuit, clean, corrupted, metric: Callable) -> float:
+    """``metric`` of ``clean [batch, pos]`` with every edge *outside* ``circuit`` patched to ``corrupted``
+    (tokens or ``"zero"``): how well the circuit alone reproduces the behaviour."""
+    if not isinstance(circuit, Circuit):
+        raise TypeError(f"circuit must be a Circuit, got {type(circuit).__name__}")
+    with torch.no_grad():
+        return float(run_with_edges(model, graph, clean, corrupted, ~circuit.mask, metric)[0])
+
+
+@torch.no_grad()
+def edge_effects(model, graph: Graph, clean, corrupted, metric: Callable, direction: str = "noise",
+                 edges_per_pass: int | None = None) -> torch.Tensor:
+    """The exact effect of patching each edge alone: ``[n_edges]`` with ``M(patched) - M(base)``.
+
+    ``direction="noise"``: base = ``clean``, the edge reads the sender's output on ``corrupted``
+    (tokens, or ``"zero"``); ``"denoise"``: base = ``corrupted`` tokens, the edge reads the clean output.
+    ``metric``: ``logits [batch, pos, d_vocab] -> scalar`` made for this batch. ``edges_per_pass``
+    (default: about 512 sequences per forward pass) edges run as copies of the batch in one pass.
+    """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    clean, corrupted = check_pair(model, clean, corrupted)
+    if direction == "denoise":
+        if isinstance(corrupted, str):
+            raise ValueError("denoising needs corrupted tokens to start from, not 'zero'")
+        clean, corrupted = corrupted, clean
+    n, B = len(graph), clean.shape[0]
+    G = edges_per_pass or max(1, 512 // B)
+    src = _source_outputs(model, graph, clean, corrupted)
+    m_base = check_metric_value(metric(model(clean)))
+    out = torch.empty(n)
+    eye = torch.eye(n)
+    for start in range(0, n, G):
+        rows = eye[start:start + G]
+        out[start:start + len(rows)] = run_with_edges(model, graph, clean, corrupted, rows, metric,
+                                                      source_outputs=src) - m_base
+    return out

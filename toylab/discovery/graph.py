@@ -1,0 +1,205 @@
+"""The computational graph of an attention-only transformer, at the level of edges.
+
+Without MLPs and without LayerNorm the residual stream is a plain sum of what
+every earlier component wrote, so every input a head reads splits exactly
+into one term per upstream component. That makes the model a graph:
+
+- **sender nodes** (in topological order): ``embed`` (the token embedding
+  ``W_E[x]``, hook ``hook_embed``), ``pos`` (the positional embedding
+  ``W_pos[p]``, where it enters: only the query and key inputs for
+  ``positional="shortformer"``, the whole residual stream for ``"learned"``,
+  absent for ``"none"``), then every head ``L{l}H{h}`` (its output
+  ``z^h W_O^h``, hook ``blocks.{l}.attn.hook_result``);
+- **receiver slots**: each head's query, key and value input
+  (``"L{l}H{h}.q"``, ``.k``, ``.v``) and the ``logits``;
+- an **edge** ``sender -> slot`` for every sender upstream of the slot, named
+  ``"L0H0->L1H1.k"``, ``"embed->logits"``.
+
+With the input of a slot ``r`` written as a sum over its senders,
+``x_r = sum_{s -> r} out_s`` (``+ W_pos`` where it enters), a receiver head
+computes ``q = x_q W_Q^h``, ``k = x_k W_K^h``, ``v = x_v W_V^h``,
+``A = softmax*(q k^T / sqrt(d_head))``, ``out = A v W_O^h``, and the logits
+are ``x_logits W_U``. A :class:`Circuit` is a set of kept edges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+SLOTS = ("q", "k", "v")
+
+
+@dataclass(frozen=True)
+class Node:
+    """A sender: ``kind`` is ``"embed"``, ``"pos"`` or ``"head"`` (with ``layer`` and ``head``)."""
+
+    name: str
+    kind: str
+    layer: int = -1
+    head: int = -1
+
+
+@dataclass(frozen=True)
+class Edge:
+    """``sender -> receiver``: ``receiver`` is a slot name (``"L1H0.k"``) or ``"logits"``."""
+
+    sender: str
+    receiver: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.sender}->{self.receiver}"
+
+
+def head_name(layer: int, head: int) -> str:
+    """``"L{layer}H{head}"``."""
+    return f"L{layer}H{head}"
+
+
+class Graph:
+    """The edge graph of ``model`` (an :class:`~toylab.model.AttnOnlyTransformer` without LayerNorm).
+
+    Attributes:
+        nodes: senders in topological order (``embed``, ``pos``, heads by layer then head).
+        receivers: slots in topological order (layer by layer, head by head, ``q, k, v``; ``logits`` last).
+        edges: every edge, ordered by receiver, then by sender (topological order).
+        index: edge name -> position in ``edges`` (the axis of every per-edge tensor).
+    """
+
+    def __init__(self, model) -> None:
+        cfg = model.cfg
+        if cfg.layernorm:
+            raise NotImplementedError("the edge graph needs a model without LayerNorm: with it, a head's input "
+                                      "does not split into one term per upstream component")
+        if cfg.n_layers < 1:
+            raise ValueError("the edge graph needs a model with at least one layer of attention")
+        self.cfg = cfg
+        self.positional = cfg.positional
+        nodes = [Node("embed", "embed")]
+        if cfg.positional != "none":
+            nodes.append(Node("pos", "pos"))
+        for l in range(cfg.n_layers):
+            for h in range(cfg.n_heads):
+                nodes.append(Node(head_name(l, h), "head", l, h))
+        self.nodes: list[Node] = nodes
+        self.node_index = {n.name: i for i, n in enumerate(nodes)}
+        receivers, edges = [], []
+        for l in range(cfg.n_layers):
+            for h in range(cfg.n_heads):
+                for slot in SLOTS:
+                    r = f"{head_name(l, h)}.{slot}"
+                    receivers.append(r)
+                    edges += [Edge(s.name, r) for s in self._senders(l, slot)]
+        receivers.append("logits")
+        edges += [Edge(s.name, "logits") for s in self._senders(cfg.n_layers, "v")]
+        self.receivers: list[str] = receivers
+        self.edges: list[Edge] = edges
+        self.index = {e.name: i for i, e in enumerate(edges)}
+
+    def _senders(self, layer: int, slot: str) -> list[Node]:
+        out = []
+        for n in self.nodes:
+            if n.kind == "pos" and slot == "v" and self.positional == "shortformer":
+                continue  # shortformer: positions enter queries and keys only (and not the logits)
+            if n.kind == "head" and n.layer >= layer:
+                continue
+            out.append(n)
+        return out
+
+    def __len__(self) -> int:
+        return len(self.edges)
+
+    def __repr__(self) -> str:
+        return f"Graph({len(self.nodes)} nodes, {len(self.receivers)} receivers, {len(self.edges)} edges)"
+
+    @property
+    def edge_names(self) -> list[str]:
+        return [e.name for e in self.edges]
+
+    def node(self, name: str) -> Node:
+        """The sender called ``name``; ``ValueError`` listing the nodes if there is none."""
+        if name not in self.node_index:
+            raise ValueError(f"unknown node {name!r}; this model's nodes are {[n.name for n in self.nodes]}")
+        return self.nodes[self.node_index[name]]
+
+    def edge_index(self, name: str) -> int:
+        """Position of edge ``name`` (``"L0H0->L1H1.k"``); ``ValueError`` if the graph has no such edge."""
+        if not isinstance(name, str):
+            raise TypeError(f"an edge is named by a string like 'L0H0->L1H1.k', got {type(name).__name__}")
+        if name not in self.index:
+            raise ValueError(f"unknown edge {name!r}; edges are named 'sender->receiver', e.g. "
+                             f"{self.edges[0].name!r}, {self.edges[-1].name!r} (see Graph.edge_names)")
+        return self.index[name]
+
+    def incoming(self, receiver: str) -> list[int]:
+        """Indices of the edges into ``receiver`` (a slot or ``"logits"``), senders in topological order."""
+        if receiver not in self.receivers:
+            raise ValueError(f"unknown receiver {receiver!r}; receivers are {self.receivers}")
+        return [i for i, e in enumerate(self.edges) if e.receiver == receiver]
+
+    def outgoing(self, sender: str) -> list[int]:
+        """Indices of the edges out of node ``sender``."""
+        self.node(sender)
+        return [i for i, e in enumerate(self.edges) if e.sender == sender]
+
+    def mask(self, edges: Iterable[str]):
+        """Bool tensor ``[n_edges]``: True at the named edges."""
+        import torch
+
+        m = torch.zeros(len(self.edges), dtype=torch.bool)
+        for name in edges:
+            m[self.edge_index(name)] = True
+        return m
+
+    def circuit(self, edges: Iterable[str]) -> "Circuit":
+        """A :class:`Circuit` of this graph keeping ``edges`` (names are checked)."""
+        return Circuit(self, edges)
+
+
+class Circuit:
+    """A set of kept edges of a :class:`Graph` (every other edge is patched or ablated).
+
+    ``circuit.edges`` is a frozenset of edge names; ``circuit.mask`` a bool
+    tensor ``[n_edges]``; ``circuit.nodes`` the senders with a kept outgoing edge.
+    """
+
+    def __init__(self, graph: Graph, edges: Iterable[str]):
+        if isinstance(edges, str):
+            raise TypeError("a circuit takes an iterable of edge names, not a single string")
+        edges = frozenset(edges)
+        for e in edges:
+            graph.edge_index(e)
+        self.graph = graph
+        self.edges = edges
+
+    @property
+    def mask(self):
+        return self.graph.mask(self.edges)
+
+    @property
+    def nodes(self) -> set[str]:
+        return {self.graph.edges[self.graph.index[e]].sender for e in self.edges}
+
+    def __len__(self) -> int:
+        return len(self.edges)
+
+    def __contains__(self, edge: str) -> bool:
+        return edge in self.edges
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Circuit) and self.edges == other.edges
+
+    def __hash__(self) -> int:
+        return hash(self.edges)
+
+    def __repr__(self) -> str:
+        order = sorted(self.edges, key=self.graph.index.__getitem__)
+        return f"Circuit({len(self.edges)} of {len(self.graph)} edges: {', '.join(order)})"
+
+    def precision_recall(self, reference: "Circuit") -> tuple[float, float]:
+        """``(|C & R| / |C|, |C & R| / |R|)`` against a reference circuit ``R`` (precision 1.0 for an empty C)."""
+        both = len(self.edges & reference.edges)
+        precision = both / len(self.edges) if self.edges else 1.0
+        recall = both / len(reference.edges) if reference.edges else 1.0
+        return precision, recall

@@ -1,0 +1,141 @@
+"""Metrics for circuit discovery: ``logits [batch, pos, d_vocab] -> scalar``.
+
+Each factory returns a function of the logits of one run (the batch the
+metric was made for) that returns a 0-dim tensor, differentiable, so the same
+metric serves exact patching, attribution patching and ACDC. Positions are a
+bool mask over the *logit* positions, ``[pos]`` or ``[batch, pos]``: the
+logits at ``p`` predict the token at ``p + 1``, so for induction data use
+:func:`induction_positions` (``mask[b, p] = is_repeat[b, p + 1]``).
+
+- :func:`kl_to_clean`: ``mean_{b,p in mask} KL(softmax(clean) || softmax(logits))`` (ACDC's default);
+- :func:`logit_diff`: ``mean_{b,p in mask} logit[t_{p+1}] - logit[t'_{p+1}]`` (linear in the logits);
+- :func:`next_token_loss_on`: ``mean_{b,p in mask} -log softmax(logits)[t_{p+1}]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+Metric = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _mask(positions, batch: int, n_pos: int) -> torch.Tensor:
+    """``[batch, n_pos]`` bool mask from None (every position but the last), ``[n_pos]`` or ``[batch, n_pos]``."""
+    if positions is None:
+        m = torch.ones(batch, n_pos, dtype=torch.bool)
+        m[:, -1] = False  # the last logit has no next token
+        return m
+    positions = torch.as_tensor(positions)
+    if positions.dtype != torch.bool:
+        raise TypeError(f"positions must be a bool mask [pos] or [batch, pos], got dtype {positions.dtype}")
+    if positions.shape == (n_pos,):
+        positions = positions[None].expand(batch, n_pos)
+    if positions.shape != (batch, n_pos):
+        raise ValueError(f"positions must be a bool mask of shape [{n_pos}] or [{batch}, {n_pos}], "
+                         f"got {list(positions.shape)}")
+    if not positions.any():
+        raise ValueError("the positions mask selects nothing: the metric would be the mean of no values")
+    return positions.clone()
+
+
+def induction_positions(is_repeat: torch.Tensor) -> torch.Tensor:
+    """``is_repeat [batch, pos]`` (bool, the token at p is predictable by induction) ->
+    logit-position mask ``[batch, pos]`` with ``mask[:, p] = is_repeat[:, p + 1]`` (last column False)."""
+    if not isinstance(is_repeat, torch.Tensor) or is_repeat.dtype != torch.bool or is_repeat.ndim != 2:
+        raise ValueError("is_repeat must be a bool tensor [batch, pos]")
+    m = torch.zeros_like(is_repeat)
+    m[:, :-1] = is_repeat[:, 1:]
+    return m
+
+
+def _check_logits(logits: torch.Tensor, shape: tuple[int, int], name: str) -> None:
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 3 or tuple(logits.shape[:2]) != shape:
+        raise ValueError(f"metric {name!r} expects logits [batch, pos, d_vocab] with [batch, pos] = {list(shape)}, "
+                         f"got {list(getattr(logits, 'shape', [type(logits).__name__]))}")
+
+
+def kl_to_clean(clean_logits: torch.Tensor, positions=None) -> Metric:
+    """``M(logits) = mean_{(b, p) in mask} sum_v P(v) (log P(v) - log Q(v))`` with ``P = softmax(clean_logits)``,
+    ``Q = softmax(logits)``. ``clean_logits [batch, pos, d_vocab]``; 0 for the clean run, >= 0 always."""
+    if not isinstance(clean_logits, torch.Tensor) or clean_logits.ndim != 3:
+        raise ValueError("clean_logits must be a tensor [batch, pos, d_vocab]")
+    B, P, _ = clean_logits.shape
+    mask = _mask(positions, B, P)
+    logp = torch.log_softmax(clean_logits.detach().float(), -1)[mask]  # [n, d_vocab]
+    p = logp.exp()
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        _check_logits(logits, (B, P), "kl_to_clean")
+        logq = torch.log_softmax(logits.float(), -1)[mask]
+        return (p * (logp - logq)).sum(-1).mean()
+
+    metric.__name__ = "kl_to_clean"
+    return metric
+
+
+def logit_diff(tokens: torch.Tensor, wrong_tokens: torch.Tensor, positions=None) -> Metric:
+    """``M(logits) = mean_{(b, p) in mask} logits[b, p, tokens[b, p+1]] - logits[b, p, wrong_tokens[b, p+1]]``.
+
+    ``tokens, wrong_tokens [batch, pos]`` (e.g. the clean and corrupted sequences). Linear in the logits.
+    """
+    if tokens.shape != wrong_tokens.shape or tokens.ndim != 2:
+        raise ValueError(f"tokens and wrong_tokens must both be [batch, pos], got {list(tokens.shape)} "
+                         f"and {list(wrong_tokens.shape)}")
+    B, P = tokens.shape
+    mask = _mask(positions, B, P)
+    mask[:, -1] = False
+    if not mask.any():
+        raise ValueError("the positions mask selects only the last position, which has no next token")
+    right = torch.zeros_like(tokens)
+    wrong = torch.zeros_like(tokens)
+    right[:, :-1], wrong[:, :-1] = tokens[:, 1:], wrong_tokens[:, 1:]
+    differs = mask & (right != wrong)
+    if not differs.any():
+        raise ValueError("tokens and wrong_tokens agree at every selected position: the logit difference is 0")
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        _check_logits(logits, (B, P), "logit_diff")
+        lg = logits.float()
+        d = lg.gather(-1, right[..., None]) - lg.gather(-1, wrong[..., None])
+        return d[..., 0][mask].mean()
+
+    metric.__name__ = "logit_diff"
+    return metric
+
+
+def next_token_loss_on(tokens: torch.Tensor, positions=None) -> Metric:
+    """``M(logits) = mean_{(b, p) in mask} -log softmax(logits[b, p])[tokens[b, p+1]]`` (nats).
+
+    ``tokens [batch, pos]``; for induction data pass ``positions=induction_positions(is_repeat)``.
+    """
+    if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.shape[1] < 2:
+        raise ValueError("tokens must be [batch, pos] with pos >= 2")
+    B, P = tokens.shape
+    mask = _mask(positions, B, P)
+    mask[:, -1] = False
+    if not mask.any():
+        raise ValueError("the positions mask selects only the last position, which has no next token")
+    nxt = torch.zeros_like(tokens)
+    nxt[:, :-1] = tokens[:, 1:]
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        _check_logits(logits, (B, P), "next_token_loss_on")
+        logq = torch.log_softmax(logits.float(), -1).gather(-1, nxt[..., None])[..., 0]
+        return -logq[mask].mean()
+
+    metric.__name__ = "next_token_loss_on"
+    return metric
+
+
+def check_metric_value(value, where: str = "metric") -> torch.Tensor:
+    """The metric's output as a 0-dim float tensor; ``ValueError`` for any other shape, ``TypeError`` for a non-tensor."""
+    if isinstance(value, (int, float)):
+        value = torch.tensor(float(value))
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"the {where} must return a scalar tensor, got {type(value).__name__}")
+    if value.numel() != 1:
+        raise ValueError(f"the {where} must return a scalar (one number for the whole batch), "
+                         f"got a tensor of shape {list(value.shape)}")
+    return value.reshape(())
