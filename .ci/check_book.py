@@ -4,7 +4,8 @@
     python .ci/check_book.py HTML_DIR OUT_DIR [PAGE.html ...]
 
 HTML_DIR is the built site (chapters/_build/html). PAGEs are paths relative
-to it; by default intro.html and every chapter page (chNN_*.html). For each
+to it; by default intro.html, every chapter page (chNN_*.html) and the
+back matter (run_it_yourself, glossary, hooks_cheatsheet, bibliography). For each
 page the script
 
 1. reads the built HTML and fails if a script, stylesheet or image is loaded
@@ -19,7 +20,13 @@ page the script
    delimiters (\\( \\) \\[ \\] $$) left in the text outside code blocks;
 4. fails if the page asked the local server for a file that does not exist
    (a missing image, MathJax component or font);
-5. saves a PNG screenshot of the page to OUT_DIR/<page>.png.
+5. saves a PNG screenshot of the page to OUT_DIR/<page>.png;
+6. if the page holds toylab attention viewers (toylab.viewer), drives Chromium
+   over the DevTools protocol (a minimal client on the standard library):
+   moves the mouse onto a token of each viewer (a real hover), clicks another
+   one, and checks that the weights the viewer highlights equal the row of
+   the pattern embedded in the page to 1e-6, and that the page made no
+   request except to the local server.
 
 Exit status 0 when every page passes, 1 otherwise (and when Chromium is
 missing: install it with `apt-get install -y chromium`).
@@ -29,15 +36,21 @@ Standard library only.
 from __future__ import annotations
 
 import argparse
+import base64
 import functools
+import json
 import http.server
 import os
 import re
 import shutil
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
+import time
+import urllib.request
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -184,9 +197,292 @@ def chromium(binary: str, extra: list[str], url: str, timeout: int) -> subproces
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
+# ------------------------------------------------- DevTools protocol (the viewer check)
+# Flags that make any request to another host fail: unresolvable names (CHROMIUM_FLAGS) and
+# a proxy that does not exist (Chromium never proxies loopback, so the local server works).
+NO_NETWORK_FLAGS = ["--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=127.0.0.1"]
+VIEWER_MARK = "toylab-attention-viewer"
+
+
+class CDPError(RuntimeError):
+    pass
+
+
+class CDPSession:
+    """A minimal Chrome DevTools Protocol client: one WebSocket over a plain socket.
+
+    ``call(method, **params)`` sends a command and returns its result; events that
+    arrive meanwhile are kept in ``events`` (a list of ``{"method", "params"}``).
+    """
+
+    def __init__(self, ws_url: str, timeout: float = 30.0):
+        u = urlsplit(ws_url)
+        self.sock = socket.create_connection((u.hostname, u.port), timeout=timeout)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((f"GET {u.path} HTTP/1.1\r\nHost: {u.hostname}:{u.port}\r\n"
+                           "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                           f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise CDPError("DevTools closed the connection during the WebSocket handshake")
+            head += chunk
+        head, self._buf = head.split(b"\r\n\r\n", 1)
+        if b" 101 " not in head.split(b"\r\n", 1)[0]:
+            raise CDPError(f"WebSocket handshake refused: {head[:200]!r}")
+        self._id = 0
+        self.events: list[dict] = []
+
+    def _send(self, text: str, opcode: int = 0x1) -> None:
+        data = text.encode()
+        n = len(data)
+        header = bytes([0x80 | opcode])
+        if n < 126:
+            header += bytes([0x80 | n])
+        elif n < 1 << 16:
+            header += bytes([0x80 | 126]) + struct.pack(">H", n)
+        else:
+            header += bytes([0x80 | 127]) + struct.pack(">Q", n)
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+        self.sock.sendall(header + mask + masked)
+
+    def _exact(self, n: int) -> bytes:
+        while len(self._buf) < n:
+            chunk = self.sock.recv(max(65536, n - len(self._buf)))
+            if not chunk:
+                raise CDPError("DevTools closed the connection")
+            self._buf += chunk
+        out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+    def _recv(self) -> dict:
+        parts: list[bytes] = []
+        while True:
+            b0, b1 = self._exact(2)
+            n = b1 & 0x7F
+            if n == 126:
+                n = struct.unpack(">H", self._exact(2))[0]
+            elif n == 127:
+                n = struct.unpack(">Q", self._exact(8))[0]
+            mask = self._exact(4) if b1 & 0x80 else None
+            data = self._exact(n)
+            if mask:
+                data = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+            opcode = b0 & 0x0F
+            if opcode == 0x8:
+                raise CDPError("DevTools closed the WebSocket")
+            if opcode == 0x9:  # ping
+                self._send(data.decode(errors="replace"), opcode=0xA)
+                continue
+            if opcode in (0x0, 0x1, 0x2):
+                parts.append(data)
+                if b0 & 0x80:
+                    return json.loads(b"".join(parts))
+
+    def call(self, method: str, **params):
+        self._id += 1
+        self._send(json.dumps({"id": self._id, "method": method, "params": params}))
+        while True:
+            msg = self._recv()
+            if msg.get("id") == self._id:
+                if "error" in msg:
+                    raise CDPError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+            if "method" in msg:
+                self.events.append(msg)
+
+    def wait_event(self, method: str, timeout: float) -> dict:
+        end = time.monotonic() + timeout
+        while True:
+            for i, ev in enumerate(self.events):
+                if ev["method"] == method:
+                    return self.events.pop(i)
+            if time.monotonic() > end:
+                raise CDPError(f"no {method} event within {timeout} s")
+            self.sock.settimeout(max(0.1, end - time.monotonic()))
+            msg = self._recv()
+            if "method" in msg:
+                self.events.append(msg)
+
+    def evaluate(self, expression: str):
+        r = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in r:
+            raise CDPError(f"script failed in the page: {r['exceptionDetails'].get('text')} "
+                           f"{r['exceptionDetails'].get('exception', {}).get('description', '')}")
+        return r["result"].get("value")
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class DevToolsChromium:
+    """Headless Chromium with the network blocked, driven over the DevTools protocol."""
+
+    def __init__(self, binary: str, width: int = 1280, height: int = 1600, timeout: float = 60.0):
+        self.profile = tempfile.TemporaryDirectory(prefix="check_book_cdp_")
+        cmd = [binary, *CHROMIUM_FLAGS, *NO_NETWORK_FLAGS, f"--user-data-dir={self.profile.name}",
+               "--remote-debugging-port=0", "--remote-debugging-address=127.0.0.1",
+               f"--window-size={width},{height}", "about:blank"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        port_file = Path(self.profile.name) / "DevToolsActivePort"
+        end = time.monotonic() + timeout
+        while not port_file.is_file() or len(port_file.read_text().split()) < 2:
+            if self.proc.poll() is not None:
+                raise CDPError(f"chromium exited ({self.proc.returncode}): {self.proc.stderr.read()[-500:]}")
+            if time.monotonic() > end:
+                self.quit()
+                raise CDPError(f"chromium did not open its DevTools port within {timeout} s")
+            time.sleep(0.05)
+        self.port = int(port_file.read_text().split()[0])
+        # the local DevTools endpoint, never through a proxy from the environment
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        targets = json.loads(opener.open(f"http://127.0.0.1:{self.port}/json/list", timeout=timeout).read())
+        page = next(t for t in targets if t.get("type") == "page")
+        self.cdp = CDPSession(page["webSocketDebuggerUrl"], timeout=timeout)
+        self.cdp.call("Page.enable")
+        self.cdp.call("Network.enable")
+        self.cdp.call("Runtime.enable")
+
+    def open(self, url: str, timeout: float = 60.0) -> None:
+        self.cdp.events.clear()
+        self.cdp.call("Page.navigate", url=url)
+        self.cdp.wait_event("Page.loadEventFired", timeout)
+
+    def requests(self) -> list[str]:
+        """URLs the page requested since it was opened."""
+        return [ev["params"]["request"]["url"] for ev in self.cdp.events
+                if ev["method"] == "Network.requestWillBeSent"]
+
+    def mouse(self, kind: str, x: float, y: float) -> None:
+        args = {"type": kind, "x": x, "y": y}
+        if kind in ("mousePressed", "mouseReleased"):
+            args.update(button="left", clickCount=1)
+        self.cdp.call("Input.dispatchMouseEvent", **args)
+
+    def quit(self) -> None:
+        if getattr(self, "cdp", None) is not None:
+            try:
+                self.cdp.call("Browser.close")
+            except (CDPError, OSError):
+                pass
+            self.cdp.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.profile.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.quit()
+
+
+_VIEWER_STATE = """(() => {
+  const out = [];
+  for (const root of document.querySelectorAll(".toylab-attention-viewer")) {
+    const data = JSON.parse(document.getElementById(root.id + "-data").textContent);
+    out.push({id: root.id, ready: root.getAttribute("data-ready"), nHeads: data.heads.length,
+              n: data.tokens.length, pattern: data.pattern});
+  }
+  return out;
+})()"""
+
+
+def _token_center(browser: DevToolsChromium, vid: str, k: int) -> tuple[float, float]:
+    r = browser.cdp.evaluate(f"""(() => {{
+      const t = document.getElementById({json.dumps(vid)}).querySelectorAll(".tlv-tok")[{k}];
+      t.scrollIntoView({{block: "center", inline: "center"}});
+      const b = t.getBoundingClientRect();
+      return [b.left + b.width / 2, b.top + b.height / 2];
+    }})()""")
+    return float(r[0]), float(r[1])
+
+
+def _shown(browser: DevToolsChromium, vid: str) -> dict:
+    return browser.cdp.evaluate(f"""(() => {{
+      const root = document.getElementById({json.dumps(vid)});
+      return {{head: root.getAttribute("data-head"), query: root.getAttribute("data-query"),
+              weights: Array.from(root.querySelectorAll(".tlv-tok"),
+                                  t => t.getAttribute("data-weight"))}};
+    }})()""")
+
+
+def _select_head(browser: DevToolsChromium, vid: str, h: int) -> None:
+    browser.cdp.evaluate(f"""(() => {{
+      const s = document.getElementById({json.dumps(vid + "-head")});
+      s.value = "{h}"; s.dispatchEvent(new Event("change"));
+    }})()""")
+
+
+def _compare(shown: dict, expected_row: list[float], h: int, q: int, what: str, tol: float) -> list[str]:
+    if shown["head"] != str(h) or shown["query"] != str(q):
+        return [f"{what}: the viewer shows head {shown['head']} query {shown['query']}, expected head {h} query {q}"]
+    got = [float(w) if w is not None else float("nan") for w in shown["weights"]]
+    if len(got) != len(expected_row):
+        return [f"{what}: {len(got)} highlighted tokens, the row has {len(expected_row)}"]
+    worst = max(abs(a - b) if a == a else float("inf") for a, b in zip(got, expected_row))
+    if worst > tol:
+        return [f"{what}: highlighted weights differ from the pattern row by {worst:.3g} (> {tol})"]
+    return []
+
+
+def check_viewers(browser: DevToolsChromium, url: str, expected: dict | None = None,
+                  allowed_prefixes: tuple[str, ...] = (), tol: float = 1e-6) -> tuple[list[str], int]:
+    """Open ``url`` and exercise every attention viewer on it with real mouse events.
+
+    For each viewer: select its last head, hover the middle token (mouse moved onto it: the
+    viewer first shows the last one), check the highlighted weights; click the token at a
+    quarter, move the mouse away, check again (the click keeps the row). The expected rows come from ``expected[viewer_index]``
+    (``[n_heads, n, n]`` nested lists, e.g. the model's pattern) or, by default, from the
+    pattern embedded in the page. Requests to URLs outside ``allowed_prefixes`` are errors.
+    Returns ``(errors, number of rows checked)``.
+    """
+    browser.open(url)
+    errors: list[str] = []
+    checked = 0
+    viewers = browser.cdp.evaluate(_VIEWER_STATE)
+    if not viewers:
+        return ["no toylab attention viewer found on the page"], 0
+    for i, v in enumerate(viewers):
+        name = f"viewer {i} ({v['id']})"
+        if v["ready"] != "1":
+            errors.append(f"{name}: its script did not run (data-ready is not 1)")
+            continue
+        truth = expected[i] if expected is not None else v["pattern"]
+        h, n = v["nHeads"] - 1, v["n"]
+        _select_head(browser, v["id"], h)
+        for q, click in ((n // 2, False), (n // 4, True)):
+            x, y = _token_center(browser, v["id"], q)
+            browser.mouse("mouseMoved", x, y)
+            if click:
+                browser.mouse("mousePressed", x, y)
+                browser.mouse("mouseReleased", x, y)
+                browser.mouse("mouseMoved", 1, 1)  # away: the viewer must keep the clicked row
+            what = f"{name}, head {h}, {'clicked' if click else 'hovered'} query {q}"
+            errors += _compare(_shown(browser, v["id"]), truth[h][q], h, q, what, tol)
+            checked += 1
+    page_url = url.split("#")[0]
+    for req in browser.requests():
+        if req.split("#")[0] != page_url and not req.startswith(("data:", *allowed_prefixes)):
+            errors.append(f"the page made a network request: {req}")
+    return errors, checked
+
+
+BACK_MATTER = ("run_it_yourself.html", "glossary.html", "hooks_cheatsheet.html", "bibliography.html")
+
+
 def default_pages(root: Path) -> list[str]:
     pages = ["intro.html"] if (root / "intro.html").is_file() else []
     pages += sorted(p.name for p in root.glob("ch[0-9][0-9]_*.html"))
+    pages += [name for name in BACK_MATTER if (root / name).is_file()]
     return pages
 
 
@@ -261,9 +557,19 @@ def main(argv: list[str] | None = None) -> int:
             if run.returncode != 0 or not shot.is_file():
                 errors.append(f"screenshot failed (exit {run.returncode}): {run.stderr.strip()[-500:]}")
 
+            viewer_note = ""
+            if VIEWER_MARK in page.read_text(encoding="utf-8"):
+                try:
+                    with DevToolsChromium(binary) as browser:
+                        v_errors, rows = check_viewers(browser, url, allowed_prefixes=(f"http://127.0.0.1:{port}/",))
+                    errors += v_errors
+                    viewer_note = f", attention viewer: {rows} hovered/clicked row(s) checked"
+                except (CDPError, OSError, StopIteration) as exc:
+                    errors.append(f"attention viewer check failed to run: {exc}")
+
             status = "FAIL" if errors else "ok  "
             print(f"{status} {rel}: {source.math_nodes} math node(s), {len(source.images)} image(s), "
-                  f"screenshot {shot}")
+                  f"screenshot {shot}{viewer_note}")
             for e in errors:
                 print(f"     - {e}")
             failed += bool(errors)
