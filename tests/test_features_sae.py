@@ -5,6 +5,7 @@ import torch
 
 from toylab.data import InductionData
 from toylab.features.sae import ReluSAE, resample_dead_latents
+from toylab.features.tms import PlantedFeatures
 from toylab.features.topk import TopKSAE
 from toylab.features.train_sae import gather_activations, hook_width, load_sae, save_sae, train_sae
 from toylab.presets import load_model
@@ -23,11 +24,10 @@ def tokens():
 
 
 def sparse_data(n=4096, d=16, n_feat=32, p=0.05, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    D = torch.randn(n_feat, d, generator=g)
-    D = D / D.norm(dim=1, keepdim=True)
-    a = torch.rand(n, n_feat, generator=g) * (torch.rand(n, n_feat, generator=g) < p)
-    return a @ D, D
+    """TMS-style planted features: 32 unit directions in 16 dimensions, each on with probability p."""
+    planted = PlantedFeatures(n_feat, d, density=p, seed=seed)
+    x, _ = planted.sample(n, torch.Generator().manual_seed(seed + 100))
+    return x, planted.dictionary
 
 
 def identity_sae(d):
@@ -131,7 +131,7 @@ def test_resampling_revives_dead_latents():
     assert bool((sae.encode(x)[:, :8] > 0).any())
 
 
-def test_training_is_deterministic_and_recovers_planted_features():
+def test_training_is_deterministic_and_recovers_planted_tms_features():
     from toylab.features.metrics import mmcs
     x, D = sparse_data(n=16384, p=0.03)
     runs = []

@@ -1,0 +1,254 @@
+"""Toy Models of Superposition (Elhage et al. 2022), and a planted-feature data source.
+
+**The ReLU output model.** ``n`` features ``x in [0, 1]^n`` are compressed into
+``m < n`` hidden dimensions and read back out::
+
+    h  = W x            W [m, n]: column W_i is feature i's direction
+    x' = ReLU(W^T h + b) = ReLU(W^T W x + b)
+
+trained on ``L = E_x sum_i I_i (x_i - x'_i)^2`` with importances ``I_i``. Each
+feature is 0 with probability ``S`` (the *sparsity*) and ``Uniform[0, 1]`` otherwise
+(density ``p = 1 - S``). :class:`ToyModel` holds ``n_instances`` independent models
+(``W [n_instances, m, n]``), each with its own importances and densities, so one
+training run sweeps many sparsities.
+
+**Dimensions per feature** ``m / ||W||_F^2`` (one instance): ``||W||_F^2`` counts the
+features represented (a unit column counts 1), so 1 means a dedicated dimension each,
+1/2 antipodal pairs, 2/5 the pentagon of 5 features in 2 dimensions.
+
+**The phase diagram** (:func:`phase_losses`): 2 features in 1 dimension, feature 1
+with importance 1, the extra feature 2 with relative importance ``r``, both with
+density ``p``. The three regimes and their losses (``x ~ U[0,1]`` when present:
+``E x = 1/2``, ``E x^2 = 1/3``, so a feature left to the bias costs its variance
+``I (p/3 - p^2/4)``, the bias being its mean ``p/2``):
+
+- ``"not_represented"`` (``W = [1, 0]``): ``L = r (p/3 - p^2/4)``;
+- ``"dedicated"`` (``W = [0, 1]``, the extra feature takes the dimension): ``L = p/3 - p^2/4``;
+- ``"superposed"`` (``W = [w_1, -w_2]``, antipodal): no closed form; with ``w_1 = w_2 = 1``,
+  ``b = 0`` a lone feature is reconstructed exactly (the other output is ``ReLU(-x) = 0``)
+  and only co-occurrence (probability ``p^2``) costs, so superposition wins as ``p -> 0``.
+  Its loss is the exact expectation over the four co-occurrence cases, evaluated by
+  midpoint quadrature on ``[0,1]^2`` and minimised over ``(w_1, w_2, b_1, b_2)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from toylab.progress import Progress
+
+REGIMES = ("not_represented", "dedicated", "superposed")
+
+
+def _per_instance(name: str, value, n_instances: int, n_features: int, lo: float, hi: float) -> torch.Tensor:
+    t = torch.as_tensor(value, dtype=torch.float32)
+    if t.ndim == 1 and t.shape[0] == n_instances and n_instances != n_features:
+        t = t[:, None]
+    try:
+        t = t.expand(n_instances, n_features).clone()
+    except RuntimeError:
+        raise ValueError(f"{name} must be a scalar, [n_features={n_features}], [n_instances={n_instances}] "
+                         f"or [n_instances, n_features], got shape {list(t.shape)}") from None
+    if not bool(((t >= lo) & (t <= hi)).all()):
+        raise ValueError(f"{name} must lie in [{lo}, {hi}]")
+    return t
+
+
+class ToyModel(nn.Module):
+    """``n_instances`` ReLU output models ``x' = ReLU(W^T W x + b)`` trained side by side.
+
+    Args:
+        n_features, n_hidden: ``n`` and ``m``.
+        n_instances: independent copies (each its own W, b, importance, density).
+        importance: ``I``: scalar, ``[n_features]``, ``[n_instances]`` or ``[n_instances, n_features]``, >= 0.
+        feature_probability: density ``p = 1 - S``, same shapes, in ``[0, 1]``.
+        seed: initialisation (Xavier-normal ``W``, zero ``b``) from a private generator.
+
+    Parameters ``W [n_instances, n_hidden, n_features]``, ``b [n_instances, n_features]``.
+    """
+
+    def __init__(self, n_features: int, n_hidden: int, n_instances: int = 1, importance=1.0,
+                 feature_probability=1.0, seed: int = 0):
+        super().__init__()
+        for name, v in (("n_features", n_features), ("n_hidden", n_hidden), ("n_instances", n_instances)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        self.n_features, self.n_hidden, self.n_instances = n_features, n_hidden, n_instances
+        self.register_buffer("importance", _per_instance("importance", importance, n_instances, n_features,
+                                                         0.0, math.inf))
+        self.register_buffer("feature_probability", _per_instance("feature_probability", feature_probability,
+                                                                  n_instances, n_features, 0.0, 1.0))
+        g = torch.Generator().manual_seed(int(seed))
+        std = math.sqrt(2.0 / (n_features + n_hidden))
+        self.W = nn.Parameter(torch.randn(n_instances, n_hidden, n_features, generator=g) * std)
+        self.b = nn.Parameter(torch.zeros(n_instances, n_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [batch, n_instances, n_features]`` -> ``x' = ReLU(W^T W x + b)``, same shape."""
+        if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[1:] != (self.n_instances, self.n_features):
+            got = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must have shape [batch, n_instances={self.n_instances}, "
+                             f"n_features={self.n_features}], got {got}")
+        h = torch.einsum("bif,imf->bim", x, self.W)
+        return torch.relu(torch.einsum("bim,imf->bif", h, self.W) + self.b)
+
+    def generate_batch(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """``[batch, n_instances, n_features]``: ``x_i ~ U[0,1]`` with probability ``p_i``, else 0."""
+        shape = (batch_size, self.n_instances, self.n_features)
+        values = torch.rand(shape, generator=generator)
+        on = torch.rand(shape, generator=generator) < self.feature_probability
+        return values * on
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-instance loss ``[n_instances]``: ``mean_batch sum_i I_i (x_i - x'_i)^2``."""
+        return (self.importance * (x - self(x)).pow(2)).sum(-1).mean(0)
+
+
+def train_toy_model(model: ToyModel, steps: int = 3000, batch_size: int = 1024, lr: float = 1e-2,
+                    seed: int = 0, progress: bool = True, eval_batch_size: int = 65536) -> torch.Tensor:
+    """Train every instance with Adam (summed instance losses; the instances share no
+    parameters, so each trains as if alone); the learning rate follows a cosine to 0.
+    Returns the final per-instance loss ``[n_instances]`` on a fresh batch of
+    ``eval_batch_size`` (large, so that rare co-occurrences are counted)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    g = torch.Generator().manual_seed(int(seed))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    grad_was = torch.is_grad_enabled()
+    torch.set_grad_enabled(True)
+    try:
+        with Progress(steps, "tms", enabled=progress) as bar:
+            for step in range(steps):
+                for group in opt.param_groups:  # cosine decay to 0
+                    group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+                loss = model.loss(model.generate_batch(batch_size, g)).sum()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                bar.update(1, loss=float(loss.detach()))
+        with torch.no_grad():
+            return model.loss(model.generate_batch(eval_batch_size, g))
+    finally:
+        torch.set_grad_enabled(grad_was)
+
+
+def dimensions_per_feature(W: torch.Tensor) -> torch.Tensor:
+    """``m / ||W||_F^2`` per instance: ``W [n_instances, m, n]`` -> ``[n_instances]``."""
+    if not isinstance(W, torch.Tensor) or W.ndim != 3:
+        raise ValueError("W must have shape [n_instances, n_hidden, n_features]")
+    W = W.detach()
+    return W.shape[1] / W.pow(2).sum((1, 2))
+
+
+def feature_dimensionality(W: torch.Tensor) -> torch.Tensor:
+    """Per-feature ``D_i = ||W_i||^2 / sum_j (W_i_hat . W_j)^2`` ``[n_instances, n_features]``
+    (1: a dedicated dimension, 1/2: an antipodal pair, 0: not represented)."""
+    if not isinstance(W, torch.Tensor) or W.ndim != 3:
+        raise ValueError("W must have shape [n_instances, n_hidden, n_features]")
+    W = W.detach()
+    norms = W.norm(dim=1)  # [i, n]
+    unit = W / norms[:, None].clamp_min(1e-12)
+    overlap = torch.einsum("imn,imk->ink", unit, W).pow(2).sum(-1)
+    return torch.where(norms > 1e-6, norms.pow(2) / overlap.clamp_min(1e-12), torch.zeros_like(norms))
+
+
+# ------------------------------------------------------------------------- the phase diagram
+def _superposed_loss(r: float, p: float, n_grid: int = 120, steps: int = 400) -> float:
+    """Minimum over antipodal ``W = [w1, -w2]`` and ``b`` of the exact expected loss (quadrature)."""
+    u = (torch.arange(n_grid, dtype=torch.float64) + 0.5) / n_grid
+    x, y = torch.meshgrid(u, u, indexing="ij")
+    logw = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+
+    def expected(logw, b):
+        w1, w2 = logw.exp()
+        a, c, e = w1 * w1, -w1 * w2, w2 * w2  # W^T W = [[a, c], [c, e]]
+        relu = torch.relu
+        l00 = relu(b[0]) ** 2 + r * relu(b[1]) ** 2
+        l10 = ((u - relu(a * u + b[0])) ** 2 + r * relu(c * u + b[1]) ** 2).mean()
+        l01 = (relu(c * u + b[0]) ** 2 + r * (u - relu(e * u + b[1])) ** 2).mean()
+        l11 = ((x - relu(a * x + c * y + b[0])) ** 2 + r * (y - relu(c * x + e * y + b[1])) ** 2).mean()
+        return (1 - p) ** 2 * l00 + p * (1 - p) * (l10 + l01) + p * p * l11
+
+    grad_was = torch.is_grad_enabled()
+    torch.set_grad_enabled(True)
+    try:
+        opt = torch.optim.Adam([logw, b], lr=0.05)
+        for step in range(steps):
+            loss = expected(logw, b)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            return float(expected(logw, b))
+    finally:
+        torch.set_grad_enabled(grad_was)
+
+
+def phase_losses(relative_importance: float, density: float) -> dict[str, float]:
+    """Expected loss of each regime of 2 features in 1 dimension (see the module docstring).
+
+    Returns ``{"not_represented", "dedicated", "superposed"}`` -> loss; the
+    regime a trained model should land in is the argmin.
+    """
+    r, p = relative_importance, density
+    if not (isinstance(r, (int, float)) and r > 0 and math.isfinite(r)):
+        raise ValueError(f"relative_importance must be a positive number, got {r!r}")
+    if not (isinstance(p, (int, float)) and 0 < p <= 1):
+        raise ValueError(f"density must be in (0, 1], got {p!r}")
+    var = p / 3 - p * p / 4
+    return {"not_represented": r * var, "dedicated": var, "superposed": _superposed_loss(r, p)}
+
+
+def classify_regime(W: torch.Tensor, threshold: float = 0.1) -> list[str]:
+    """The regime of each instance of a 2-feature, 1-dimension model ``W [n_instances, 1, 2]``:
+    a feature is represented when ``||W_i||^2 > threshold``; both represented
+    (with opposite signs) is ``"superposed"``, only the extra feature (index 1) ``"dedicated"``."""
+    if not isinstance(W, torch.Tensor) or W.ndim != 3 or W.shape[1:] != (1, 2):
+        raise ValueError("classify_regime needs W of shape [n_instances, 1, 2]")
+    W = W.detach()
+    out = []
+    for w1, w2 in W[:, 0]:
+        on1, on2 = float(w1) ** 2 > threshold, float(w2) ** 2 > threshold
+        if on1 and on2:
+            out.append("superposed" if float(w1 * w2) < 0 else "same_direction")
+        elif on2:
+            out.append("dedicated")
+        elif on1:
+            out.append("not_represented")
+        else:
+            out.append("none")
+    return out
+
+
+# ------------------------------------------------------------------------- planted features
+class PlantedFeatures:
+    """Synthetic activations with a known dictionary (for testing SAEs).
+
+    ``dictionary [n_features, d]``: random unit rows (seeded). A sample is
+    ``x = a D`` with codes ``a [n, n_features]``, ``a_i ~ U[0, 1]`` with probability
+    ``density`` and 0 otherwise (the TMS feature distribution), so the expected L0 is
+    ``n_features * density``.
+    """
+
+    def __init__(self, n_features: int, d: int, density: float, seed: int = 0):
+        for name, v in (("n_features", n_features), ("d", d)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if not (isinstance(density, (int, float)) and 0 < density <= 1):
+            raise ValueError(f"density must be in (0, 1], got {density!r}")
+        self.n_features, self.d, self.density = n_features, d, float(density)
+        g = torch.Generator().manual_seed(int(seed))
+        D = torch.randn(n_features, d, generator=g)
+        self.dictionary = D / D.norm(dim=1, keepdim=True)
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x [n, d], codes [n, n_features])`` with ``x = codes @ dictionary``."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        codes = torch.rand(n, self.n_features, generator=generator)
+        codes = codes * (torch.rand(n, self.n_features, generator=generator) < self.density)
+        return codes @ self.dictionary, codes
