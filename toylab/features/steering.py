@@ -1,0 +1,123 @@
+"""Steering by activation addition (Turner et al. 2023): add ``c v`` at a hook.
+
+At a residual-stream hook (``hook_embed``, ``blocks.{l}.hook_resid_pre|resid_post``,
+``blocks.{l}.hook_attn_out``; activations ``[batch, pos, d_model]``) the steered run
+replaces ``x_p`` by ``x_p + c v`` for every position ``p >= from_pos``.
+
+**The exact case.** With no LayerNorm, the logits are ``resid_final W_U``. A vector
+added after the last attention layer (at ``blocks.{L-1}.hook_resid_post`` or
+``blocks.{L-1}.hook_attn_out``; at ``hook_embed`` in a 0-layer model) reaches the
+logits through nothing else, so the logit shift at every steered position is exactly::
+
+    Delta logits = c v W_U          [d_vocab]
+
+(:func:`predicted_logit_shift`). Added earlier, the vector also changes what later
+heads attend to (a softmax), and no such formula holds; the function refuses.
+
+Vectors: from a pair of prompts (the difference of their mean activations at one
+position), from an SAE latent (its decoder direction in activation units) or from
+the weights (a row of ``W_E``, or ``W_E[t] W_OV^{l,h}``, what head ``l.h`` writes
+when it attends to token ``t``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+STEERABLE = ("hook_embed", "hook_resid_pre", "hook_resid_post", "hook_attn_out")
+
+
+def _check_hook(model, hook: str) -> str:
+    if not isinstance(hook, str) or hook not in model.hook_dict:
+        raise KeyError(f"unknown hook {hook!r}; this model's hooks are:\n  " + "\n  ".join(model.hook_names))
+    if not hook.endswith(STEERABLE):
+        raise ValueError(f"steering adds a d_model vector to the residual stream; {hook!r} is not one of "
+                         f"the residual hooks {STEERABLE}")
+    return hook
+
+
+def _check_vector(model, vector) -> torch.Tensor:
+    d = model.cfg.d_model
+    if not isinstance(vector, torch.Tensor) or not vector.dtype.is_floating_point:
+        raise TypeError(f"the steering vector must be a floating tensor of shape [{d}]")
+    if vector.shape != (d,):
+        raise ValueError(f"the steering vector must have shape [d_model={d}], got {list(vector.shape)}")
+    return vector.detach()
+
+
+def _check_pos(from_pos) -> int:
+    if isinstance(from_pos, bool) or not isinstance(from_pos, int) or from_pos < 0:
+        raise ValueError(f"from_pos must be an integer >= 0, got {from_pos!r}")
+    return from_pos
+
+
+def steering_hooks(model, hook: str, vector: torch.Tensor, coeff: float = 1.0, from_pos: int = 0) -> list:
+    """``fwd_hooks`` for ``run_with_hooks``: ``x[:, p] <- x[:, p] + coeff * vector`` for ``p >= from_pos``."""
+    _check_hook(model, hook)
+    v = _check_vector(model, vector)
+    from_pos = _check_pos(from_pos)
+
+    def add(act: torch.Tensor, hp) -> torch.Tensor:
+        out = act.clone()
+        out[:, from_pos:] = out[:, from_pos:] + coeff * v.to(act.dtype)
+        return out
+
+    return [(hook, add)]
+
+
+def run_with_steering(model, tokens: torch.Tensor, hook: str, vector: torch.Tensor, coeff: float = 1.0,
+                      from_pos: int = 0) -> torch.Tensor:
+    """Logits ``[batch, pos, d_vocab]`` of ``tokens [batch, pos]`` with ``coeff * vector`` added at ``hook``."""
+    with torch.no_grad():
+        return model.run_with_hooks(tokens, steering_hooks(model, hook, vector, coeff, from_pos))
+
+
+def predicted_logit_shift(model, hook: str, vector: torch.Tensor, coeff: float = 1.0) -> torch.Tensor:
+    """``coeff * vector @ W_U`` ``[d_vocab]``: the exact logit shift of steering at ``hook``
+    when nothing but the unembedding lies after it (see the module docstring)."""
+    _check_hook(model, hook)
+    v = _check_vector(model, vector)
+    cfg = model.cfg
+    if cfg.layernorm:
+        raise ValueError("with LayerNorm the final normalisation rescales the added vector per position: "
+                         "the logit shift is not c v W_U")
+    last = cfg.n_layers - 1
+    exact = {f"blocks.{last}.hook_resid_post", f"blocks.{last}.hook_attn_out"} if cfg.n_layers else \
+        {"hook_embed"}
+    if hook not in exact:
+        raise ValueError(f"a vector added at {hook!r} passes through attention (a softmax) before the "
+                         f"logits, so no exact formula holds; exact hooks here: {sorted(exact)}")
+    return coeff * (v @ model.W_U.detach())
+
+
+def vector_from_prompts(model, hook: str, prompts_a: torch.Tensor, prompts_b: torch.Tensor,
+                        pos: int = -1) -> torch.Tensor:
+    """``mean_a x_a[pos] - mean_b x_b[pos]`` ``[d_model]``: the activation difference of two
+    prompt batches (``[batch, pos]`` each) at ``hook`` and position ``pos``."""
+    _check_hook(model, hook)
+    with torch.no_grad():
+        _, ca = model.run_with_cache(prompts_a, names_filter=hook)
+        _, cb = model.run_with_cache(prompts_b, names_filter=hook)
+    return ca[hook][:, pos].mean(0) - cb[hook][:, pos].mean(0)
+
+
+def vector_from_sae(sae, latent: int) -> torch.Tensor:
+    """What one unit of latent ``latent`` adds to the reconstruction: ``W_dec[latent] / s`` ``[d_in]``."""
+    if isinstance(latent, bool) or not isinstance(latent, int) or not 0 <= latent < sae.d_sae:
+        raise ValueError(f"latent must be an integer in [0, {sae.d_sae}), got {latent!r}")
+    return (sae.W_dec[latent] / sae.input_scale).detach().clone()
+
+
+def vector_from_weights(model, token: int, head: tuple[int, int] | None = None) -> torch.Tensor:
+    """``W_E[token]`` ``[d_model]``, or with ``head=(l, h)`` ``W_E[token] W_V^{l,h} W_O^{l,h}``
+    (what head l.h writes when it attends fully to ``token``; exact for layer 0)."""
+    if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < model.cfg.d_vocab:
+        raise ValueError(f"token must be an integer in [0, {model.cfg.d_vocab}), got {token!r}")
+    v = model.W_E[token].detach()
+    if head is None:
+        return v.clone()
+    if not (isinstance(head, tuple) and len(head) == 2 and 0 <= head[0] < model.cfg.n_layers
+            and 0 <= head[1] < model.cfg.n_heads):
+        raise ValueError(f"head must be a (layer, head) pair inside the model, got {head!r}")
+    attn = model.blocks[head[0]].attn
+    return (v @ attn.W_V[head[1]] @ attn.W_O[head[1]]).detach()
