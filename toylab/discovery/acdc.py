@@ -1,0 +1,128 @@
+"""ACDC: automated circuit discovery by recursive edge patching (Conmy et al. 2023).
+
+Start from the full graph (nothing patched). Visit the receivers in reverse
+topological order (the logits first, then the last layer's heads' ``v, k, q``
+inputs, down to layer 0). For each incoming edge ``e`` of the receiver, in
+``sender_order``, patch ``e`` on top of everything removed so far and
+measure ``M``; if
+
+    M(G without e) - M(G) < tau
+
+the edge is removed for good (``M(G) <- M(G without e)``), else it is kept.
+A head none of whose outgoing edges survived cannot affect the output, so
+its incoming edges are removed without a test (``skip_dead=True``).
+
+``M`` defaults to the KL divergence of the patched output from the clean
+output (:func:`~toylab.discovery.metrics.kl_to_clean`, ``M = 0`` for the full
+graph). Patching reads the sender's output on the corrupted tokens, or 0
+(``corrupted="zero"``, zero ablation). Each test is one forward pass.
+:func:`acdc_sweep` runs several thresholds; score the circuits with
+:mod:`toylab.discovery.roc`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from toylab.discovery.edge_patching import _source_outputs, check_pair, run_with_edges
+from toylab.discovery.graph import Circuit, Graph
+from toylab.discovery.metrics import kl_to_clean
+
+SENDER_ORDERS = ("reverse", "forward")
+
+
+@dataclass
+class AcdcResult:
+    """What one ACDC run found.
+
+    ``circuit``: the kept edges; ``tau``; ``metric``: ``M`` of the final graph; ``n_evaluations``:
+    forward passes spent on tests; ``log``: ``(edge name, M(without e) - M(before), removed)`` per test.
+    """
+
+    circuit: Circuit
+    tau: float
+    metric: float
+    n_evaluations: int
+    log: list = field(default_factory=list)
+
+
+def check_tau(tau) -> float:
+    """``tau`` as a float; ``ValueError`` unless it is a finite number >= 0."""
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)):
+        raise TypeError(f"tau must be a number >= 0, got {type(tau).__name__}")
+    tau = float(tau)
+    if not math.isfinite(tau) or tau < 0:
+        raise ValueError(f"tau must be a finite number >= 0 (a metric increase that is still tolerated), got {tau}")
+    return tau
+
+
+def _order(graph: Graph, incoming: list[int], sender_order) -> list[int]:
+    if isinstance(sender_order, str):
+        if sender_order not in SENDER_ORDERS:
+            raise ValueError(f"sender_order must be one of {SENDER_ORDERS} or a list of node names, "
+                             f"got {sender_order!r}")
+        return incoming[::-1] if sender_order == "reverse" else list(incoming)
+    rank = {}
+    for i, name in enumerate(sender_order):
+        graph.node(name)
+        rank[name] = i
+    missing = [n.name for n in graph.nodes if n.name not in rank]
+    if missing:
+        raise ValueError(f"a sender order must list every node; missing {missing}")
+    return sorted(incoming, key=lambda i: rank[graph.edges[i].sender])
+
+
+def acdc(model, graph: Graph, clean, corrupted, tau: float, metric: Callable | None = None, positions=None,
+         sender_order: str | Sequence[str] = "reverse", skip_dead: bool = True) -> AcdcResult:
+    """Run ACDC at threshold ``tau`` (see the module doc) -> :class:`AcdcResult`.
+
+    ``clean [batch, pos]``, ``corrupted`` tokens of the same shape or ``"zero"``; ``metric``
+    ``logits [batch, pos, d_vocab] -> scalar`` (default: KL to the clean output on ``positions``, a
+    bool mask ``[pos]`` or ``[batch, pos]`` of logit positions); ``sender_order``: ``"reverse"``
+    (the latest sender first), ``"forward"`` (the embedding first) or a list of every node name.
+    """
+    tau = check_tau(tau)
+    clean, corrupted = check_pair(model, clean, corrupted)
+    if metric is None:
+        with torch.no_grad():
+            metric = kl_to_clean(model(clean), positions)
+    src = _source_outputs(model, graph, clean, corrupted)
+    w = torch.zeros(len(graph))
+
+    def evaluate() -> float:
+        return float(run_with_edges(model, graph, clean, corrupted, w, metric, source_outputs=src)[0])
+
+    log, n_eval = [], 0
+    with torch.no_grad():
+        current = evaluate()
+        for receiver in reversed(graph.receivers):
+            incoming = _order(graph, graph.incoming(receiver), sender_order)
+            if skip_dead and receiver != "logits":
+                head = receiver.split(".")[0]
+                if all(w[i] == 1 for i in graph.outgoing(head)):
+                    w[incoming] = 1.0
+                    continue
+            for i in incoming:
+                w[i] = 1.0
+                m = evaluate()
+                n_eval += 1
+                removed = m - current < tau
+                log.append((graph.edges[i].name, m - current, bool(removed)))
+                if removed:
+                    current = m
+                else:
+                    w[i] = 0.0
+    kept = [graph.edges[i].name for i in range(len(graph)) if w[i] == 0]
+    return AcdcResult(graph.circuit(kept), tau, current, n_eval, log)
+
+
+def acdc_sweep(model, graph: Graph, clean, corrupted, taus: Sequence[float], **kwargs) -> list[AcdcResult]:
+    """:func:`acdc` at each threshold of ``taus`` (same arguments otherwise) -> one result per ``tau``."""
+    taus = [check_tau(t) for t in taus]
+    if not taus:
+        raise ValueError("taus is empty: give at least one threshold")
+    return [acdc(model, graph, clean, corrupted, t, **kwargs) for t in taus]

@@ -1,0 +1,74 @@
+"""Reference circuits derived from a model's own heads, to score discovered circuits against.
+
+:func:`induction_circuit`: in a model with a previous-token head in layer 0
+and induction heads in the last layer (the lab's ``induction-2l``), the
+induction circuit of Olsson et al. as edges of the graph:
+
+- ``embed -> P.v``: the previous-token head ``P`` moves the *token* one position on;
+- ``P -> I.k``: K-composition, the induction head ``I`` keys on "the token before was x";
+- ``embed -> I.q``: it queries with the current token;
+- ``embed -> I.v`` and ``I -> logits``: it copies the attended token into the output.
+
+With ``composition=True`` (the default) the circuit also takes every
+layer-0 -> last-layer edge that the *weights* say is used: ``a -> b.q``
+(``.k``, ``.v``) when the Q- (K-, V-) composition score of heads ``a, b``
+(:mod:`toylab.composition`) is at least ``min_ratio`` times the mean score of
+random heads, with ``embed -> a.v`` for each such ``a`` (that head moves
+tokens too). On ``induction-2l`` this adds the second route chapter 3 found
+by reading the weights (head 1.0 as a two-token induction head: its query
+through the previous-token head, its key also from the other layer-0 head).
+
+``P`` is the layer-0 head with the largest previous-token score; the
+induction heads are the last-layer heads whose induction score is at least
+``threshold`` (at least the best one), both measured on ``tokens`` by the
+detectors of :mod:`toylab.scores`, so no head index is hard-coded.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from toylab.discovery.graph import Circuit, Graph, head_name
+from toylab.composition import relative_composition_scores
+from toylab.scores import head_detector_scores
+
+
+def induction_heads(model, tokens: torch.Tensor, threshold: float = 0.5) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+    """``(previous-token head, [induction heads])`` as ``(layer, head)`` pairs, from the detectors on
+    ``tokens [batch, pos]`` (sequences with repeats); needs at least two layers."""
+    if model.cfg.n_layers < 2:
+        raise ValueError(f"an induction circuit needs at least two layers; this model has {model.cfg.n_layers}")
+    with torch.no_grad():
+        scores = head_detector_scores(model, tokens, exclude_bos=True)
+    prev = (0, int(scores["previous_token"][0].argmax()))
+    last = model.cfg.n_layers - 1
+    ind = scores["induction"][last]
+    heads = [(last, h) for h in range(model.cfg.n_heads) if float(ind[h]) >= threshold]
+    if not heads:
+        heads = [(last, int(ind.argmax()))]
+    return prev, heads
+
+
+def induction_circuit(model, graph: Graph, tokens: torch.Tensor, threshold: float = 0.5,
+                      composition: bool = True, min_ratio: float = 1.0) -> Circuit:
+    """The induction circuit (module doc) of ``model`` as a :class:`Circuit` of ``graph``.
+
+    ``tokens [batch, pos]``: sequences with repeats for the detectors; ``threshold``: the induction
+    score that makes a last-layer head an induction head; ``composition``/``min_ratio``: add the
+    composition edges read off the weights (module doc).
+    """
+    prev, heads = induction_heads(model, tokens, threshold)
+    p = head_name(*prev)
+    edges = [f"embed->{p}.v"]
+    for l, h in heads:
+        i = head_name(l, h)
+        edges += [f"{p}->{i}.k", f"embed->{i}.q", f"embed->{i}.v", f"{i}->logits"]
+    if composition:
+        last = model.cfg.n_layers - 1
+        for kind in ("Q", "K", "V"):
+            rel = relative_composition_scores(model, kind)[0, :, last]  # [heads of layer 0, heads of last layer]
+            for a in range(model.cfg.n_heads):
+                for l, b in heads:
+                    if float(rel[a, b]) >= min_ratio:
+                        edges += [f"{head_name(0, a)}->{head_name(l, b)}.{kind.lower()}", f"embed->{head_name(0, a)}.v"]
+    return graph.circuit(edges)
