@@ -1,0 +1,231 @@
+"""Causal scrubbing: test a hypothesis about a circuit by resampling everything it says does not matter.
+
+A **hypothesis** is a correspondence between the model's edge graph and an
+interpretation: for each edge it names (``"L0H0->L1H1.k"``), the *feature*
+of the input that edge carries; every edge it does not name carries nothing.
+Features are equivalence classes of input sequences, defined by the data
+generator (:class:`EquivalenceClasses`): ``"identity"`` (the sequence
+itself), ``"any"`` (every sequence is equivalent), or a generator's ground
+truth such as ``"offset"`` (same repeat offset) or ``"structure"`` (same
+offset and start: the same positions are predictable by induction).
+
+**Treeified resampling ablation.** The model's computation is unrolled into
+a tree rooted at the logits: a slot ``r`` evaluated on input ``x`` reads, for
+each incoming edge ``e = s -> r``, the sender ``s`` evaluated on a *fresh*
+input ``x'`` drawn uniformly from the class of ``x`` under ``e``'s feature
+(``"any"`` for unnamed edges), recursively::
+
+    x_r(x)   = sum_{e = s -> r} out_s(x'_e),   x'_e ~ Uniform{ y : f_e(y) = f_e(x) }
+    logits(x) = x_logits(x) W_U
+
+with heads computed from their three inputs as in :mod:`toylab.discovery.graph`.
+Every branch draws its own ``x'`` (the tree is not collapsed back into a
+graph), so an interpretation cannot borrow the correlations between branches.
+
+**Score.** With ``L`` the mean next-token loss on the scored positions of the
+root inputs: ``L_model`` (no resampling), ``L_hyp`` (the hypothesis) and
+``L_scrub`` (every edge resampled from ``"any"``)::
+
+    loss recovered = (L_scrub - L_hyp) / (L_scrub - L_model)
+
+1 means the hypothesis explains all the loss the model achieves, 0 nothing;
+it can leave [0, 1] (a hypothesis worse than chance, or resampling that helps).
+The interval is a percentile bootstrap over root sequences (each root's loss
+averaged over ``n_resamples`` independent treeified runs).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from toylab.discovery.graph import SLOTS, Circuit, Graph, head_name
+
+
+class EquivalenceClasses:
+    """A pool of sequences with, per feature, a class label for each: the resampling distributions.
+
+    ``tokens [N, pos]``; ``features``: ``{name: LongTensor [N]}`` (equal labels = equivalent);
+    ``"identity"`` and ``"any"`` are always present. ``positions [N, pos]`` (bool, logit positions) says
+    where the loss is scored (default every position with a next token).
+    """
+
+    def __init__(self, tokens: torch.Tensor, features: dict | None = None, positions: torch.Tensor | None = None):
+        if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.shape[0] < 2:
+            raise ValueError("the pool must be a LongTensor [N, pos] of at least 2 sequences")
+        N, P = tokens.shape
+        self.tokens = tokens
+        self.features = {"identity": torch.arange(N), "any": torch.zeros(N, dtype=torch.long)}
+        for name, lab in (features or {}).items():
+            lab = torch.as_tensor(lab)
+            if lab.shape != (N,) or lab.dtype.is_floating_point:
+                raise ValueError(f"feature {name!r} needs one integer label per pool sequence, [{N}], "
+                                 f"got {list(lab.shape)} {lab.dtype}")
+            self.features[name] = lab.long()
+        if positions is None:
+            positions = torch.ones(N, P, dtype=torch.bool)
+            positions[:, -1] = False
+        if positions.shape != (N, P) or positions.dtype != torch.bool:
+            raise ValueError(f"positions must be a bool mask [{N}, {P}] of logit positions")
+        if not positions.any(1).all():
+            raise ValueError("every pool sequence needs at least one scored position")
+        self.positions = positions
+        self._sorted = {}
+        for name, lab in self.features.items():
+            order = torch.argsort(lab, stable=True)
+            self._sorted[name] = (order, lab[order])
+
+    @classmethod
+    def from_induction(cls, batch) -> "EquivalenceClasses":
+        """Classes from an :class:`~toylab.data.induction.InductionBatch`: ``"offset"`` (the repeat's offset
+        ``d - s``, -1 without a repeat) and ``"structure"`` (offset and start ``d``); the loss is scored on
+        the positions predictable by induction."""
+        from toylab.discovery.metrics import induction_positions
+
+        n = batch.tokens.shape[1]
+        offset = torch.where(batch.has_repeat, batch.offset, torch.full_like(batch.offset, -1))
+        structure = (offset + 1) * (n + 1) + batch.dst_start.clamp(max=n)
+        return cls(batch.tokens, {"offset": offset, "structure": structure}, induction_positions(batch.is_repeat))
+
+    def check_feature(self, name: str) -> None:
+        if name not in self.features:
+            raise ValueError(f"unknown feature {name!r}; these classes define {sorted(self.features)}")
+
+    def resample(self, idx: torch.Tensor, feature: str, generator: torch.Generator) -> torch.Tensor:
+        """``idx [B]`` pool indices -> ``[B]`` indices drawn uniformly from each one's class under ``feature``."""
+        self.check_feature(feature)
+        if feature == "identity":
+            return idx
+        order, lab = self._sorted[feature]
+        q = self.features[feature][idx]
+        lo = torch.searchsorted(lab, q, side="left")
+        hi = torch.searchsorted(lab, q, side="right")
+        u = torch.rand(idx.shape, generator=generator, dtype=torch.float64)
+        return order[lo + torch.minimum((u * (hi - lo)).long(), hi - lo - 1)]
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """``edges``: ``{edge name: feature}`` for the edges that matter; every other edge is resampled freely."""
+
+    edges: dict
+
+    @classmethod
+    def from_circuit(cls, circuit: Circuit, feature: str = "identity") -> "Hypothesis":
+        """Every edge of ``circuit`` carries ``feature``."""
+        return cls({e: feature for e in circuit.edges})
+
+    def check(self, graph: Graph, classes: EquivalenceClasses) -> None:
+        """``ValueError`` for an edge between nodes the model lacks, an unknown edge or feature."""
+        if not isinstance(self.edges, dict):
+            raise TypeError("Hypothesis.edges must be a dict {edge name: feature}")
+        nodes = {n.name for n in graph.nodes}
+        slots = set(graph.receivers)
+        for e, f in self.edges.items():
+            if not isinstance(e, str) or "->" not in e:
+                raise ValueError(f"hypothesis edges are named 'sender->receiver', got {e!r}")
+            s, r = e.split("->", 1)
+            if s not in nodes:
+                raise ValueError(f"the hypothesis names node {s!r}, which the model lacks; its nodes are {sorted(nodes)}")
+            if r not in slots:
+                raise ValueError(f"the hypothesis names receiver {r!r}, which the model lacks; receivers are {graph.receivers}")
+            graph.edge_index(e)
+            classes.check_feature(f)
+
+
+def _head_output(attn, h: int, xq, xk, xv) -> torch.Tensor:
+    """One head from its inputs ``[B, P, d_model]``: ``softmax*(x_q W_Q (x_k W_K)^T / sqrt(d_head)) x_v W_V W_O``."""
+    q, k, v = xq @ attn.W_Q[h], xk @ attn.W_K[h], xv @ attn.W_V[h]
+    n = q.shape[1]
+    scores = q @ k.transpose(1, 2) / math.sqrt(q.shape[-1])
+    future = torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)
+    return torch.softmax(scores.masked_fill(future, float("-inf")), -1) @ v @ attn.W_O[h]
+
+
+@torch.no_grad()
+def treeified_logits(model, graph: Graph, classes: EquivalenceClasses, hypothesis: Hypothesis,
+                     roots: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Logits ``[B, pos, d_vocab]`` of the treeified, resampled model on pool sequences ``roots [B]`` (module doc)."""
+    feat = {graph.edges[graph.index[e]].name: f for e, f in hypothesis.edges.items()}
+    incoming = {r: [graph.edges[i] for i in graph.incoming(r)] for r in graph.receivers}
+    P = classes.tokens.shape[1]
+
+    def sender(name: str, idx: torch.Tensor) -> torch.Tensor:
+        node = graph.node(name)
+        if node.kind == "embed":
+            return model.W_E[classes.tokens[idx]]
+        if node.kind == "pos":
+            return model.W_pos[:P].expand(len(idx), -1, -1)
+        xs = [slot_input(f"{name}.{slot}", idx) for slot in SLOTS]
+        return _head_output(model.blocks[node.layer].attn, node.head, *xs)
+
+    def slot_input(receiver: str, idx: torch.Tensor) -> torch.Tensor:
+        total = 0
+        for e in incoming[receiver]:
+            total = total + sender(e.sender, classes.resample(idx, feat.get(e.name, "any"), generator))
+        return total
+
+    return slot_input("logits", roots) @ model.W_U
+
+
+def _per_root_loss(classes: EquivalenceClasses, logits: torch.Tensor, roots: torch.Tensor) -> torch.Tensor:
+    """``[B]``: each root's mean next-token loss over its scored positions."""
+    tokens, mask = classes.tokens[roots], classes.positions[roots]
+    nxt = torch.zeros_like(tokens)
+    nxt[:, :-1] = tokens[:, 1:]
+    loss = -torch.log_softmax(logits.float(), -1).gather(-1, nxt[..., None])[..., 0]
+    return (loss * mask).sum(1) / mask.sum(1)
+
+
+@dataclass(frozen=True)
+class ScrubResult:
+    """``recovered`` and its bootstrap interval ``(low, high)``; the three mean losses (nats)."""
+
+    recovered: float
+    low: float
+    high: float
+    loss_model: float
+    loss_hypothesis: float
+    loss_scrubbed: float
+
+
+def scrub(model, graph: Graph, classes: EquivalenceClasses, hypothesis: Hypothesis, n_resamples: int = 4,
+          n_boot: int = 1000, confidence: float = 0.95, seed: int = 0) -> ScrubResult:
+    """Causal-scrubbing score of ``hypothesis`` on every pool sequence as a root (module doc).
+
+    ``n_resamples`` treeified runs per root (their losses averaged), ``n_boot`` bootstrap draws of the
+    roots for the ``confidence`` interval; ``seed`` fixes every draw.
+    """
+    if not isinstance(hypothesis, Hypothesis):
+        raise TypeError(f"hypothesis must be a Hypothesis, got {type(hypothesis).__name__}")
+    hypothesis.check(graph, classes)
+    for name, v in (("n_resamples", n_resamples), ("n_boot", n_boot)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence!r}")
+    model.check_tokens(classes.tokens)
+    roots = torch.arange(len(classes))
+    g = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        l_model = _per_root_loss(classes, model(classes.tokens), roots)
+    empty = Hypothesis({})
+    runs = {"hyp": hypothesis, "scrub": empty}
+    losses = {k: torch.stack([_per_root_loss(classes, treeified_logits(model, graph, classes, h, roots, g), roots)
+                              for _ in range(n_resamples)]).mean(0) for k, h in runs.items()}
+    lh, ls = losses["hyp"], losses["scrub"]
+    if float(ls.mean() - l_model.mean()) <= 0:
+        raise ValueError("the fully scrubbed model is no worse than the model itself: there is no loss to recover")
+
+    def ratio(i):
+        return (ls[i].mean(-1) - lh[i].mean(-1)) / (ls[i].mean(-1) - l_model[i].mean(-1))
+
+    boot = ratio(torch.randint(0, len(roots), (n_boot, len(roots)), generator=g))
+    a = (1 - confidence) / 2
+    low, high = torch.quantile(boot.double(), torch.tensor([a, 1 - a], dtype=torch.float64)).tolist()
+    return ScrubResult(float(ratio(roots)), low, high, float(l_model.mean()), float(lh.mean()), float(ls.mean()))
