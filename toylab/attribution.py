@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from toylab.hooks import register_cache_method
 from toylab.model import layer_norm
 
 LN_EPS = 1e-5
@@ -256,3 +257,36 @@ def logit_lens(model, tokens: torch.Tensor, k: int = 5, target: torch.Tensor | N
         target_probs = probs.gather(-1, target.expand(x.shape[0], -1, -1)[..., None])[..., 0]
     labels = ["embed"] + [f"L{l}" for l in range(model.cfg.n_layers)]
     return LogitLens(labels, top_t, top_p, target_probs)
+
+
+# ----------------------------------------------------- the cache's helpers
+# The hook machinery (toylab.hooks) is the bottom layer and never imports this
+# module; importing it adds the TransformerLens-style helpers to ActivationCache.
+
+def _cache_model(cache):
+    if cache.model is None:
+        raise ValueError("this cache was made without a model; use toylab.attribution's functions directly")
+    return cache.model
+
+
+def _cache_decompose_resid(self, layer: int | None = None):
+    """``(stack [n_components, batch, pos, d_model], labels)``: embeddings and each
+    layer's attention output, summing to the residual stream (see :func:`decompose_resid`)."""
+    return decompose_resid(self, _cache_model(self), layer)
+
+
+def _cache_stack_head_results(self, layer: int | None = None, include_embeddings: bool = True):
+    """``(stack [n_heads_total (+ embeddings), batch, pos, d_model], labels)``: one term
+    per head (see :func:`stack_head_results`)."""
+    return stack_head_results(self, _cache_model(self), layer, include_embeddings)
+
+
+def _cache_logit_attrs(self, stack: torch.Tensor, tokens: torch.Tensor, incorrect_tokens: torch.Tensor | None = None):
+    """``[n_components, batch, pos]``: each component's direct contribution to the logit
+    of ``tokens`` (or to ``logit(tokens) - logit(incorrect_tokens)``), see :func:`logit_attrs`."""
+    return logit_attrs(stack, _cache_model(self), tokens, incorrect_tokens)
+
+
+register_cache_method("decompose_resid", _cache_decompose_resid)
+register_cache_method("stack_head_results", _cache_stack_head_results)
+register_cache_method("logit_attrs", _cache_logit_attrs)

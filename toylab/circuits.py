@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from toylab.factored import FactoredMatrix
+from toylab.hooks import resolve_index
 
 HeadIndex = Union[int, Sequence[int]]
 
@@ -50,11 +51,9 @@ __all__ = [
 def check_layer(model, layer: int) -> int:
     """``layer`` as a non-negative int in ``[0, n_layers)``; negative counts from the end."""
     n = model.cfg.n_layers
-    if isinstance(layer, bool) or not isinstance(layer, int):
-        raise ValueError(f"layer must be an int, got {layer!r}")
-    if not -n <= layer < n:
-        raise ValueError(f"layer {layer} is out of range: the model has {n} layer(s) (valid: 0..{n - 1})")
-    return layer % n
+    if n == 0:
+        raise ValueError("the model has 0 layers: there is no layer to index")
+    return resolve_index(layer, n, "layer")
 
 
 def check_head(model, head: HeadIndex, default_layer: int | None = None) -> tuple[int, int]:
@@ -67,10 +66,7 @@ def check_head(model, head: HeadIndex, default_layer: int | None = None) -> tupl
     else:
         raise ValueError(f"a head is given as (layer, head), got {head!r}")
     layer = check_layer(model, layer)
-    H = model.cfg.n_heads
-    if isinstance(h, bool) or not isinstance(h, int) or not -H <= h < H:
-        raise ValueError(f"head {h!r} is out of range: layer {layer} has {H} head(s) (valid: 0..{H - 1})")
-    return layer, h % H
+    return layer, resolve_index(h, model.cfg.n_heads, "head")
 
 
 def _layers(model, layer: int | None) -> slice | int:

@@ -13,11 +13,24 @@ Two ways to use hooks, both on any :class:`HookedRootModule`:
 - ``logits, cache = model.run_with_cache(tokens, names_filter=...)``
 
 Hooks are removed when the call returns, *also* when a hook raises.
+
+This module is the bottom layer of toylab: it imports nothing from toylab.
+The TransformerLens-style residual helpers of the cache
+(``cache.decompose_resid()``, ``cache.stack_head_results()``,
+``cache.logit_attrs(...)``) are added by :mod:`toylab.attribution` when it is
+imported (it registers them with :func:`register_cache_method`); without that
+import they raise an ``AttributeError`` that says so.
+
+Indices follow one rule across toylab (:func:`resolve_index`, Python's):
+a negative layer or head counts from the end (``-1`` = the last), anything
+outside ``[-n, n)`` and anything that is not an integer is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
+import operator
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Union
@@ -27,6 +40,44 @@ from torch import nn
 
 HookFn = Callable[[torch.Tensor, "HookPoint"], Union[torch.Tensor, None]]
 NameFilter = Union[str, Iterable[str], Callable[[str], bool], None]
+
+
+def resolve_index(index, n: int, what: str = "layer") -> int:
+    """``index`` as an int in ``[0, n)`` by Python's rule: ``-1`` is the last, ``-n`` the first.
+
+    Accepts Python and integer-tensor/numpy scalars (anything with ``__index__``)
+    but not bools, floats or strings; raises ``ValueError`` with the valid range
+    otherwise. Every layer and head index in toylab goes through this helper.
+    """
+    if isinstance(index, bool) or isinstance(index, (str, bytes, float)):
+        raise ValueError(f"{what} must be an integer, got {type(index).__name__} {index!r}")
+    try:
+        i = operator.index(index)
+    except TypeError:
+        raise ValueError(f"{what} must be an integer, got {type(index).__name__} {index!r}") from None
+    if n <= 0:
+        raise ValueError(f"{what} {i} is out of range: there are no {what}s (n = {n})")
+    if not -n <= i < n:
+        raise ValueError(f"{what} {i} is out of range: valid {what}s are 0..{n - 1} "
+                         f"(or -{n}..-1, counting from the end)")
+    return i % n
+
+
+def _accepts_two_args(fn) -> bool | None:
+    """Whether ``fn(activation, hook)`` binds; None when the signature cannot be read."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    try:
+        sig.bind(None, None)
+    except TypeError:
+        return False
+    return True
+
+
+def _hook_label(fn) -> str:
+    return repr(getattr(fn, "__name__", fn))
 
 
 class HookPoint(nn.Module):
@@ -49,6 +100,11 @@ class HookPoint(nn.Module):
     def add_hook(self, fn: HookFn) -> None:
         if not callable(fn):
             raise TypeError(f"a hook must be callable as fn(activation, hook), got {type(fn).__name__}")
+        if _accepts_two_args(fn) is False:
+            raise TypeError(
+                f"hook {_hook_label(fn)} cannot be called as fn(activation, hook): a hook takes two "
+                "arguments, the activation tensor and the HookPoint (write `def fn(act, hook):`)"
+            )
         self._fwd_hooks.append(fn)
 
     def remove_hooks(self) -> None:
@@ -68,6 +124,16 @@ class HookPoint(nn.Module):
                 raise ValueError(
                     f"hook {getattr(fn, '__name__', fn)!r} on {self.name} returned shape "
                     f"{list(out.shape)}, expected the activation's shape {list(x.shape)}"
+                )
+            if out.dtype != x.dtype:
+                raise TypeError(
+                    f"hook {getattr(fn, '__name__', fn)!r} on {self.name} returned dtype {out.dtype}, "
+                    f"expected the activation's dtype {x.dtype} (convert with .to({x.dtype}))"
+                )
+            if out.device != x.device:
+                raise ValueError(
+                    f"hook {getattr(fn, '__name__', fn)!r} on {self.name} returned a tensor on {out.device}, "
+                    f"expected the activation's device {x.device}"
                 )
             x = out
         return x
@@ -129,16 +195,36 @@ class ActivationCache(Mapping):
         self._acts = dict(activations)
         self.model = model
 
+    def _n_layers(self) -> int | None:
+        if self.model is not None:
+            return self.model.cfg.n_layers
+        layers = [int(m.group(1)) for m in map(re.compile(r"^blocks\.(\d+)\.").match, self._acts) if m]
+        return max(layers) + 1 if layers else None
+
     def _key(self, key) -> str:
         if isinstance(key, tuple):
             if len(key) != 2:
                 raise KeyError(f"cache keys are a name or (name, layer), got {key!r}")
             name, layer = key
-            if layer is not None and layer < 0 and self.model is not None:
-                layer = self.model.cfg.n_layers + layer
+            if not isinstance(name, str):
+                raise KeyError(f"the name in a (name, layer) cache key must be a string, got {name!r}")
+            if layer is not None:
+                n = self._n_layers()
+                try:
+                    if n is None:  # no model and no per-layer activations: only the type can be checked
+                        if isinstance(layer, (bool, str, bytes, float)) or operator.index(layer) < 0:
+                            raise ValueError(f"layer must be a non-negative integer here (no model to count "
+                                             f"from the end), got {layer!r}")
+                        layer = operator.index(layer)
+                    else:
+                        layer = resolve_index(layer, n, "layer")
+                except (ValueError, TypeError) as e:
+                    raise KeyError(f"bad cache key {key!r}: {e}") from None
             return act_name(name, layer)
         if isinstance(key, str):
-            return act_name(key) if key in _SHORT_NAMES and not _SHORT_NAMES[key][1] else key
+            if key in _SHORT_NAMES:
+                return act_name(key)  # raises "give a layer" for per-layer names
+            return key
         raise KeyError(f"cache keys are a name or (name, layer), got {key!r}")
 
     def __getitem__(self, key) -> torch.Tensor:
@@ -162,38 +248,37 @@ class ActivationCache(Mapping):
         except KeyError:
             return False
 
-    # the residual-stream helpers TransformerLens users expect on the cache; the
-    # maths lives in toylab.attribution
-    def _model(self):
-        if self.model is None:
-            raise ValueError("this cache was made without a model; use toylab.attribution's functions directly")
-        return self.model
-
-    def decompose_resid(self, layer: int | None = None):
-        """``(stack [n_components, batch, pos, d_model], labels)``: embeddings and each
-        layer's attention output, summing to the residual stream (see
-        :func:`toylab.attribution.decompose_resid`)."""
-        from toylab.attribution import decompose_resid
-
-        return decompose_resid(self, self._model(), layer)
-
-    def stack_head_results(self, layer: int | None = None, include_embeddings: bool = True):
-        """``(stack [n_heads_total (+ embeddings), batch, pos, d_model], labels)``: one term
-        per head (see :func:`toylab.attribution.stack_head_results`)."""
-        from toylab.attribution import stack_head_results
-
-        return stack_head_results(self, self._model(), layer, include_embeddings)
-
-    def logit_attrs(self, stack: torch.Tensor, tokens: torch.Tensor, incorrect_tokens: torch.Tensor | None = None):
-        """``[n_components, batch, pos]``: each component's direct contribution to the logit
-        of ``tokens`` (or to ``logit(tokens) - logit(incorrect_tokens)``), see
-        :func:`toylab.attribution.logit_attrs`."""
-        from toylab.attribution import logit_attrs
-
-        return logit_attrs(stack, self._model(), tokens, incorrect_tokens)
+    def __getattr__(self, attr: str):
+        # only reached for attributes the class does not have
+        if attr in _CACHE_HELPERS_FROM:
+            raise AttributeError(
+                f"ActivationCache.{attr} is added by {_CACHE_HELPERS_FROM[attr]}: `import "
+                f"{_CACHE_HELPERS_FROM[attr]}` first (the hook machinery does not import it, "
+                "to keep the dependency one-way)"
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {attr!r}")
 
     def __repr__(self) -> str:
         return f"ActivationCache({len(self)} activations: {', '.join(list(self._acts)[:4])}{', ...' if len(self) > 4 else ''})"
+
+
+# helper name -> the module that registers it on ActivationCache
+_CACHE_HELPERS_FROM: dict[str, str] = {
+    "decompose_resid": "toylab.attribution",
+    "stack_head_results": "toylab.attribution",
+    "logit_attrs": "toylab.attribution",
+}
+
+
+def register_cache_method(name: str, fn: Callable) -> None:
+    """Add ``fn(cache, *args, **kwargs)`` to :class:`ActivationCache` as method ``name``.
+
+    Higher layers (e.g. :mod:`toylab.attribution`) use this to offer the
+    TransformerLens-style helpers on the cache without this module importing them.
+    """
+    if not callable(fn):
+        raise TypeError(f"register_cache_method needs a callable, got {type(fn).__name__}")
+    setattr(ActivationCache, name, fn)
 
 
 class HookedRootModule(nn.Module):

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from toylab.hooks import resolve_index
 from toylab.model import next_token_loss
 
 ABLATIONS = ("zero", "mean", "resample")
@@ -32,15 +33,12 @@ METRICS = ("logit_diff", "logprob", "prob", "rank", "loss")
 # --------------------------------------------------------------------------- checks
 
 def check_head(model, head) -> tuple[int, int]:
-    """``(layer, head)`` with both in range, else a ``ValueError`` saying the valid ranges."""
-    cfg = model.cfg
-    if not (isinstance(head, (tuple, list)) and len(head) == 2 and all(isinstance(i, int) for i in head)):
+    """``(layer, head)`` as non-negative ints; negative indices count from the end (Python's
+    rule, :func:`toylab.hooks.resolve_index`), out-of-range ones raise a ``ValueError``."""
+    if not (isinstance(head, (tuple, list)) and len(head) == 2):
         raise ValueError(f"a head is a (layer, head) pair of integers, got {head!r}")
     l, h = head
-    if not (0 <= l < cfg.n_layers and 0 <= h < cfg.n_heads):
-        raise ValueError(f"head {tuple(head)} is out of range: layers are 0..{cfg.n_layers - 1}, "
-                         f"heads 0..{cfg.n_heads - 1}")
-    return l, h
+    return resolve_index(l, model.cfg.n_layers, "layer"), resolve_index(h, model.cfg.n_heads, "head")
 
 
 # --------------------------------------------------------------------------- metrics
@@ -126,7 +124,8 @@ def _z_name(l: int, at: str) -> str:
 
 def frozen_pattern_hooks(model, tokens: torch.Tensor, layers: Sequence[int] | None = None) -> list:
     """Hooks that overwrite ``hook_pattern`` of ``layers`` (default all) with their values on ``tokens``."""
-    layers = range(model.cfg.n_layers) if layers is None else layers
+    layers = range(model.cfg.n_layers) if layers is None else [resolve_index(l, model.cfg.n_layers, "layer")
+                                                               for l in layers]
     names = [f"blocks.{l}.attn.hook_pattern" for l in layers]
     if not names:
         return []
@@ -237,10 +236,28 @@ def term_importance(model, tokens: torch.Tensor, positions=None) -> dict[str, fl
     if model.cfg.layernorm:
         raise NotImplementedError("term_importance assumes no LayerNorm (the path expansion is then exact)")
     tokens = model.check_tokens(tokens)
-    mask = torch.ones(tokens.shape[1] - 1, dtype=torch.bool)
+    n = tokens.shape[1] - 1
+    if n < 1:
+        raise ValueError("term_importance needs sequences of at least 2 tokens (a next token to predict)")
+    mask = torch.ones(n, dtype=torch.bool)
     if positions is not None:
-        mask = torch.zeros_like(mask)
-        mask[torch.as_tensor(positions)] = True
+        idx = torch.as_tensor(positions)
+        if idx.dtype == torch.bool:
+            if idx.shape != (n,):
+                raise ValueError(f"a positions mask must have shape [{n}] (logit positions 0..{n - 1}), "
+                                 f"got {list(idx.shape)}")
+            mask = idx.clone()
+        else:
+            if idx.dtype.is_floating_point or idx.ndim > 1:
+                raise ValueError(f"positions must be integer logit positions in [0, {n - 1}] or a bool mask "
+                                 f"[{n}], got {positions!r}")
+            if idx.numel() and (int(idx.min()) < -n or int(idx.max()) >= n):
+                raise ValueError(f"positions must lie in [0, {n - 1}] (logit positions with a next token; "
+                                 f"negative counts from the end), got {idx.tolist()}")
+            mask = torch.zeros_like(mask)
+            mask[idx.long()] = True
+        if not mask.any():
+            raise ValueError("positions selects no logit position to score")
 
     def loss(logits):
         return float(next_token_loss(logits, tokens)[:, mask].mean())

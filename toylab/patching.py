@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from toylab.hooks import act_name
+from toylab.hooks import act_name, resolve_index
 from toylab.interventions import check_head, make_metric, normalised_effect
 from toylab.model import layer_norm
 
@@ -40,6 +40,8 @@ def _resolve_hook(model, hook_name: str, layer: int | None) -> str:
     """Full hook name from a full name, or a short one (``"z"``) and a layer; ``KeyError`` if unknown."""
     if not isinstance(hook_name, str):
         raise TypeError(f"hook_name must be a string, got {type(hook_name).__name__}")
+    if layer is not None:
+        layer = resolve_index(layer, model.cfg.n_layers, "layer")
     name = act_name(hook_name, layer)
     if name not in model.hook_dict:
         raise KeyError(f"no hook point named {name!r}; valid names are:\n  " + "\n  ".join(model.hook_names))
@@ -64,6 +66,24 @@ def _check_pair(model, clean: torch.Tensor, corrupted: torch.Tensor) -> tuple[to
     return clean, corrupted
 
 
+def metric_value(metric, logits: torch.Tensor) -> float:
+    """``float(metric(logits))``, with a sentence when the metric does not return one number."""
+    value = metric(logits)
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(
+                f"metric {getattr(metric, '__name__', metric)!r} returned a tensor of shape {list(value.shape)}; "
+                f"expected a scalar (one number for the whole batch of {logits.shape[0]} sequences): "
+                "average it, e.g. `.mean()`"
+            )
+        value = value.detach()
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"metric {getattr(metric, '__name__', metric)!r} returned {type(value).__name__}; "
+                        "expected a number or a one-element tensor") from None
+
+
 def _get_metric(metric, clean: torch.Tensor, corrupted: torch.Tensor):
     if isinstance(metric, str):
         return make_metric(metric, clean, incorrect_tokens=corrupted if metric == "logit_diff" else None)
@@ -77,10 +97,9 @@ def _check_cell(model, name: str, head, position, n_pos: int):
     if head is not None:
         if head_axis is None:
             raise ValueError(f"{name} has no head dimension; pass head=None")
-        if not (isinstance(head, int) and 0 <= head < model.cfg.n_heads):
-            raise ValueError(f"head {head!r} is out of range: heads are 0..{model.cfg.n_heads - 1}")
-    if position is not None and not (isinstance(position, int) and 0 <= position < n_pos):
-        raise ValueError(f"position {position!r} is out of range: positions are 0..{n_pos - 1}")
+        head = resolve_index(head, model.cfg.n_heads, "head")
+    if position is not None:
+        position = resolve_index(position, n_pos, "position")
     return (name, head, position)
 
 
@@ -96,6 +115,10 @@ def run_patched_cells(model, base: torch.Tensor, source_cache, cells: Sequence[t
     passes of ~4096 sequences were 1.75x slower, cache-unfriendly); 1 is the naive loop.
     """
     B = base.shape[0]
+    if cells_per_pass is not None and (isinstance(cells_per_pass, bool) or not isinstance(cells_per_pass, int)
+                                       or cells_per_pass < 1):
+        raise ValueError(f"cells_per_pass must be a positive integer (cells patched per forward pass) or None, "
+                         f"got {cells_per_pass!r}")
     G = cells_per_pass or max(1, 128 // B)
     out = torch.empty(len(cells))
     for start in range(0, len(cells), G):
@@ -124,7 +147,7 @@ def run_patched_cells(model, base: torch.Tensor, source_cache, cells: Sequence[t
         hooks = [(name, make(name, m)) for name, m in masks.items()]
         logits = model.run_with_hooks(base.repeat(n, 1), fwd_hooks=hooks)
         for g in range(n):
-            out[start + g] = float(metric(logits[g * B:(g + 1) * B]))
+            out[start + g] = metric_value(metric, logits[g * B:(g + 1) * B])
     return out
 
 
@@ -136,7 +159,7 @@ def _prepare(model, clean, corrupted, metric, direction, names):
     metric = _get_metric(metric, clean, corrupted)
     clean_logits, clean_cache = model.run_with_cache(clean, names_filter=names)
     corr_logits, corr_cache = model.run_with_cache(corrupted, names_filter=names)
-    m_clean, m_corr = float(metric(clean_logits)), float(metric(corr_logits))
+    m_clean, m_corr = metric_value(metric, clean_logits), metric_value(metric, corr_logits)
     base, source = (corrupted, clean_cache) if direction == "denoise" else (clean, corr_cache)
     return base, source, metric, m_clean, m_corr
 
@@ -176,6 +199,10 @@ def patch_sweep(model, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tenso
     the naive one-forward-per-cell loop (same numbers).
     """
     clean_tokens, corrupted_tokens = _check_pair(model, clean_tokens, corrupted_tokens)
+    if cells_per_pass is not None and (isinstance(cells_per_pass, bool) or not isinstance(cells_per_pass, int)
+                                       or cells_per_pass < 1):
+        raise ValueError(f"cells_per_pass must be a positive integer (cells patched per forward pass) or None, "
+                         f"got {cells_per_pass!r}")
     L, H, P = model.cfg.n_layers, model.cfg.n_heads, clean_tokens.shape[1]
     names = [_resolve_hook(model, hook, l) for l in range(L)]
     if per_head and names and _axes(names[0])[1] is None:
@@ -247,7 +274,7 @@ def path_patch(model, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor
 
     hooks = [(f"blocks.{lr}.attn.hook_{receiver_input}", make(lr, [h for l, h in receivers if l == lr]))
              for lr in layers]
-    m = float(metric(model.run_with_hooks(clean_tokens, fwd_hooks=hooks)))
+    m = metric_value(metric, model.run_with_hooks(clean_tokens, fwd_hooks=hooks))
     if not normalise:
         return m
-    return normalised_effect(m, float(metric(clean_logits)), float(metric(corr_logits)))
+    return normalised_effect(m, metric_value(metric, clean_logits), metric_value(metric, corr_logits))
