@@ -97,3 +97,21 @@ def test_random_init_control_matches_worse(model, sae_tokens):
     ctrl_score = mcc(ctrl_sae.directions(), truth)
     assert ctrl_score < 0.6, f"control MCC {ctrl_score:.3f} against the trained model's token directions"
     assert mcc(ctrl_sae.directions(), ctrl.W_E.detach()[1:]) > 0.9
+
+
+@pytest.mark.slow
+def test_topk_sae_after_layer_0_recovers_the_previous_token_family(model, sae_tokens):
+    """After layer 0 every position holds two known features: its token (W_E) and what the
+    previous-token head wrote (W_E[t_{p-1}] W_OV of that head). A TopK SAE with k = 2 finds the
+    second family; on the random-init control the same family (from its own weights) is not found."""
+    from toylab.features.topk import TopKSAE
+    from toylab.scores import head_detector_scores
+    scores = {}
+    for name, mdl in (("trained", model), ("control", random_init_control(model, seed=1))):
+        head = int(head_detector_scores(mdl, sae_tokens[:64])["previous_token"][0].argmax())
+        acts = gather_activations(mdl, "blocks.0.hook_resid_post", sae_tokens)
+        sae = TopKSAE(64, 320, k=2, seed=0)  # 254 true directions (2 x 127) and some spare latents
+        train_sae(sae, acts, steps=500, batch_size=1024, seed=0, resample_every=100, progress=False)
+        scores[name] = mcc(sae.directions(), true_features(mdl, "blocks.0.hook_resid_post")[f"ov_0.{head}"][1:])
+    assert scores["trained"] >= 0.95, scores
+    assert scores["control"] < scores["trained"] - 0.2, scores
