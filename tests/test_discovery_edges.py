@@ -177,3 +177,13 @@ def test_metrics():
         kl_to_clean(logits, torch.zeros(4, dtype=torch.bool))
     with pytest.raises(ValueError, match="scalar"):
         check_metric_value(torch.zeros(3))
+
+
+def test_per_head_input_hooks_and_projected_slots_agree(setup):
+    model, g, clean, corr = setup
+    w = torch.rand(3, len(g), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a = run_with_edges(model, g, clean.tokens, corr.tokens, w)
+        b = run_with_edges(model, g, clean.tokens, corr.tokens, w, project_slots=True)
+    assert torch.allclose(a, b, atol=1e-4)
+    assert no_hooks(model)

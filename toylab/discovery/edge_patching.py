@@ -16,8 +16,9 @@ source's logits.
 
 The run is the model's own forward pass with hooks: ``hook_embed``,
 ``hook_pos_embed`` and ``blocks.{l}.attn.hook_result`` record the senders,
-``blocks.{l}.attn.hook_q|hook_k|hook_v`` are replaced by ``x_r W_Q^h``
-(``W_K``, ``W_V``) and the last ``hook_resid_post`` by ``x_logits``. ``G``
+the per-head inputs ``blocks.{l}.attn.hook_q_input|hook_k_input|hook_v_input``
+are replaced by ``x_r`` (or, for a model without them, ``hook_q|hook_k|hook_v``
+by ``x_r W_Q^h``, ``W_K``, ``W_V``) and the last ``hook_resid_post`` by ``x_logits``. ``G``
 weight vectors run in one forward pass on ``G`` copies of the base batch.
 Hooks are removed when the call returns, also when it raises.
 """
@@ -112,7 +113,7 @@ def _slot_tables(graph: Graph):
 
 def run_with_edges(model, graph: Graph, base, source, patched, metric: Callable | None = None, *,
                    input_deltas: dict | None = None, embed_override: torch.Tensor | None = None,
-                   source_outputs: dict | None = None):
+                   source_outputs: dict | None = None, project_slots: bool = False):
     """Run ``base [batch, pos]`` with edges patched towards ``source`` (tokens of the same shape or ``"zero"``).
 
     ``patched``: edge names / a Circuit whose edges are patched / weights ``[n_edges]`` or ``[G, n_edges]``
@@ -122,6 +123,9 @@ def run_with_edges(model, graph: Graph, base, source, patched, metric: Callable 
     every slot's input, ``(l, slot) -> [G, batch, pos, n_heads, d_model]`` and ``"logits" -> [G, batch,
     pos, d_model]``, with ``requires_grad`` (their gradients are ``dM/dx_r``); ``embed_override
     [G * batch, pos, d_model]`` replaces the token embedding. Gradients flow when grad mode is on.
+    The slot inputs replace the model's per-head input hooks ``hook_q_input|hook_k_input|hook_v_input``
+    (``[batch, pos, n_heads, d_model]``) where the model has them; ``project_slots=True`` (or a model
+    without them) replaces ``hook_q|hook_k|hook_v`` by ``x_r W`` instead (same numbers).
     """
     base, source = check_pair(model, base, source)
     w = as_weights(graph, patched).to(model.W_E.dtype)
@@ -153,7 +157,7 @@ def run_with_edges(model, graph: Graph, base, source, patched, metric: Callable 
                 cur[head_name(l, h)] = act[:, :, h]
         return fn
 
-    def replace_slot(l, slot):
+    def replace_slot(l, slot, project: bool):
         senders, idx = tables[l, slot]
         W = getattr(model.blocks[l].attn, "W_" + slot.upper())
 
@@ -162,7 +166,7 @@ def run_with_edges(model, graph: Graph, base, source, patched, metric: Callable 
             if input_deltas is not None:
                 d = input_deltas.setdefault((l, slot), torch.zeros_like(x, requires_grad=True))
                 x = x + d
-            return torch.einsum("gbphd,hde->gbphe", x, W).reshape(act.shape)
+            return (torch.einsum("gbphd,hde->gbphe", x, W) if project else x).reshape(act.shape)
         return fn
 
     def replace_final(act, hook):
@@ -177,7 +181,12 @@ def run_with_edges(model, graph: Graph, base, source, patched, metric: Callable 
     if graph.positional != "none":
         hooks.append(("hook_pos_embed", capture("pos")))
     for l in range(L):
-        hooks += [(f"blocks.{l}.attn.hook_{slot}", replace_slot(l, slot)) for slot in SLOTS]
+        for slot in SLOTS:
+            per_head_input = f"blocks.{l}.attn.hook_{slot}_input"  # the engine's per-head input hook, if it has one
+            if per_head_input in model.hook_dict and not project_slots:
+                hooks.append((per_head_input, replace_slot(l, slot, False)))
+            else:
+                hooks.append((f"blocks.{l}.attn.hook_{slot}", replace_slot(l, slot, True)))
         hooks.append((f"blocks.{l}.attn.hook_result", capture_heads(l)))
     hooks.append((f"blocks.{L - 1}.hook_resid_post", replace_final))
     logits = model.run_with_hooks(base.repeat(G, 1), fwd_hooks=hooks).reshape(G, B, P, -1)
