@@ -156,36 +156,48 @@ def feature_dimensionality(W: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------- the phase diagram
-def _superposed_loss(r: float, p: float, n_grid: int = 120, steps: int = 400) -> float:
-    """Minimum over antipodal ``W = [w1, -w2]`` and ``b`` of the exact expected loss (quadrature)."""
+def _superposed_losses(r: torch.Tensor, p: torch.Tensor, n_grid: int = 64, steps: int = 250) -> torch.Tensor:
+    """``[P]``: for each pair ``(r[k], p[k])`` the minimum over antipodal ``W = [w1, -w2]`` and
+    ``b`` of the exact expected loss (midpoint quadrature on ``[0,1]^2``, Adam on the 4 parameters;
+    all pairs are optimised at once, independently)."""
+    r, p = r.double()[:, None], p.double()[:, None]
     u = (torch.arange(n_grid, dtype=torch.float64) + 0.5) / n_grid
-    x, y = torch.meshgrid(u, u, indexing="ij")
-    logw = torch.zeros(2, dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    x, y = (t.reshape(1, -1) for t in torch.meshgrid(u, u, indexing="ij"))
+    u = u[None]
+    logw = torch.zeros(r.shape[0], 2, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(r.shape[0], 2, dtype=torch.float64, requires_grad=True)
 
     def expected(logw, b):
-        w1, w2 = logw.exp()
-        a, c, e = w1 * w1, -w1 * w2, w2 * w2  # W^T W = [[a, c], [c, e]]
+        w = logw.exp()
+        a, c, e = w[:, :1] ** 2, -w[:, :1] * w[:, 1:], w[:, 1:] ** 2  # W^T W = [[a, c], [c, e]]
+        b0, b1 = b[:, :1], b[:, 1:]
         relu = torch.relu
-        l00 = relu(b[0]) ** 2 + r * relu(b[1]) ** 2
-        l10 = ((u - relu(a * u + b[0])) ** 2 + r * relu(c * u + b[1]) ** 2).mean()
-        l01 = (relu(c * u + b[0]) ** 2 + r * (u - relu(e * u + b[1])) ** 2).mean()
-        l11 = ((x - relu(a * x + c * y + b[0])) ** 2 + r * (y - relu(c * x + e * y + b[1])) ** 2).mean()
-        return (1 - p) ** 2 * l00 + p * (1 - p) * (l10 + l01) + p * p * l11
+        l00 = relu(b0) ** 2 + r * relu(b1) ** 2
+        l10 = ((u - relu(a * u + b0)) ** 2 + r * relu(c * u + b1) ** 2).mean(1, keepdim=True)
+        l01 = (relu(c * u + b0) ** 2 + r * (u - relu(e * u + b1)) ** 2).mean(1, keepdim=True)
+        l11 = ((x - relu(a * x + c * y + b0)) ** 2 + r * (y - relu(c * x + e * y + b1)) ** 2).mean(1, keepdim=True)
+        return ((1 - p) ** 2 * l00 + p * (1 - p) * (l10 + l01) + p * p * l11).squeeze(1)
 
     grad_was = torch.is_grad_enabled()
     torch.set_grad_enabled(True)
     try:
         opt = torch.optim.Adam([logw, b], lr=0.05)
-        for step in range(steps):
-            loss = expected(logw, b)
+        for _ in range(steps):
+            loss = expected(logw, b).sum()
             opt.zero_grad()
             loss.backward()
             opt.step()
         with torch.no_grad():
-            return float(expected(logw, b))
+            return expected(logw, b)
     finally:
         torch.set_grad_enabled(grad_was)
+
+
+def _check_phase_point(r, p) -> None:
+    if not (isinstance(r, (int, float)) and r > 0 and math.isfinite(r)):
+        raise ValueError(f"relative_importance must be a positive number, got {r!r}")
+    if not (isinstance(p, (int, float)) and 0 < p <= 1):
+        raise ValueError(f"density must be in (0, 1], got {p!r}")
 
 
 def phase_losses(relative_importance: float, density: float) -> dict[str, float]:
@@ -194,13 +206,30 @@ def phase_losses(relative_importance: float, density: float) -> dict[str, float]
     Returns ``{"not_represented", "dedicated", "superposed"}`` -> loss; the
     regime a trained model should land in is the argmin.
     """
-    r, p = relative_importance, density
-    if not (isinstance(r, (int, float)) and r > 0 and math.isfinite(r)):
-        raise ValueError(f"relative_importance must be a positive number, got {r!r}")
-    if not (isinstance(p, (int, float)) and 0 < p <= 1):
-        raise ValueError(f"density must be in (0, 1], got {p!r}")
-    var = p / 3 - p * p / 4
-    return {"not_represented": r * var, "dedicated": var, "superposed": _superposed_loss(r, p)}
+    _check_phase_point(relative_importance, density)
+    grid = phase_diagram([relative_importance], [density])
+    return {name: float(grid["losses"][k, 0, 0]) for k, name in enumerate(REGIMES)}
+
+
+def phase_diagram(relative_importances, densities) -> dict[str, torch.Tensor]:
+    """The analytic phase diagram on a grid ``[R] x [P]``.
+
+    Returns ``{"losses": [3, R, P] (in the order of REGIMES), "regime": [R, P] long}``
+    with ``regime`` the index of the lowest-loss regime.
+    """
+    rs = [float(v) for v in relative_importances]
+    ps = [float(v) for v in densities]
+    if not rs or not ps:
+        raise ValueError("phase_diagram needs at least one relative importance and one density")
+    for r in rs:
+        for p in ps:
+            _check_phase_point(r, p)
+    R, P = torch.meshgrid(torch.tensor(rs, dtype=torch.float64), torch.tensor(ps, dtype=torch.float64),
+                          indexing="ij")
+    var = P / 3 - P * P / 4
+    sup = _superposed_losses(R.reshape(-1), P.reshape(-1)).reshape(R.shape)
+    losses = torch.stack([R * var, var, sup])
+    return {"losses": losses, "regime": losses.argmin(0)}
 
 
 def classify_regime(W: torch.Tensor, threshold: float = 0.1) -> list[str]:
