@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from toylab.data import repeated_tokens
-from toylab.scores import duplicate_token_score, induction_score, previous_token_score
+from toylab.scores import duplicate_token_score, induction_score, previous_token_score, without_bos
 
 L = 6
 TOKENS = torch.tensor([[0, 5, 6, 7, 8, 9, 10, 5, 6, 7, 8, 9, 10]])  # [BOS, r, r] without chance repeats
@@ -68,7 +68,8 @@ def test_inputs_are_not_modified():
 
 def test_bad_input_is_a_clear_error():
     no_repeats = torch.arange(6)[None]
-    p = torch.ones(1, 1, 6, 6).tril() / 6
+    p = torch.ones(1, 1, 6, 6).tril()
+    p = p / p.sum(-1, keepdim=True)
     with pytest.raises(ValueError, match="needs tokens that repeat"):
         induction_score(p, no_repeats)
     with pytest.raises(ValueError, match="needs tokens that repeat"):
@@ -107,3 +108,44 @@ def test_exclude_bos_renormalises_over_the_other_keys():
         dup[0, 0, q, 0] = 0.75
         dup[0, 0, q, q - L] = 0.25
     assert duplicate_token_score(dup, TOKENS, exclude_bos=True).item() == pytest.approx(1.0)
+
+
+def _causal_softmax(x):
+    n = x.shape[-1]
+    return torch.softmax(x.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf")), -1)
+
+
+def test_detectors_refuse_what_is_not_a_causal_probability_pattern():
+    tokens = repeated_tokens(20, 5, 3, torch.Generator().manual_seed(0))
+    raw = torch.randn(3, 2, 11, 11, generator=torch.Generator().manual_seed(1)) * 3
+    scores = raw.masked_fill(torch.ones(11, 11, dtype=torch.bool).triu(1), 0.0)  # pre-softmax, finite mask
+    pattern = _causal_softmax(raw)
+    cases = [
+        (scores, "Did you pass the attention scores"),                          # scores instead of pattern
+        (raw.masked_fill(torch.ones(11, 11, dtype=torch.bool).triu(1), float("-inf")), "NaN or inf"),
+        (pattern.transpose(-1, -2), "not causal.*transposed"),                 # [key, query]
+        (pattern * 2, "row sums in"),                                          # not normalised
+        (torch.full_like(pattern, float("nan")), "NaN or inf"),
+    ]
+    for bad, match in cases:
+        for fn in (lambda p: induction_score(p, tokens), lambda p: duplicate_token_score(p, tokens),
+                   previous_token_score, without_bos):
+            with pytest.raises(ValueError, match=match):
+                fn(bad)
+    # the valid pattern scores inside [0, 1]
+    for v in (induction_score(pattern, tokens), previous_token_score(pattern)):
+        assert ((v >= 0) & (v <= 1)).all()
+
+
+def test_transformerlens_style_normalisation_is_ours_times_the_share_of_target_rows():
+    """TL's "mul" measure averages target attention over *all* query rows; ours over rows with a
+    target. On any pattern the two differ exactly by that share of rows (the docstring's 0.51x)."""
+    tokens = repeated_tokens(20, 7, 4, torch.Generator().manual_seed(2))
+    n = tokens.shape[1]
+    pattern = _causal_softmax(torch.randn(4, 3, n, n, generator=torch.Generator().manual_seed(3)))
+    mask = torch.zeros(4, n, n, dtype=torch.bool)
+    mask[:, :, 1:] = tokens[:, :, None] == tokens[:, None, :-1]
+    mask &= torch.ones(n, n, dtype=torch.bool).tril()
+    tl = (pattern * mask[:, None]).sum(dim=(0, 2, 3)) / pattern.sum(dim=(0, 2, 3))
+    share = mask.any(-1).float().mean()
+    assert torch.allclose(tl, induction_score(pattern, tokens) * share, atol=1e-6)

@@ -24,17 +24,73 @@ removed and each row renormalised over the other keys,
 the attention they do not need on BOS, and this asks what the head does with
 the rest. Destinations whose only candidate key is BOS (``q = 0``, and ``q = 1``
 for the previous-token score) are left out. Inputs are never modified.
+
+``pattern`` must be a causal probability distribution (what
+``hook_pattern`` records): entries >= 0, every row summing to 1 (within
+:data:`ROW_SUM_TOL`) and zero above the diagonal (a key after its query).
+Anything else is refused with a ``ValueError`` naming the likely mistake
+(attention *scores* ``hook_attn_scores`` passed instead of the pattern, a
+transposed ``[key, query]`` pattern, NaN) -- it would otherwise give a
+"score" outside ``[0, 1]``.
+
+Not TransformerLens's normalisation. TransformerLens's ``detect_head``
+(``error_measure="mul"``) scores ``sum(A * D) / sum(A)`` over *every* query
+row of the lower triangle, ``D`` its 0/1 detection pattern; since each row of
+``A`` sums to 1 that is the attention on the targets averaged over *all*
+query positions, rows with no target counting as 0. Ours averages only over
+the destinations ``D`` that have a target (and, on the probe, only over the
+second copy). On ``[BOS, r, r]`` with ``n_ctx = 32`` about half the rows have a
+target, so TransformerLens's induction score of the same head is about half
+of ours (measured 0.51x on the shipped ``induction-2l``). Thresholds (e.g. the
+report's 0.4) do not carry over between the two.
 """
 
 from __future__ import annotations
 
 import torch
 
+ROW_SUM_TOL = 1e-3  # float16/bfloat16 softmax rows sum to 1 within a few 1e-4; float32 within 1e-6
+_ZERO_TOL = 1e-6
+
+
+def check_causal_pattern(pattern: torch.Tensor) -> None:
+    """Raise ``ValueError`` unless ``pattern [..., q, k]`` is a causal attention pattern:
+    finite, ``>= 0``, rows summing to 1 (within ``ROW_SUM_TOL``), zero above the diagonal."""
+    p = pattern.detach()
+    if p.dtype.is_complex or not p.dtype.is_floating_point:
+        raise ValueError(f"pattern must be a float tensor of attention probabilities, got dtype {p.dtype}")
+    if p.numel() == 0:
+        raise ValueError(f"pattern is empty (shape {list(p.shape)})")
+    p = p.float()
+    if not torch.isfinite(p).all():
+        raise ValueError("pattern holds NaN or inf: an attention pattern is finite probabilities "
+                         "(if it came from attention scores, the scores hold -inf above the diagonal)")
+    n = p.shape[-1]
+    above = torch.ones(n, n, dtype=torch.bool, device=p.device).triu(1)
+    upper = p.masked_select(above.expand_as(p)).abs().max() if n > 1 else p.new_zeros(())
+    if float(upper) > _ZERO_TOL:
+        raise ValueError(
+            f"pattern is not causal: it has weight up to {float(upper):.3g} above the diagonal (a key after its "
+            "query). Expected [batch, n_heads, query_pos, key_pos] from hook_pattern; is it transposed "
+            "(key before query)?"
+        )
+    lo = float(p.min())
+    sums = p.sum(-1)
+    bad = (sums - 1).abs().max()
+    if lo < -_ZERO_TOL or float(bad) > ROW_SUM_TOL:
+        raise ValueError(
+            f"pattern is not a probability distribution over keys: entries in [{lo:.3g}, {float(p.max()):.3g}], "
+            f"row sums in [{float(sums.min()):.3g}, {float(sums.max()):.3g}] (expected >= 0 and 1). "
+            "Did you pass the attention scores (hook_attn_scores, before the softmax) instead of the "
+            "pattern (hook_pattern), or take the softmax over the wrong dim?"
+        )
+
 
 def _check_pattern(pattern: torch.Tensor, tokens: torch.Tensor | None = None) -> None:
     if not isinstance(pattern, torch.Tensor) or pattern.ndim != 4 or pattern.shape[-1] != pattern.shape[-2]:
         shape = list(pattern.shape) if isinstance(pattern, torch.Tensor) else type(pattern).__name__
         raise ValueError(f"pattern must have shape [batch, n_heads, query_pos, key_pos] with query_pos == key_pos, got {shape}")
+    check_causal_pattern(pattern)
     if tokens is not None:
         if tokens.ndim != 2 or tokens.shape[0] != pattern.shape[0] or tokens.shape[1] != pattern.shape[-1]:
             raise ValueError(
