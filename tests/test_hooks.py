@@ -16,7 +16,8 @@ def model():
 
 
 def test_hook_names_follow_transformerlens(model):
-    per_layer = ["hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_attn_scores",
+    per_layer = ["hook_resid_pre", "attn.hook_q_input", "attn.hook_k_input", "attn.hook_v_input",
+                 "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_attn_scores",
                  "attn.hook_pattern", "attn.hook_z", "attn.hook_result", "hook_attn_out", "hook_resid_post"]
     expected = ["hook_embed", "hook_pos_embed"] + [f"blocks.{l}.{n}" for l in range(2) for n in per_layer]
     assert sorted(model.hook_names) == sorted(expected)
@@ -123,3 +124,51 @@ def test_zero_layer_model_has_embed_hooks_only():
     assert model.hook_names == ["hook_embed"]
     logits, cache = model.run_with_cache(torch.tensor([[0, 1, 2]]))
     torch.testing.assert_close(logits, cache["embed"] @ model.W_U)
+
+
+def test_per_head_inputs_have_head_axis_and_include_shortformer_positions(model):
+    _, cache = model.run_with_cache(TOKENS)
+    for l in range(2):
+        for kind in ("q", "k", "v"):
+            assert cache[f"blocks.{l}.attn.hook_{kind}_input"].shape == (2, 6, 2, 8)
+    resid = cache["blocks.0.hook_resid_pre"]
+    pos = cache["hook_pos_embed"]
+    for h in range(2):
+        torch.testing.assert_close(cache["blocks.0.attn.hook_q_input"][:, :, h], resid + pos)
+        torch.testing.assert_close(cache["blocks.0.attn.hook_k_input"][:, :, h], resid + pos)
+        torch.testing.assert_close(cache["blocks.0.attn.hook_v_input"][:, :, h], resid)
+    # q = per-head input @ W_Q, head by head
+    W_Q = model.blocks[1].attn.W_Q
+    q = torch.einsum("bphd,hde->bphe", cache["blocks.1.attn.hook_q_input"], W_Q)
+    torch.testing.assert_close(q, cache["q", 1])
+
+
+def test_identity_input_hooks_leave_logits_unchanged(model):
+    plain = model(TOKENS)
+    names = [f"blocks.{l}.attn.hook_{k}_input" for l in range(2) for k in ("q", "k", "v")]
+    hooked = model.run_with_hooks(TOKENS, fwd_hooks=[(n, lambda x, hook: x) for n in names])
+    torch.testing.assert_close(hooked, plain, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["q", "k", "v"])
+def test_patching_one_heads_input_changes_only_that_head(model, kind):
+    def scramble_head0(x, hook):
+        x = x.clone()
+        x[:, :, 0] = x[:, :, 0].flip(1) * 3.0
+        return x
+
+    _, clean = model.run_with_cache(TOKENS)
+    with model.hooks([(f"blocks.1.attn.hook_{kind}_input", scramble_head0)]):
+        _, patched = model.run_with_cache(TOKENS)
+    assert not torch.allclose(patched[kind, 1][:, :, 0], clean[kind, 1][:, :, 0])
+    torch.testing.assert_close(patched[kind, 1][:, :, 1], clean[kind, 1][:, :, 1])
+    torch.testing.assert_close(patched["z", 1][:, :, 1], clean["z", 1][:, :, 1])
+    assert not torch.allclose(patched["z", 1][:, :, 0], clean["z", 1][:, :, 0])
+    torch.testing.assert_close(patched["resid_pre", 1], clean["resid_pre", 1])  # upstream untouched
+
+
+def test_input_hooks_are_only_computed_when_hooked(model):
+    seen = []
+    model.run_with_hooks(TOKENS, fwd_hooks=[("blocks.0.attn.hook_q", lambda x, hook: seen.append(hook.name))])
+    assert seen == ["blocks.0.attn.hook_q"]
+    assert not model.any_hooks()

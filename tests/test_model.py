@@ -149,3 +149,106 @@ def test_single_sequence_accepted():
 def test_unknown_return_type():
     with pytest.raises(ValueError, match="unknown return_type"):
         make(1)(torch.tensor([[1, 2]]), return_type="probs")
+
+
+# ---- the fused fast path (used only when no hook is attached) against the hooked reference ----
+
+def _loss_and_grads(model, tokens):
+    loss = model(tokens, return_type="loss")
+    logits = model(tokens)
+    grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)  # 0L shortformer: W_pos unused
+    return logits.detach(), [torch.zeros_like(p) if g is None else g for p, g in zip(model.parameters(), grads)]
+
+
+@pytest.mark.parametrize("layernorm", [False, True])
+@pytest.mark.parametrize("positional", ["none", "learned", "shortformer"])
+@pytest.mark.parametrize("n_layers", [0, 1, 2, 3])
+def test_fast_and_hooked_paths_agree_on_logits_and_gradients(n_layers, positional, layernorm):
+    model = make(n_layers, positional, layernorm=layernorm, d_model=16)
+    tokens = torch.randint(0, 11, (5, 9), generator=torch.Generator().manual_seed(0))
+    assert model.fast_path and not model.any_hooks()
+    fast_logits, fast_grads = _loss_and_grads(model, tokens)
+    model.fast_path = False
+    ref_logits, ref_grads = _loss_and_grads(model, tokens)
+    # float32 with a different summation order: a few ulps of values of order 1
+    torch.testing.assert_close(fast_logits, ref_logits, rtol=1e-5, atol=1e-5)
+    for (name, _), g_fast, g_ref in zip(model.named_parameters(), fast_grads, ref_grads):
+        torch.testing.assert_close(g_fast, g_ref, rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_fast_path_matches_the_paper_reference():
+    model = make(2, "shortformer", d_model=16)
+    tokens = torch.randint(0, 11, (2, 9), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(model(tokens), reference_logits(model, tokens), rtol=1e-4, atol=1e-5)
+
+
+def test_any_hook_switches_to_the_hooked_path():
+    model = make(2, "shortformer")
+    tokens = torch.randint(0, 11, (2, 9), generator=torch.Generator().manual_seed(1))
+    seen = []
+    model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.hook_resid_post", lambda x, hook: seen.append(1))])
+    assert seen == [1]
+    _, cache = model.run_with_cache(tokens, names_filter="blocks.0.attn.hook_pattern")
+    assert list(cache) == ["blocks.0.attn.hook_pattern"]
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_two_trainings_in_one_process_are_bit_identical(fast):
+    def run():
+        torch.manual_seed(0)
+        model = make(2, "shortformer", d_model=16, layernorm=False)
+        model.fast_path = fast
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        g = torch.Generator().manual_seed(5)
+        for _ in range(5):
+            loss = model(torch.randint(0, 11, (8, 9), generator=g), return_type="loss")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return [p.detach().clone() for p in model.parameters()]
+
+    for a, b in zip(run(), run()):
+        assert torch.equal(a, b)
+
+
+# ---- masked positions contribute exactly nothing ----
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("positional,layernorm", [("learned", False), ("shortformer", False), ("none", True)])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weight_row_does_not_leak_to_earlier_positions(fast, positional, layernorm, bad):
+    model = make(3, positional, layernorm=layernorm, d_model=16)
+    model.fast_path = fast
+    tokens = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9]])  # token 6 is at position 5 only
+    before = model(tokens).detach()
+    with torch.no_grad():
+        model.W_E[6] = bad
+    after = model(tokens).detach()
+    assert torch.isfinite(after[:, :5]).all()
+    torch.testing.assert_close(after[:, :5], before[:, :5], rtol=1e-5, atol=1e-6)
+    assert not torch.isfinite(after[:, 5:]).all()  # the bad value is still visible where it is read
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_non_finite_position_row_does_not_leak(fast):
+    model = make(2, "shortformer", d_model=16)
+    model.fast_path = fast
+    tokens = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9]])
+    before = model(tokens).detach()
+    with torch.no_grad():
+        model.W_pos[5] = float("nan")
+    after = model(tokens).detach()
+    torch.testing.assert_close(after[:, :5], before[:, :5], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("init_std", [float("inf"), float("nan"), -1.0, 0.0, True, "1"])
+def test_config_rejects_bad_init_std(init_std):
+    with pytest.raises(ValueError, match="init_std"):
+        ModelConfig(d_vocab=5, n_ctx=4, d_model=4, n_layers=1, init_std=init_std)
+
+
+def test_tokens_on_another_device_is_a_clear_error():
+    model = make(1)
+    tokens = torch.zeros(1, 3, dtype=torch.long, device="meta")
+    with pytest.raises(ValueError, match="tokens are on meta but the model is on cpu"):
+        model(tokens)

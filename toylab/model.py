@@ -73,8 +73,9 @@ class ModelConfig:
             raise ValueError(f"unknown positional mode {self.positional!r}; expected one of {POSITIONAL_MODES}")
         if not isinstance(self.layernorm, bool):
             raise ValueError(f"ModelConfig.layernorm must be True or False, got {self.layernorm!r}")
-        if not (isinstance(self.init_std, (int, float)) and self.init_std > 0):
-            raise ValueError(f"ModelConfig.init_std must be a positive number, got {self.init_std!r}")
+        if (not isinstance(self.init_std, (int, float)) or isinstance(self.init_std, bool)
+                or not math.isfinite(self.init_std) or self.init_std <= 0):
+            raise ValueError(f"ModelConfig.init_std must be a positive finite number, got {self.init_std!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -114,6 +115,9 @@ class Attention(nn.Module):
         self.W_K = nn.Parameter(torch.empty(h, d, e))
         self.W_V = nn.Parameter(torch.empty(h, d, e))
         self.W_O = nn.Parameter(torch.empty(h, e, d))
+        self.hook_q_input = HookPoint()  # [batch, pos, n_heads, d_model], computed only when hooked
+        self.hook_k_input = HookPoint()  # [batch, pos, n_heads, d_model], computed only when hooked
+        self.hook_v_input = HookPoint()  # [batch, pos, n_heads, d_model], computed only when hooked
         self.hook_q = HookPoint()  # [batch, pos, n_heads, d_head]
         self.hook_k = HookPoint()  # [batch, pos, n_heads, d_head]
         self.hook_v = HookPoint()  # [batch, pos, n_heads, d_head]
@@ -122,27 +126,100 @@ class Attention(nn.Module):
         self.hook_z = HookPoint()  # [batch, pos, n_heads, d_head]
         self.hook_result = HookPoint()  # [batch, pos, n_heads, d_model]
 
+    def _project(self, inp: torch.Tensor, W: torch.Tensor, hook_input: HookPoint) -> torch.Tensor:
+        """``inp [batch, pos, d_model] @ W [n_heads, d_model, d_head]`` -> ``[batch, pos, n_heads, d_head]``.
+
+        When ``hook_input`` is hooked, the input is first copied per head
+        (``[batch, pos, n_heads, d_model]``) and passed through the hook, so one
+        head's input can be patched without touching the others.
+        """
+        if hook_input.has_hooks:
+            per_head = hook_input(inp[:, :, None, :].expand(-1, -1, self.cfg.n_heads, -1).clone())
+            return torch.einsum("bphd,hde->bphe", per_head, W)
+        return torch.einsum("bpd,hde->bphe", inp, W)
+
     def forward(self, x: torch.Tensor, qk_extra: torch.Tensor | None = None) -> torch.Tensor:
         """``x [batch, pos, d_model]`` -> attention output ``[batch, pos, d_model]``.
 
-        ``qk_extra [pos, d_model]`` (shortformer positions) is added to the
-        input of the queries and keys only.
+        ``qk_extra [batch, pos, d_model]`` (shortformer positions) is added to
+        the input of the queries and keys only. This is the reference (hooked)
+        path: every activation passes through its hook point.
         """
         qk_in = x if qk_extra is None else x + qk_extra
-        q = self.hook_q(torch.einsum("bpd,hde->bphe", qk_in, self.W_Q))
-        k = self.hook_k(torch.einsum("bpd,hde->bphe", qk_in, self.W_K))
-        v = self.hook_v(torch.einsum("bpd,hde->bphe", x, self.W_V))
+        q = self.hook_q(self._project(qk_in, self.W_Q, self.hook_q_input))
+        k = self.hook_k(self._project(qk_in, self.W_K, self.hook_k_input))
+        v = self.hook_v(self._project(x, self.W_V, self.hook_v_input))
         n_pos = x.shape[1]
         scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(self.cfg.d_head)
-        future = torch.triu(torch.ones(n_pos, n_pos, dtype=torch.bool, device=x.device), diagonal=1)
+        future = causal_future_mask(n_pos, x.device)
         scores = self.hook_attn_scores(scores.masked_fill(future, float("-inf")))
         pattern = self.hook_pattern(torch.softmax(scores, dim=-1))
-        z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)
-        z = self.hook_z(z)
+        z = self.hook_z(masked_pattern_times_v(pattern, v))
         if self.hook_result.has_hooks:  # per-head outputs only when someone looks at them
             result = self.hook_result(torch.einsum("bqhe,hed->bqhd", z, self.W_O))
             return result.sum(dim=2)
         return z.flatten(2) @ self.W_O.flatten(0, 1)
+
+    def forward_fast(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+        """The same map as :meth:`forward`, fused, for when no hook is attached.
+
+        ``x [batch, pos, d_model]``, ``pos [pos, d_model]`` (shortformer
+        positions, or None) -> ``[batch, pos, d_model]``. One matmul gives
+        ``[q | k | v] = x [W_Q | W_K | W_V]`` (plus ``pos [W_Q | W_K]`` for
+        shortformer, computed once for the batch), then
+        ``scaled_dot_product_attention`` with a causal mask.
+        """
+        cfg = self.cfg
+        b, n, _ = x.shape
+        h, e = cfg.n_heads, cfg.d_head
+        W = torch.cat([self.W_Q, self.W_K, self.W_V], dim=0)  # [3h, d_model, d_head]
+        W = W.permute(1, 0, 2).reshape(cfg.d_model, 3 * h * e)
+        qkv = (x @ W).view(b, n, 3, h, e)
+        if pos is not None:
+            qk_pos = (pos @ W[:, : 2 * h * e]).view(1, n, 2, h, e)
+            qk = qkv[:, :, :2] + qk_pos
+            q, k = qk[:, :, 0], qk[:, :, 1]
+        else:
+            q, k = qkv[:, :, 0], qkv[:, :, 1]
+        if not bool(torch.isfinite(qkv).all()) or (pos is not None and not bool(torch.isfinite(pos).all())):
+            # a non-finite value: the reference path keeps masked keys out exactly
+            return self.forward(x, None if pos is None else pos.expand(b, -1, -1))
+        v = qkv[:, :, 2]
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [b, h, pos, e]
+        z = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return z.transpose(1, 2).reshape(b, n, h * e) @ self.W_O.flatten(0, 1)
+
+
+_FUTURE_MASKS: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def causal_future_mask(n_pos: int, device) -> torch.Tensor:
+    """``[n_pos, n_pos]`` bool, True above the diagonal (key after query); cached per size and device."""
+    key = (n_pos, str(device))
+    mask = _FUTURE_MASKS.get(key)
+    if mask is None:
+        mask = torch.triu(torch.ones(n_pos, n_pos, dtype=torch.bool, device=device), diagonal=1)
+        _FUTURE_MASKS[key] = mask
+    return mask
+
+
+def masked_pattern_times_v(pattern: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``z[b, q, h] = sum_{k <= q} pattern[b, h, q, k] v[b, k, h]``, with masked keys contributing exactly nothing.
+
+    ``pattern [batch, n_heads, query_pos, key_pos]``, ``v [batch, pos, n_heads, d_head]``
+    -> ``z [batch, pos, n_heads, d_head]``. A plain ``pattern @ v`` computes
+    ``0 * v[k]`` for keys after the query, which is NaN when ``v[k]`` is not
+    finite, so one bad value at position p would poison every earlier
+    position. Where no key at or before the query is non-finite, ``z`` is
+    taken from the finite part of ``v`` instead. Costs one check when ``v`` is finite.
+    """
+    z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)
+    bad = ~torch.isfinite(v)
+    if not bool(bad.any()):
+        return z
+    reached = bad.cummax(dim=1).values  # a non-finite key at or before this query
+    clean = torch.einsum("bhqk,bkhe->bqhe", pattern, v.masked_fill(bad, 0.0))
+    return torch.where(reached, z, clean)
 
 
 class Block(nn.Module):
@@ -164,6 +241,11 @@ class Block(nn.Module):
         x = self.ln1.hook_normalized(layer_norm(resid)) if self.cfg.layernorm else resid
         attn_out = self.hook_attn_out(self.attn(x, qk_extra))
         return self.hook_resid_post(resid + attn_out)
+
+    def forward_fast(self, resid: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`forward` without hook points, through :meth:`Attention.forward_fast`."""
+        x = layer_norm(resid) if self.cfg.layernorm else resid
+        return resid + self.attn.forward_fast(x, pos)
 
 
 class AttnOnlyTransformer(HookedRootModule):
@@ -194,6 +276,9 @@ class AttnOnlyTransformer(HookedRootModule):
             self.ln_final.hook_normalized = HookPoint()
         self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
         self.setup_hooks()
+        # The fused path (Attention.forward_fast) runs only when this is True and no hook
+        # point has a hook; run_with_hooks / run_with_cache always see the hooked path.
+        self.fast_path = True
         if seed is not None:
             self.init_weights(seed)
 
@@ -256,6 +341,11 @@ class AttnOnlyTransformer(HookedRootModule):
             tokens = tokens[None]
         if tokens.ndim != 2:
             raise ValueError(f"tokens must have shape [batch, pos] or [pos], got {list(tokens.shape)}")
+        if tokens.device != self.W_E.device:
+            raise ValueError(
+                f"tokens are on {tokens.device} but the model is on {self.W_E.device}: "
+                f"move them with tokens.to({str(self.W_E.device)!r})"
+            )
         batch, n_pos = tokens.shape
         if batch == 0 or n_pos == 0:
             raise ValueError(f"tokens is empty (shape {list(tokens.shape)}); expected at least one token")
@@ -280,6 +370,38 @@ class AttnOnlyTransformer(HookedRootModule):
         if return_type not in ("logits", "loss", "loss_per_token", "both"):
             raise ValueError(f"unknown return_type {return_type!r}; expected logits, loss, loss_per_token or both")
         tokens = self.check_tokens(tokens)
+        if self.fast_path and not self.any_hooks():
+            logits = self._forward_fast(tokens)
+        else:
+            logits = self._forward_hooked(tokens)
+        if return_type == "logits":
+            return logits
+        per_token = next_token_loss(logits, tokens)
+        if return_type == "loss_per_token":
+            return per_token
+        return per_token.mean() if return_type == "loss" else (logits, per_token.mean())
+
+    def any_hooks(self) -> bool:
+        """True when a hook is attached to any hook point of the model."""
+        return any(hp._fwd_hooks for hp in self.hook_dict.values())
+
+    def _forward_fast(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``tokens [batch, pos]`` -> logits ``[batch, pos, d_vocab]`` with no hook points (fused attention)."""
+        n_pos = tokens.shape[1]
+        resid = self.W_E[tokens]
+        pos = None
+        if self.cfg.positional == "learned":
+            resid = resid + self.W_pos[:n_pos]
+        elif self.cfg.positional == "shortformer":
+            pos = self.W_pos[:n_pos]
+        for block in self.blocks:
+            resid = block.forward_fast(resid, pos)
+        if self.cfg.layernorm:
+            resid = layer_norm(resid)
+        return resid @ self.W_U
+
+    def _forward_hooked(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``tokens [batch, pos]`` -> logits ``[batch, pos, d_vocab]`` through every hook point (the reference)."""
         n_pos = tokens.shape[1]
         resid = self.hook_embed(self.W_E[tokens])
         qk_extra = None
@@ -293,13 +415,7 @@ class AttnOnlyTransformer(HookedRootModule):
             resid = block(resid, qk_extra)
         if self.cfg.layernorm:
             resid = self.ln_final.hook_normalized(layer_norm(resid))
-        logits = resid @ self.W_U
-        if return_type == "logits":
-            return logits
-        per_token = next_token_loss(logits, tokens)
-        if return_type == "loss_per_token":
-            return per_token
-        return per_token.mean() if return_type == "loss" else (logits, per_token.mean())
+        return resid @ self.W_U
 
 
 def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
