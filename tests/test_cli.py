@@ -58,3 +58,118 @@ def test_analyze_prints_the_head_report_and_composition(capsys):
     assert "K-composition" in out and "0.0->1.1" in out and "induction" in out
     assert main(["analyze", "bigram-0l"]) == 0
     assert "bigram table" in capsys.readouterr().out
+
+
+# --- the output path: refused before training, and a good file always survives ------------------
+
+import errno  # noqa: E402
+import os  # noqa: E402
+
+import torch  # noqa: E402
+
+from toylab import checkpoint as ckpt_mod  # noqa: E402
+from toylab.checkpoint import load_checkpoint  # noqa: E402
+
+TINY = ["train", "bigram-0l", "--steps", "4", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def good_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("good") / "model.pt"
+    assert main(TINY + ["--seed", "3", "--out", str(out)]) == 0
+    return out
+
+
+def copy_good(good_model, tmp_path):
+    for suffix in (".pt", ".json"):
+        (tmp_path / f"model{suffix}").write_bytes(good_model.with_suffix(suffix).read_bytes())
+    return tmp_path / "model.pt"
+
+
+def test_out_ending_in_json_is_refused(good_model, tmp_path, capsys):
+    out = copy_good(good_model, tmp_path)
+    before = out.with_suffix(".json").read_bytes()
+    assert main(TINY + ["--out", str(out.with_suffix(".json"))]) == 2
+    assert "must not end in .json" in capsys.readouterr().err
+    assert out.with_suffix(".json").read_bytes() == before and load_checkpoint(out).seed == 3
+
+
+def test_out_on_a_folder_is_refused(tmp_path, capsys):
+    assert main(TINY + ["--out", str(tmp_path)]) == 2
+    assert "is a folder; give a file path" in capsys.readouterr().err
+
+
+def test_out_in_a_read_only_folder(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(ckpt_mod.os, "access", lambda p, mode: False)  # root ignores permission bits
+    assert main(TINY + ["--out", str(tmp_path / "m.pt")]) == 2
+    assert "is not writable" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
+def test_out_on_a_full_disk_keeps_the_good_file(good_model, tmp_path, monkeypatch, capsys):
+    out = copy_good(good_model, tmp_path)
+    before = out.read_bytes(), out.with_suffix(".json").read_bytes()
+
+    def full(obj, f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    assert main(TINY + ["--seed", "9", "--out", str(out)]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert (out.read_bytes(), out.with_suffix(".json").read_bytes()) == before
+    assert sorted(os.listdir(tmp_path)) == ["model.json", "model.pt"]
+
+
+def test_ctrl_c_saves_a_partial_checkpoint_beside_the_target(good_model, tmp_path, monkeypatch, capsys):
+    import dataclasses
+
+    import toylab.cli as cli
+    import toylab.train as train_mod
+
+    out = copy_good(good_model, tmp_path)
+    before = out.read_bytes()
+    real_train = train_mod.train
+
+    def interrupt(entry):
+        if entry["step"] >= 4:
+            raise KeyboardInterrupt  # as if Ctrl-C arrived during step 5
+
+    def train_with_ctrl_c(model_cfg, data_spec, train_cfg, **k):
+        train_cfg = dataclasses.replace(train_cfg, eval_every=2)  # a callback at steps 2, 4, ...
+        return real_train(model_cfg, data_spec, train_cfg, **{**k, "callback": interrupt})
+
+    monkeypatch.setattr(cli, "train", train_with_ctrl_c)
+    code = main(["train", "bigram-0l", "--steps", "40", "--quiet", "--out", str(out)])
+    assert code == 130
+    err = capsys.readouterr().err
+    partial = tmp_path / "model.partial.pt"
+    assert "interrupted at step 4 of 40" in err and str(partial) in err
+    assert out.read_bytes() == before  # the target is untouched
+    ckpt = load_checkpoint(partial)
+    assert ckpt.metrics["partial"] is True and ckpt.metrics["step"] == 4 and ckpt.metrics["steps_planned"] == 40
+    assert ckpt_mod.check_metadata(partial) is None
+    assert main(["info", str(partial)]) == 0
+    assert "PARTIAL: training was interrupted at step 4 of 40" in capsys.readouterr().out
+
+
+def test_info_detects_metadata_of_another_checkpoint(good_model, tmp_path, capsys):
+    out = copy_good(good_model, tmp_path)
+    meta = json.loads(out.with_suffix(".json").read_text())
+    meta["sha256"] = "0" * 64
+    out.with_suffix(".json").write_text(json.dumps(meta))
+    assert main(["info", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "seed 3" in captured.out and "describes another checkpoint" in captured.err
+
+
+def test_info_on_a_checkpoint_whose_record_lacks_fields(good_model, tmp_path, capsys):
+    out = copy_good(good_model, tmp_path)
+    payload = torch.load(out, weights_only=True)
+    payload["data_spec"] = {}
+    payload["metrics"] = {"step": 4}
+    del payload["train_spec"]["lr"]
+    torch.save(payload, out)
+    out.with_suffix(".json").unlink()
+    assert main(["info", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "lr None" in printed and "validation loss        - nats" in printed

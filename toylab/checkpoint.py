@@ -8,16 +8,31 @@ no pickled code ever runs:
 "torch_version", "config", "data_spec", "train_spec", "seed", "history",
 "metrics", "state_dict", "prefix_state"}``
 
-Files are written atomically (a temporary file in the same folder, then a
-rename), so an interrupted save never leaves a half-written checkpoint.
+Files are written atomically (a temporary file ``.NAME.PID.XXXX.tmp`` in the
+same folder, then a rename), so an interrupted save never leaves a
+half-written checkpoint, and an existing file at the path survives every
+failed save. Temporary files that a killed save left behind are removed by
+the next save into the same folder (when their process is gone, or they are
+over an hour old).
+
+A checkpoint may have a metadata file beside it (``NAME.json``, written by
+``toylab train``). Its ``sha256`` is the hash of the exact bytes of the
+checkpoint it was written with (hashed from the temporary file, before
+either rename), so a ``.json`` left from another save (an interrupted pair
+of renames, two writers) is detected by :func:`check_metadata`.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -26,10 +41,15 @@ from toylab.model import AttnOnlyTransformer, ModelConfig
 
 FORMAT = "toylab-checkpoint"
 FORMAT_VERSION = 1
+STALE_TMP_SECONDS = 3600  # a temporary file this old is left from a killed save
 
 
 class CheckpointError(ValueError):
-    """A file that is not a usable toylab checkpoint."""
+    """A file that is not a usable toylab checkpoint (or a spec that cannot be saved in one)."""
+
+
+class SaveError(OSError):
+    """A checkpoint (or other file) could not be written; any existing file at the path is untouched."""
 
 
 @dataclass
@@ -52,27 +72,178 @@ class Checkpoint:
         return self.model.cfg
 
 
-def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call ``write(tmp_path)`` and rename the result to ``path``; clean up on failure."""
+def check_writable(path: str | os.PathLike) -> Path:
+    """Raise :class:`SaveError` now if ``path`` cannot be written as a file (a folder,
+    a read-only or missing-and-uncreatable folder); used before long work."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    if path.is_dir():
+        raise SaveError(errno.EISDIR, f"{path} is a folder; give a file path such as {path / 'model.pt'}")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise SaveError(errno.ENOTDIR, f"cannot write {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SaveError(errno.EACCES, f"cannot write {path}: the folder {parent} is not writable")
+    if path.exists() and not os.access(path.parent, os.W_OK):
+        raise SaveError(errno.EACCES, f"cannot write {path}: the folder {path.parent} is not writable")
     return path
 
 
-def _plain_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone().contiguous() for k, v in state.items()}
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's) or cannot tell: keep its file
+    return True
+
+
+def clean_stale_tmp(path: str | os.PathLike, max_age: float = STALE_TMP_SECONDS) -> list[Path]:
+    """Remove the temporary files ``.NAME.*.tmp`` that killed saves of ``path`` left.
+
+    A file is stale when the process id in its name is not running, or (for
+    names without a pid) it is older than ``max_age`` seconds. Returns the
+    removed paths; errors while cleaning are ignored (cleaning is best effort).
+    """
+    path = Path(path)
+    removed = []
+    now = time.time()
+    try:
+        candidates = list(path.parent.glob(f".{path.name}.*.tmp"))
+    except OSError:
+        return removed
+    for tmp in candidates:
+        middle = tmp.name[len(path.name) + 2:-len(".tmp")]
+        pid_part = middle.split(".", 1)[0]
+        try:
+            if pid_part.isdigit() and "." in middle:
+                stale = int(pid_part) != os.getpid() and not _pid_alive(int(pid_part))
+            else:
+                stale = False
+            stale = stale or now - tmp.stat().st_mtime > max_age
+            if stale:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:
+            pass
+    return removed
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip()
+    if isinstance(e, OSError) and e.strerror:
+        text = e.strerror
+    elif "enforce fail" in text or "inline_container" in text:  # torch's zip writer on a full disk
+        text = f"torch could not write the file (full disk?): {text.splitlines()[0][:120]}"
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _make_tmp(path: Path) -> str:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+    return tmp
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
+    """Call ``write(tmp_path)`` and rename the result to ``path``; clean up on failure.
+
+    Any failure (a folder at ``path``, a read-only folder, a full disk) raises
+    :class:`SaveError` saying what went wrong; the file already at ``path`` is
+    then untouched.
+    """
+    return atomic_write_many([(Path(path), write)])[0]
+
+
+def atomic_write_many(items: list[tuple[Path, Callable[[str], object]]],
+                      after_write: Callable[[list[str]], None] | None = None) -> list[Path]:
+    """Write every ``(path, write)`` to a temporary file first, then rename them all.
+
+    ``after_write(tmp_paths)`` runs once every temporary file is complete and
+    before the first rename (it may write more into the later ones: this is how
+    a metadata file records the hash of the checkpoint's exact bytes).
+    """
+    paths = [check_writable(Path(p)) for p, _ in items]
+    tmps: list[str] = []
+    try:
+        for path, (_, write) in zip(paths, items):
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                clean_stale_tmp(path)
+                tmps.append(_make_tmp(path))
+                write(tmps[-1])
+            except SaveError:
+                raise
+            except Exception as e:
+                raise SaveError(getattr(e, "errno", None) or errno.EIO,
+                                f"could not write {path}: {_reason(e)} (an existing file there is untouched)") from e
+        if after_write is not None:
+            try:
+                after_write(tmps)
+            except Exception as e:
+                raise SaveError(getattr(e, "errno", None) or errno.EIO,
+                                f"could not write {paths[-1]}: {_reason(e)} (existing files are untouched)") from e
+        for path, tmp in zip(paths, tmps):
+            try:
+                os.replace(tmp, path)
+            except OSError as e:
+                raise SaveError(e.errno, f"could not write {path}: {_reason(e)}") from e
+    except BaseException:
+        for tmp in tmps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        raise
+    return paths
+
+
+def _plain_state(state: dict[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in state.items():
+        v = v.detach().clone().contiguous().cpu()
+        _check_finite(k, v, what)
+        out[k] = v
+    return out
+
+
+def _check_finite(name: str, tensor: torch.Tensor, where: str) -> None:
+    if tensor.is_floating_point() or tensor.is_complex():
+        bad = ~torch.isfinite(tensor)
+        if bool(bad.any()):
+            n_nan, n_bad = int(torch.isnan(tensor).sum()), int(bad.sum())
+            raise CheckpointError(
+                f"{where}: weight {name} has {n_bad} non-finite value(s) ({n_nan} NaN, {n_bad - n_nan} inf) "
+                f"of {tensor.numel()}; a model with NaN/inf weights gives NaN everywhere (did training diverge?)"
+            )
+
+
+def json_like(obj, name: str):
+    """A copy of ``obj`` as plain JSON-like data (dict with str keys, list, str, int,
+    float, bool, None; tuples stay tuples), or a ``CheckpointError`` naming the
+    first part that is not (a set, a tensor, a numpy int, a class instance)."""
+    if obj is None or isinstance(obj, (str, bool)):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return float(obj)
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                raise CheckpointError(f"{name} has the key {k!r} ({type(k).__name__}); keys must be strings")
+            out[k] = json_like(v, f"{name}[{k!r}]")
+        return out
+    if isinstance(obj, (list, tuple)):
+        items = [json_like(v, f"{name}[{i}]") for i, v in enumerate(obj)]
+        return tuple(items) if isinstance(obj, tuple) else items
+    raise CheckpointError(
+        f"{name} is a {type(obj).__module__}.{type(obj).__name__}; a checkpoint stores only JSON-like data "
+        f"(dict, list, str, int, float, bool, None): convert it first (e.g. .tolist(), int(x))"
+    )
 
 
 def save_checkpoint(
@@ -85,32 +256,92 @@ def save_checkpoint(
     history: list[dict] | None = None,
     metrics: dict | None = None,
     prefix_state: dict[str, torch.Tensor] | None = None,
+    metadata: dict | None = None,
 ) -> Path:
-    """Write ``model`` and its training record to ``path`` atomically; returns the path."""
+    """Write ``model`` and its training record to ``path`` atomically; returns the path.
+
+    The specs, history and metrics must be JSON-like (else ``CheckpointError``
+    now, not a file that cannot be loaded); weights must be finite. With
+    ``metadata``, also write ``path.with_suffix(".json")`` holding it plus
+    ``file`` and ``sha256`` (the hash of the checkpoint bytes written). A
+    failed save raises :class:`SaveError` and leaves existing files untouched.
+    """
+    path = Path(path)
+    meta_path = path.with_suffix(".json")
+    if metadata is not None and meta_path == path:
+        raise CheckpointError(f"{path}: a checkpoint path must not end in .json (its metadata goes to NAME.json)")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise CheckpointError(f"seed must be an integer, got {seed!r}")
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "toylab_version": __version__,
         "torch_version": str(torch.__version__),
         "config": model.cfg.to_dict(),
-        "data_spec": data_spec,
-        "train_spec": train_spec,
+        "data_spec": json_like(data_spec, "data_spec"),
+        "train_spec": json_like(train_spec, "train_spec"),
         "seed": int(seed),
-        "history": history or [],
-        "metrics": metrics or {},
-        "state_dict": _plain_state(model.state_dict()),
-        "prefix_state": _plain_state(prefix_state) if prefix_state is not None else None,
+        "history": json_like(history or [], "history"),
+        "metrics": json_like(metrics or {}, "metrics"),
+        "state_dict": _plain_state(model.state_dict(), "save_checkpoint"),
+        "prefix_state": _plain_state(prefix_state, "save_checkpoint (prefix_state)") if prefix_state is not None
+        else None,
     }
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    if metadata is None:
+        return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    meta = json_like(metadata, "metadata")
+
+    def write_meta(tmps: list[str]) -> None:
+        digest = hashlib.sha256(Path(tmps[0]).read_bytes()).hexdigest()
+        full = {**meta, "file": path.name, "sha256": digest}
+        Path(tmps[1]).write_text(json.dumps(full, indent=1) + "\n")
+
+    atomic_write_many([(path, lambda tmp: torch.save(payload, tmp)), (meta_path, lambda tmp: None)],
+                      after_write=write_meta)
+    return path
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_metadata(path: str | os.PathLike) -> str | None:
+    """``None`` when ``path``'s ``.json`` metadata (if any) describes this very file,
+    else a sentence saying what is wrong (another checkpoint's hash, unreadable)."""
+    path = Path(path)
+    meta_path = path.with_suffix(".json")
+    if meta_path == path or not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as e:
+        return f"the metadata {meta_path} is unreadable ({_reason(e)})"
+    if not isinstance(meta, dict) or "sha256" not in meta:
+        return f"the metadata {meta_path} records no sha256, so it cannot be matched to {path.name}"
+    if meta.get("file", path.name) != path.name:
+        return f"the metadata {meta_path} describes {meta['file']!r}, not {path.name!r}"
+    if meta["sha256"] != file_sha256(path):
+        return (f"the metadata {meta_path} describes another checkpoint (its sha256 does not match "
+                f"{path.name}: an interrupted save or two writers); the .pt itself is self-contained, "
+                f"re-save it or delete the stale .json")
+    return None
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Load a checkpoint written by :func:`save_checkpoint`.
 
     Raises ``FileNotFoundError`` for a missing file and :class:`CheckpointError`
-    for a corrupt, truncated or foreign one, saying what was expected.
+    for a corrupt, truncated or foreign one, or one with NaN/inf weights,
+    saying what was expected.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
@@ -132,20 +363,30 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     missing = [k for k in ("config", "state_dict", "data_spec", "train_spec", "seed") if k not in payload]
     if missing:
         raise CheckpointError(f"{path} is missing the field(s) {missing} of a toylab checkpoint")
+    for key in ("data_spec", "train_spec"):
+        if not isinstance(payload[key], dict):
+            raise CheckpointError(f"{path}: {key} is a {type(payload[key]).__name__}, expected a dict")
     try:
         cfg = ModelConfig.from_dict(payload["config"])
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path} holds an invalid model config: {e}") from None
     model = AttnOnlyTransformer(cfg, seed=None)
     _load_state(model, payload["state_dict"], path)
+    prefix = payload.get("prefix_state")
+    if isinstance(prefix, dict):
+        for name, t in prefix.items():
+            if isinstance(t, torch.Tensor):
+                _check_finite(name, t, f"{path} (prefix_state)")
+    metrics = payload.get("metrics") or {}
+    history = payload.get("history") or []
     return Checkpoint(
         model=model.eval(),
         data_spec=payload["data_spec"],
         train_spec=payload["train_spec"],
         seed=payload["seed"],
-        history=payload.get("history") or [],
-        metrics=payload.get("metrics") or {},
-        prefix_state=payload.get("prefix_state"),
+        history=history if isinstance(history, list) else [],
+        metrics=metrics if isinstance(metrics, dict) else {},
+        prefix_state=prefix,
         toylab_version=payload.get("toylab_version", ""),
         torch_version=payload.get("torch_version", ""),
         path=path,
@@ -163,4 +404,5 @@ def _load_state(model: AttnOnlyTransformer, state: dict, path: Path) -> None:
         if not isinstance(tensor, torch.Tensor) or tensor.shape != expected[name].shape:
             got = list(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
             raise CheckpointError(f"{path}: {name} has shape {got}, the config expects {list(expected[name].shape)}")
+        _check_finite(name, tensor, str(path))
     model.load_state_dict(state)

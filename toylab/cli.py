@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import sys
 from pathlib import Path
 
-from toylab.checkpoint import CheckpointError, atomic_write, load_checkpoint
+from toylab.checkpoint import CheckpointError, SaveError, check_metadata, check_writable, load_checkpoint, \
+    save_checkpoint
 from toylab.grading import add_grade_parser
 from toylab.presets import PRESETS, get_preset, shipped_path
-from toylab.train import TrainResult, train
+from toylab.train import TrainingInterrupted, TrainResult, train
 
 
 def _fmt_heads(rows: list[list[float]]) -> str:
@@ -31,30 +31,42 @@ def _fmt_heads(rows: list[list[float]]) -> str:
 PROBED_KINDS = ("induction", "text", "text_repeats")
 
 
+def _num(metrics: dict, key: str, fmt: str = ".3f") -> str:
+    """``metrics[key]`` formatted, or ``-`` where the record lacks it (older or partial checkpoints)."""
+    v = metrics.get(key)
+    return format(v, fmt) if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
+
+
 def summary_lines(metrics: dict, data_kind: str) -> list[str]:
-    """Human-readable lines for an evaluation entry (see :func:`toylab.train.evaluate`)."""
-    if not metrics:
+    """Human-readable lines for an evaluation entry (see :func:`toylab.train.evaluate`).
+
+    Fields the entry lacks print as ``-`` (never a ``KeyError``)."""
+    if not isinstance(metrics, dict) or not metrics:
         return ["  (no evaluation recorded)"]
-    lines = [f"  validation loss        {metrics['val_loss']:.3f} nats (train {metrics.get('train_loss', float('nan')):.3f})"]
+    lines = []
+    if metrics.get("partial"):
+        lines.append(f"  PARTIAL: training was interrupted at step {metrics.get('step')} "
+                     f"of {metrics.get('steps_planned', '?')}")
+    lines.append(f"  validation loss        {_num(metrics, 'val_loss')} nats (train {_num(metrics, 'train_loss')})")
     if metrics.get("kl_to_truth") is not None:
-        lines.append(f"  KL(truth || model)     {metrics['kl_to_truth']:.4f} nats per token, on held-out samples")
+        lines.append(f"  KL(truth || model)     {_num(metrics, 'kl_to_truth', '.4f')} nats per token, on held-out samples")
     if data_kind not in PROBED_KINDS or not metrics.get("induction"):
         return lines
     return lines + [
-        f"  [BOS, r, r] loss       first copy {metrics['loss_first']:.3f}, repeated copy {metrics['loss_repeat']:.3f}"
-        f" (at another offset {metrics['loss_repeat_gap']:.3f})",
+        f"  [BOS, r, r] loss       first copy {_num(metrics, 'loss_first')}, repeated copy "
+        f"{_num(metrics, 'loss_repeat')} (at another offset {_num(metrics, 'loss_repeat_gap')})",
         f"  induction score        {_fmt_heads(metrics['induction'])}   (layers separated by |)",
-        f"  previous-token score   {_fmt_heads(metrics['prev_token'])}",
+        f"  previous-token score   {_fmt_heads(metrics.get('prev_token') or [])}",
     ]
 
 
-def _metadata(name: str, result: TrainResult, pt_path: Path) -> dict:
+def _metadata(name: str, result: TrainResult) -> dict:
+    """What ``NAME.json`` records; ``file`` and ``sha256`` (of the exact bytes written)
+    are added by :func:`toylab.checkpoint.save_checkpoint`."""
     cfg = result.model.cfg
     return {
         "preset": name,
         "description": get_preset(name).description if name in PRESETS else "",
-        "file": pt_path.name,
-        "sha256": hashlib.sha256(pt_path.read_bytes()).hexdigest(),
         "n_params": sum(p.numel() for p in result.model.parameters()),
         "config": cfg.to_dict(),
         "data_spec": result.data_spec,
@@ -63,6 +75,35 @@ def _metadata(name: str, result: TrainResult, pt_path: Path) -> dict:
         "train_seconds": round(result.seconds, 1),
         "final_metrics": result.metrics,
     }
+
+
+def check_out_path(out: Path) -> Path:
+    """Refuse, before any training, an output path that would lose data or fail at the end:
+    a ``.json`` path (the metadata would overwrite the checkpoint), a folder, an
+    unwritable place. Raises ``ValueError``/:class:`SaveError` with a sentence."""
+    out = Path(out)
+    if out.suffix.lower() == ".json":
+        raise ValueError(f"--out {out}: a checkpoint path must not end in .json (toylab writes the checkpoint's "
+                         f"metadata to NAME.json beside it); use e.g. {out.with_suffix('.pt')}")
+    if out.name in ("", ".", ".."):
+        raise ValueError(f"--out {out}: give a file path such as runs/model.pt")
+    check_writable(out)
+    check_writable(out.with_suffix(".json"))
+    return out
+
+
+def save_result(name: str, result: TrainResult, out: Path) -> Path:
+    """Write the checkpoint and its ``.json`` metadata as a consistent pair."""
+    return save_checkpoint(
+        out, result.model, data_spec=result.data_spec, train_spec=result.train_cfg.to_dict(), seed=result.seed,
+        history=result.history, metrics=result.metrics, prefix_state=result.prefix_state,
+        metadata=_metadata(name, result),
+    )
+
+
+def partial_path(out: Path) -> Path:
+    """Where an interrupted run of ``out`` is saved: ``NAME.partial.pt`` (never over ``out``)."""
+    return out.with_name(f"{out.stem}.partial{out.suffix or '.pt'}")
 
 
 def train_preset(name: str, out: Path, seed: int | None, steps: int | None, threads: int | None,
@@ -74,10 +115,17 @@ def train_preset(name: str, out: Path, seed: int | None, steps: int | None, thre
     if threads is not None:
         tcfg = dataclasses.replace(tcfg, threads=threads)
     seed = preset.seed if seed is None else seed
-    result = train(preset.model, preset.data, tcfg, seed=seed, progress=not quiet, desc=name)
-    result.save(out)
-    meta = _metadata(name, result, out)
-    atomic_write(out.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1) + "\n"))
+    out = check_out_path(out)
+    try:
+        result = train(preset.model, preset.data, tcfg, seed=seed, progress=not quiet, desc=name)
+    except TrainingInterrupted as e:
+        partial = partial_path(out)
+        save_result(name, e.result, partial)
+        m = e.result.metrics
+        print(f"\n{name}: interrupted at step {m.get('step')} of {tcfg.steps}; saved what was trained so far, "
+              f"marked partial, to {partial} ({out} is untouched)", file=sys.stderr)
+        raise
+    save_result(name, result, out)
     print(f"{name}: trained {tcfg.steps} steps in {result.seconds:.1f}s (seed {seed}) -> {out}")
     for line in summary_lines(result.metrics, result.data_spec["kind"]):
         print(line)
@@ -90,12 +138,18 @@ def cmd_train(args) -> int:
     names = list(PRESETS) if args.all else [args.preset]
     for name in names:
         get_preset(name)  # fail early on an unknown name
+    outs = []
     for name in names:
         if args.all:
             out = Path(args.out_dir) / f"{name}.pt"
         else:
             out = Path(args.out) if args.out else Path("runs") / f"{name}-seed{args.seed or 0}.pt"
-        train_preset(name, out, args.seed, args.steps, args.threads, args.quiet)
+        outs.append(check_out_path(out))  # every target checked before minutes of training
+    for name, out in zip(names, outs):
+        try:
+            train_preset(name, out, args.seed, args.steps, args.threads, args.quiet)
+        except TrainingInterrupted:
+            return 130
     return 0
 
 
@@ -105,18 +159,22 @@ def _resolve_checkpoint(arg: str) -> Path:
 
 def cmd_info(args) -> int:
     ckpt = load_checkpoint(_resolve_checkpoint(args.checkpoint))
+    problem = check_metadata(ckpt.path)
     cfg = ckpt.config
     n_params = sum(p.numel() for p in ckpt.model.parameters())
     print(f"{ckpt.path}")
     print(f"  model    {cfg.n_layers} layers x {cfg.n_heads} heads, d_model {cfg.d_model}, d_head {cfg.d_head}, "
           f"d_vocab {cfg.d_vocab}, n_ctx {cfg.n_ctx}, positions {cfg.positional}, "
           f"layernorm {'on' if cfg.layernorm else 'off'}; {n_params:,} parameters")
-    print(f"  data     {json.dumps({k: v for k, v in ckpt.data_spec.items() if k != 'alphabet'})}")
+    print(f"  data     {json.dumps({k: v for k, v in ckpt.data_spec.items() if k != 'alphabet'}, default=str)}")
     t = ckpt.train_spec
     print(f"  training {t.get('steps')} steps, batch {t.get('batch_size')}, lr {t.get('lr')}, seed {ckpt.seed}, "
           f"{t.get('threads')} thread(s); toylab {ckpt.toylab_version}, torch {ckpt.torch_version}")
-    for line in summary_lines(ckpt.metrics, ckpt.data_spec["kind"]):
+    for line in summary_lines(ckpt.metrics, ckpt.data_spec.get("kind", "?")):
         print(line)
+    if problem:
+        print(f"toylab info: warning: {problem}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -190,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, CheckpointError) as e:
+    except (ValueError, TypeError, OSError, CheckpointError) as e:
         print(f"toylab {args.command}: error: {e}", file=sys.stderr)
         return 2
 

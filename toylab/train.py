@@ -30,6 +30,17 @@ from toylab.progress import Progress
 from toylab.scores import induction_score, previous_token_score
 
 EVAL_SEED = 1234  # the evaluation batches are the same for every run
+MAX_SEED = 2**63  # seed + 1 seeds a torch generator, which takes 64-bit seeds
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`train`. ``.result`` holds what was trained so far: its
+    last history entry is an evaluation at the step reached, marked
+    ``"partial": True``. Uncaught, it behaves like any KeyboardInterrupt."""
+
+    def __init__(self, result: "TrainResult"):
+        super().__init__(f"training interrupted after {result.metrics.get('step')} steps")
+        self.result = result
 
 
 @dataclass(frozen=True)
@@ -51,15 +62,33 @@ class TrainConfig:
     threads: int = 1
 
     def __post_init__(self) -> None:
+        def number(name: str, v) -> float:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"TrainConfig.{name} must be a finite number, got {v!r}")
+            return float(v)
+
         for name in ("steps", "batch_size", "eval_every", "eval_batch", "threads"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"TrainConfig.{name} must be a positive integer, got {v!r}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ValueError(f"TrainConfig.lr must be positive, got {self.lr!r}")
-        if self.warmup_steps < 0 or self.prefix_steps < 0:
-            raise ValueError("TrainConfig.warmup_steps and prefix_steps must be >= 0")
-        object.__setattr__(self, "betas", tuple(self.betas))
+        for name in ("warmup_steps", "prefix_steps"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"TrainConfig.{name} must be a non-negative integer, got {v!r}")
+        if number("lr", self.lr) <= 0:
+            raise ValueError(f"TrainConfig.lr must be positive (and finite), got {self.lr!r}")
+        if number("grad_clip", self.grad_clip) < 0:
+            raise ValueError(f"TrainConfig.grad_clip must be finite and >= 0 (0 = no clipping), got {self.grad_clip!r}")
+        if not 0 <= number("final_lr_frac", self.final_lr_frac) <= 1:
+            raise ValueError(f"TrainConfig.final_lr_frac must be in [0, 1], got {self.final_lr_frac!r}")
+        if number("weight_decay", self.weight_decay) < 0:
+            raise ValueError(f"TrainConfig.weight_decay must be finite and >= 0, got {self.weight_decay!r}")
+        if isinstance(self.betas, (str, bytes)) or not hasattr(self.betas, "__len__") or len(self.betas) != 2:
+            raise ValueError(f"TrainConfig.betas must be a pair (beta1, beta2), got {self.betas!r}")
+        for i, b in enumerate(self.betas):
+            if not 0 <= number(f"betas[{i}]", b) < 1:
+                raise ValueError(f"TrainConfig.betas[{i}] must be in [0, 1), got {b!r}")
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -198,6 +227,10 @@ def train(
     """
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError(f"seed must be an integer, got {seed!r}")
+    if not 0 <= seed < MAX_SEED:
+        raise ValueError(f"seed must be in [0, 2**63) (torch generators take 64-bit seeds), got {seed!r}")
+    if not isinstance(train_cfg, TrainConfig):
+        raise TypeError(f"train_cfg must be a TrainConfig, got {type(train_cfg).__name__}")
     dataset = make_dataset(data_spec)
     if dataset.d_vocab != model_cfg.d_vocab or dataset.n_ctx > model_cfg.n_ctx:
         raise ValueError(
@@ -209,8 +242,42 @@ def train(
     try:
         with torch.enable_grad():  # also when the caller switched autograd off (a notebook often does)
             return _train_loop(model_cfg, dataset, train_cfg, seed, progress, desc, callback, stop_after)
+    except KeyboardInterrupt as e:
+        partial = _partial_result(e, dataset)
+        if partial is None:
+            raise
+        raise TrainingInterrupted(partial) from None
     finally:
         torch.set_num_threads(old_threads)
+
+
+def _partial_result(exc: KeyboardInterrupt, dataset) -> "TrainResult | None":
+    """The result object of the interrupted ``_train_loop`` (read from its frame), with
+    a final evaluation at the last completed step marked ``partial``; ``None`` when
+    the interrupt came before the loop had built its model."""
+    tb, frame_locals = exc.__traceback__, None
+    while tb is not None:
+        if tb.tb_frame.f_code is _train_loop.__code__:
+            frame_locals = tb.tb_frame.f_locals
+        tb = tb.tb_next
+    if frame_locals is None or not isinstance(frame_locals.get("result"), TrainResult):
+        return None
+    result = frame_locals["result"]
+    # the optimiser counts the steps it applied (AdamW keeps one count per parameter)
+    opt, bar = frame_locals.get("opt"), frame_locals.get("bar")
+    counts = [int(st["step"]) for st in opt.state.values() if "step" in st] if isinstance(
+        opt, torch.optim.Optimizer) else []
+    done = min(counts) if counts else (bar.n if isinstance(bar, Progress) else 0)
+    if done < 1:
+        return None
+    start = frame_locals.get("start")
+    result.seconds = time.perf_counter() - start if isinstance(start, float) else 0.0
+    entry = evaluate(result.model, dataset, done)
+    entry["partial"] = True
+    entry["steps_planned"] = result.train_cfg.steps
+    result.history.append(entry)
+    result.model.eval()
+    return result
 
 
 def _train_loop(model_cfg, dataset, cfg: TrainConfig, seed, progress, desc, callback, stop_after) -> TrainResult:
