@@ -1,6 +1,9 @@
 """Training is seeded, deterministic and records its evaluations."""
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -24,6 +27,29 @@ def test_same_seed_gives_bit_identical_weights():
     c = train(CFG, DATA, TCFG, seed=8, progress=False)
     assert states_equal(a.model.state_dict(), b.model.state_dict())
     assert not states_equal(a.model.state_dict(), c.model.state_dict())
+
+
+_CHILD = """
+import sys, torch
+from toylab.model import ModelConfig
+from toylab.train import TrainConfig, train
+cfg, data, tcfg = ModelConfig.from_dict(eval(sys.argv[1])), eval(sys.argv[2]), TrainConfig.from_dict(eval(sys.argv[3]))
+torch.save(train(cfg, data, tcfg, seed=7, progress=False).model.state_dict(), sys.argv[4])
+"""
+
+
+def test_bit_identical_in_one_process_and_in_a_child_process(tmp_path):
+    """Bit equality is a same-machine, same-thread-count promise: twice here, once in a fresh interpreter."""
+    a = train(CFG, DATA, TCFG, seed=7, progress=False)
+    b = train(CFG, DATA, TCFG, seed=7, progress=False)
+    assert states_equal(a.model.state_dict(), b.model.state_dict())
+    out = tmp_path / "child.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": str(TCFG.threads)}
+    subprocess.run([sys.executable, "-c", _CHILD, repr(CFG.to_dict()), repr(DATA), repr(TCFG.to_dict()), str(out)],
+                   check=True, env=env, timeout=300)
+    child = torch.load(out)
+    diff = max((child[k] - a.model.state_dict()[k]).abs().max().item() for k in child)
+    assert states_equal(child, a.model.state_dict()), f"child process trained other weights (max |diff| {diff:.2e})"
 
 
 def test_prefix_state_is_the_weights_after_prefix_steps():
