@@ -31,7 +31,7 @@ from toylab.discovery.attribution_patching import edge_attribution
 from toylab.discovery.edge_patching import edge_effects
 from toylab.discovery.graph import Graph
 from toylab.discovery.metrics import induction_positions, kl_to_clean, logit_diff, next_token_loss_on
-from toylab.discovery.reference import induction_circuit, induction_heads
+from toylab.discovery.reference import induction_circuit, induction_hypotheses
 from toylab.discovery.roc import roc_curve
 from toylab.discovery.scrubbing import EquivalenceClasses, Hypothesis, scrub
 from toylab.presets import get_preset, load_model
@@ -111,15 +111,10 @@ def main() -> None:
         print(f"ACDC sweep ({order} sender order), ROC AUC: weight-derived circuit ({len(ref)} edges) "
               f"{roc_curve(circuits, ref)[2]:.3f}, minimal circuit ({len(minimal)} edges) "
               f"{roc_curve(circuits, minimal)[2]:.3f}")
-    prev, heads = induction_heads(model, pool.tokens)
-    layer1 = Hypothesis({**{f"L{l}H{h}->logits": "identity" for l, h in heads},
-                         **{f"embed->L{l}H{h}.{s}": "identity" for l, h in heads for s in "qkv"}})
     print("causal scrubbing, loss recovered [95% interval]:")
-    for name, h in (("layer-1 heads reading tokens only", layer1), ("minimal induction circuit",
-                    Hypothesis.from_circuit(minimal)), ("weight-derived induction circuit", hyp)):
+    for name, h in induction_hypotheses(model, graph, pool.tokens).items():
         s = scrub(model, graph, classes, h)
-        print(f"  {name:36s} {s.recovered:.3f} [{s.low:.3f}, {s.high:.3f}]")
-
+        print(f"  {name:36s} {s.recovered:6.3f} [{s.low:.3f}, {s.high:.3f}]")
 
 if __name__ == "__main__":
     main()

@@ -104,7 +104,7 @@ def test_eap_ig(setup):
     eap = edge_attribution(model, g, clean.tokens, corr.tokens, kl)
     ig = edge_attribution(model, g, clean.tokens, corr.tokens, kl, "eap-ig", steps=5)
     assert eap.abs().max() < 1e-2 * exact.abs().max()
-    assert spearman(ig, exact) > spearman(eap, exact) + 0.1
+    assert spearman(ig, exact) > 0.5  # EAP's ranking here is a ranking of float noise
     loss = next_token_loss_on(clean.tokens, pos)
     assert spearman(edge_attribution(model, g, clean.tokens, corr.tokens, loss, "eap-ig", steps=5),
                     edge_effects(model, g, clean.tokens, corr.tokens, loss)) > 0.7

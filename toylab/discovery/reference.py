@@ -72,3 +72,36 @@ def induction_circuit(model, graph: Graph, tokens: torch.Tensor, threshold: floa
                     if float(rel[a, b]) >= min_ratio:
                         edges += [f"{head_name(0, a)}->{head_name(l, b)}.{kind.lower()}", f"embed->{head_name(0, a)}.v"]
     return graph.circuit(edges)
+
+
+def induction_hypotheses(model, graph: Graph, tokens: torch.Tensor, threshold: float = 0.5) -> dict:
+    """Causal-scrubbing hypotheses for induction, ``{name: Hypothesis}`` (every named edge ``"identity"``).
+
+    The ladder, each step adding to the one before (``P``, ``I`` as in :func:`induction_circuit`):
+
+    - ``"layer-1 heads only"``: ``I -> logits`` (what the heads read is resampled);
+    - ``"+ K-composition"``: ``P -> I.k`` and ``embed -> P.v``;
+    - ``"+ tokens into queries and values"``: ``embed -> I.q``, ``embed -> I.v`` (the minimal circuit);
+    - ``"full circuit"``: :func:`induction_circuit` with the composition edges read off the weights;
+
+    and ``"layer-1 reading tokens only"``: ``I -> logits`` with ``embed -> I.q, I.k, I.v``, no layer 0.
+    """
+    from toylab.discovery.scrubbing import Hypothesis
+
+    prev, heads = induction_heads(model, tokens, threshold)
+    p = head_name(*prev)
+    ind = [head_name(l, h) for l, h in heads]
+    steps = [[f"{i}->logits" for i in ind],
+             [f"{p}->{i}.k" for i in ind] + [f"embed->{p}.v"],
+             [f"embed->{i}.{s}" for i in ind for s in "qv"]]
+    out, edges = {}, []
+    for name, step in zip(("layer-1 heads only", "+ K-composition", "+ tokens into queries and values"), steps):
+        edges = edges + step
+        out[name] = Hypothesis({e: "identity" for e in edges})
+    out["full circuit"] = Hypothesis.from_circuit(induction_circuit(model, graph, tokens, threshold))
+    out["layer-1 reading tokens only"] = Hypothesis(
+        {e: "identity" for e in [f"{i}->logits" for i in ind] + [f"embed->{i}.{s}" for i in ind for s in "qkv"]})
+    for h in out.values():
+        for e in h.edges:
+            graph.edge_index(e)
+    return out
