@@ -24,8 +24,11 @@ residual stream holds ``W_E[t] + W_pos[p]`` (plus, after layer 0, the head
 outputs), so the full circuits here are the token part of the direct path only;
 the same four-term expansion holds for QK, and the OV circuit of a position
 vector, ``W_pos W_OV W_U``, is left out. Models with LayerNorm are not linear in
-the weights; the circuits ignore the normalisation (a warning is not given),
-and :func:`path_expansion` refuses them.
+the weights: the circuit matrices here ignore the normalisation (they are the
+weights, which is still what a student may want to look at), but every
+*reading* of them as the model's behaviour -- :func:`path_expansion`,
+:func:`skip_trigram_triples`, the copying and composition scores -- refuses
+such models (:func:`refuse_layernorm` says why).
 """
 
 from __future__ import annotations
@@ -43,8 +46,29 @@ HeadIndex = Union[int, Sequence[int]]
 __all__ = [
     "OV", "QK", "full_ov", "full_qk", "positional_qk", "k_composition_circuit",
     "q_composition_circuit", "v_composition_circuit", "virtual_weights", "path_expansion",
-    "path_label", "n_paths", "skip_trigram_triples", "check_layer", "check_head",
+    "path_label", "n_paths", "skip_trigram_triples", "check_layer", "check_head", "refuse_layernorm",
 ]
+
+
+def refuse_layernorm(model, what: str) -> None:
+    """Raise ``ValueError`` if ``model`` has LayerNorm: ``what`` reads products of weight matrices.
+
+    With LayerNorm every head reads ``LN(x) = (x - mean x) / s(x)`` and the unembedding
+    reads ``LN(x_final)``; the scale ``s`` depends on the whole residual stream of the
+    run, so ``W_E W_OV W_U`` & co. are no longer the maps the model applies. (Folding
+    one typical scale in would be an approximation of unknown quality: on a trained
+    LayerNorm skip-trigram model the weight reading found 8 of the 12 planted rules
+    while the model had learned 10.)
+    """
+    if getattr(model.cfg, "layernorm", False):
+        raise ValueError(
+            f"{what} reads the weights as linear maps (products such as W_E W_OV W_U), but this model has "
+            "LayerNorm: each head and the unembedding see x / s(x) with a scale s that depends on the whole "
+            "residual stream, so the weight products are not what the model computes. Use the activation-"
+            "based tools instead (toylab.scores.head_detector_scores, toylab.interventions.ablate_heads, "
+            "toylab.patching, toylab.attribution.direct_logit_attribution, which freezes the scale)."
+        )
+
 
 
 # ------------------------------------------------------------------ checks
@@ -313,12 +337,21 @@ def skip_trigram_triples(model, k: int | None = None, layer: int = 0) -> list[tu
     Every (A, B) pair gives one triple ``(A, B, C*)``; triples with BOS, ``A = B``
     or ``C* in {A, B}`` are dropped, a triple found by several heads keeps its
     best score. Exact for the direct path of a 1-layer model; positions (a
-    shortformer's ``W_pos``) are ignored. Cost: ``O(n_heads d_vocab^3)`` time,
+    shortformer's ``W_pos``) are ignored. Refused (``ValueError``) for models with
+    ``n_layers != 1`` or with LayerNorm (see :func:`refuse_layernorm`). Cost: ``O(n_heads d_vocab^3)`` time,
     ``O(d_vocab^2)`` memory -- toy vocabularies only.
 
     Returns up to ``k`` (all if None) tuples ``(A, B, C, score, head)`` sorted by score.
     """
-    layer = check_layer(model, layer) if model.cfg.n_layers else check_layer(model, 0)
+    refuse_layernorm(model, "skip_trigram_triples")
+    if model.cfg.n_layers != 1:
+        raise ValueError(
+            f"skip_trigram_triples reads a 1-layer model (direct path + one layer of heads); this model has "
+            f"{model.cfg.n_layers} layers, whose later heads add terms through composition (virtual heads) "
+            "that a reading of one layer's W_E W_QK W_E^T and W_E W_OV W_U leaves out. Use path_expansion "
+            "or the composition scores for deeper models."
+        )
+    layer = check_layer(model, layer)
     scale = model.cfg.d_head ** -0.5
     qk = full_qk(model, layer).AB.double() * scale                      # [h, B, A]
     ov = full_ov(model, layer).AB.double()                               # [h, A, C]

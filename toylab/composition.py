@@ -39,7 +39,7 @@ import math
 import torch
 from torch import Tensor
 
-from toylab.circuits import OV, QK, check_layer
+from toylab.circuits import OV, QK, check_layer, refuse_layernorm
 from toylab.factored import FactoredMatrix
 
 KINDS = ("Q", "K", "V")
@@ -92,11 +92,13 @@ def composition_scores(model, kind: str, layer_a: int | None = None, layer_b: in
     ``C(W_OV^{la.ha}, W_B^{lb.hb})`` (``W_B`` per kind, module docstring), NaN
     where ``la >= lb`` (no composition is possible). With both ``layer_a`` and
     ``layer_b`` given (``layer_a < layer_b``): ``[n_heads (layer_a), n_heads (layer_b)]``.
+    Refused for LayerNorm models (:func:`toylab.circuits.refuse_layernorm`).
     """
     _check_kind(kind)
     cfg = model.cfg
     if cfg.n_layers < 2:
         raise ValueError(f"composition needs at least 2 layers, the model has {cfg.n_layers}")
+    refuse_layernorm(model, "composition_scores")
     W_A, W_B = OV(model), _reader(model, kind)
     if layer_a is not None or layer_b is not None:
         if layer_a is None or layer_b is None:

@@ -4,10 +4,15 @@ Every function takes plain tensors (or lists) and an optional ``ax``; it
 returns the matplotlib ``Figure`` so a notebook can show it or save it with
 ``fig.savefig(path, dpi=...)``. Nothing here computes interpretability
 quantities: the analysis modules do that, and these functions only draw.
+
+Shapes and label counts are checked before anything is drawn, and a function
+that raises closes the figure it had opened (no half-drawn figure is left
+behind in a notebook).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
@@ -22,14 +27,36 @@ def _np(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def _closes_on_error(fn):
+    """Close the figures ``fn`` opened if it raises."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        before = set(plt.get_fignums())
+        try:
+            return fn(*args, **kwargs)
+        except BaseException:
+            for num in set(plt.get_fignums()) - before:
+                plt.close(num)
+            raise
+    return wrapper
+
+
+def _check_count(items, n: int, what: str, of: str) -> None:
+    if items is not None and len(items) != n:
+        raise ValueError(f"{len(items)} {what} for {n} {of}")
+
+
 def _axes(ax, n: int = 1, size=(4.0, 3.6)):
     if ax is not None:
-        axes = list(np.atleast_1d(ax))
-        return axes[0].figure, axes
+        axes = list(np.ravel(np.asarray(ax, dtype=object)))
+        if len(axes) < n:
+            raise ValueError(f"{len(axes)} axes given for {n} panels")
+        return axes[0].figure, axes[:n]
     fig, axes = plt.subplots(1, n, figsize=(size[0] * n, size[1]), squeeze=False, constrained_layout=True)
     return fig, list(axes[0])
 
 
+@_closes_on_error
 def attention_patterns(pattern, labels: Sequence[str] | None = None, titles: Sequence[str] | None = None,
                        ax=None, vmax: float = 1.0):
     """Attention patterns ``[n_heads, query_pos, key_pos]`` (or one ``[q, k]``), one panel per head.
@@ -42,6 +69,8 @@ def attention_patterns(pattern, labels: Sequence[str] | None = None, titles: Seq
         p = p[None]
     if p.ndim != 3 or p.shape[-1] != p.shape[-2]:
         raise ValueError(f"pattern must be [n_heads, pos, pos] or [pos, pos], got {list(p.shape)}")
+    _check_count(labels, p.shape[-1], "labels", "positions")
+    _check_count(titles, p.shape[0], "titles", "heads")
     fig, axes = _axes(ax, p.shape[0])
     for i, a in enumerate(axes):
         im = a.imshow(p[i], cmap="Blues", vmin=0.0, vmax=vmax)
@@ -49,14 +78,13 @@ def attention_patterns(pattern, labels: Sequence[str] | None = None, titles: Seq
         a.set_xlabel("source (key) position")
         a.set_ylabel("destination (query) position")
         if labels is not None:
-            if len(labels) != p.shape[-1]:
-                raise ValueError(f"{len(labels)} labels for {p.shape[-1]} positions")
             a.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)
             a.set_yticks(range(len(labels)), labels, fontsize=6)
     fig.colorbar(im, ax=axes, shrink=0.8, label="attention")
     return fig
 
 
+@_closes_on_error
 def composition(scores, baseline: float, row_labels: Sequence[str], col_labels: Sequence[str],
                 title: str = "K-composition", ax=None):
     """A heat map of composition scores ``[n_earlier, n_later]`` with the random baseline marked.
@@ -65,6 +93,8 @@ def composition(scores, baseline: float, row_labels: Sequence[str], col_labels: 
     matrices of the same shapes, blue less; each cell shows ``score / baseline``.
     """
     s = _np(scores)
+    if not isinstance(baseline, (int, float)) or not baseline > 0:
+        raise ValueError(f"baseline must be a positive number (the random composition score), got {baseline!r}")
     if s.shape != (len(row_labels), len(col_labels)):
         raise ValueError(f"scores {list(s.shape)} do not match {len(row_labels)} x {len(col_labels)} labels")
     fig, (a,) = _axes(ax)
@@ -82,6 +112,7 @@ def composition(scores, baseline: float, row_labels: Sequence[str], col_labels: 
     return fig
 
 
+@_closes_on_error
 def eigenvalues(eigs, titles: Sequence[str] | None = None, ax=None):
     """Each head's eigenvalues ``[n_heads, k]`` (complex) in the complex plane.
 
@@ -91,6 +122,9 @@ def eigenvalues(eigs, titles: Sequence[str] | None = None, ax=None):
     e = _np(eigs)
     if e.ndim == 1:
         e = e[None]
+    if e.ndim != 2 or e.shape[-1] == 0:
+        raise ValueError(f"eigs must be [n_heads, k] or [k] with k >= 1, got {list(e.shape)}")
+    _check_count(titles, e.shape[0], "titles", "heads")
     fig, axes = _axes(ax, e.shape[0], size=(3.2, 3.2))
     for i, a in enumerate(axes):
         lam = e[i]
@@ -109,12 +143,15 @@ def eigenvalues(eigs, titles: Sequence[str] | None = None, ax=None):
     return fig
 
 
+@_closes_on_error
 def circuit(matrix, row_label: str = "source token", col_label: str = "output token", title: str = "",
             ticks: Sequence[str] | None = None, ax=None, center: bool = True):
     """An image of a ``[d_vocab, d_vocab]`` circuit (e.g. the full OV or QK circuit)."""
     m = _np(matrix)
     if m.ndim != 2:
         raise ValueError(f"a circuit image needs a 2-D matrix, got shape {list(m.shape)}")
+    if ticks is not None and (len(ticks) != m.shape[0] or len(ticks) != m.shape[1]):
+        raise ValueError(f"{len(ticks)} ticks for a {m.shape[0]} x {m.shape[1]} matrix (ticks name both axes)")
     fig, (a,) = _axes(ax, size=(4.4, 4.0))
     if center:
         span = max(np.abs(m).max(), 1e-12)
@@ -131,6 +168,7 @@ def circuit(matrix, row_label: str = "source token", col_label: str = "output to
     return fig
 
 
+@_closes_on_error
 def head_scores(scores: dict[str, object], title: str = "head scores", ax=None):
     """A grid of per-head scores: ``{score name: [n_layers, n_heads]}``, one panel per score."""
     names = list(scores)
@@ -151,11 +189,15 @@ def head_scores(scores: dict[str, object], title: str = "head scores", ax=None):
     return fig
 
 
+@_closes_on_error
 def training_history(history: Sequence[dict], keys: Sequence[str] = ("loss_first", "loss_repeat"),
                      score_keys: Sequence[str] = ("best_induction", "best_prev_token"), ax=None):
     """Losses (left axis) and head scores (right axis) against the training step."""
     if not history:
         raise ValueError("training_history needs at least one evaluation entry")
+    missing = sorted({k for e in history for k in ("step", *keys, *score_keys) if k not in e})
+    if missing:
+        raise ValueError(f"training_history entries lack {missing}; they have {sorted(history[0])}")
     steps = [e["step"] for e in history]
     fig, (a,) = _axes(ax, size=(6.0, 3.4))
     for k in keys:
@@ -172,12 +214,14 @@ def training_history(history: Sequence[dict], keys: Sequence[str] = ("loss_first
     return fig
 
 
+@_closes_on_error
 def patching(effect, row_labels: Sequence[str], col_labels: Sequence[str] | None = None,
              title: str = "activation patching", ax=None):
     """A heat map of a patching sweep ``[n_components, n_pos]`` (normalised effect: 0 corrupted, 1 clean)."""
     e = _np(effect)
     if e.ndim != 2 or e.shape[0] != len(row_labels):
-        raise ValueError(f"effect must be [len(row_labels), n_pos], got {list(e.shape)}")
+        raise ValueError(f"effect must be [len(row_labels) = {len(row_labels)}, n_pos], got {list(e.shape)}")
+    _check_count(col_labels, e.shape[1], "col_labels", "positions")
     fig, (a,) = _axes(ax, size=(max(4.0, 0.22 * e.shape[1] + 1.5), 0.35 * e.shape[0] + 1.6))
     span = max(np.abs(e).max(), 1e-12)
     im = a.imshow(e, cmap="RdBu_r", vmin=-span, vmax=span, aspect="auto")

@@ -129,7 +129,8 @@ class BigramLanguage:
         ``Q(b|a) = 0`` where ``P(b|a) > 0`` and ``w(a) > 0``.
 
         Args:
-            model_probs: ``[V, V]`` rows ``Q(. | a)``, e.g. ``softmax(logits, -1)``.
+            model_probs: ``[V, V]`` rows ``Q(. | a)``, e.g. ``softmax(logits, -1)``;
+                every row must sum to 1 (within 1e-3), else ``ValueError``.
         """
         if not isinstance(model_probs, torch.Tensor):
             raise ValueError(f"model_probs must be a torch.Tensor, got {type(model_probs).__name__}")
@@ -139,6 +140,15 @@ class BigramLanguage:
         Q = model_probs.detach().to(torch.float64).cpu()
         if not torch.isfinite(Q).all() or (Q < 0).any():
             raise ValueError("model_probs must be finite and non-negative")
+        row_sums = Q.sum(dim=1)
+        if not torch.allclose(row_sums, torch.ones_like(row_sums), atol=1e-3):
+            col_sums = Q.sum(dim=0)
+            hint = (" Its columns sum to 1: was the softmax taken over the wrong dim (dim=0 instead of dim=-1)?"
+                    if torch.allclose(col_sums, torch.ones_like(col_sums), atol=1e-3) else
+                    " Take softmax(logits, dim=-1) over the next token (the last dim), not another dim.")
+            raise ValueError(
+                f"model_probs rows must each sum to 1 (row a is the distribution Q(. | a) over the next token); "
+                f"row sums range over [{float(row_sums.min()):.4g}, {float(row_sums.max()):.4g}].{hint}")
         P = self.transition
         w = self.stationary / self.stationary.sum()
         support = (P > 0) & (w > 0)[:, None]
