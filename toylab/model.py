@@ -166,27 +166,22 @@ class Attention(nn.Module):
         ``x [batch, pos, d_model]``, ``pos [pos, d_model]`` (shortformer
         positions, or None) -> ``[batch, pos, d_model]``. One matmul gives
         ``[q | k | v] = x [W_Q | W_K | W_V]`` (plus ``pos [W_Q | W_K]`` for
-        shortformer, computed once for the batch), then
-        ``scaled_dot_product_attention`` with a causal mask.
+        shortformer, computed once for the whole batch), then
+        ``scaled_dot_product_attention`` with a causal mask. It does not keep
+        masked keys out exactly when a value is non-finite: the model checks
+        its final residual stream and falls back to the reference path then.
         """
         cfg = self.cfg
-        b, n, _ = x.shape
+        b, n, d = x.shape
         h, e = cfg.n_heads, cfg.d_head
         W = torch.cat([self.W_Q, self.W_K, self.W_V], dim=0)  # [3h, d_model, d_head]
-        W = W.permute(1, 0, 2).reshape(cfg.d_model, 3 * h * e)
-        qkv = (x @ W).view(b, n, 3, h, e)
+        qkv = (x @ W.transpose(0, 1).reshape(d, 3 * h * e)).view(b, n, 3 * h, e).transpose(1, 2)
+        q, k, v = qkv.split(h, dim=1)  # [batch, h, pos, d_head] each
         if pos is not None:
-            qk_pos = (pos @ W[:, : 2 * h * e]).view(1, n, 2, h, e)
-            qk = qkv[:, :, :2] + qk_pos
-            q, k = qk[:, :, 0], qk[:, :, 1]
-        else:
-            q, k = qkv[:, :, 0], qkv[:, :, 1]
-        if not bool(torch.isfinite(qkv).all()) or (pos is not None and not bool(torch.isfinite(pos).all())):
-            # a non-finite value: the reference path keeps masked keys out exactly
-            return self.forward(x, None if pos is None else pos.expand(b, -1, -1))
-        v = qkv[:, :, 2]
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [b, h, pos, e]
-        z = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            qk_pos = (pos @ W[: 2 * h].transpose(0, 1).reshape(d, 2 * h * e)).view(n, 2 * h, e).transpose(0, 1)
+            q_pos, k_pos = qk_pos.split(h, dim=0)
+            q, k = q + q_pos, k + k_pos
+        z = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=~causal_future_mask(n, x.device))
         return z.transpose(1, 2).reshape(b, n, h * e) @ self.W_O.flatten(0, 1)
 
 
@@ -370,9 +365,8 @@ class AttnOnlyTransformer(HookedRootModule):
         if return_type not in ("logits", "loss", "loss_per_token", "both"):
             raise ValueError(f"unknown return_type {return_type!r}; expected logits, loss, loss_per_token or both")
         tokens = self.check_tokens(tokens)
-        if self.fast_path and not self.any_hooks():
-            logits = self._forward_fast(tokens)
-        else:
+        logits = self._forward_fast(tokens) if self.fast_path and not self.any_hooks() else None
+        if logits is None:
             logits = self._forward_hooked(tokens)
         if return_type == "logits":
             return logits
@@ -385,8 +379,14 @@ class AttnOnlyTransformer(HookedRootModule):
         """True when a hook is attached to any hook point of the model."""
         return any(hp._fwd_hooks for hp in self.hook_dict.values())
 
-    def _forward_fast(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``tokens [batch, pos]`` -> logits ``[batch, pos, d_vocab]`` with no hook points (fused attention)."""
+    def _forward_fast(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """``tokens [batch, pos]`` -> logits ``[batch, pos, d_vocab]`` with no hook points (fused attention).
+
+        Returns None when the final residual stream is not finite: a non-finite
+        value at position p makes the residual at p non-finite, and the fused
+        attention may have leaked it to earlier positions (``0 * NaN``), so the
+        caller recomputes on the reference path, which keeps masked keys out exactly.
+        """
         n_pos = tokens.shape[1]
         resid = self.W_E[tokens]
         pos = None
@@ -396,6 +396,8 @@ class AttnOnlyTransformer(HookedRootModule):
             pos = self.W_pos[:n_pos]
         for block in self.blocks:
             resid = block.forward_fast(resid, pos)
+        if self.cfg.n_layers and not torch.isfinite(resid.detach().sum()):
+            return None
         if self.cfg.layernorm:
             resid = layer_norm(resid)
         return resid @ self.W_U
