@@ -37,7 +37,8 @@ text it is 0.41, where a raw 0.4 threshold would label a uniform head.
 
 When the probe cannot tell two kinds apart -- on text of period 1 or 2 the
 token after an earlier occurrence *is* the previous token, so a pure
-previous-token head scores high on induction -- the ambiguous labels are
+previous-token head scores high on induction; on period-2 text a head that
+attends two back scores high on duplicate-token -- the ambiguous labels are
 withheld and :attr:`HeadReport.notes` says so. The notes also say when weight
 readings do not apply (LayerNorm models: ``copying`` and ``positional`` are NaN)
 and when the tokens reach positions the model was never trained on.
@@ -102,11 +103,11 @@ def _uniform_pattern(batch: int, n: int) -> Tensor:
     return (causal / causal.sum(-1, keepdim=True)).expand(batch, 1, n, n)
 
 
-def _previous_token_pattern(batch: int, n: int) -> Tensor:
+def _offset_pattern(batch: int, n: int, d: int) -> Tensor:
+    """A pure fixed-offset head: query q attends to q - d (to position 0 while q < d)."""
+    q = torch.arange(n)
     p = torch.zeros(n, n)
-    p[0, 0] = 1.0
-    idx = torch.arange(1, n)
-    p[idx, idx - 1] = 1.0
+    p[q, (q - d).clamp_min(0)] = 1.0
     return p.expand(batch, 1, n, n)
 
 
@@ -120,15 +121,25 @@ def _detectors(pattern: Tensor, tokens: Tensor, destinations) -> dict[str, float
     return out
 
 
+SHORT_OFFSETS = (1, 2, 3)
+
+
 def detector_baselines(tokens: Tensor, destinations: Tensor | None = None) -> dict[str, dict[str, float]]:
     """What reference heads score on ``tokens [batch, pos]``: ``{"uniform": {score: value},
-    "previous_token": {score: value}}`` for a uniform causal head and a pure
-    previous-token head (position 0 attends to itself). The report corrects for
-    the first and uses the second to tell when induction and duplicate-token
-    cannot be separated from previous-token attention on these tokens."""
+    "offset 1": {...}, "offset 2": {...}, "offset 3": {...}}`` for a uniform causal
+    head and pure fixed-offset heads (``q`` attends to ``q - d``; offset 1 is the
+    pure previous-token head). The report corrects the detector scores for the
+    uniform head and uses the offset heads to tell when induction or
+    duplicate-token attention cannot be separated from short-offset positional
+    attention on these tokens (text of period 1 to 3). (The probe's own long
+    offset, ``half_len``, is inherent to ``[BOS, r, r]``: training checks it with
+    a probe that has a gap, ``repeated_tokens_with_gap``.)"""
     b, n = tokens.shape
-    return {"uniform": _detectors(_uniform_pattern(b, n), tokens, destinations),
-            "previous_token": _detectors(_previous_token_pattern(b, n), tokens, destinations)}
+    out = {"uniform": _detectors(_uniform_pattern(b, n), tokens, destinations)}
+    for d in SHORT_OFFSETS:
+        if d < n:
+            out[f"offset {d}"] = _detectors(_offset_pattern(b, n, d), tokens, destinations)
+    return out
 
 
 def _corrected(s: float, u: float) -> float:
@@ -264,16 +275,20 @@ def head_report(model, tokens: Tensor | None = None, batch: int = 64, seed: int 
         scores["copying"] = copying_scores(model, "full")
     scores["positional"] = positional_scores(model, tokens)
     base = detector_baselines(tokens, destinations)
-    uniform, prev = base["uniform"], base["previous_token"]
+    uniform = base["uniform"]
     thr = {name: t for name, t in THRESHOLDS.values()}
     ambiguous = set()
     for name in ("induction", "duplicate_token"):
-        if _corrected(prev[name], uniform[name]) >= thr[name]:
+        hits = [(ref, v[name]) for ref, v in base.items() if ref != "uniform"
+                and _corrected(v[name], uniform[name]) >= thr[name]]
+        if hits:
             ambiguous.add(name)
+            said = ", ".join(f"a pure {ref} head scores {v:.2f}" for ref, v in hits)
             notes.append(
-                f"on these tokens a pure previous-token head scores {prev[name]:.2f} on {name} (the target "
-                "is the previous token, e.g. text of period 1 or 2): the probe cannot separate "
-                f"{name.replace('_', '-')} from previous-token heads, so that label is withheld")
+                f"on these tokens {said} on {name} (its target sits at a fixed short offset, e.g. on text of "
+                f"period 1-3; a pure offset-1 head is a previous-token head): the probe cannot separate "
+                f"{name.replace('_', '-')} heads from positional ones, so the {name.replace('_', '-')} label "
+                "is withheld")
     copy_thr = _copying_threshold(cfg.d_vocab, cfg.d_model, cfg.d_head)
     rows = []
     for layer in range(cfg.n_layers):
