@@ -164,9 +164,9 @@ class Attention(nn.Module):
         """The same map as :meth:`forward`, fused, for when no hook is attached.
 
         ``x [batch, pos, d_model]``, ``pos [pos, d_model]`` (shortformer
-        positions, or None) -> ``[batch, pos, d_model]``. One matmul gives
-        ``[q | k | v] = x [W_Q | W_K | W_V]`` (plus ``pos [W_Q | W_K]`` for
-        shortformer, computed once for the whole batch), then
+        positions, or None) -> ``[batch, pos, d_model]``. One matmul gives the
+        queries and keys of all heads, ``[q | k] = (x + pos) [W_Q | W_K]``, one
+        the values, ``v = x W_V``, then
         ``scaled_dot_product_attention`` with a causal mask. It does not keep
         masked keys out exactly when a value is non-finite: the model checks
         its final residual stream and falls back to the reference path then.
@@ -174,13 +174,10 @@ class Attention(nn.Module):
         cfg = self.cfg
         b, n, d = x.shape
         h, e = cfg.n_heads, cfg.d_head
-        W = torch.cat([self.W_Q, self.W_K, self.W_V], dim=0)  # [3h, d_model, d_head]
-        qkv = (x @ W.transpose(0, 1).reshape(d, 3 * h * e)).view(b, n, 3 * h, e).transpose(1, 2)
-        q, k, v = qkv.split(h, dim=1)  # [batch, h, pos, d_head] each
-        if pos is not None:
-            qk_pos = (pos @ W[: 2 * h].transpose(0, 1).reshape(d, 2 * h * e)).view(n, 2 * h, e).transpose(0, 1)
-            q_pos, k_pos = qk_pos.split(h, dim=0)
-            q, k = q + q_pos, k + k_pos
+        qk_in = x if pos is None else x + pos
+        W_qk = torch.cat([self.W_Q, self.W_K], dim=0).transpose(0, 1).reshape(d, 2 * h * e)
+        q, k = (qk_in @ W_qk).view(b, n, 2 * h, e).transpose(1, 2).split(h, dim=1)  # [batch, h, pos, d_head]
+        v = (x @ self.W_V.transpose(0, 1).reshape(d, h * e)).view(b, n, h, e).transpose(1, 2)
         z = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=~causal_future_mask(n, x.device))
         return z.transpose(1, 2).reshape(b, n, h * e) @ self.W_O.flatten(0, 1)
 
