@@ -33,6 +33,7 @@ from toylab.discovery.graph import Graph
 from toylab.discovery.metrics import induction_positions, kl_to_clean, logit_diff, next_token_loss_on
 from toylab.discovery.reference import induction_circuit, induction_hypotheses
 from toylab.discovery.roc import roc_curve
+from toylab.discovery.subnetwork_probing import subnetwork_probing
 from toylab.discovery.scrubbing import EquivalenceClasses, Hypothesis, scrub
 from toylab.presets import get_preset, load_model
 
@@ -111,6 +112,11 @@ def main() -> None:
         print(f"ACDC sweep ({order} sender order), ROC AUC: weight-derived circuit ({len(ref)} edges) "
               f"{roc_curve(circuits, ref)[2]:.3f}, minimal circuit ({len(minimal)} edges) "
               f"{roc_curve(circuits, minimal)[2]:.3f}")
+    t0 = time.perf_counter()
+    sp, _ = subnetwork_probing(model, graph, x, y, 0.3, positions=pos, steps=80, samples=2, lr=0.2)
+    prec, rec = sp.precision_recall(ref)
+    print(f"subnetwork probing (lam 0.3, 80 steps x 2 samples): {time.perf_counter() - t0:.2f} s, {len(sp)} edges, "
+          f"precision {prec:.2f} recall {rec:.2f} against the weight-derived circuit")
     print("causal scrubbing, loss recovered [95% interval]:")
     for name, h in induction_hypotheses(model, graph, pool.tokens).items():
         s = scrub(model, graph, classes, h)

@@ -143,3 +143,23 @@ def test_bad_input_leaves_no_hook(two_layer):
     with pytest.raises(TypeError, match="tau"):
         acdc(model, g, clean.tokens, corr.tokens, "0.1")
     assert no_hooks(model)
+
+
+@pytest.mark.slow
+def test_subnetwork_probing_keeps_the_induction_circuit(two_layer):
+    """The ACDC paper's learned-mask baseline: hard-concrete edge masks with an L0 penalty."""
+    from toylab.discovery.subnetwork_probing import gate, subnetwork_probing
+
+    model, g, clean, corr = two_layer
+    x, y = clean.tokens[:16], corr.tokens[:16]
+    pos = induction_positions(clean.is_repeat[:16])
+    circuit, log_alpha = subnetwork_probing(model, g, x, y, 0.3, positions=pos, steps=80, samples=2, lr=0.2)
+    ref = induction_circuit(model, g, x)
+    precision, recall = circuit.precision_recall(ref)
+    assert recall == 1.0 and precision >= 0.75, circuit
+    assert not any(e.startswith("pos->") for e in circuit.edges)
+    assert gate(torch.tensor([-10.0, 10.0])).tolist() == [0.0, 1.0]
+    assert all(p.requires_grad for p in model.parameters())  # the model's parameters are left as they were
+    with pytest.raises(ValueError, match="lam"):
+        subnetwork_probing(model, g, x, y, -1.0)
+    assert no_hooks(model)

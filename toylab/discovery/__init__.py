@@ -5,6 +5,7 @@
 - :mod:`~toylab.discovery.edge_patching`: run with edges patched, the exact effect of every edge;
 - :mod:`~toylab.discovery.attribution_patching`: AtP (both linearisations), the AtP* QK fix, EAP, EAP-IG;
 - :mod:`~toylab.discovery.acdc`: ACDC at a threshold, and threshold sweeps;
+- :mod:`~toylab.discovery.subnetwork_probing`: learned hard-concrete edge masks (an ACDC baseline);
 - :mod:`~toylab.discovery.roc`: TPR/FPR, ROC curves and AUC against a reference circuit;
 - :mod:`~toylab.discovery.reference`: reference circuits derived from a model's detectors and weights;
 - :mod:`~toylab.discovery.scrubbing`: causal scrubbing of hypotheses by treeified resampling.
