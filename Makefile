@@ -5,6 +5,7 @@
 #   make models - retrain every canonical model into toylab/models (a few minutes on a laptop CPU)
 #   make bench  - the benchmarks (with the TransformerLens comparison: make bench-tl)
 #   make test-peer - cross-check against TransformerLens 3.9.0, in its own environment .venv-tl
+#   make lab    - JupyterLab on chapters/ with the .venv kernel, for self-study (LAB_ARGS=--no-browser ...)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -14,20 +15,37 @@ PIP    := $(VENV)/bin/pip -q --disable-pip-version-check
 VENV_TL := .venv-tl
 PY_TL   := $(VENV_TL)/bin/python
 
-.PHONY: book test models bench bench-tl test-peer clean
+.PHONY: book test models bench bench-tl test-peer clean lab test-lab
 
-# torch first, pinned: the CPU build lies on these machines; an unpinned torch would pull GBs of CUDA.
+# torch first, pinned, with pip: the CPU build lies on these machines (pip finds it through its own
+# configuration); an unpinned torch, or uv, which does not read pip's configuration, would pull GBs of
+# CUDA. Then uv into the venv, if it can be had: it installs the rest several times faster than pip.
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0
+	$(PIP) install uv >/dev/null 2>&1 || echo "uv is not available: installing the rest with pip"
 	touch $@
 
+# The rest with uv when the venv has it (torch, already installed, satisfies the requirement and is
+# kept), else pip. uv is handed pip's extra indexes and wheel folders, where any are configured,
+# and merges indexes the way pip does. INSTALLER=pip forces pip.
+PIP_CFG      = $(strip $(shell $(PY) -m pip config get global.$(1) 2>/dev/null))
+UV_PIP_FLAGS = --index-strategy unsafe-best-match \
+               $(foreach u,$(call PIP_CFG,extra-index-url),--extra-index-url $(u)) \
+               $(foreach u,$(PIP_FIND_LINKS) $(call PIP_CFG,find-links),--find-links $(u))
+INSTALLER   ?= auto
+define install
+	if [ "$(INSTALLER)" != pip ] && [ -x $(VENV)/bin/uv ]; then \
+	    $(VENV)/bin/uv pip install -q --python $(PY) $(UV_PIP_FLAGS) $(1); \
+	else $(PIP) install $(1); fi
+endef
+
 $(VENV)/.test: $(VENV)/.torch pyproject.toml
-	$(PIP) install -e ".[test]"
+	$(call install,-e ".[test]")
 	touch $@
 
 $(VENV)/.book: $(VENV)/.test
-	$(PIP) install -e ".[book,test]"
+	$(call install,-e ".[book,test]")
 	touch $@
 
 book: $(VENV)/.book
@@ -55,6 +73,27 @@ test-kernels: $(VENV)/.test
 	  || { rc=$$?; [ $$rc -ne 5 ] || echo "pytest collected no tests" >&2; exit $$rc; }
 	ATEN_CPU_CAPABILITY=$(CAP) $(PY) -m pytest -p no:cacheprovider --nbval --current-env --nbval-sanitize-with chapters/nbval_sanitize.cfg $(NOTEBOOKS) \
 	  || { rc=$$?; [ $$rc -ne 5 ] || echo "pytest collected no notebook cells" >&2; exit $$rc; }
+
+# JupyterLab from PyPI into .venv (the `lab` extra; torch is already pinned there, and nothing in
+# the extra depends on it). The kernel spec "python3" is written into .venv/share/jupyter and
+# JUPYTER_PATH puts that folder first, so a notebook opened in the lab runs in .venv (where
+# toylab is installed) even when the user has another "python3" kernel registered.
+LAB_JUPYTER_PATH = $(abspath $(VENV))/share/jupyter
+LAB_ARGS ?=   # e.g. make lab LAB_ARGS="--no-browser --port 8899"
+
+$(VENV)/.lab: $(VENV)/.test
+	$(PIP) install -e ".[lab]"
+	$(PY) -m ipykernel install --prefix $(VENV) --name python3 --display-name "Python 3 (toylab .venv)" >/dev/null
+	touch $@
+
+lab: $(VENV)/.lab
+	JUPYTER_PATH=$(LAB_JUPYTER_PATH) $(VENV)/bin/jupyter lab --notebook-dir=chapters \
+	    --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate --LabApp.news_url=None \
+	    --LabApp.extension_manager=readonly $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+# CI: install the lab extra and check that the lab starts and runs a chapter (tests/test_lab.py).
+test-lab: $(VENV)/.lab
+	$(PY) -m pytest -p no:cacheprovider tests/test_lab.py
 
 models: $(VENV)/.torch $(VENV)/.test
 	$(PY) -m toylab.cli train --all --out-dir toylab/models
