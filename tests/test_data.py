@@ -264,6 +264,78 @@ def test_induction_sample_consistency() -> None:
     assert 0.4 < half.has_repeat.double().mean() < 0.6
 
 
+def sequential_reference(tokens, bos, dst, offset, end):
+    """The generating rule written the slow way: x_0 := BOS where has_bos, then
+    x_p := x_{p-o} for p = d..e-1, in order (so short offsets make periodic tails)."""
+    x = tokens.clone()
+    for i in range(x.shape[0]):
+        if bos[i]:
+            x[i, 0] = BOS
+        for p in range(int(dst[i]), int(end[i])):
+            x[i, p] = x[i, p - int(offset[i])]
+    return x
+
+
+def test_induction_mixture_follows_its_rule() -> None:
+    ds = InductionData(d_vocab=64, n_ctx=32, p_bos=0.7, p_end=0.4)
+    b = ds.sample_batch(3000, gen(5))
+    assert b.has_bos is not None and b.has_bos.dtype == torch.bool
+    assert 0.65 < b.has_bos.double().mean() < 0.75
+    assert torch.equal(b.tokens[:, 0] == BOS, b.has_bos), "BOS exactly where has_bos"
+    assert (b.tokens[:, 1:] != BOS).all() and b.tokens.max() < 64
+    first = b.has_bos.long()
+    end = b.dst_start + b.length
+    periodic = b.dst_start == first + b.offset
+    assert (b.dst_start >= first + b.offset).all() and (b.length >= 2).all() and (end <= 32).all()
+    # drawn periodic (p_periodic) runs to the end; a uniform start landing on f + o may stop
+    assert (end[periodic] == 32).double().mean() > 0.85
+    stops = end < 32
+    assert 0.3 < stops.double().mean() < 0.55 and (b.length[stops] == 2).any()
+    ref = sequential_reference(b.tokens, b.has_bos, b.dst_start, b.offset, end)
+    assert torch.equal(ref, b.tokens), "re-applying the rule changes nothing"
+    # ground truth: is_repeat exactly at d < p < e, and those positions are predictable
+    pos = torch.arange(32)
+    expected = (pos > b.dst_start[:, None]) & (pos < end[:, None])
+    assert torch.equal(b.is_repeat, expected)
+    rows, p = b.is_repeat.nonzero(as_tuple=True)
+    o = b.offset[rows]
+    assert torch.equal(b.tokens[rows, p], b.tokens[rows, p - o])
+    assert torch.equal(b.tokens[rows, p - 1], b.tokens[rows, p - 1 - o])
+    # a stopped copy is followed by fresh tokens: right after it, the copy rule mostly fails
+    r = stops.nonzero().squeeze(1)
+    e = end[r]
+    after_matches = (b.tokens[r, e] == b.tokens[r, e - b.offset[r]]).double().mean()
+    assert after_matches < 0.1, after_matches
+    # every start position and every offset occurs (repeats start anywhere, with or without BOS)
+    assert set(b.dst_start[~b.has_bos].tolist()) >= set(range(2, 30))
+    assert set(b.offset.tolist()) == set(range(2, 21))
+
+
+def test_induction_vectorised_rule_matches_the_sequential_one_on_fresh_noise() -> None:
+    # build the noise independently, apply the generator's (d, o, e) sequentially, compare
+    for kw in (dict(), dict(p_bos=0.5, p_end=0.5), dict(min_offset=1, max_offset=3, p_end=0.9, p_bos=0.0)):
+        ds = InductionData(d_vocab=50, n_ctx=24, max_offset=min(kw.get("max_offset", 20), 21), **{
+            k: v for k, v in kw.items() if k != "max_offset"})
+        b = ds.sample_batch(400, gen(7))
+        noise = torch.randint(1, 50, (400, 24), generator=gen(7))  # the generator's first draw
+        ref = sequential_reference(noise, b.has_bos, b.dst_start, b.offset, b.dst_start + b.length)
+        assert torch.equal(ref, b.tokens), kw
+
+
+def test_induction_defaults_are_the_original_generator() -> None:
+    legacy = {"kind": "induction", "d_vocab": 128, "n_ctx": 32, "seed": 0, "min_offset": 2,
+              "max_offset": 20, "p_repeat": 1.0, "p_periodic": 0.5}
+    ds = make_dataset(legacy)  # a spec written before p_bos / p_end existed still loads
+    assert (ds.p_bos, ds.p_end) == (1.0, 0.0) and ds.spec == legacy
+    b = ds.sample_batch(500, gen(1))
+    assert (b.tokens[:, 0] == BOS).all() and (b.dst_start + b.length == 32).all()
+    mixed = InductionData(p_bos=0.5, p_end=0.3)
+    assert mixed.spec["p_bos"] == 0.5 and make_dataset(mixed.spec).spec == mixed.spec
+    for bad in ({"p_bos": 1.5}, {"p_end": -0.1}, {"p_end": float("nan")}):
+        with pytest.raises(ValueError, match="p_bos|p_end"):
+            InductionData(**bad)
+
+
 # ---------------------------------------------------------------------- probes
 def test_repeated_tokens() -> None:
     x = repeated_tokens(50, 10, 7, gen(0))

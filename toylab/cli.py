@@ -172,6 +172,9 @@ def cmd_info(args) -> int:
           f"{t.get('threads')} thread(s); toylab {ckpt.toylab_version}, torch {ckpt.torch_version}")
     for line in summary_lines(ckpt.metrics, ckpt.data_spec.get("kind", "?")):
         print(line)
+    from toylab.evaluation import off_probe_lines  # the off-probe evaluations (issue 8)
+    for line in off_probe_lines(ckpt.metrics):
+        print(line)
     if problem:
         print(f"toylab info: warning: {problem}", file=sys.stderr)
         return 1

@@ -15,6 +15,7 @@ seed fixes everything else. ``toylab train PRESET`` trains one; the files in
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,14 +66,14 @@ PRESETS: dict[str, Preset] = {
             "induction-2l",
             "2-layer, 2-head model on repeated random segments: previous-token and induction heads",
             ModelConfig(d_vocab=128, n_ctx=32, d_model=64, n_layers=2, n_heads=2, positional="shortformer"),
-            _INDUCTION_DATA,
+            dict(_INDUCTION_DATA),  # each preset its own copy: editing one must not edit the other
             _INDUCTION_TRAIN,
         ),
         Preset(
             "induction-1l",
             "1-layer control on the induction data: no induction heads are possible",
             ModelConfig(d_vocab=128, n_ctx=32, d_model=64, n_layers=1, n_heads=2, positional="shortformer"),
-            _INDUCTION_DATA,
+            dict(_INDUCTION_DATA),
             _INDUCTION_TRAIN,
         ),
         Preset(
@@ -87,9 +88,14 @@ PRESETS: dict[str, Preset] = {
 
 
 def get_preset(name: str) -> Preset:
-    """The preset called ``name``; an unknown name lists the known ones."""
+    """The preset called ``name``; an unknown name suggests the closest known one
+    (``difflib.get_close_matches``) and lists them all."""
+    if not isinstance(name, str):
+        raise ValueError(f"a preset name must be a string, got {type(name).__name__}")
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; the presets are {sorted(PRESETS)}")
+        close = difflib.get_close_matches(name, list(PRESETS), n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"unknown preset {name!r}; {hint}the presets are {sorted(PRESETS)}")
     return PRESETS[name]
 
 

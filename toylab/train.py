@@ -25,6 +25,7 @@ import torch
 
 from toylab.checkpoint import save_checkpoint
 from toylab.data import make_dataset, probe_half_len, repeated_tokens, repeated_tokens_with_gap
+from toylab.evaluation import off_probe_applies, off_probe_metrics
 from toylab.model import AttnOnlyTransformer, ModelConfig, config_from_dict, next_token_loss
 from toylab.progress import Progress
 from toylab.scores import induction_score, previous_token_score
@@ -182,7 +183,9 @@ def evaluate(model: AttnOnlyTransformer, dataset, step: int) -> dict:
     """Validation loss on a fixed batch of ``dataset`` (and, where the language
     knows its true next-token distribution, the KL from it), and the induction
     probes (at the probe's offset and at a different one, so a positional
-    shortcut cannot pass)."""
+    shortcut cannot pass), and the off-probe evaluations of
+    :func:`toylab.evaluation.off_probe_metrics` (``nobos_*``, ``randfirst_*``,
+    ``segment_*``, ``uniform_loss``; left out where the context is too short)."""
     was_training = model.training
     model.eval()
     g = torch.Generator().manual_seed(EVAL_SEED)
@@ -194,6 +197,7 @@ def evaluate(model: AttnOnlyTransformer, dataset, step: int) -> dict:
     probe = induction_probe(model, L)
     gap_len = max(L // 2, 1)
     gapped = induction_probe(model, L - gap_len, gap=gap_len + 1)  # offset L + 1 instead of L
+    off_probe = off_probe_metrics(model) if off_probe_applies(model) else {}
     model.train(was_training)
     best = lambda rows: max((max(r) for r in rows), default=0.0)  # noqa: E731
     return {
@@ -205,6 +209,7 @@ def evaluate(model: AttnOnlyTransformer, dataset, step: int) -> dict:
         "induction_gap": gapped["induction"],
         "best_induction": best(probe["induction"]),
         "best_prev_token": best(probe["prev_token"]),
+        **off_probe,
     }
 
 

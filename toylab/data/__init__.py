@@ -1,13 +1,14 @@
 """Datasets with known rules, for checking what trained models learned against ground truth.
 
 Every dataset has ``d_vocab``, ``n_ctx``, ``sample(batch_size, generator) -> [batch, n_ctx]``
-(token 0 = BOS at position 0 only) and a JSON-able ``spec`` that :func:`make_dataset`
+(token 0 = BOS, at position 0 only; ``InductionData`` with ``p_bos < 1`` starts some
+sequences with an ordinary token instead) and a JSON-able ``spec`` that :func:`make_dataset`
 turns back into an identical dataset.
 
 =========================  ================================================================
 ``BigramLanguage``         sparse random Markov chain (``kind = "bigram"``)
 ``SkipTrigramLanguage``    bigram background + planted rules ``A ... B -> C`` (``"skip_trigram"``)
-``InductionData``          random tokens with a copied segment (``"induction"``)
+``InductionData``          random tokens that repeat, with or without BOS (``"induction"``)
 ``TextData``               character windows of stdlib docstrings (``"text"``)
 ``TextWithRepeatsData``    text windows with a copied segment (``"text_repeats"``)
 =========================  ================================================================

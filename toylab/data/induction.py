@@ -8,6 +8,7 @@ statistics) can predict them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,8 @@ class InductionBatch:
         has_repeat: ``[b]`` bool, whether the sequence has a copied segment.
         src_start, dst_start, length: ``[b]`` LongTensors ``s``, ``d``, ``L``
             (meaningful only where ``has_repeat``); the offset is ``d - s``.
+        has_bos: ``[b]`` bool, whether the sequence starts with BOS (``None`` where
+            every sequence does, e.g. for :func:`copy_random_segment`).
     """
 
     tokens: torch.Tensor
@@ -36,6 +39,7 @@ class InductionBatch:
     src_start: torch.Tensor
     dst_start: torch.Tensor
     length: torch.Tensor
+    has_bos: torch.Tensor | None = None
 
     @property
     def offset(self) -> torch.Tensor:
@@ -46,32 +50,55 @@ class InductionBatch:
 class InductionData:
     """Random tokens that, from a random point on, repeat themselves at a random offset.
 
-    Generating rule (``V = d_vocab``, ``n = n_ctx``)::
+    Generating rule (``V = d_vocab``, ``n = n_ctx``), independently per sequence::
 
-        x_0 = BOS,  x_p ~ Uniform{1..V-1}, independently     for p = 1..n-1
+        x_p ~ Uniform{1..V-1}, independently                 for p = 0..n-1
+        with probability p_bos:  x_0 := BOS,  f = 1          (f: the first content position)
+        otherwise:               f = 0   (x_0 is an ordinary random token)
         with probability p_repeat:
             o ~ Uniform{min_offset..max_offset}               (the offset)
-            d = o + 1 with probability p_periodic             (where the repeat starts:
-              ~ Uniform{o+1..n-2} otherwise                    right after its source, or later)
-            x_p := x_{p-o}   for p = d, d+1, ..., n-1  (in order, so a short offset
-                                                        makes a periodic tail)
+            d = f + o with probability p_periodic             (where the repeat starts:
+              ~ Uniform{f+o..n-2} otherwise                    right after its source, or later)
+            e = n                  for a periodic repeat       (it runs to the end)
+            e = min(n, d + 2 + k), k ~ Geometric(p_end) on {0, 1, ...}, otherwise
+                                   (after its second token a non-periodic repeat
+                                    stops with probability p_end at each token,
+                                    and noise resumes; p_end = 0: e = n)
+            x_p := x_{p-o}   for p = d, ..., e-1   (in order, so a short offset
+                                                    makes a periodic tail)
 
-    The probe ``[BOS, r, r]`` is the case ``o = d - 1 = len(r)``: a sequence that
-    is periodic from the start. Why ``p_periodic``: if the start ``d`` were always
-    uniform, a single earlier match at distance ``o`` would be a true repeat with
-    prior about ``1 / (#offsets * #starts)``, less than the chance of a random
-    match ``1 / (V-1)``; a calibrated model then waits for several matches before
-    it trusts a repeat, and the first tokens of a repeat stay uncertain. Offsets vary
-    between sequences, so a head attending at a fixed distance cannot imitate
-    induction, and the repeat runs to the end of the sequence, so tokens at
-    *every* position are sometimes the ones an induction head must find (with a
-    copied segment in the middle, keys late in the context never are, and the
-    previous-token head learns to ignore late positions).
+    Each part of the mixture is there because a model learns every regularity of
+    its data, including the accidental ones:
+
+    * ``p_periodic``: the probe ``[BOS, r, r]`` is the case ``d = f + o``, a
+      sequence periodic from its start. If the start ``d`` were always uniform, a
+      single earlier match at distance ``o`` would be a true repeat with prior
+      about ``1 / (#offsets * #starts)``, less than the chance of a random match
+      ``1 / (V-1)``; a calibrated model then waits for several matches before it
+      trusts a repeat. Offsets vary between sequences, so a head attending at a
+      fixed distance cannot imitate induction, and repeats that run to the end
+      make every position sometimes the key an induction head must find.
+    * ``p_bos < 1``: if every sequence starts with BOS, position 0 is a constant
+      the model leans on (an attention sink, a "nothing seen yet" signal); on
+      ``[r, r]`` without BOS, or after a random first token, it is then
+      confidently wrong (13 nats on the first copy with ``p_bos = 1``). Sequences
+      whose first token is random teach it that position 0 is just a token.
+    * ``p_end > 0``: if every repeat runs to the end of the context, a model
+      never sees a copy stop and predicts the continuation of a copy with
+      near-certainty, even right after a copied segment in the middle of noise
+      ends (11–13 nats on the first token after it). Repeats that stop teach it
+      that a copy can end, so there its uncertainty is honest (about
+      ``ln(V-1) - ln P(stop)``). Only non-periodic repeats stop: a sequence that
+      is periodic from its start keeps the probe's format.
+
+    The defaults (``p_bos = 1``, ``p_end = 0``) are the original generator, and
+    with them the random stream is the same as before these options existed.
 
     Ground truth: position ``p`` is *predictable by induction* (``is_repeat``)
-    iff ``p > d``: then ``x_{p-1}`` occurred at ``p-1-o`` and ``x_p = x_{p-o}``
+    iff ``d < p < e``: then ``x_{p-1}`` occurred at ``p-1-o`` and ``x_p = x_{p-o}``
     is the token right after it. (``p = d`` follows a fresh token and is not
-    predictable.) Tokens also repeat by chance (about ``n^2 / 2V`` pairs per
+    predictable, nor is ``p = e``, the first fresh token after a repeat that
+    stops.) Tokens also repeat by chance (about ``n^2 / 2V`` pairs per
     sequence); those positions are not marked.
 
     ``seed`` is accepted for the common dataset interface; this language has no
@@ -80,10 +107,13 @@ class InductionData:
     """
 
     kind = "induction"
+    _FIELDS = ("d_vocab", "n_ctx", "seed", "min_offset", "max_offset", "p_repeat", "p_periodic")
+    #: fields added later, with the value that reproduces the original generator
+    _OPTIONAL = {"p_bos": 1.0, "p_end": 0.0}
 
     def __init__(self, *, d_vocab: int = 128, n_ctx: int = 32, seed: int = 0,
                  min_offset: int = 2, max_offset: int = 20, p_repeat: float = 1.0,
-                 p_periodic: float = 0.5) -> None:
+                 p_periodic: float = 0.5, p_bos: float = 1.0, p_end: float = 0.0) -> None:
         self.d_vocab = check_int("d_vocab", d_vocab, minimum=2)
         self.n_ctx = check_int("n_ctx", n_ctx, minimum=4)
         self.seed = check_seed(seed)
@@ -91,6 +121,8 @@ class InductionData:
         self.max_offset = check_int("max_offset", max_offset, minimum=self.min_offset)
         self.p_repeat = check_probability("p_repeat", p_repeat)
         self.p_periodic = check_probability("p_periodic", p_periodic)
+        self.p_bos = check_probability("p_bos", p_bos)
+        self.p_end = check_probability("p_end", p_end)
         if self.max_offset > self.n_ctx - 3:
             raise ValueError(
                 f"max_offset must be <= n_ctx - 3 = {self.n_ctx - 3} (a repeat needs o fresh tokens "
@@ -99,27 +131,47 @@ class InductionData:
 
     def sample_batch(self, batch_size: int, generator: torch.Generator) -> InductionBatch:
         """Sample a batch with its full ground truth (see :class:`InductionBatch`;
-        ``length`` is ``n_ctx - d``, the copy's source starts at ``d - o``)."""
+        ``length`` is ``e - d``, the copy's source starts at ``d - o``).
+
+        Vectorised: every position's source index is computed at once,
+        ``src(p) = d - o + (p - d) mod o`` for ``d <= p < e`` (the first position
+        before ``d`` that the chain ``x_p = x_{p-o}`` leads to), then one gather."""
         batch_size = check_batch_size(batch_size)
         generator = check_generator(generator)
         n = self.n_ctx
         tokens = torch.randint(1, self.d_vocab, (batch_size, n), generator=generator, dtype=torch.long)
-        tokens[:, 0] = BOS
         has_repeat = torch.rand(batch_size, generator=generator, dtype=torch.float64) < self.p_repeat
         offset = torch.randint(self.min_offset, self.max_offset + 1, (batch_size,), generator=generator)
         u = torch.rand(batch_size, generator=generator, dtype=torch.float64)
-        dst = offset + 1 + (u * (n - 2 - offset)).long()  # uniform on o+1..n-2
         periodic = torch.rand(batch_size, generator=generator, dtype=torch.float64) < self.p_periodic
-        dst = torch.where(periodic, offset + 1, dst)
+        if self.p_bos < 1.0:
+            bos = torch.rand(batch_size, generator=generator, dtype=torch.float64) < self.p_bos
+        else:  # the original stream: no draw
+            bos = torch.ones(batch_size, dtype=torch.bool)
+        first = bos.long()
+        dst = first + offset + (u * (n - 1 - first - offset)).long()  # uniform on f+o..n-2
+        dst = torch.where(periodic, first + offset, dst)
         dst = torch.where(has_repeat, dst, torch.full_like(dst, n))
-        rows = torch.arange(batch_size)
-        for p in range(2, n):
-            on = rows[dst <= p]
-            tokens[on, p] = tokens[on, p - offset[on]]
-        positions = torch.arange(n)
-        is_repeat = positions[None, :] > dst[:, None]
+        end = torch.full_like(dst, n)
+        if self.p_end > 0.0:
+            # e - d - 2 ~ Geometric(p_end) on {0, 1, ...}: k = floor(log(U) / log(1 - p_end))
+            v = torch.rand(batch_size, generator=generator, dtype=torch.float64)
+            if self.p_end < 1.0:
+                k = torch.floor(torch.log1p(-v) / math.log1p(-self.p_end)).clamp(0, n).long()
+            else:
+                k = torch.zeros(batch_size, dtype=torch.long)
+            stop_at = dst + 2 + k
+            stops = ~periodic & has_repeat & (stop_at < n)
+            end = torch.where(stops, stop_at, end)
+        tokens[:, 0] = torch.where(bos, torch.full_like(tokens[:, 0], BOS), tokens[:, 0])
+        pos = torch.arange(n).unsqueeze(0)
+        d, o, e = dst.unsqueeze(1), offset.unsqueeze(1), end.unsqueeze(1)
+        in_copy = (pos >= d) & (pos < e)
+        source = torch.where(in_copy, d - o + (pos - d).clamp_min(0) % o, pos)
+        tokens = tokens.gather(1, source)
+        is_repeat = (pos > d) & (pos < e)
         return InductionBatch(tokens=tokens, is_repeat=is_repeat, has_repeat=has_repeat,
-                              src_start=dst - offset, dst_start=dst, length=n - dst)
+                              src_start=dst - offset, dst_start=dst, length=end - dst, has_bos=bos)
 
     def sample_with_truth(self, batch_size: int,
                           generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,23 +185,31 @@ class InductionData:
 
     @property
     def spec(self) -> dict[str, Any]:
-        """JSON-able description; ``make_dataset(spec)`` rebuilds this dataset."""
-        return check_json_able({
+        """JSON-able description; ``make_dataset(spec)`` rebuilds this dataset. The
+        optional fields are written only where they differ from the original generator,
+        so the spec of an original-generator dataset is unchanged."""
+        spec = {
             "kind": self.kind, "d_vocab": self.d_vocab, "n_ctx": self.n_ctx, "seed": self.seed,
             "min_offset": self.min_offset, "max_offset": self.max_offset, "p_repeat": self.p_repeat,
             "p_periodic": self.p_periodic,
-        })
+        }
+        for name, default in self._OPTIONAL.items():
+            if getattr(self, name) != default:
+                spec[name] = getattr(self, name)
+        return check_json_able(spec)
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> "InductionData":
-        """Rebuild from :attr:`spec` (all fields required)."""
-        return cls(**check_spec(spec, cls.kind, ["d_vocab", "n_ctx", "seed", "min_offset",
-                                                 "max_offset", "p_repeat", "p_periodic"]))
+        """Rebuild from :attr:`spec` (the original fields are required; ``p_bos`` and
+        ``p_end`` default to the original generator's 1 and 0)."""
+        if isinstance(spec, dict):
+            spec = {**{k: v for k, v in cls._OPTIONAL.items()}, **spec}
+        return cls(**check_spec(spec, cls.kind, [*cls._FIELDS, *cls._OPTIONAL]))
 
     def __repr__(self) -> str:
         return (f"InductionData(d_vocab={self.d_vocab}, n_ctx={self.n_ctx}, "
                 f"min_offset={self.min_offset}, max_offset={self.max_offset}, p_repeat={self.p_repeat}, "
-                f"p_periodic={self.p_periodic})")
+                f"p_periodic={self.p_periodic}, p_bos={self.p_bos}, p_end={self.p_end})")
 
 
 def copy_random_segment(tokens: torch.Tensor, min_len: int, max_len: int, p_repeat: float,
