@@ -5,11 +5,19 @@ Prints, for this machine and thread count:
 1. the float32 matmul peak (a 512 x 512 x 512 matmul, best of several);
 2. per preset: step time, training tokens/s, achieved FLOP/s and its fraction
    of that peak (FLOPs counted analytically: 3 x the forward matmuls);
-3. the canonical 2L run: wall time to the phase change (repeated-half loss
-   below ln(V)/2) and until the best induction score first exceeds 0.9;
-4. if transformer_lens is importable: the step time of an equivalent
+3. on induction-2l: the fused fast path against the hooked reference path
+   (what every step cost before the fast path), and where a training step goes
+   (data, forward, backward, clipping, optimiser);
+4. the canonical 2L run: wall time to the phase change (repeated-half loss
+   below ln(V)/2) and until the best induction score first exceeds 0.9, and
+   the one-off cost of torch's first optimiser (it imports torch._dynamo);
+5. if transformer_lens is importable: the step time of an equivalent
    HookedTransformer (attn_only, no normalization, same config, optimiser,
    batch) and the ratio toylab / TransformerLens.
+
+Every time is taken twice: wall clock and this thread's CPU time. On a
+machine shared with other jobs the wall times include waiting for a core;
+the CPU times (and the ratios of CPU times) are what the code costs.
 
     python benchmarks/bench_train.py [--threads N] [--steps N] [--skip-2l]
 """
@@ -27,20 +35,24 @@ import torch
 from toylab.data import make_dataset
 from toylab.model import AttnOnlyTransformer, ModelConfig
 from toylab.presets import PRESETS
-from toylab.train import train
+from toylab.train import evaluate, train
 
 
-def matmul_peak(n: int = 512, repeats: int = 30) -> float:
-    """Best observed float32 FLOP/s of an ``n x n`` matmul."""
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def matmul_peak(n: int = 512, repeats: int = 30) -> dict[str, float]:
+    """Best observed float32 FLOP/s of an ``n x n`` matmul, per clock (``wall``, ``cpu``)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     for _ in range(5):
         a @ b
-    best = math.inf
+    best = {k: math.inf for k in CLOCKS}
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t = {k: c() for k, c in CLOCKS.items()}
         a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
+        for k, c in CLOCKS.items():
+            best[k] = min(best[k], c() - t[k])
+    return {k: 2 * n**3 / v for k, v in best.items()}
 
 
 def train_flops_per_token(cfg: ModelConfig, n_pos: int) -> float:
@@ -55,16 +67,38 @@ def train_flops_per_token(cfg: ModelConfig, n_pos: int) -> float:
     return 3 * forward
 
 
-def time_steps(step, n_steps: int) -> float:
-    """Median seconds per call of ``step()`` after a warm-up."""
+def time_steps(step, n_steps: int, clock: str = "wall") -> float:
+    """Median seconds per call of ``step()`` after a warm-up (``clock``: ``wall`` or ``cpu``)."""
+    return time_steps_both(step, n_steps)[clock]
+
+
+def time_steps_both(step, n_steps: int) -> dict[str, float]:
+    """Median seconds per call of ``step()`` after a warm-up, on both clocks."""
     for _ in range(5):
         step()
-    times = []
+    times = {k: [] for k in CLOCKS}
     for _ in range(n_steps):
-        t0 = time.perf_counter()
+        t = {k: c() for k, c in CLOCKS.items()}
         step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for k, c in CLOCKS.items():
+            times[k].append(c() - t[k])
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def interleaved(steps: dict, n_steps: int) -> dict[str, dict[str, float]]:
+    """Median seconds per call of each ``steps[name]()``, the calls interleaved so that
+    a change in the machine's load hits every variant alike; both clocks."""
+    for step in steps.values():
+        for _ in range(5):
+            step()
+    times = {name: {k: [] for k in CLOCKS} for name in steps}
+    for _ in range(n_steps):
+        for name, step in steps.items():
+            t = {k: c() for k, c in CLOCKS.items()}
+            step()
+            for k, c in CLOCKS.items():
+                times[name][k].append(c() - t[k])
+    return {name: {k: statistics.median(v) for k, v in d.items()} for name, d in times.items()}
 
 
 def train_step(model, batch):
@@ -80,18 +114,64 @@ def train_step(model, batch):
     return step
 
 
-def bench_presets(n_steps: int, peak: float) -> None:
-    print(f"\n{'preset':16s} {'batch x ctx':>11s} {'ms/step':>8s} {'tokens/s':>10s} {'GFLOP/s':>8s} {'of peak':>8s}")
+def bench_presets(n_steps: int, peak: dict[str, float]) -> None:
+    print(f"\n{'preset':16s} {'batch x ctx':>11s} {'ms/step':>8s} {'cpu ms':>7s} {'tokens/s':>10s} {'GFLOP/s':>8s} "
+          f"{'of peak':>8s} {'(cpu)':>6s}")
     for name, preset in PRESETS.items():
         cfg, tcfg = preset.model, preset.train
         data = make_dataset(preset.data)
         batch = data.sample(tcfg.batch_size, torch.Generator().manual_seed(0))
         model = AttnOnlyTransformer(cfg, seed=0)
-        sec = time_steps(train_step(model, batch), n_steps)
+        sec = time_steps_both(train_step(model, batch), n_steps)
         tokens = batch.numel()
-        flops = train_flops_per_token(cfg, batch.shape[1]) * tokens / sec
-        print(f"{name:16s} {tcfg.batch_size:5d} x {batch.shape[1]:3d} {sec * 1e3:8.1f} {tokens / sec:10.0f} "
-              f"{flops / 1e9:8.1f} {flops / peak:8.0%}")
+        flop = train_flops_per_token(cfg, batch.shape[1]) * tokens
+        print(f"{name:16s} {tcfg.batch_size:5d} x {batch.shape[1]:3d} {sec['wall'] * 1e3:8.1f} {sec['cpu'] * 1e3:7.1f} "
+              f"{tokens / sec['wall']:10.0f} {flop / sec['wall'] / 1e9:8.1f} {flop / sec['wall'] / peak['wall']:8.0%} "
+              f"{flop / sec['cpu'] / peak['cpu']:6.0%}")
+
+
+def bench_paths_and_parts(n_steps: int, peak: dict[str, float]) -> None:
+    """induction-2l: fast path vs hooked path (interleaved), then where a training step goes."""
+    preset = PRESETS["induction-2l"]
+    cfg, tcfg = preset.model, preset.train
+    data = make_dataset(preset.data)
+    batch = data.sample(tcfg.batch_size, torch.Generator().manual_seed(0))
+    flop = train_flops_per_token(cfg, batch.shape[1]) * batch.numel()
+    fast, hooked = AttnOnlyTransformer(cfg, seed=0), AttnOnlyTransformer(cfg, seed=0)
+    hooked.fast_path = False
+    t = interleaved({"fast": train_step(fast, batch), "hooked": train_step(hooked, batch)}, n_steps)
+    print(f"\ninduction-2l step, batch {batch.shape[0]} x {batch.shape[1]} ({flop / 1e9:.2f} GFLOP), interleaved:")
+    for name in ("hooked", "fast"):
+        print(f"  {name:7s} path  {t[name]['wall'] * 1e3:6.1f} ms wall {t[name]['cpu'] * 1e3:6.1f} ms cpu   "
+              f"{flop / t[name]['cpu'] / peak['cpu']:4.0%} of peak (cpu)")
+    print(f"  fast / hooked = {t['fast']['cpu'] / t['hooked']['cpu']:.2f} (cpu), "
+          f"{t['fast']['wall'] / t['hooked']['wall']:.2f} (wall)")
+
+    # where a step of the training loop goes (the loop's own recipe: fused AdamW, clipping)
+    model = AttnOnlyTransformer(cfg, seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=tcfg.betas, fused=True)
+    gen = torch.Generator().manual_seed(1)
+    parts = {k: 0.0 for k in ("data", "forward", "backward", "clip", "optimiser")}
+    clock = time.thread_time
+    for i in range(n_steps + 5):
+        t0 = clock()
+        tokens = data.sample(tcfg.batch_size, gen)
+        t1 = clock()
+        loss = model(tokens, return_type="loss")
+        t2 = clock()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t3 = clock()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+        t4 = clock()
+        opt.step()
+        loss.item()
+        t5 = clock()
+        if i >= 5:
+            for k, (a, b) in zip(parts, [(t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5)]):
+                parts[k] += (b - a) / n_steps
+    total = sum(parts.values())
+    print("  a training step (cpu): " + ", ".join(f"{k} {v * 1e3:.2f} ms ({v / total:.0%})" for k, v in parts.items()))
 
 
 def bench_induction_run() -> None:
@@ -110,6 +190,12 @@ def bench_induction_run() -> None:
     print(f"\ninduction-2l, {tcfg.steps} steps, evaluating every {tcfg.eval_every} (evaluation time included):")
     for key in ("phase change", "induction > 0.9"):
         print(f"  {key:18s} {marks.get(key, float('nan')):6.1f} s wall")
+    t0 = time.perf_counter()
+    evaluate(result.model, make_dataset(preset.data), tcfg.steps)
+    one_eval = time.perf_counter() - t0
+    n_evals = len(result.history)
+    print(f"  evaluation         {one_eval:6.2f} s each, {n_evals} of them: {one_eval * n_evals / result.seconds:.0%} "
+          f"of the run")
     m = result.metrics
     print(f"  whole run          {result.seconds:6.1f} s; final induction {max(m['induction'][1]):.2f}, "
           f"previous-token {max(m['prev_token'][0]):.2f}, repeated-half loss {m['loss_repeat']:.3f}")
@@ -133,12 +219,13 @@ def bench_transformer_lens(n_steps: int) -> None:
     )
     tl_model = HookedTransformer(tl_cfg)
     batch = make_dataset(preset.data).sample(preset.train.batch_size, torch.Generator().manual_seed(0))
-    ours = time_steps(train_step(AttnOnlyTransformer(cfg, seed=0), batch), n_steps)
-    theirs = time_steps(train_step(tl_model, batch), n_steps)
-    print(f"\nstep time on the induction-2l config, batch {batch.shape[0]} x {batch.shape[1]}:")
-    print(f"  toylab           {ours * 1e3:7.1f} ms")
-    print(f"  TransformerLens  {theirs * 1e3:7.1f} ms")
-    print(f"  ratio toylab / TransformerLens = {ours / theirs:.2f} (below 1: toylab is faster)")
+    t = interleaved({"toylab": train_step(AttnOnlyTransformer(cfg, seed=0), batch),
+                     "TransformerLens": train_step(tl_model, batch)}, n_steps)
+    print(f"\nstep time on the induction-2l config, batch {batch.shape[0]} x {batch.shape[1]} (interleaved):")
+    for name, d in t.items():
+        print(f"  {name:16s} {d['wall'] * 1e3:7.1f} ms wall {d['cpu'] * 1e3:7.1f} ms cpu")
+    print(f"  ratio toylab / TransformerLens = {t['toylab']['cpu'] / t['TransformerLens']['cpu']:.2f} (cpu), "
+          f"{t['toylab']['wall'] / t['TransformerLens']['wall']:.2f} (wall); below 1: toylab is faster")
 
 
 def main() -> None:
@@ -149,9 +236,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    t0, c0 = time.perf_counter(), time.thread_time()
+    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])  # the first optimiser imports torch._dynamo
+    print(f"torch {torch.__version__}, {args.threads} thread(s); the first torch optimiser of a process costs "
+          f"{time.perf_counter() - t0:.1f} s wall, {time.thread_time() - c0:.1f} s cpu (import of torch._dynamo)")
     peak = matmul_peak()
-    print(f"torch {torch.__version__}, {args.threads} thread(s); float32 matmul peak {peak / 1e9:.1f} GFLOP/s")
+    print(f"float32 matmul peak {peak['wall'] / 1e9:.1f} GFLOP/s wall, {peak['cpu'] / 1e9:.1f} GFLOP/s cpu")
     bench_presets(args.steps, peak)
+    bench_paths_and_parts(args.steps, peak)
     if not args.skip_2l:
         bench_induction_run()
     bench_transformer_lens(args.steps)

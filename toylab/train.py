@@ -290,9 +290,10 @@ def _train_loop(model_cfg, dataset, cfg: TrainConfig, seed, progress, desc, call
     data_gen = torch.Generator().manual_seed(seed + 1)
     decay = [p for n, p in model.named_parameters() if n.split(".")[-1] in ("W_Q", "W_K", "W_V", "W_O")]
     no_decay = [p for n, p in model.named_parameters() if n.split(".")[-1] not in ("W_Q", "W_K", "W_V", "W_O")]
+    # fused: one kernel for all parameters (half the optimiser time of the per-tensor loop on CPU)
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr_at(1), betas=cfg.betas,
+        lr=cfg.lr_at(1), betas=cfg.betas, fused=True,
     )
     result = TrainResult(model, dataset.spec, cfg, seed)
     start = time.perf_counter()
