@@ -25,8 +25,10 @@ def tokens():
 @pytest.mark.parametrize("hook", ["blocks.1.hook_resid_post", "blocks.1.hook_attn_out"])
 def test_predicted_equals_observed_after_the_last_layer(model, tokens, hook):
     v = vector_from_weights(model, 17, head=(0, 0))
+    # the baseline runs through the same (hooked) code path, so untouched positions agree bit for bit
+    clean = run_with_steering(model, tokens, hook, v, coeff=0.0)
     with torch.no_grad():
-        clean = model(tokens)
+        torch.testing.assert_close(clean, model(tokens), atol=1e-4, rtol=1e-4)
     steered = run_with_steering(model, tokens, hook, v, coeff=2.5, from_pos=10)
     shift = steered - clean
     predicted = predicted_logit_shift(model, hook, v, coeff=2.5)
