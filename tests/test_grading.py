@@ -174,3 +174,129 @@ def test_expect_tensor_teaches():
     answers.expect_tensor(torch.tensor([1.0, -inf]), torch.tensor([1.0, -inf]), "masked")
     with pytest.raises(AssertionError):
         answers.expect_tensor(torch.tensor([1.0, 0.0]), torch.tensor([1.0, -inf]), "masked")
+
+
+# --- fairness: an answer that changes what it was given spoils only its own test ------------------
+
+VANDAL_EMBED = '''
+def embed(tokens, W_E):
+    out = W_E[tokens]
+    W_E.mul_(0.0)  # changes the shared model in place
+    return out
+'''
+VANDAL_PREV = '''
+_solution_previous_token_score = previous_token_score
+
+
+def previous_token_score(pattern):
+    out = _solution_previous_token_score(pattern)
+    pattern.zero_()  # masks a module-scoped fixture's pattern in place
+    return out
+'''
+REAL_PARTS = '''
+def copying_score(M):
+    ev = torch.linalg.eigvals(M.double())
+    return (ev.real.sum(-1) / ev.real.abs().sum(-1)).float()  # the real parts in the denominator: a mistake
+'''
+
+
+@pytest.fixture(scope="module")
+def vandal_run(tmp_path_factory):
+    """Grade solutions with three bad answers; ``(exit code, printed table, Gradescope results.json)``."""
+    folder = tmp_path_factory.mktemp("vandal")
+    for ch in CHAPTERS:
+        shutil.copy(ROOT / "solutions" / f"{ch}.py", folder / f"{ch}.py")
+    ch0 = folder / "ch00_transformer.py"
+    ch0.write_text(_replace(ch0.read_text(), "embed", VANDAL_EMBED))
+    ch4 = folder / "ch04_induction.py"
+    ch4.write_text(ch4.read_text() + "\n\n" + VANDAL_PREV)
+    ch2 = folder / "ch02_one_layer.py"
+    ch2.write_text(_replace(ch2.read_text(), "copying_score", REAL_PARTS))
+    out = tmp_path_factory.mktemp("results") / "results.json"
+    select = "embed or copying_score or previous_token_score or induction_score or find_heads or per_position_loss"
+    import io
+    from contextlib import redirect_stdout
+
+    buf = io.StringIO()
+    args = grading.build_args([str(folder), "--timeout", "30", "--format", "gradescope", "--json", str(out)])
+    with redirect_stdout(buf):
+        code = grading.cmd_grade(args, select=select)
+    return code, buf.getvalue(), json.loads(out.read_text())
+
+
+def test_in_place_changes_do_not_leak_into_other_tests(vandal_run):
+    code, table, results = vandal_run
+    status = {t["name"]: t["status"] for t in results["tests"]}
+    assert code == 1
+    # the vandals' own tests may fail; every other exercise (other chapters included) is graded fairly
+    vandals = {"ch04 previous_token_score", "ch02 copying_score"}
+    for name in ("ch00 embed", "ch04 per_position_loss", "ch04 induction_score", "ch04 find_heads"):
+        assert status[name] == "passed", (name, results["tests"])
+    assert vandals <= set(status) and status["ch02 copying_score"] == "failed"
+
+
+def test_the_whole_hint_reaches_the_table_and_the_json(vandal_run):
+    code, table, results = vandal_run
+    hint = "not of the real parts"
+    [copying] = [t for t in results["tests"] if t["name"] == "ch02 copying_score"]
+    assert hint in copying["output"] and len(copying["output"]) > 200, copying
+    assert hint in table
+
+
+def test_gradescope_results_json_format(vandal_run):
+    code, table, results = vandal_run
+    assert set(results) >= {"score", "tests", "visibility", "stdout_visibility"}
+    assert results["score"] == sum(t["score"] for t in results["tests"])
+    for t in results["tests"]:
+        assert set(t) >= {"name", "score", "max_score", "output", "visibility", "status"}
+        assert 0 <= t["score"] <= t["max_score"] and t["visibility"] == "visible"
+        assert (t["status"] == "passed") == (t["score"] == t["max_score"]) == (t["output"] == "pass")
+    assert "Gradescope results.json format" in table
+
+
+def test_first_line_keeps_long_messages_whole():
+    long = "wrong values; " + "x" * 300 + " hint: the denominator is the sum of the moduli"
+
+    class Info:
+        value = AssertionError(long)
+
+        def exconly(self):
+            return f"AssertionError: {long}\nassert False"
+
+    assert grading.first_line(Info()) == long
+    huge = "a" * 5000 + " the hint at the end"
+    short = grading.shorten(huge)
+    assert len(short) <= grading.MESSAGE_LIMIT and short.endswith("the hint at the end")
+
+
+def test_grade_refuses_bad_timeouts_and_unwritable_json_before_grading(tmp_path, monkeypatch, capsys):
+    def must_not_grade(*a, **k):
+        raise AssertionError("grading started before the arguments were checked")
+
+    monkeypatch.setattr(grading, "grade", must_not_grade)
+    for t in ("nan", "inf", "-1", "0"):
+        assert grading.main([str(tmp_path), "--timeout", t]) == 2
+        assert "timeout must be a finite number of seconds > 0" in capsys.readouterr().err
+    assert grading.main([str(tmp_path), "--json", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    from toylab import checkpoint
+
+    monkeypatch.setattr(checkpoint.os, "access", lambda p, mode: False)  # a read-only place (root ignores modes)
+    assert grading.main([str(tmp_path), "--json", str(tmp_path / "g.json")]) == 2
+    assert "is not writable" in capsys.readouterr().err
+
+
+def test_missing_pytest_says_what_to_install(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pytest" else real(name, *a))
+    with pytest.raises(RuntimeError, match=r"pip install 'pytest>=7.4'"):
+        grading.grade(tmp_path)
+
+
+def test_pytest_is_a_runtime_dependency():
+    tomllib = pytest.importorskip("tomllib")
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(d.replace(" ", "").startswith("pytest") for d in deps), deps

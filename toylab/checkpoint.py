@@ -51,6 +51,9 @@ class CheckpointError(ValueError):
 class SaveError(OSError):
     """A checkpoint (or other file) could not be written; any existing file at the path is untouched."""
 
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
 
 @dataclass
 class Checkpoint:
@@ -72,12 +75,12 @@ class Checkpoint:
         return self.model.cfg
 
 
-def check_writable(path: str | os.PathLike) -> Path:
+def check_writable(path: str | os.PathLike, example: str = "model.pt") -> Path:
     """Raise :class:`SaveError` now if ``path`` cannot be written as a file (a folder,
     a read-only or missing-and-uncreatable folder); used before long work."""
     path = Path(path)
     if path.is_dir():
-        raise SaveError(errno.EISDIR, f"{path} is a folder; give a file path such as {path / 'model.pt'}")
+        raise SaveError(errno.EISDIR, f"{path} is a folder; give a file path such as {path / example}")
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

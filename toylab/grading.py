@@ -1,6 +1,6 @@
 """Grade a student's exercises: run the graded tests, print and save a score table.
 
-    toylab grade [--chapter N] [--json [FILE]] [--timeout S] [PATH]
+    toylab grade [--chapter N] [--json [FILE]] [--format toylab|gradescope] [--timeout S] [PATH]
 
 The graded tests live in ``tests/exercises/test_chNN_<topic>.py``; each one
 carries ``@pytest.mark.exercise("name")`` and ``@pytest.mark.points(n)``. They
@@ -22,7 +22,13 @@ child that dies (``os._exit``, a segfault) fails the test it was running;
 the grader then starts a fresh child on the tests that are left, so one
 broken answer never costs the others their points.
 
-This module imports pytest only inside the child process; what the graded
+``--format gradescope`` writes the file as Gradescope's autograder
+``results.json`` instead (see :meth:`Grade.to_gradescope`). A failure message
+is the whole first line of the failing check (up to :data:`MESSAGE_LIMIT`
+characters), so the hint written for a mistake reaches the table and the JSON.
+
+This module imports pytest only inside the child process (pytest is a runtime
+dependency of toylab: grading is a core command); what the graded
 tests themselves use (:func:`~toylab.answers.load_answers`, the teaching
 assertions, the alarm) is in :mod:`toylab.answers`.
 """
@@ -30,7 +36,9 @@ assertions, the alarm) is in :mod:`toylab.answers`.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import math
 import os
 import re
 import subprocess
@@ -44,6 +52,8 @@ from toylab.answers import ANSWERS_ENV, TIMEOUT_ENV, repo_root
 from toylab.progress import Progress
 
 DEFAULT_TIMEOUT = 10.0
+MESSAGE_LIMIT = 2000  # characters of a failure's first line that are kept (hints sit at its end)
+GRADESCOPE_VISIBILITY = ("visible", "hidden", "after_due_date", "after_published")
 _EVENTS_ENV = "TOYLAB_GRADE_EVENTS"
 
 
@@ -57,7 +67,16 @@ def first_line(excinfo) -> str:
     text = excinfo.exconly().strip()
     if isinstance(exc, AssertionError):
         text = text.removeprefix("AssertionError").lstrip(": ")
-    return (text.splitlines() or [type(exc).__name__])[0].strip()[:200]
+    return shorten((text.splitlines() or [type(exc).__name__])[0].strip())
+
+
+def shorten(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """``text`` whole if it fits in ``limit`` characters, else its start and its end
+    (where a hint usually is) around `` ... ``."""
+    if len(text) <= limit:
+        return text
+    half = (limit - 5) // 2
+    return text[:half] + " ... " + text[-half:]
 
 
 class Recorder:
@@ -161,6 +180,26 @@ class Grade:
         return {"path": self.path, "timeout_s": self.timeout, "earned": self.earned, "max": self.max_points,
                 "exercises": self.exercises(), "tests": [asdict(t) for t in self.tests]}
 
+    def to_gradescope(self, visibility: str = "visible", stdout_visibility: str = "hidden") -> dict:
+        """The Gradescope autograder ``results.json``: one Gradescope test per exercise.
+
+        ``{"score", "output", "visibility", "stdout_visibility", "tests": [{"name",
+        "number", "score", "max_score", "status", "output", "visibility"}]}``, where
+        a test's ``score`` is the points earned on that exercise and ``output`` is
+        "pass" or its first failure message (with its hint).
+        """
+        for name, v in (("visibility", visibility), ("stdout_visibility", stdout_visibility)):
+            if v not in GRADESCOPE_VISIBILITY:
+                raise ValueError(f"Gradescope {name} must be one of {GRADESCOPE_VISIBILITY}, got {v!r}")
+        tests = []
+        for i, r in enumerate(self.exercises(), 1):
+            tests.append({"name": f"ch{r['chapter']:02d} {r['exercise']}", "number": str(i),
+                          "score": r["earned"], "max_score": r["max"],
+                          "status": "passed" if r["passed"] else "failed",
+                          "output": "pass" if r["passed"] else r["message"], "visibility": visibility})
+        return {"score": self.earned, "output": f"toylab grade: {self.earned}/{self.max_points} points",
+                "visibility": visibility, "stdout_visibility": stdout_visibility, "tests": tests}
+
 
 def _read_events(path: Path) -> list[dict]:
     if not path.exists():
@@ -197,8 +236,8 @@ def grade(path: str | os.PathLike = "exercises", chapter: int | None = None, tim
     folder = Path(path).expanduser().resolve()
     if not folder.is_dir():
         raise FileNotFoundError(f"no answers folder {folder}")
-    if timeout <= 0:
-        raise ValueError(f"timeout must be positive, got {timeout}")
+    check_timeout(timeout)
+    require_pytest()
     result = Grade(path=str(folder), timeout=timeout)
     args = [str(f) for f in graded_test_files(chapter, root)]
     if select:
@@ -248,6 +287,8 @@ def grade(path: str | os.PathLike = "exercises", chapter: int | None = None, tim
                         pending.remove(ev["nodeid"])
                     running = None
             if pending is None:  # never got as far as collecting the tests
+                if "No module named 'pytest'" in out["output"]:
+                    raise RuntimeError(PYTEST_MISSING.format(exe=sys.executable))
                 tail = out["output"].strip().splitlines()[-5:]
                 raise RuntimeError("the graded tests could not be collected:\n" + "\n".join(tail))
             if running is not None:  # the child died or was killed inside this test
@@ -268,6 +309,26 @@ def grade(path: str | os.PathLike = "exercises", chapter: int | None = None, tim
         bar.__exit__()
     result.tests = list(by_id.values())
     return result
+
+
+def check_timeout(timeout) -> float:
+    """``timeout`` as a float, or a ``ValueError`` unless it is a finite number of seconds > 0
+    (NaN and inf would mean no limit can ever fire)."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) \
+            or timeout <= 0:
+        raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+    return float(timeout)
+
+
+PYTEST_MISSING = ("toylab grade runs the graded tests with pytest, which this Python ({exe}) does not have: "
+                  "install it with `{exe} -m pip install 'pytest>=7.4'` (it is a dependency of toylab; "
+                  "`pip install -e .` installs it)")
+
+
+def require_pytest() -> None:
+    """Raise ``RuntimeError`` with the command to run when pytest cannot be imported by the grader's child."""
+    if importlib.util.find_spec("pytest") is None:
+        raise RuntimeError(PYTEST_MISSING.format(exe=sys.executable))
 
 
 def _watch(proc: subprocess.Popen, events_path: Path, timeout: float, startup_timeout: float,
@@ -337,36 +398,64 @@ def add_grade_parser(subparsers) -> argparse.ArgumentParser:
                               description="Run the graded tests against a folder of answers and print a score table.")
     p.add_argument("path", nargs="?", default=None, help="folder holding chNN_<topic>.py (default: exercises/)")
     p.add_argument("--chapter", type=int, default=None, help="grade one chapter only")
-    p.add_argument("--json", nargs="?", const="grades.json", default=None, metavar="FILE",
-                   help="also write the scores as JSON (default FILE: grades.json)")
+    p.add_argument("--json", nargs="?", const="", default=None, metavar="FILE",
+                   help="also write the scores as JSON (default FILE: grades.json, or results.json with "
+                        "--format gradescope)")
+    p.add_argument("--format", choices=("toylab", "gradescope"), default="toylab",
+                   help="the JSON file's format: toylab's own, or Gradescope's autograder results.json "
+                        "(gradescope writes results.json even without --json)")
+    p.add_argument("--visibility", choices=GRADESCOPE_VISIBILITY, default="visible",
+                   help="with --format gradescope: when students see the tests (default %(default)s)")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per test (default %(default)s)")
     p.set_defaults(func=cmd_grade)
     return p
 
 
-def cmd_grade(args) -> int:
-    """Exit status: 0 full marks, 1 some exercise failed, 2 the grader could not run."""
+def build_args(argv: list[str]) -> argparse.Namespace:
+    """Parse ``toylab grade`` arguments (without the word ``grade``)."""
+    parser = argparse.ArgumentParser(prog="toylab")
+    add_grade_parser(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["grade", *argv])
+
+
+def cmd_grade(args, select: str | None = None) -> int:
+    """Exit status: 0 full marks, 1 some exercise failed, 2 the grader could not run
+    (or could not write its JSON file). Everything that can be checked before
+    grading (the timeout, where the JSON goes, pytest) is checked first."""
+    from toylab.checkpoint import atomic_write, check_writable
+
+    fmt = getattr(args, "format", "toylab")
+    json_path = args.json
+    if json_path == "" or (json_path is None and fmt == "gradescope"):
+        json_path = "results.json" if fmt == "gradescope" else "grades.json"
     try:
+        check_timeout(args.timeout)
+        if json_path is not None:
+            if Path(json_path).suffix.lower() in (".py", ".pt"):
+                raise ValueError(f"--json {json_path}: refusing to overwrite a {Path(json_path).suffix} file "
+                                 f"with scores; give a .json path")
+            check_writable(json_path, example="results.json" if fmt == "gradescope" else "grades.json")
         folder = Path(args.path) if args.path else repo_root() / "exercises"
-        g = grade(folder, chapter=args.chapter, timeout=args.timeout, progress=True)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        g = grade(folder, chapter=args.chapter, timeout=args.timeout, select=select, progress=True)
+    except (OSError, ValueError, RuntimeError) as e:
         print(f"toylab grade: error: {e}", file=sys.stderr)
         return 2
     print(f"graded {g.path} ({g.timeout:g} s per test)\n")
     print(g.table())
-    if args.json:
-        from toylab.checkpoint import atomic_write
-
-        out = atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(g.to_dict(), indent=1) + "\n"))
-        print(f"\nscores written to {out}")
+    if json_path is not None:
+        data = g.to_gradescope(getattr(args, "visibility", "visible")) if fmt == "gradescope" else g.to_dict()
+        try:
+            out = atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1) + "\n"))
+        except OSError as e:
+            print(f"toylab grade: error: the scores above could not be saved: {e}", file=sys.stderr)
+            return 2
+        print(f"\nscores written to {out}" + (" (Gradescope results.json format)" if fmt == "gradescope" else ""))
     return 0 if g.earned == g.max_points else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m toylab.grading [--chapter N] [--json [FILE]] [--timeout S] [PATH]``."""
-    parser = argparse.ArgumentParser(prog="toylab")
-    add_grade_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["grade", *(sys.argv[1:] if argv is None else argv)])
+    args = build_args(sys.argv[1:] if argv is None else argv)
     return args.func(args)
 
 

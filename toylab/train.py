@@ -229,6 +229,10 @@ def train(
     ``callback(entry)`` is called after each evaluation with the history entry.
     ``stop_after=n`` runs only the first ``n`` steps of the same schedule
     (used to re-derive a shipped model's recorded prefix).
+    Ctrl-C (a ``KeyboardInterrupt``, also one raised by ``callback``) raises
+    :class:`TrainingInterrupted`, whose ``.result`` is what was trained so far,
+    its last history entry evaluated at the step reached and marked
+    ``"partial": True`` (``toylab train`` saves it as ``NAME.partial.pt``).
     """
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError(f"seed must be an integer, got {seed!r}")

@@ -11,14 +11,24 @@ Each graded test is marked ``@pytest.mark.exercise("name")`` and
 Every test runs under an alarm of ``TOYLAB_GRADE_TIMEOUT`` seconds (default 60;
 ``toylab grade`` sets its ``--timeout``), so an answer that loops forever fails
 its test instead of hanging the run.
+
+Fairness: every graded test receives its own copies of its fixtures' values
+(models deep-copied, tensors cloned, containers of them copied), whatever the
+fixture's scope, so an answer that changes a model or a pattern in place can
+only spoil its own test, never the next exercise or another chapter's.
 """
 
+import copy
 import os
 
 import pytest
 import torch
 
 from toylab.answers import TIMEOUT_ENV, alarm
+
+# the graded tests do small tensor work: one thread avoids oversubscribing a loaded machine, whose
+# thread contention made a 2000-sequence sample take 1.8 s instead of 0.07 s (and trip short --timeouts)
+torch.set_num_threads(1)
 
 
 def pytest_configure(config):
@@ -40,6 +50,38 @@ def pytest_runtest_setup(item):
 def pytest_runtest_call(item):
     with alarm(_limit()):
         yield
+
+
+# pytest's own fixtures (and ones that manage state) are handed over as they are
+_NOT_COPIED = {"request", "monkeypatch", "tmp_path", "tmp_path_factory", "tmpdir", "tmpdir_factory", "capsys",
+               "capfd", "capsysbinary", "capfdbinary", "caplog", "recwarn", "pytestconfig", "record_property",
+               "record_testsuite_property", "record_xml_attribute", "doctest_namespace", "_no_grad"}
+
+
+def private_copy(value):
+    """A copy of a fixture value that a test may change freely: tensors cloned, modules and
+    other objects deep-copied (a value that cannot be copied is handed over as it is)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone() if not value.requires_grad else value.clone()
+    if isinstance(value, (str, bytes, int, float, bool, type(None))) or callable(value) and not isinstance(
+            value, torch.nn.Module):
+        return value
+    try:
+        return copy.deepcopy(value)
+    except Exception:  # a generator, a lock, an open file: nothing a test can mutate into the next one
+        return value
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_pyfunc_call(pyfuncitem):
+    originals = dict(pyfuncitem.funcargs)
+    for name, value in originals.items():
+        if name not in _NOT_COPIED:
+            pyfuncitem.funcargs[name] = private_copy(value)
+    try:
+        yield
+    finally:
+        pyfuncitem.funcargs.update(originals)
 
 
 @pytest.fixture(scope="session")
