@@ -109,3 +109,17 @@ def test_bad_input():
         direct_copying_scores(m, sources=torch.tensor([500]))
     with pytest.raises(ValueError, match="eigenvalues must be a tensor"):
         copying_score([1.0, 2.0])
+
+
+def test_random_copying_baseline_depends_on_d_head_and_matches_random_models():
+    from toylab.copying import random_copying_baseline
+    small = random_copying_baseline(64, 32, 4, (0.5, 0.99), n_samples=500)
+    large = random_copying_baseline(64, 32, 32, (0.5, 0.99), n_samples=500)
+    assert abs(small[0.5]) < 0.1 and abs(large[0.5]) < 0.1           # centred on 0
+    assert small[0.99] > 0.7 > 0.2 > large[0.99]                      # the docstring's d_head 4 vs 32 claim
+    assert random_copying_baseline(64, 32, 4, (0.99,), n_samples=500) == {0.99: small[0.99]}  # seeded
+    # heads of randomly initialised models fall inside the baseline (negative control)
+    cfg = ModelConfig(d_vocab=64, n_ctx=8, d_model=32, n_layers=2, n_heads=8, d_head=4)
+    scores = torch.cat([copying_scores(AttnOnlyTransformer(cfg, seed=s)).flatten() for s in range(8)])
+    q95 = random_copying_baseline(64, 32, 4, (0.95,), n_samples=500)[0.95]
+    assert (scores >= q95).float().mean() < 0.15                        # ~5% expected of 128 heads

@@ -43,7 +43,7 @@ def _closes_on_error(fn):
 
 def _check_count(items, n: int, what: str, of: str) -> None:
     if items is not None and len(items) != n:
-        raise ValueError(f"{len(items)} {what} for {n} {of}")
+        raise ValueError(f"got {len(items)} {what} for {n} {of}: give exactly {n}, one per entry")
 
 
 def _axes(ax, n: int = 1, size=(4.0, 3.6)):
