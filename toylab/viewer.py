@@ -96,10 +96,11 @@ _JS = """
     best.sort(function (x, y) { return y[0] - x[0]; });
     var parts = [];
     for (var i = 0; i < Math.min(3, best.length); i++) {
-      parts.push(data.tokens[best[i][1]] + " @" + best[i][1] + ": " + best[i][0].toFixed(3));
+      parts.push("\u00ab" + data.tokens[best[i][1]] + "\u00bb at " + best[i][1] + ": " +
+                 best[i][0].toFixed(3));
     }
-    readout.textContent = data.heads[h] + ", query position " + q + " (" + data.tokens[q] +
-      ") attends most to " + parts.join(", ") +
+    readout.textContent = data.heads[h] + ": query position " + q + " \u00ab" + data.tokens[q] +
+      "\u00bb attends most to " + parts.join(", ") +
       ". Hover over a token to see its row; click to keep it.";
   }
   for (var k = 0; k < toks.length; k++) {
