@@ -178,19 +178,29 @@ class Attention(nn.Module):
         W_qk = torch.cat([self.W_Q, self.W_K], dim=0).transpose(0, 1).reshape(d, 2 * h * e)
         q, k = (qk_in @ W_qk).view(b, n, 2 * h, e).transpose(1, 2).split(h, dim=1)  # [batch, h, pos, d_head]
         v = (x @ self.W_V.transpose(0, 1).reshape(d, h * e)).view(b, n, h, e).transpose(1, 2)
-        z = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=~causal_future_mask(n, x.device))
+        z = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(n, x.device))
         return z.transpose(1, 2).reshape(b, n, h * e) @ self.W_O.flatten(0, 1)
 
 
-_FUTURE_MASKS: dict[tuple[int, str], torch.Tensor] = {}
+_FUTURE_MASKS: dict[tuple[int, str, str], torch.Tensor] = {}
 
 
 def causal_future_mask(n_pos: int, device) -> torch.Tensor:
     """``[n_pos, n_pos]`` bool, True above the diagonal (key after query); cached per size and device."""
-    key = (n_pos, str(device))
+    key = (n_pos, str(device), "future")
     mask = _FUTURE_MASKS.get(key)
     if mask is None:
         mask = torch.triu(torch.ones(n_pos, n_pos, dtype=torch.bool, device=device), diagonal=1)
+        _FUTURE_MASKS[key] = mask
+    return mask
+
+
+def causal_mask(n_pos: int, device) -> torch.Tensor:
+    """``[n_pos, n_pos]`` bool, True where a query may attend (key at or before it); cached."""
+    key = (n_pos, str(device), "allowed")
+    mask = _FUTURE_MASKS.get(key)
+    if mask is None:
+        mask = ~causal_future_mask(n_pos, device)
         _FUTURE_MASKS[key] = mask
     return mask
 
