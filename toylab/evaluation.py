@@ -43,8 +43,12 @@ def _check(model, batch: int) -> None:
                          f"got n_ctx={model.cfg.n_ctx}, d_vocab={model.cfg.d_vocab}")
 
 
-def _best_induction(model, toks: torch.Tensor, destinations: torch.Tensor) -> float:
-    _, cache = model.run_with_cache(toks, names_filter=lambda n: n.endswith("hook_pattern"))
+def _run(model, toks: torch.Tensor):
+    """One forward pass: ``(logits, cache of the attention patterns)``."""
+    return model.run_with_cache(toks, names_filter=lambda n: n.endswith("hook_pattern"))
+
+
+def _best_induction(model, cache, toks: torch.Tensor, destinations: torch.Tensor) -> float:
     scores = [induction_score(cache["pattern", l], toks, destinations).max().item()
               for l in range(model.cfg.n_layers)]
     return max(scores, default=0.0)
@@ -78,11 +82,12 @@ def no_bos_probe(model, random_first: bool = False, batch: int = 256, seed: int 
         parts.insert(0, torch.randint(1, V, (batch, 1), generator=g, dtype=torch.long))
     toks = torch.cat(parts, dim=1)
     second = toks.shape[1] - h
-    loss = next_token_loss(model(toks), toks)  # loss[:, p] is for token p + 1
+    logits, cache = _run(model, toks)
+    loss = next_token_loss(logits, toks)  # loss[:, p] is for token p + 1
     dest = torch.arange(toks.shape[1]) >= second
     return {"loss_first": loss[:, :second - 1].mean().item(),
             "loss_repeat": loss[:, second:].mean().item(),
-            "best_induction": _best_induction(model, toks, dest)}
+            "best_induction": _best_induction(model, cache, toks, dest)}
 
 
 def segment_tokens(d_vocab: int, n_ctx: int, seg_len: int, batch: int,
@@ -136,7 +141,7 @@ def segment_probe(model, seg_len: int | None = None, batch: int = 256, seed: int
     if not isinstance(L, int) or isinstance(L, bool) or L < 3:
         raise ValueError(f"seg_len must be an integer >= 3, got {seg_len!r}")
     toks, dst = segment_tokens(V, n, L, batch, torch.Generator().manual_seed(seed))
-    logits = model(toks)
+    logits, cache = _run(model, toks)
     loss = next_token_loss(logits, toks)
     rows = torch.arange(batch)
     pos = torch.arange(n).unsqueeze(0)
@@ -147,7 +152,7 @@ def segment_probe(model, seg_len: int | None = None, batch: int = 256, seed: int
     return {"loss_copy": loss[copy_mask].mean().item(),
             "loss_after": loss[rows, end].mean().item(),
             "max_prob_after": probs_end.max(-1).values.mean().item(),
-            "best_induction": _best_induction(model, toks, (pos >= d) & (pos < d + L))}
+            "best_induction": _best_induction(model, cache, toks, (pos >= d) & (pos < d + L))}
 
 
 def off_probe_applies(model) -> bool:
