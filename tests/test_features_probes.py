@@ -92,3 +92,20 @@ def test_bad_inputs(model, batch):
         probe_across_hooks(model, batch, "colour")
     with pytest.raises(ValueError, match="types"):
         probe_with_control(acts, torch.zeros(acts.shape[0], dtype=torch.long), torch.zeros(3, dtype=torch.long))
+
+
+def test_skip_trigram_variables_against_brute_force():
+    from toylab.data import SkipTrigramLanguage
+    from toylab.features.probes import skip_trigram_variables
+    lang = SkipTrigramLanguage(d_vocab=64, n_ctx=32, seed=0)
+    tokens = lang.sample(8, torch.Generator().manual_seed(0))
+    v = skip_trigram_variables(tokens, lang)
+    sources = {a for a, _, _ in lang.rules}
+    want_seen = [[int(any(int(t) in sources for t in row[:p])) for p in range(1, 32)] for row in tokens]
+    want_rule = [[int(any(int(row[p]) == b and a in [int(t) for t in row[:p]] for a, b, _ in lang.rules))
+                  for p in range(1, 32)] for row in tokens]
+    assert v["source_earlier"].view(8, 31).tolist() == want_seen
+    assert v["rule_active"].view(8, 31).tolist() == want_rule
+    assert 0 < float(v["rule_active"].float().mean()) < 1
+    with pytest.raises(TypeError, match="SkipTrigramLanguage"):
+        skip_trigram_variables(tokens, object())

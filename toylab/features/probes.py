@@ -14,9 +14,11 @@ held-out accuracy beside two baselines:
   more than that. (A probe for "previous token" whose control, keyed on the
   *current* token, scores as high is reading the current token, not the previous one.)
 
-The variables the induction generator knows (:func:`induction_variables`): the
-current token, the previous token, whether the position is predictable by
-induction, and the repeat offset (at repeated positions only).
+The variables the generators know: for induction data (:func:`induction_variables`)
+the current token, the previous token, whether the position is predictable by
+induction, and the repeat offset (at repeated positions only); for the
+skip-trigram language (:func:`skip_trigram_variables`) whether a planted source
+token ``A`` occurred earlier, and whether a rule ``A ... B -> C`` fires here.
 """
 
 from __future__ import annotations
@@ -144,6 +146,23 @@ def induction_variables(batch, skip_first: bool = True) -> dict[str, torch.Tenso
     offset = torch.where(batch.is_repeat, batch.offset[:, None].expand(b, n), torch.full((b, n), IGNORE))
     out = {"current_token": tokens, "previous_token": prev, "is_repeat": batch.is_repeat.long(),
            "repeat_offset": offset}
+    start = 1 if skip_first else 0
+    return {k: v[:, start:].reshape(-1) for k, v in out.items()}
+
+
+def skip_trigram_variables(tokens: torch.Tensor, language, skip_first: bool = True) -> dict[str, torch.Tensor]:
+    """Probe targets from a :class:`toylab.data.SkipTrigramLanguage` on ``tokens [b, n]``, each
+    ``[b * (n - skip_first)]`` in the row order of ``gather_activations``.
+
+    ``source_earlier``: 1 if some rule source ``A_i`` occurs at a position ``< p``;
+    ``rule_active``: 1 if a rule fires for predicting ``x_{p+1}`` (``language.active_rules >= 0``).
+    """
+    if not hasattr(language, "rules") or not hasattr(language, "active_rules"):
+        raise TypeError(f"skip_trigram_variables needs a SkipTrigramLanguage, got {type(language).__name__}")
+    sources = torch.tensor(sorted({a for a, _, _ in language.rules}))
+    is_source = (tokens.unsqueeze(-1) == sources).any(-1)  # [b, n]
+    seen_before = torch.cat([torch.zeros_like(is_source[:, :1]), is_source[:, :-1]], 1).cummax(1).values
+    out = {"source_earlier": seen_before.long(), "rule_active": (language.active_rules(tokens) >= 0).long()}
     start = 1 if skip_first else 0
     return {k: v[:, start:].reshape(-1) for k, v in out.items()}
 
