@@ -182,3 +182,20 @@ def test_viewer_page_requests_nothing_with_the_network_blocked(tmp_path):
         assert browser.requests() == [(tmp_path / "one.html").as_uri()]
         # the no-JavaScript note is gone once the script ran
         assert browser.cdp.evaluate("document.querySelectorAll('.tlv-nojs').length") == 0
+
+
+def test_output_is_reproducible_across_fresh_processes():
+    """nbval compares a re-executed notebook's text/html with the stored one: no random ids."""
+    import subprocess
+    import sys
+
+    code = ("import torch; from toylab.viewer import attention_viewer; "
+            "g = torch.Generator().manual_seed(1); s = torch.randn(2, 4, 4, generator=g); "
+            "s = s.masked_fill(torch.ones(4, 4, dtype=torch.bool).triu(1), float('-inf')); "
+            "a = attention_viewer(list('abcd'), s.softmax(-1)); b = attention_viewer(list('abcd'), s.softmax(-1)); "
+            "print(a.to_html()); print(b.to_html())")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+            for _ in range(2)]
+    assert runs[0] == runs[1]
+    ids = re.findall(r'<div id="(tlv-[^"]+)"', runs[0])
+    assert len(ids) == 2 and ids[0] != ids[1], ids
