@@ -80,8 +80,6 @@ def gather_activations(model, hook: str, tokens: torch.Tensor, head: int | None 
     for i in range(0, tokens.shape[0], batch_size):
         _, cache = model.run_with_cache(tokens[i:i + batch_size], names_filter=hook)
         act = cache[hook]
-        if hook == "hook_pos_embed":
-            act = act.expand(tokens[i:i + batch_size].shape[0], -1, -1)
         if skip_first:
             act = act[:, 1:]
         rows.append(flatten_activation(act, hook, head).float())
