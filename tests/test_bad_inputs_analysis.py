@@ -206,3 +206,12 @@ def test_negative_indices_count_from_the_end_everywhere():
 def test_uninitialised_memory_is_never_returned_by_patch_sweep():
     vals, _ = patch_sweep(m2(), toks(), _corr(), "logprob", per_position=False, cells_per_pass=1)
     assert torch.isfinite(vals).all() and vals.abs().max() < 10
+
+
+def test_act_name_refuses_layers_it_cannot_resolve():
+    from toylab.hooks import act_name
+    with pytest.raises(KeyError, match="no model to count from the end"):
+        act_name("pattern", -1)
+    with pytest.raises(KeyError, match="layer must be an integer, got float"):
+        act_name("pattern", 1.0)
+    assert act_name("pattern", torch.tensor(1)) == "blocks.1.attn.hook_pattern"

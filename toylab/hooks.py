@@ -174,6 +174,13 @@ def act_name(name: str, layer: int | None = None) -> str:
     if name not in _SHORT_NAMES:
         raise KeyError(f"unknown activation name {name!r}; short names are {sorted(_SHORT_NAMES)}")
     template, needs_layer = _SHORT_NAMES[name]
+    if layer is not None:
+        if isinstance(layer, (bool, str, bytes, float)) or not hasattr(layer, "__index__"):
+            raise KeyError(f"layer must be an integer, got {type(layer).__name__} {layer!r}")
+        layer = operator.index(layer)
+        if layer < 0:
+            raise KeyError(f"act_name({name!r}, {layer}) has no model to count from the end: give a layer >= 0 "
+                           "(cache[name, -1] and the analysis functions do accept negative layers)")
     if needs_layer and layer is None:
         raise KeyError(f"activation {name!r} lives in every layer: give a layer, e.g. ({name!r}, 0)")
     if not needs_layer and layer is not None:
