@@ -136,12 +136,21 @@ def run_with_edges(model, graph: Graph, base, source, patched, metric: Callable 
     cur: dict[str, torch.Tensor] = {}
 
     def slot_input(senders, wmat):
-        """``sum_s out_s - sum_s w (out_s - src_s)``; ``wmat [G, ..., S]`` -> ``[G, B, P, ..., d]``."""
-        outs = torch.stack([cur[s].reshape(G, B, P, -1) for s in senders])  # [S, G, B, P, d]
-        diff = outs - torch.stack([src[s] for s in senders])[:, None]
-        if wmat.ndim == 3:  # heads
-            return outs.sum(0)[:, :, :, None] - torch.einsum("sgbpd,ghs->gbphd", diff, wmat)
-        return outs.sum(0) - torch.einsum("sgbpd,gs->gbpd", diff, wmat)
+        """``sum_s out_s - sum_s w (out_s - src_s)``; ``wmat [G, ..., S]`` -> ``[G, B, P, ..., d]``.
+
+        Senders whose weights are all 0 contribute no difference term (skipped unless ``w`` needs a gradient).
+        """
+        total = sum(cur[s] for s in senders).reshape(G, B, P, -1)
+        active = list(range(len(senders))) if wmat.requires_grad else [
+            j for j in range(len(senders)) if bool(wmat[..., j].any())]
+        heads = wmat.ndim == 3
+        if not active:
+            return total[:, :, :, None].expand(-1, -1, -1, wmat.shape[1], -1) if heads else total
+        diff = torch.stack([cur[senders[j]].reshape(G, B, P, -1) - src[senders[j]] for j in active])  # [S', G, B, P, d]
+        wa = wmat[..., active]
+        if heads:
+            return total[:, :, :, None] - torch.einsum("sgbpd,ghs->gbphd", diff, wa)
+        return total - torch.einsum("sgbpd,gs->gbpd", diff, wa)
 
     def capture(name):
         def fn(act, hook):
@@ -212,7 +221,7 @@ def edge_effects(model, graph: Graph, clean, corrupted, metric: Callable, direct
     ``direction="noise"``: base = ``clean``, the edge reads the sender's output on ``corrupted``
     (tokens, or ``"zero"``); ``"denoise"``: base = ``corrupted`` tokens, the edge reads the clean output.
     ``metric``: ``logits [batch, pos, d_vocab] -> scalar`` made for this batch. ``edges_per_pass``
-    (default: about 512 sequences per forward pass) edges run as copies of the batch in one pass.
+    (default: about 128 sequences per forward pass) edges run as copies of the batch in one pass.
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
@@ -222,7 +231,7 @@ def edge_effects(model, graph: Graph, clean, corrupted, metric: Callable, direct
             raise ValueError("denoising needs corrupted tokens to start from, not 'zero'")
         clean, corrupted = corrupted, clean
     n, B = len(graph), clean.shape[0]
-    G = edges_per_pass or max(1, 512 // B)
+    G = edges_per_pass or max(1, 128 // B)
     src = _source_outputs(model, graph, clean, corrupted)
     m_base = check_metric_value(metric(model(clean)))
     out = torch.empty(n)
