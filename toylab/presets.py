@@ -40,9 +40,9 @@ class Preset:
 # start like the probe [BOS, r, r] (see InductionData for why). 127 token types keep chance
 # matches rare. The mixture keeps the models honest off the probe (issue 8): 10% of the
 # sequences start with an ordinary token instead of BOS, and a non-periodic repeat stops after
-# each of its tokens (from the second on) with probability 0.3, so the models see copies end.
+# each of its tokens (from the second on) with probability 0.1, so the models see copies end.
 _INDUCTION_DATA = {"kind": "induction", "d_vocab": 128, "n_ctx": 32, "seed": 0, "min_offset": 2, "max_offset": 20,
-                   "p_repeat": 1.0, "p_periodic": 0.5, "p_bos": 0.9, "p_end": 0.3}
+                   "p_repeat": 1.0, "p_periodic": 0.5, "p_bos": 0.9, "p_end": 0.1}
 _INDUCTION_TRAIN = TrainConfig(steps=1500, batch_size=128, lr=1e-2, warmup_steps=50, weight_decay=0.0, eval_every=50)
 
 PRESETS: dict[str, Preset] = {
