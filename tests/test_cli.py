@@ -173,3 +173,18 @@ def test_info_on_a_checkpoint_whose_record_lacks_fields(good_model, tmp_path, ca
     assert main(["info", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "lr None" in printed and "validation loss        - nats" in printed
+
+
+def test_models_survives_records_without_metrics(monkeypatch, capsys):
+    import toylab.cli as cli
+
+    real = cli.load_checkpoint
+
+    def no_metrics(path):
+        ckpt = real(path)
+        ckpt.metrics = {}
+        return ckpt
+
+    monkeypatch.setattr(cli, "load_checkpoint", no_metrics)
+    assert main(["models"]) == 0
+    assert "induction-2l" in capsys.readouterr().out

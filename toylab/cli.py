@@ -16,8 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from toylab.checkpoint import CheckpointError, SaveError, check_metadata, check_writable, load_checkpoint, \
-    save_checkpoint
+from toylab.checkpoint import CheckpointError, check_metadata, check_writable, load_checkpoint, save_checkpoint
 from toylab.grading import add_grade_parser
 from toylab.presets import PRESETS, get_preset, shipped_path
 from toylab.train import TrainingInterrupted, TrainResult, train
@@ -212,13 +211,14 @@ def cmd_models(args) -> int:
             print(f"{name:16s} (not trained: run `toylab train {name}`)")
             continue
         m = load_checkpoint(path).metrics
-        kl = f"{m['kl_to_truth']:8.4f}" if m.get("kl_to_truth") is not None else f"{'-':>8s}"
+        kl = f"{_num(m, 'kl_to_truth', '.4f'):>8s}"
         if preset.data["kind"] in PROBED_KINDS:
-            probe = f"{m['loss_repeat']:8.3f} {m['best_induction']:9.2f} {m['best_prev_token']:8.2f}"
+            probe = (f"{_num(m, 'loss_repeat'):>8s} {_num(m, 'best_induction', '.2f'):>9s} "
+                     f"{_num(m, 'best_prev_token', '.2f'):>8s}")
         else:
             probe = f"{'-':>8s} {'-':>9s} {'-':>8s}"
-        print(f"{name:16s} {preset.model.n_layers:6d} {preset.model.n_heads:5d} {m['val_loss']:8.3f} {kl} {probe}"
-              f"  {preset.description}")
+        print(f"{name:16s} {preset.model.n_layers:6d} {preset.model.n_heads:5d} {_num(m, 'val_loss'):>8s} {kl} "
+              f"{probe}  {preset.description}")
     return 0
 
 
