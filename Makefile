@@ -17,35 +17,39 @@ PY_TL   := $(VENV_TL)/bin/python
 
 .PHONY: book test models bench bench-tl test-peer clean lab test-lab
 
-# torch first, pinned, with pip: the CPU build lies on these machines (pip finds it through its own
-# configuration); an unpinned torch, or uv, which does not read pip's configuration, would pull GBs of
-# CUDA. Then uv into the venv, if it can be had: it installs the rest several times faster than pip.
-$(VENV)/.torch:
-	$(PYTHON) -m venv $(VENV)
-	$(PIP) install torch==2.13.0
-	$(PIP) install uv >/dev/null 2>&1 || echo "uv is not available: installing the rest with pip"
-	touch $@
-
-# The rest with uv when the venv has it (torch, already installed, satisfies the requirement and is
-# kept), else pip. uv is handed pip's extra indexes and wheel folders, where any are configured,
-# and merges indexes the way pip does. INSTALLER=pip forces pip.
-PIP_CFG      = $(strip $(shell $(PY) -m pip config get global.$(1) 2>/dev/null))
-UV_PIP_FLAGS = --index-strategy unsafe-best-match \
-               $(foreach u,$(call PIP_CFG,extra-index-url),--extra-index-url $(u)) \
-               $(foreach u,$(PIP_FIND_LINKS) $(call PIP_CFG,find-links),--find-links $(u))
-INSTALLER   ?= auto
+# torch first, pinned: the CPU build lies on these machines, in a wheel folder of pip's configuration;
+# an unpinned torch would pull GBs of CUDA. uv (installed into the venv first, if it can be had) does
+# not read pip's configuration, so it installs torch only from that very wheel file, found here; where
+# there is none, or without uv, pip installs the pin. Then uv (or pip) installs the rest: torch,
+# already there, satisfies the requirement and is kept. uv is handed pip's extra indexes and wheel
+# folders and merges indexes the way pip does. INSTALLER=pip forces pip throughout.
+TORCH_VERSION = 2.13.0
+INSTALLER    ?= auto
+PIP_CFG       = $(strip $(shell $(PYTHON) -m pip config get global.$(1) 2>/dev/null))
+WHEEL_DIRS    = $(PIP_FIND_LINKS) $(call PIP_CFG,find-links)
+PY_TAG       := $(shell $(PYTHON) -c 'import sys; print("cp%d%d" % sys.version_info[:2])' 2>/dev/null)
+TORCH_WHEEL   = $(firstword $(foreach d,$(WHEEL_DIRS),$(wildcard $(d)/torch-$(TORCH_VERSION)*-$(PY_TAG)-*$(shell uname -m).whl)))
+UV_PIP_FLAGS  = --index-strategy unsafe-best-match \
+                $(foreach u,$(call PIP_CFG,extra-index-url),--extra-index-url $(u)) \
+                $(foreach u,$(WHEEL_DIRS),--find-links $(u))
 define install
 	if [ "$(INSTALLER)" != pip ] && [ -x $(VENV)/bin/uv ]; then \
 	    $(VENV)/bin/uv pip install -q --python $(PY) $(UV_PIP_FLAGS) $(1); \
-	else $(PIP) install $(1); fi
+	else $(PIP) install $(2); fi
 endef
 
+$(VENV)/.torch:
+	$(PYTHON) -m venv $(VENV)
+	if [ "$(INSTALLER)" != pip ]; then $(PIP) install uv >/dev/null 2>&1 || echo "uv is not available: using pip"; fi
+	$(if $(TORCH_WHEEL),$(call install,"$(TORCH_WHEEL)",torch==$(TORCH_VERSION)),$(PIP) install torch==$(TORCH_VERSION))
+	touch $@
+
 $(VENV)/.test: $(VENV)/.torch pyproject.toml
-	$(call install,-e ".[test]")
+	$(call install,-e ".[test]",-e ".[test]")
 	touch $@
 
 $(VENV)/.book: $(VENV)/.test
-	$(call install,-e ".[book,test]")
+	$(call install,-e ".[book,test]",-e ".[book,test]")
 	touch $@
 
 book: $(VENV)/.book
