@@ -32,6 +32,8 @@ TORCH_WHEEL   = $(firstword $(foreach d,$(WHEEL_DIRS),$(wildcard $(d)/torch-$(TO
 UV_PIP_FLAGS  = --index-strategy unsafe-best-match \
                 $(foreach u,$(call PIP_CFG,extra-index-url),--extra-index-url $(u)) \
                 $(foreach u,$(WHEEL_DIRS),--find-links $(u))
+comma := ,
+# $(call install,UV_ARGS,PIP_ARGS): uv pip install UV_ARGS where uv is in the venv, else pip install PIP_ARGS
 define install
 	if [ "$(INSTALLER)" != pip ] && [ -x $(VENV)/bin/uv ]; then \
 	    $(VENV)/bin/uv pip install -q --python $(PY) $(UV_PIP_FLAGS) $(1); \
@@ -49,7 +51,7 @@ $(VENV)/.test: $(VENV)/.torch pyproject.toml
 	touch $@
 
 $(VENV)/.book: $(VENV)/.test
-	$(call install,-e ".[book,test]",-e ".[book,test]")
+	$(call install,-e ".[book$(comma)test]",-e ".[book$(comma)test]")
 	touch $@
 
 book: $(VENV)/.book
