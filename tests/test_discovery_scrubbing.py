@@ -98,3 +98,15 @@ def test_the_hypothesis_ladder_climbs(setup):
     r = {n: scrub(model, g, classes, ladder[n], n_resamples=1, n_boot=200) for n in names[2:]}
     # the minimal textbook circuit explains most of the loss, the weight-derived full circuit nearly all
     assert 0.5 < r[names[2]].recovered < r[names[3]].recovered
+
+
+def test_sequences_without_a_scored_position_are_not_roots(setup):
+    model, g, batch, classes = setup
+    positions = classes.positions.clone()
+    positions[::2] = False  # half the pool has nothing to score
+    half = EquivalenceClasses(classes.tokens, {k: v for k, v in classes.features.items()
+                                               if k not in ("identity", "any")}, positions)
+    r = scrub(model, g, half, Hypothesis({e: "identity" for e in g.edge_names}), n_resamples=1, n_boot=50)
+    assert r.recovered == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(ValueError, match="selects nothing"):
+        EquivalenceClasses(classes.tokens, positions=torch.zeros_like(positions))

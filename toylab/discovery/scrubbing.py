@@ -69,8 +69,8 @@ class EquivalenceClasses:
             positions[:, -1] = False
         if positions.shape != (N, P) or positions.dtype != torch.bool:
             raise ValueError(f"positions must be a bool mask [{N}, {P}] of logit positions")
-        if not positions.any(1).all():
-            raise ValueError("every pool sequence needs at least one scored position")
+        if not positions.any():
+            raise ValueError("the positions mask selects nothing: no pool sequence has a position to score")
         self.positions = positions
         self._sorted = {}
         for name, lab in self.features.items():
@@ -80,13 +80,16 @@ class EquivalenceClasses:
     @classmethod
     def from_induction(cls, batch) -> "EquivalenceClasses":
         """Classes from an :class:`~toylab.data.induction.InductionBatch`: ``"offset"`` (the repeat's offset
-        ``d - s``, -1 without a repeat) and ``"structure"`` (offset and start ``d``); the loss is scored on
+        ``d - s``, -1 without a repeat) and ``"structure"`` (offset, start ``d``, length and whether the
+        sequence starts with BOS: the same positions are predictable by induction); the loss is scored on
         the positions predictable by induction."""
         from toylab.discovery.metrics import induction_positions
 
-        n = batch.tokens.shape[1]
         offset = torch.where(batch.has_repeat, batch.offset, torch.full_like(batch.offset, -1))
-        structure = (offset + 1) * (n + 1) + batch.dst_start.clamp(max=n)
+        bos = batch.has_bos if getattr(batch, "has_bos", None) is not None else torch.ones_like(batch.has_repeat)
+        keys = torch.stack([offset, torch.where(batch.has_repeat, batch.dst_start, -1),
+                            torch.where(batch.has_repeat, batch.length, -1), bos.long()], 1)
+        structure = torch.unique(keys, dim=0, return_inverse=True)[1]
         return cls(batch.tokens, {"offset": offset, "structure": structure}, induction_positions(batch.is_repeat))
 
     def check_feature(self, name: str) -> None:
@@ -210,10 +213,10 @@ def scrub(model, graph: Graph, classes: EquivalenceClasses, hypothesis: Hypothes
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence!r}")
     model.check_tokens(classes.tokens)
-    roots = torch.arange(len(classes))
+    roots = torch.nonzero(classes.positions.any(1)).flatten()  # sequences with a position to score
     g = torch.Generator().manual_seed(int(seed))
     with torch.no_grad():
-        l_model = _per_root_loss(classes, model(classes.tokens), roots)
+        l_model = _per_root_loss(classes, model(classes.tokens[roots]), roots)
     empty = Hypothesis({})
     runs = {"hyp": hypothesis, "scrub": empty}
     losses = {k: torch.stack([_per_root_loss(classes, treeified_logits(model, graph, classes, h, roots, g), roots)
@@ -228,4 +231,4 @@ def scrub(model, graph: Graph, classes: EquivalenceClasses, hypothesis: Hypothes
     boot = ratio(torch.randint(0, len(roots), (n_boot, len(roots)), generator=g))
     a = (1 - confidence) / 2
     low, high = torch.quantile(boot.double(), torch.tensor([a, 1 - a], dtype=torch.float64)).tolist()
-    return ScrubResult(float(ratio(roots)), low, high, float(l_model.mean()), float(lh.mean()), float(ls.mean()))
+    return ScrubResult(float(ratio(torch.arange(len(roots)))), low, high, float(l_model.mean()), float(lh.mean()), float(ls.mean()))
