@@ -98,7 +98,7 @@ def main() -> None:
     rows.append((f"ACDC, tau 0.03 ({res.n_evaluations} tests, {len(res.circuit)} edges kept)", t_acdc, "<= 10 s"))
     pool = ds.sample_batch(args.pool, torch.Generator().manual_seed(2))
     classes = EquivalenceClasses.from_induction(pool)
-    ref = induction_circuit(model, graph, pool.tokens)
+    ref = induction_circuit(model, graph, pool.tokens, composition=True)
     hyp = Hypothesis.from_circuit(ref)
     t_scrub, r = best_time(lambda: scrub(model, graph, classes, hyp), args.repeats)
     rows.append((f"causal scrubbing score + interval (pool {args.pool}, 4 resamples)", t_scrub, "<= 10 s"))
@@ -106,7 +106,7 @@ def main() -> None:
         print(f"  {name:62s} {t:8.3f} s  {t / t_fwd:8.1f} fwd  {target}")
     print(f"  exact batched vs naive: {t_naive / t_exact:.2f}x faster, max |difference| {(exact - naive).abs().max():.1e}")
 
-    k = len(induction_circuit(model, graph, x))
+    k = len(induction_circuit(model, graph, x, composition=True))
     print(f"agreement with exhaustive exact edge patching: Spearman over edges / top-{k} recall:")
     for mname, metric in (("KL", kl), ("logit diff", ld), ("loss", loss)):
         ex = edge_effects(model, graph, x, y, metric)

@@ -65,7 +65,7 @@ def test_qk_fix_repairs_the_saturated_previous_token_head(setup):
         _, cache = model.run_with_cache(clean.tokens, names_filter="blocks.0.attn.hook_pattern")
     pattern = cache["pattern", 0]
     prev = int(previous_token_score(pattern, exclude_bos=True).argmax())
-    assert pattern[:, prev, 2:].max(-1).values.mean() > 0.9  # saturated: the premise of the test
+    assert pattern[:, prev, 2:].max(-1).values.mean() > 0.85  # saturated: the premise of the test
     for node in ("q", "k"):
         exact = float(node_effects(model, clean.tokens, "zero", metric, node)[0, prev])
         plain = float(node_attribution(model, clean.tokens, "zero", metric, node)[0, prev])
@@ -115,7 +115,7 @@ def test_eap_ig(setup):
                 edge_attribution(model, g, clean.tokens, corr.tokens, loss, "eap-ig", steps=5)):
         assert spearman(est, exact) > 0.5
         # the k edges with the largest exact effects (k = the size of the weight-derived circuit) are found
-        k = len(induction_circuit(model, g, clean.tokens))
+        k = len(induction_circuit(model, g, clean.tokens, composition=True))
         top = set(exact.abs().topk(k).indices.tolist())
         assert len(top & set(est.abs().topk(k).indices.tolist())) >= 0.75 * k
 

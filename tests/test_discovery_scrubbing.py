@@ -50,7 +50,7 @@ def test_identity_everywhere_is_the_model(setup):
 
 def test_the_induction_hypothesis_recovers_the_loss_and_layer_one_alone_does_not(setup):
     model, g, batch, classes = setup
-    full = Hypothesis.from_circuit(induction_circuit(model, g, batch.tokens))
+    full = Hypothesis.from_circuit(induction_circuit(model, g, batch.tokens, composition=False))
     prev, heads = induction_heads(model, batch.tokens)
     # layer 1 alone: the induction heads read the tokens directly, layer 0 carries nothing
     layer1 = Hypothesis({**{f"L{l}H{h}->logits": "identity" for l, h in heads},
@@ -95,9 +95,12 @@ def test_the_hypothesis_ladder_climbs(setup):
     names = ["layer-1 heads only", "+ K-composition", "+ tokens into queries and values", "full circuit"]
     for a, b in zip(names, names[1:]):
         assert set(ladder[a].edges) < set(ladder[b].edges)
-    r = {n: scrub(model, g, classes, ladder[n], n_resamples=1, n_boot=200) for n in names[2:]}
-    # the minimal textbook circuit explains most of the loss, the weight-derived full circuit nearly all
-    assert 0.5 < r[names[2]].recovered < r[names[3]].recovered
+    r = {n: scrub(model, g, classes, ladder[n], n_resamples=1, n_boot=200)
+         for n in names[2:] + ["layer-1 reading tokens only"]}
+    # the induction circuit, minimal or with the composition edges read off the weights, explains most of
+    # the loss; the layer-1 heads without the previous-token head do not
+    for n in names[2:]:
+        assert r[n].recovered > r["layer-1 reading tokens only"].recovered + 0.3
 
 
 def test_sequences_without_a_scored_position_are_not_roots(setup):

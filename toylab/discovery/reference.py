@@ -9,14 +9,15 @@ induction circuit of Olsson et al. as edges of the graph:
 - ``embed -> I.q``: it queries with the current token;
 - ``embed -> I.v`` and ``I -> logits``: it copies the attended token into the output.
 
-With ``composition=True`` (the default) the circuit also takes every
+With ``composition=True`` the circuit also takes every
 layer-0 -> last-layer edge that the *weights* say is used: ``a -> b.q``
 (``.k``, ``.v``) when the Q- (K-, V-) composition score of heads ``a, b``
 (:mod:`toylab.composition`) is at least ``min_ratio`` times the mean score of
 random heads, with ``embed -> a.v`` for each such ``a`` (that head moves
-tokens too). On ``induction-2l`` this adds the second route chapter 3 found
-by reading the weights (head 1.0 as a two-token induction head: its query
-through the previous-token head, its key also from the other layer-0 head).
+tokens too). On the first shipped ``induction-2l`` this added the second
+route chapter 3 found by reading the weights (head 1.0 as a two-token
+induction head); ``min_ratio`` is a judgement call (trained heads compose
+above chance almost everywhere), so the minimal circuit is the default.
 
 ``P`` is the layer-0 head with the largest previous-token score; the
 induction heads are the last-layer heads whose induction score is at least
@@ -50,7 +51,7 @@ def induction_heads(model, tokens: torch.Tensor, threshold: float = 0.5) -> tupl
 
 
 def induction_circuit(model, graph: Graph, tokens: torch.Tensor, threshold: float = 0.5,
-                      composition: bool = True, min_ratio: float = 1.0) -> Circuit:
+                      composition: bool = False, min_ratio: float = 1.0) -> Circuit:
     """The induction circuit (module doc) of ``model`` as a :class:`Circuit` of ``graph``.
 
     ``tokens [batch, pos]``: sequences with repeats for the detectors; ``threshold``: the induction
@@ -82,7 +83,8 @@ def induction_hypotheses(model, graph: Graph, tokens: torch.Tensor, threshold: f
     - ``"layer-1 heads only"``: ``I -> logits`` (what the heads read is resampled);
     - ``"+ K-composition"``: ``P -> I.k`` and ``embed -> P.v``;
     - ``"+ tokens into queries and values"``: ``embed -> I.q``, ``embed -> I.v`` (the minimal circuit);
-    - ``"full circuit"``: :func:`induction_circuit` with the composition edges read off the weights;
+    - ``"full circuit"``: :func:`induction_circuit` with the composition edges read off the weights
+      (``composition=True``);
 
     and ``"layer-1 reading tokens only"``: ``I -> logits`` with ``embed -> I.q, I.k, I.v``, no layer 0.
     """
@@ -98,7 +100,7 @@ def induction_hypotheses(model, graph: Graph, tokens: torch.Tensor, threshold: f
     for name, step in zip(("layer-1 heads only", "+ K-composition", "+ tokens into queries and values"), steps):
         edges = edges + step
         out[name] = Hypothesis({e: "identity" for e in edges})
-    out["full circuit"] = Hypothesis.from_circuit(induction_circuit(model, graph, tokens, threshold))
+    out["full circuit"] = Hypothesis.from_circuit(induction_circuit(model, graph, tokens, threshold, composition=True))
     out["layer-1 reading tokens only"] = Hypothesis(
         {e: "identity" for e in [f"{i}->logits" for i in ind] + [f"embed->{i}.{s}" for i in ind for s in "qkv"]})
     for h in out.values():
