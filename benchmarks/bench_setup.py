@@ -67,7 +67,7 @@ def fresh_clone(where: Path, name: str) -> Path:
 
 def report(label: str, r: dict, target: str = "") -> None:
     status = "ok" if r["rc"] == 0 else f"FAILED (exit {r['rc']})"
-    print(f"  {label:34s} {r['seconds']:7.1f} s   peak RSS {r['maxrss_mib']:7.0f} MiB   {status}"
+    print(f"  {label:36s} {r['seconds']:7.1f} s   peak RSS {r['maxrss_mib']:7.0f} MiB   {status}"
           + (f"   target {target}" if target else ""), flush=True)
 
 
@@ -103,6 +103,8 @@ def main() -> None:
         py = str(clone / ".venv" / "bin" / "python")
 
         if "book" in steps:
+            r = timed(["make", ".venv/.book"], clone, env, tmp / "book-env.log")
+            report("environment for the book (extra)", r)
             if args.quick:
                 chapters = sorted((clone / "chapters").glob("ch*.ipynb"))[:1]
                 code = ("import sys, nbformat; from nbclient import NotebookClient\n"
@@ -111,10 +113,8 @@ def main() -> None:
                         "    NotebookClient(nb, timeout=600, kernel_name='python3',\n"
                         "                   resources={'metadata': {'path': str(__import__('pathlib').Path(p).parent)}}).execute()\n")
                 r = timed([py, "-c", code, *map(str, chapters)], clone, env, tmp / "book.log")
-                report(f"book: execute {', '.join(p.name for p in chapters)}", r)
+                report(f"book: execute {chapters[0].name[:5]} only", r)
             else:
-                r = timed(["make", ".venv/.book"], clone, env, tmp / "book-env.log")
-                report("environment for the book (extra)", r)
                 r = timed(["bash", ".ci/book.sh", py], clone, dict(env, BOOK_CLEAN="all"), tmp / "book.log")
                 report("book from scratch (.ci/book.sh)", r, "<= 180 s")
 
