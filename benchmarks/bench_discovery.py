@@ -130,14 +130,14 @@ def main() -> None:
     for order in ("reverse", "forward"):
         sweep = acdc_sweep(model, graph, x, y, taus, positions=pos, sender_order=order)
         circuits = [s.circuit for s in sweep]
-        print(f"ACDC sweep ({order} sender order), ROC AUC: weight-derived circuit ({len(ref)} edges) "
-              f"{roc_curve(circuits, ref)[2]:.3f}, minimal circuit ({len(minimal)} edges) "
-              f"{roc_curve(circuits, minimal)[2]:.3f}")
+        print(f"ACDC sweep ({order} sender order), ROC AUC: minimal induction circuit ({len(minimal)} edges) "
+              f"{roc_curve(circuits, minimal)[2]:.3f}, with the composition edges ({len(ref)} edges) "
+              f"{roc_curve(circuits, ref)[2]:.3f}")
     t0 = time.perf_counter()
     sp, _ = subnetwork_probing(model, graph, x, y, 0.3, positions=pos, steps=80, samples=2, lr=0.2)
     prec, rec = sp.precision_recall(ref)
     print(f"subnetwork probing (lam 0.3, 80 steps x 2 samples): {time.perf_counter() - t0:.2f} s, {len(sp)} edges, "
-          f"precision {prec:.2f} recall {rec:.2f} against the weight-derived circuit")
+          f"precision {prec:.2f} recall {rec:.2f} against the circuit with composition edges")
     print("causal scrubbing, loss recovered [95% interval]:")
     for name, h in induction_hypotheses(model, graph, pool.tokens).items():
         s = scrub(model, graph, classes, h)
