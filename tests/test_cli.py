@@ -188,3 +188,16 @@ def test_models_survives_records_without_metrics(monkeypatch, capsys):
     monkeypatch.setattr(cli, "load_checkpoint", no_metrics)
     assert main(["models"]) == 0
     assert "induction-2l" in capsys.readouterr().out
+
+
+def test_analyze_a_layernorm_model_says_why_composition_is_not_shown(tmp_path, capsys):
+    from toylab.checkpoint import save_checkpoint
+    from toylab.model import AttnOnlyTransformer, ModelConfig
+
+    cfg = ModelConfig(d_vocab=16, n_ctx=12, d_model=16, n_layers=2, n_heads=2, layernorm=True,
+                      positional="shortformer")
+    path = save_checkpoint(tmp_path / "ln.pt", AttnOnlyTransformer(cfg, seed=0),
+                           data_spec={"kind": "induction", "n_ctx": 12}, train_spec={}, seed=0)
+    assert main(["analyze", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "this model has LayerNorm" in out and "Q-composition" not in out

@@ -189,7 +189,10 @@ def cmd_analyze(args) -> int:
     if model.cfg.n_layers == 0:
         print("a zero-layer model has no heads: its logits are W_E W_U, a bigram table")
         return 0
-    print(head_report(model))
+    print(head_report(ckpt))  # the checkpoint: its data's n_ctx keeps the probe on trained positions
+    if model.cfg.layernorm:
+        print("composition scores: not shown, they read the weights as linear maps and this model has LayerNorm")
+        return 0
     base = analytic_baseline(model.cfg.d_model)
     for layer_b in range(1, model.cfg.n_layers):
         for kind in ("Q", "K", "V"):

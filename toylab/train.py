@@ -251,36 +251,14 @@ def train(
     try:
         with torch.enable_grad():  # also when the caller switched autograd off (a notebook often does)
             return _train_loop(model_cfg, dataset, train_cfg, seed, progress, desc, callback, stop_after)
-    except KeyboardInterrupt as e:
-        partial = _partial_result(e, dataset)
-        if partial is None:
-            raise
-        raise TrainingInterrupted(partial) from None
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _partial_result(exc: KeyboardInterrupt, dataset) -> "TrainResult | None":
-    """The result object of the interrupted ``_train_loop`` (read from its frame), with
-    a final evaluation at the last completed step marked ``partial``; ``None`` when
-    the interrupt came before the loop had built its model."""
-    tb, frame_locals = exc.__traceback__, None
-    while tb is not None:
-        if tb.tb_frame.f_code is _train_loop.__code__:
-            frame_locals = tb.tb_frame.f_locals
-        tb = tb.tb_next
-    if frame_locals is None or not isinstance(frame_locals.get("result"), TrainResult):
-        return None
-    result = frame_locals["result"]
-    # the optimiser counts the steps it applied (AdamW keeps one count per parameter)
-    opt, bar = frame_locals.get("opt"), frame_locals.get("bar")
-    counts = [int(st["step"]) for st in opt.state.values() if "step" in st] if isinstance(
-        opt, torch.optim.Optimizer) else []
-    done = min(counts) if counts else (bar.n if isinstance(bar, Progress) else 0)
-    if done < 1:
-        return None
-    start = frame_locals.get("start")
-    result.seconds = time.perf_counter() - start if isinstance(start, float) else 0.0
+def _partial_result(result: "TrainResult", dataset, done: int, start: float) -> "TrainResult":
+    """``result`` of a loop interrupted after ``done`` completed optimiser steps, with a
+    final evaluation at that step marked ``partial``."""
+    result.seconds = time.perf_counter() - start
     entry = evaluate(result.model, dataset, done)
     entry["partial"] = True
     entry["steps_planned"] = result.train_cfg.steps
@@ -304,29 +282,36 @@ def _train_loop(model_cfg, dataset, cfg: TrainConfig, seed, progress, desc, call
     running, n_running = 0.0, 0
     model.train()
     last = cfg.steps if stop_after is None else min(stop_after, cfg.steps)
-    with Progress(last, desc, enabled=progress) as bar:
-        for step in range(1, last + 1):
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr_at(step)
-            loss = model(dataset.sample(cfg.batch_size, data_gen), return_type="loss")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            running, n_running = running + loss.item(), n_running + 1
-            if step == cfg.prefix_steps:
-                result.prefix_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if step % cfg.eval_every == 0 or step == last:
-                entry = evaluate(model, dataset, step)
-                entry["train_loss"] = running / n_running
-                entry["seconds"] = time.perf_counter() - start
-                running, n_running = 0.0, 0
-                result.history.append(entry)
-                if callback is not None:
-                    callback(entry)
-                bar.update(0, loss=entry["train_loss"], induction=entry["best_induction"])
-            bar.update(1)
+    done = 0  # optimiser steps completed: what a Ctrl-C keeps
+    try:
+        with Progress(last, desc, enabled=progress) as bar:
+            for step in range(1, last + 1):
+                for group in opt.param_groups:
+                    group["lr"] = cfg.lr_at(step)
+                loss = model(dataset.sample(cfg.batch_size, data_gen), return_type="loss")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                done = step
+                running, n_running = running + loss.item(), n_running + 1
+                if step == cfg.prefix_steps:
+                    result.prefix_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                if step % cfg.eval_every == 0 or step == last:
+                    entry = evaluate(model, dataset, step)
+                    entry["train_loss"] = running / n_running
+                    entry["seconds"] = time.perf_counter() - start
+                    running, n_running = 0.0, 0
+                    result.history.append(entry)
+                    if callback is not None:
+                        callback(entry)
+                    bar.update(0, loss=entry["train_loss"], induction=entry["best_induction"])
+                bar.update(1)
+    except KeyboardInterrupt:
+        if done < 1:
+            raise
+        raise TrainingInterrupted(_partial_result(result, dataset, done, start)) from None
     result.seconds = time.perf_counter() - start
     model.eval()
     return result
