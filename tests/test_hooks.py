@@ -172,3 +172,14 @@ def test_input_hooks_are_only_computed_when_hooked(model):
     model.run_with_hooks(TOKENS, fwd_hooks=[("blocks.0.attn.hook_q", lambda x, hook: seen.append(hook.name))])
     assert seen == ["blocks.0.attn.hook_q"]
     assert not model.any_hooks()
+
+
+def test_short_names_reach_the_per_head_input_hooks():
+    from toylab.hooks import act_name
+    from toylab.model import AttnOnlyTransformer, ModelConfig
+
+    model = AttnOnlyTransformer(ModelConfig(d_vocab=8, n_ctx=8, d_model=8, n_layers=2, n_heads=2))
+    _, cache = model.run_with_cache(torch.tensor([[1, 2, 3]]), names_filter=lambda n: n.endswith("_input"))
+    for short in ("q_input", "k_input", "v_input"):
+        assert act_name(short, 1) == f"blocks.1.attn.hook_{short}"
+        assert cache[short, -1].shape == (1, 3, 2, 8)  # [batch, pos, n_heads, d_model]
