@@ -82,7 +82,11 @@ class InductionData:
       the model leans on (an attention sink, a "nothing seen yet" signal); on
       ``[r, r]`` without BOS, or after a random first token, it is then
       confidently wrong (13 nats on the first copy with ``p_bos = 1``). Sequences
-      whose first token is random teach it that position 0 is just a token.
+      whose first token is random teach it that position 0 is just a token
+      (measured: 5.4 nats at ``p_bos = 0.9``), at a price: the induction heads
+      lose their attention sink on those sequences and their induction score on
+      ``[BOS, r, r]`` drops from 0.95 to 0.88-0.91, so the lab's presets keep
+      ``p_bos = 1`` for now (see :mod:`toylab.presets`).
     * ``p_end > 0``: if every repeat runs to the end of the context, a model
       never sees a copy stop and predicts the continuation of a copy with
       near-certainty, even right after a copied segment in the middle of noise
