@@ -1,5 +1,7 @@
 """Residual-stream decompositions, direct logit attribution and the logit lens."""
 
+import math
+
 import pytest
 import torch
 
@@ -143,7 +145,10 @@ def test_logit_lens(model, probe):
     torch.testing.assert_close(ll.topk_probs[-1], probs.topk(3, -1).values)
     p = ll.target_probs[:, :, 1 + H:2 * H].mean((1, 2))
     print("logit lens, P(correct next token) on the repeated half:", [round(float(x), 4) for x in p])
-    assert p[0] < 0.05 and p[1] < 0.05 and p[2] > 0.9  # induction happens in layer 1
+    # induction happens in layer 1. The shipped model's repeated-half loss is <= 0.3 (its acceptance
+    # bound), so by Jensen its mean probability there is >= exp(-0.3) = 0.74; it cannot be
+    # reached before layer 1 writes.
+    assert p[0] < 0.05 and p[1] < 0.05 and p[2] > math.exp(-0.3)
     embed_probs = torch.softmax(model.W_E[probe] @ model.W_U, -1)  # shortformer: no W_pos in the stream
     torch.testing.assert_close(ll.topk_probs[0], embed_probs.topk(3, -1).values)
     with pytest.raises(ValueError, match="k must"):
