@@ -15,7 +15,7 @@ PIP    := $(VENV)/bin/pip -q --disable-pip-version-check
 VENV_TL := .venv-tl
 PY_TL   := $(VENV_TL)/bin/python
 
-.PHONY: book test models bench bench-tl test-peer clean lab test-lab
+.PHONY: book test test-kernels models bench bench-tl test-peer clean lab test-lab
 
 # torch first, pinned: the CPU build lies on these machines, in a wheel folder of pip's configuration;
 # an unpinned torch would pull GBs of CUDA. uv (installed into the venv first, if it can be had) does
