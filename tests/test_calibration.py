@@ -80,6 +80,10 @@ def test_acceptance_bounds_hold_for_other_seeds(seed):
         p = PRESETS[name]
         models[name] = train(p.model, p.data, p.train, seed=seed, progress=False).model
     assert acceptance_failures(models["induction-2l"], models["induction-1l"]) == []
+    # and the shipped-model checks of tests/test_shipped_models.py, on the same two trainings
+    from test_shipped_models import check_one_layer_control, check_two_layer
+
+    check_one_layer_control(models["induction-1l"], check_two_layer(models["induction-2l"]))
 
 
 # ------------------------------------------------------------------ the probes themselves
