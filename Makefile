@@ -61,10 +61,14 @@ book: $(VENV)/.book
 	$(PY) .ci/check_book.py chapters/_build/html chapters/_build/screenshots
 
 NOTEBOOKS := $(wildcard chapters/ch*.ipynb)
+# pytest-xdist workers: one per core (JOBS=1 runs everything in one process). Notebooks are
+# distributed whole (--dist loadfile): a notebook's cells run in order in one kernel.
+JOBS  ?= auto
+NBVAL  = --nbval --nbval-current-env --nbval-sanitize-with chapters/nbval_sanitize.cfg -n $(JOBS) --dist loadfile
 
 test: $(VENV)/.test
-	$(PY) -m pytest
-	$(if $(NOTEBOOKS),$(PY) -m pytest -p no:cacheprovider --nbval --current-env --nbval-sanitize-with chapters/nbval_sanitize.cfg $(NOTEBOOKS))
+	$(PY) -m pytest -n $(JOBS)
+	$(if $(NOTEBOOKS),$(PY) -m pytest -p no:cacheprovider $(NBVAL) $(NOTEBOOKS))
 
 # The parts of the suite whose printed or compared numbers could depend on the CPU's kernels,
 # once more with the kernels that ATEN_CPU_CAPABILITY selects (.ci/run: CAP=default, torch's
@@ -75,9 +79,9 @@ test-kernels: $(VENV)/.test
 	$(if $(NOTEBOOKS),,$(error test-kernels: no chapter notebooks found in chapters/))
 	@got=$$(ATEN_CPU_CAPABILITY=$(CAP) $(PY) -c "import torch; print(torch.backends.cpu.get_cpu_capability())"); \
 	  [ "$$got" = "$$(echo $(CAP) | tr a-z A-Z)" ] || { echo "torch runs $$got kernels, not ATEN_CPU_CAPABILITY=$(CAP)" >&2; exit 1; }
-	ATEN_CPU_CAPABILITY=$(CAP) $(PY) -m pytest -p no:cacheprovider -m "not slow" tests/test_shipped_models.py tests/test_train.py \
+	ATEN_CPU_CAPABILITY=$(CAP) $(PY) -m pytest -p no:cacheprovider -n $(JOBS) -m "not slow" tests/test_shipped_models.py tests/test_train.py \
 	  || { rc=$$?; [ $$rc -ne 5 ] || echo "pytest collected no tests" >&2; exit $$rc; }
-	ATEN_CPU_CAPABILITY=$(CAP) $(PY) -m pytest -p no:cacheprovider --nbval --current-env --nbval-sanitize-with chapters/nbval_sanitize.cfg $(NOTEBOOKS) \
+	ATEN_CPU_CAPABILITY=$(CAP) $(PY) -m pytest -p no:cacheprovider $(NBVAL) $(NOTEBOOKS) \
 	  || { rc=$$?; [ $$rc -ne 5 ] || echo "pytest collected no notebook cells" >&2; exit $$rc; }
 
 # JupyterLab from PyPI into .venv (the `lab` extra; torch is already pinned there, and nothing in

@@ -1,7 +1,16 @@
 """Guards for the whole suite."""
 
+import os
+
 import pytest
 import torch
+
+
+def pytest_configure(config):
+    # under pytest-xdist (`make test` runs one worker per core) each worker is a process of its
+    # own: torch's default of one thread per core would put cores x cores threads on the machine
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
