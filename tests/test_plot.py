@@ -59,3 +59,51 @@ def test_circuit_head_scores_history_patching_render():
         plot.training_history([])
     with pytest.raises(ValueError, match="2-D"):
         plot.circuit(torch.zeros(3))
+
+
+def test_shared_scales_and_readable_ticks():
+    # vmax / lim put several panels on one scale; tick labels are at least 8 pt
+    fig = plot.circuit(torch.randn(5, 5), ticks=list("abcde"), vmax=7.0)
+    assert fig.axes[0].images[0].get_clim() == (-7.0, 7.0)
+    assert min(t.get_fontsize() for t in fig.axes[0].get_xticklabels()) >= 8
+    png_bytes(fig)
+    fig = plot.patching(torch.randn(2, 3), ["a", "b"], ["0", "1", "2"], vmax=2.5)
+    assert fig.axes[0].images[0].get_clim() == (-2.5, 2.5)
+    assert min(t.get_fontsize() for t in fig.axes[0].get_xticklabels()) >= 8
+    png_bytes(fig)
+    fig = plot.eigenvalues(torch.tensor([[2.0 + 0j, 1.0 + 0j]]), lim=5.0)
+    assert fig.axes[0].get_xlim() == (-5.0, 5.0) and fig.axes[0].get_ylim() == (-5.0, 5.0)
+    png_bytes(fig)
+    fig = plot.attention_patterns(torch.softmax(torch.randn(1, 4, 4), -1), labels=list("abcd"))
+    assert min(t.get_fontsize() for t in fig.axes[0].get_yticklabels()) >= 8
+    png_bytes(fig)
+    n_open = len(matplotlib.pyplot.get_fignums())
+    for bad in (lambda: plot.circuit(torch.randn(3, 3), vmax=0.0),
+                lambda: plot.patching(torch.randn(2, 3), ["a", "b"], vmax=-1.0),
+                lambda: plot.eigenvalues(torch.ones(1, 2, dtype=torch.cfloat), lim="big")):
+        with pytest.raises(ValueError, match="positive number"):
+            bad()
+    assert len(matplotlib.pyplot.get_fignums()) == n_open     # nothing half-drawn left open
+
+
+def test_composition_shares_a_scale_when_asked():
+    fig = plot.composition(torch.tensor([[0.4, 0.1]]), 0.1, ["0.0"], ["1.0", "1.1"], span=0.5)
+    assert fig.axes[0].images[0].get_clim() == pytest.approx((-0.4, 0.6))
+    assert [t.get_color() for t in fig.axes[0].texts] == ["black", "black"]
+    png_bytes(fig)
+    fig = plot.composition(torch.tensor([[0.4, 0.1]]), 0.1, ["0.0"], ["1.0", "1.1"])
+    assert [t.get_color() for t in fig.axes[0].texts] == ["white", "black"]
+    png_bytes(fig)
+    with pytest.raises(ValueError, match="positive number"):
+        plot.composition(torch.tensor([[0.4, 0.1]]), 0.1, ["0.0"], ["1.0", "1.1"], span=0)
+
+
+def test_training_history_on_a_log_step_axis():
+    history = [{"step": s, "loss_first": 5.0, "loss_repeat": 5.0 - s / 100, "best_induction": s / 400,
+                "best_prev_token": s / 400} for s in (0, 10, 100, 400)]
+    fig = plot.training_history(history, log_steps=True)
+    assert fig.axes[0].get_xscale() == "log"
+    assert list(fig.axes[0].lines[0].get_xdata()) == [10, 100, 400]     # step 0 left out
+    png_bytes(fig)
+    with pytest.raises(ValueError, match="after step 0"):
+        plot.training_history(history[:1], log_steps=True)

@@ -78,31 +78,37 @@ def attention_patterns(pattern, labels: Sequence[str] | None = None, titles: Seq
         a.set_xlabel("source (key) position")
         a.set_ylabel("destination (query) position")
         if labels is not None:
-            a.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)
-            a.set_yticks(range(len(labels)), labels, fontsize=6)
+            a.set_xticks(range(len(labels)), labels, rotation=90, fontsize=8)
+            a.set_yticks(range(len(labels)), labels, fontsize=8)
     fig.colorbar(im, ax=axes, shrink=0.8, label="attention")
     return fig
 
 
 @_closes_on_error
 def composition(scores, baseline: float, row_labels: Sequence[str], col_labels: Sequence[str],
-                title: str = "K-composition", ax=None):
+                title: str = "K-composition", ax=None, span: float | None = None):
     """A heat map of composition scores ``[n_earlier, n_later]`` with the random baseline marked.
 
     The colour scale is centred on ``baseline``: red cells compose more than random
     matrices of the same shapes, blue less; each cell shows ``score / baseline``.
+    The scale runs over ``baseline ± span`` (default: the largest ``|score - baseline|``);
+    give several panels the same ``span`` to compare them on one scale.
     """
     s = _np(scores)
     if not isinstance(baseline, (int, float)) or not baseline > 0:
         raise ValueError(f"baseline must be a positive number (the random composition score), got {baseline!r}")
     if s.shape != (len(row_labels), len(col_labels)):
         raise ValueError(f"scores {list(s.shape)} do not match {len(row_labels)} x {len(col_labels)} labels")
+    if span is not None and not (isinstance(span, (int, float)) and span > 0):
+        raise ValueError(f"span must be a positive number (half the colour scale), got {span!r}")
     fig, (a,) = _axes(ax)
-    span = max(np.abs(s - baseline).max(), 1e-9)
+    span = max(np.abs(s - baseline).max(), 1e-9) if span is None else span
     im = a.imshow(s, cmap="RdBu_r", vmin=baseline - span, vmax=baseline + span)
     for i in range(s.shape[0]):
         for j in range(s.shape[1]):
-            a.text(j, i, f"{s[i, j]:.2f}\n({s[i, j] / baseline:.1f}x)", ha="center", va="center", fontsize=8)
+            dark = abs(s[i, j] - baseline) > 0.6 * span          # white text on dark cells
+            a.text(j, i, f"{s[i, j]:.2f}\n({s[i, j] / baseline:.1f}x)", ha="center", va="center",
+                   fontsize=8, color="white" if dark else "black")
     a.set_xticks(range(len(col_labels)), col_labels)
     a.set_yticks(range(len(row_labels)), row_labels)
     a.set_xlabel("later head (reads)")
@@ -113,11 +119,13 @@ def composition(scores, baseline: float, row_labels: Sequence[str], col_labels: 
 
 
 @_closes_on_error
-def eigenvalues(eigs, titles: Sequence[str] | None = None, ax=None):
+def eigenvalues(eigs, titles: Sequence[str] | None = None, ax=None, lim: float | None = None):
     """Each head's eigenvalues ``[n_heads, k]`` (complex) in the complex plane.
 
     Positive real eigenvalues mean the circuit copies (maps a token to itself);
-    the title shows the copying score ``Re(sum λ) / sum |λ|``.
+    the title shows the copying score ``Re(sum λ) / sum |λ|``. Each panel spans
+    ``[-lim, lim]`` on both axes: pass one ``lim`` to several calls to compare
+    panels on one scale (default: 1.1 times each panel's largest ``|λ|``).
     """
     e = _np(eigs)
     if e.ndim == 1:
@@ -125,11 +133,13 @@ def eigenvalues(eigs, titles: Sequence[str] | None = None, ax=None):
     if e.ndim != 2 or e.shape[-1] == 0:
         raise ValueError(f"eigs must be [n_heads, k] or [k] with k >= 1, got {list(e.shape)}")
     _check_count(titles, e.shape[0], "titles", "heads")
+    if lim is not None and not (isinstance(lim, (int, float)) and lim > 0):
+        raise ValueError(f"lim must be a positive number (the half width of each panel), got {lim!r}")
     fig, axes = _axes(ax, e.shape[0], size=(3.2, 3.2))
     for i, a in enumerate(axes):
         lam = e[i]
         score = np.real(lam.sum()) / max(np.abs(lam).sum(), 1e-12)
-        r = max(np.abs(lam).max(), 1e-12) * 1.1
+        r = max(np.abs(lam).max(), 1e-12) * 1.1 if lim is None else lim
         a.axhline(0, color="0.7", lw=0.8)
         a.axvline(0, color="0.7", lw=0.8)
         a.scatter(np.real(lam), np.imag(lam), s=12, c=np.where(np.real(lam) >= 0, "tab:red", "tab:blue"))
@@ -145,16 +155,23 @@ def eigenvalues(eigs, titles: Sequence[str] | None = None, ax=None):
 
 @_closes_on_error
 def circuit(matrix, row_label: str = "source token", col_label: str = "output token", title: str = "",
-            ticks: Sequence[str] | None = None, ax=None, center: bool = True):
-    """An image of a ``[d_vocab, d_vocab]`` circuit (e.g. the full OV or QK circuit)."""
+            ticks: Sequence[str] | None = None, ax=None, center: bool = True, vmax: float | None = None):
+    """An image of a ``[d_vocab, d_vocab]`` circuit (e.g. the full OV or QK circuit).
+
+    With ``center`` the colour scale is symmetric, ``[-vmax, vmax]`` (default: the
+    matrix's largest ``|entry|``); give several panels the same ``vmax`` to compare
+    them on one scale.
+    """
     m = _np(matrix)
     if m.ndim != 2:
         raise ValueError(f"a circuit image needs a 2-D matrix, got shape {list(m.shape)}")
     if ticks is not None and (len(ticks) != m.shape[0] or len(ticks) != m.shape[1]):
         raise ValueError(f"{len(ticks)} ticks for a {m.shape[0]} x {m.shape[1]} matrix (ticks name both axes)")
+    if vmax is not None and not (isinstance(vmax, (int, float)) and vmax > 0):
+        raise ValueError(f"vmax must be a positive number (the colour scale's end), got {vmax!r}")
     fig, (a,) = _axes(ax, size=(4.4, 4.0))
     if center:
-        span = max(np.abs(m).max(), 1e-12)
+        span = max(np.abs(m).max(), 1e-12) if vmax is None else vmax
         im = a.imshow(m, cmap="RdBu_r", vmin=-span, vmax=span)
     else:
         im = a.imshow(m, cmap="viridis")
@@ -162,8 +179,8 @@ def circuit(matrix, row_label: str = "source token", col_label: str = "output to
     a.set_ylabel(row_label)
     a.set_title(title, fontsize=10)
     if ticks is not None:
-        a.set_xticks(range(len(ticks)), ticks, rotation=90, fontsize=6)
-        a.set_yticks(range(len(ticks)), ticks, fontsize=6)
+        a.set_xticks(range(len(ticks)), ticks, rotation=90, fontsize=8)
+        a.set_yticks(range(len(ticks)), ticks, fontsize=8)
     fig.colorbar(im, ax=a, shrink=0.8)
     return fig
 
@@ -191,15 +208,26 @@ def head_scores(scores: dict[str, object], title: str = "head scores", ax=None):
 
 @_closes_on_error
 def training_history(history: Sequence[dict], keys: Sequence[str] = ("loss_first", "loss_repeat"),
-                     score_keys: Sequence[str] = ("best_induction", "best_prev_token"), ax=None):
-    """Losses (left axis) and head scores (right axis) against the training step."""
+                     score_keys: Sequence[str] = ("best_induction", "best_prev_token"), ax=None,
+                     log_steps: bool = False):
+    """Losses (left axis) and head scores (right axis) against the training step.
+
+    ``log_steps`` puts the steps on a logarithmic axis (step 0 is left out), so that an
+    early event such as a phase change is not squeezed against the left edge.
+    """
     if not history:
         raise ValueError("training_history needs at least one evaluation entry")
     missing = sorted({k for e in history for k in ("step", *keys, *score_keys) if k not in e})
     if missing:
         raise ValueError(f"training_history entries lack {missing}; they have {sorted(history[0])}")
+    if log_steps:
+        history = [e for e in history if e["step"] > 0]
+        if not history:
+            raise ValueError("log_steps needs at least one entry after step 0")
     steps = [e["step"] for e in history]
     fig, (a,) = _axes(ax, size=(6.0, 3.4))
+    if log_steps:
+        a.set_xscale("log")
     for k in keys:
         a.plot(steps, [e[k] for e in history], label=k.replace("_", " "))
     a.set_xlabel("training step")
@@ -216,18 +244,24 @@ def training_history(history: Sequence[dict], keys: Sequence[str] = ("loss_first
 
 @_closes_on_error
 def patching(effect, row_labels: Sequence[str], col_labels: Sequence[str] | None = None,
-             title: str = "activation patching", ax=None):
-    """A heat map of a patching sweep ``[n_components, n_pos]`` (normalised effect: 0 corrupted, 1 clean)."""
+             title: str = "activation patching", ax=None, vmax: float | None = None):
+    """A heat map of a patching sweep ``[n_components, n_pos]`` (normalised effect: 0 corrupted, 1 clean).
+
+    The colour scale is ``[-vmax, vmax]`` (default: the largest ``|effect|``); give
+    several sweeps the same ``vmax`` to compare them on one scale.
+    """
     e = _np(effect)
     if e.ndim != 2 or e.shape[0] != len(row_labels):
         raise ValueError(f"effect must be [len(row_labels) = {len(row_labels)}, n_pos], got {list(e.shape)}")
     _check_count(col_labels, e.shape[1], "col_labels", "positions")
+    if vmax is not None and not (isinstance(vmax, (int, float)) and vmax > 0):
+        raise ValueError(f"vmax must be a positive number (the colour scale's end), got {vmax!r}")
     fig, (a,) = _axes(ax, size=(max(4.0, 0.22 * e.shape[1] + 1.5), 0.35 * e.shape[0] + 1.6))
-    span = max(np.abs(e).max(), 1e-12)
+    span = max(np.abs(e).max(), 1e-12) if vmax is None else vmax
     im = a.imshow(e, cmap="RdBu_r", vmin=-span, vmax=span, aspect="auto")
     a.set_yticks(range(len(row_labels)), row_labels)
     if col_labels is not None:
-        a.set_xticks(range(len(col_labels)), col_labels, rotation=90, fontsize=6)
+        a.set_xticks(range(len(col_labels)), col_labels, rotation=90, fontsize=8)
     a.set_xlabel("position")
     a.set_title(title, fontsize=10)
     fig.colorbar(im, ax=a, shrink=0.8, label="normalised effect")

@@ -1,0 +1,164 @@
+"""The chapters say what their cells show: code lines fit the page, quoted numbers are printed.
+
+Runs over every chapter notebook ``chapters/ch*.ipynb`` as stored (with its outputs);
+nothing is executed, so the whole file takes well under a second per chapter.
+
+1. Every line of every code cell is at most 88 characters (longer lines are clipped
+   in the built book).
+2. Every number quoted in a markdown cell appears in the same notebook, at the same
+   precision, either in an output (the ``text/plain`` data or a stream of a code
+   cell) or in the source of a code cell (a parameter the reader sees being set,
+   e.g. a learning rate). "Same precision" means the digits as written: prose
+   ``0.95`` needs ``0.95`` in an output, not ``0.951`` or ``0.9500``.
+
+What counts as a quoted number (the class this test can check):
+
+- a decimal, ``4.84``, ``0.21``, also when it is followed by ``x``/``×`` (``1.2x``)
+  or preceded by a sign (the sign is ignored: the digits must match);
+- a percentage, ``58%``; it is matched by ``58%`` or by the same share written as
+  a fraction with as many digits as the percentage has (``0.58``), since cells
+  print shares as fractions and prose reads them as percentages.
+
+What it cannot check, and leaves alone:
+
+- integers (``8 positions``, ``127 tokens``, ``chapter 4``, a year): most are
+  counts fixed by the construction, section references or sizes, and telling a
+  measured count from a structural one would need a reader;
+- numbers inside fenced code blocks in markdown (shell commands, snippets);
+- head names in the older ``L.H`` style (``head 1.1``) look like decimals; they
+  pass because the cells print the same names, and those that the cells do not
+  print are listed per notebook in ``ALLOWED`` below;
+- numbers written out as words, or ranges written as ``0.14–0.26`` (each end is
+  checked as a number of its own);
+- numbers in figures (images cannot be read back; a figure's numbers must also
+  be printed by a cell for the prose to quote them).
+
+``ALLOWED`` lists, per notebook, the few numbers that are derivations or
+definitions rather than results, each with the reason. Keep it short: a number
+that a cell can print should be printed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+CHAPTERS = Path(__file__).resolve().parent.parent / "chapters"
+NOTEBOOKS = sorted(CHAPTERS.glob("ch*.ipynb"))
+MAX_LINE = 88
+
+# number in prose: optional sign, digits, '.', digits (a decimal), or digits followed by '%'
+_NUMBER = re.compile(r"(?<![\w.])[-+−]?(\d+\.\d+|\d+(?:\.\d+)?%)(?![\d])")
+
+# Numbers quoted in markdown that no cell prints, with the reason they may stay.
+ALLOWED: dict[str, dict[str, str]] = {
+    "ch00_transformer_from_scratch": {},
+    "ch01_zero_layers": {},
+    "ch02_one_layer": {},
+    "ch03_two_layers": {
+        # sqrt(2/pi) = 0.798: the mean of |cos| relative to its rms for rank one, a
+        # textbook fact quoted in the derivation (the cell shows it numerically:
+        # mean 0.0991 against rms 0.1242 at d_head = 1)
+        "0.8": "derivation: sqrt(2/pi) for rank-one heads",
+    },
+    "ch04_induction_heads": {},
+    "ch05_interventions": {
+        # "of order 1/14 ≈ 0.07": arithmetic on the number of scored predictions (14),
+        # the size one single-position patch can have, not a measured result
+        "0.07": "arithmetic: 1/14",
+    },
+}
+
+
+def _texts(nb):
+    """(markdown cells, output texts, code sources) of a notebook."""
+    md, out, code = [], [], []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown":
+            md.append((i, cell.source))
+        elif cell.cell_type == "code":
+            code.append(cell.source)
+            for o in cell.get("outputs", []):
+                if o.get("output_type") == "stream":
+                    out.append(o.get("text", ""))
+                elif "data" in o and "text/plain" in o["data"]:
+                    out.append(o["data"]["text/plain"])
+    return md, "\n".join(out), "\n".join(code)
+
+
+def _strip_fences(markdown: str) -> str:
+    return re.sub(r"```.*?```", " ", markdown, flags=re.S)
+
+
+def quoted_numbers(markdown: str) -> list[str]:
+    """The numbers this test checks in one markdown cell, as written (signs dropped)."""
+    return [m.group(1) for m in _NUMBER.finditer(_strip_fences(markdown))]
+
+
+def _shown(number: str, haystack: str) -> bool:
+    """Whether ``number`` occurs in ``haystack`` as a number of the same precision."""
+    candidates = [number]
+    if number.endswith("%"):
+        digits = number[:-1]
+        if "." not in digits:
+            candidates.append(f"{int(digits) / 100:.{max(2, len(digits))}f}")
+    for c in candidates:
+        if re.search(r"(?<![\d.])" + re.escape(c) + r"(?![\d])", haystack):
+            return True
+    return False
+
+
+def unshown_numbers(nb, allowed: dict[str, str] | None = None) -> list[tuple[int, str]]:
+    """``(markdown cell index, number)`` for every quoted number no cell shows."""
+    allowed = allowed or {}
+    md, outputs, code = _texts(nb)
+    missing = []
+    for i, source in md:
+        for number in quoted_numbers(source):
+            if number in allowed:
+                continue
+            if not (_shown(number, outputs) or _shown(number, code)):
+                missing.append((i, number))
+    return missing
+
+
+def test_the_number_check_catches_what_it_should():
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("lr = 3e-3\nx = 0.25", outputs=[nbformat.v4.new_output(
+            "stream", name="stdout", text="loss 0.951, share 0.58, ratio 1.2x\n")]),
+        nbformat.v4.new_markdown_cell(
+            "Loss 0.95 (no: printed 0.951), share 58% (yes), ratio 1.2x (yes),"
+            " x = 0.25 (set in code), 0.9510 (no), 12% (no).\n```\nrun 9.99\n```"),
+    ])
+    assert unshown_numbers(nb) == [(1, "0.95"), (1, "0.9510"), (1, "12%")]
+    assert unshown_numbers(nb, {"0.95": "why", "0.9510": "why", "12%": "why"}) == []
+    assert quoted_numbers("head 1.1 scores −0.24 and +0.03") == ["1.1", "0.24", "0.03"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_code_lines_fit_the_page(path):
+    nb = nbformat.read(path, as_version=4)
+    long = [(i, n + 1, len(line))
+            for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
+            for n, line in enumerate(cell.source.splitlines()) if len(line) > MAX_LINE]
+    assert not long, (
+        f"{path.name}: {len(long)} code lines longer than {MAX_LINE} characters "
+        "(cell index, line, length): " + ", ".join(map(str, long))
+        + ". Break the line, or move plotting boilerplate into a library helper.")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_numbers_in_the_prose_are_printed_by_a_cell(path):
+    nb = nbformat.read(path, as_version=4)
+    allowed = ALLOWED.get(path.stem, {})
+    quoted = {n for _, source in _texts(nb)[0] for n in quoted_numbers(source)}
+    stale = sorted(set(allowed) - quoted)
+    assert not stale, f"{path.name}: ALLOWED lists {stale}, which the prose no longer quotes"
+    missing = unshown_numbers(nb, allowed)
+    assert not missing, (
+        f"{path.name}: numbers quoted in markdown that no output or code cell shows at the "
+        "same precision (markdown cell index, number): " + ", ".join(map(str, missing))
+        + ". Print the number in a cell, quote it as printed, or remove the claim.")
