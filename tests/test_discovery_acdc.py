@@ -163,3 +163,61 @@ def test_subnetwork_probing_keeps_the_induction_circuit(two_layer):
     with pytest.raises(ValueError, match="lam"):
         subnetwork_probing(model, g, x, y, -1.0)
     assert no_hooks(model)
+
+
+def test_acdc_on_a_random_init_model_finds_no_induction(two_layer):
+    """Negative control: an untrained model of the same shape. Its kept graph must not predict repeats."""
+    from toylab.features.ground_truth import random_init_control
+
+    model, _, clean, corr = two_layer
+    rand = random_init_control(model)
+    g = Graph(rand)
+    pos = induction_positions(clean.is_repeat)
+    res = acdc(rand, g, clean.tokens, corr.tokens, 0.03, positions=pos)
+    loss = next_token_loss_on(clean.tokens, pos)
+    kept = run_circuit(rand, g, res.circuit, clean.tokens, corr.tokens, loss)
+    assert kept > 0.9 * math.log(rand.cfg.d_vocab)  # at chance: no induction
+    ref = induction_circuit(model, Graph(model), clean.tokens)  # the trained model's circuit, same edge names
+    assert len(res.circuit.edges & ref.edges) < len(ref)
+    assert no_hooks(rand)
+
+
+def test_acdc_on_the_skip_trigram_model_keeps_the_rule_edges():
+    """The planted rules A ... B -> C need, for a head H: embed -> H.q (B), embed -> H.k (A), embed -> H.v
+    (A's boost of C) and H -> logits. Replacing every A by a non-source token changes only what the keys
+    and values read, so ACDC must keep exactly the key, value and output edges of the heads."""
+    model = load_model("skiptrigram-1l")
+    lang = make_dataset(get_preset("skiptrigram-1l").data)
+    g = Graph(model)
+    toks = lang.sample(32, torch.Generator().manual_seed(0))
+    fires = lang.active_rules(toks) >= 0
+    fires[:, -1] = False
+    sources = torch.tensor(sorted({a for a, _, _ in lang.rules}))
+    used = set(sources.tolist()) | {b for _, b, _ in lang.rules}
+    neutral = torch.tensor([t for t in range(1, lang.d_vocab) if t not in used])
+    fill = neutral[torch.randint(len(neutral), toks.shape, generator=torch.Generator().manual_seed(1))]
+    no_a = torch.where(torch.isin(toks, sources), fill, toks)
+    assert not (lang.active_rules(no_a) >= 0).any()  # the corruption switches every rule off
+    res = acdc(model, g, toks, no_a, 0.03, positions=fires)
+    heads = [n.name for n in g.nodes if n.kind == "head"]
+    visible = {f"embed->{h}.{s}" for h in heads for s in "kv"} | {f"{h}->logits" for h in heads}
+    assert res.circuit.edges == visible, res.circuit
+    assert no_hooks(model)
+
+
+def test_spearman_and_topk_recall():
+    from toylab.discovery.roc import spearman, topk_recall
+
+    a = torch.tensor([0.0, 0.0, 1.0, 2.0, 3.0])
+    assert spearman(a, a) == pytest.approx(1.0)
+    assert spearman(a, -a) == pytest.approx(-1.0)
+    assert spearman(a, a ** 3 + 5) == pytest.approx(1.0)  # ranks only
+    # ties share the average rank: [0.5, 0.5, 2, 3, 4] against [0, 1, 2, 3, 4]
+    r = torch.tensor([0.5, 0.5, 2.0, 3.0, 4.0])
+    want = float(torch.corrcoef(torch.stack([r, torch.arange(5.0)]))[0, 1])
+    assert spearman(a, torch.arange(5.0)) == pytest.approx(want)
+    assert topk_recall(torch.tensor([3.0, -2.0, 0.1, 0.0]), torch.tensor([-5.0, 0.2, 4.0, 0.0]), 2) == 0.5
+    with pytest.raises(ValueError, match="same length"):
+        spearman(a, a[:3])
+    with pytest.raises(ValueError, match="k <= n"):
+        topk_recall(a, a, 9)

@@ -81,3 +81,26 @@ def roc_from_scores(graph: Graph, scores: torch.Tensor, reference: Circuit, edge
         fpr.append(fp / len(neg))
         tpr.append(tp / len(pos))
     return torch.tensor(fpr), torch.tensor(tpr), float(auc)
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of ``a, b [n]``: the Pearson correlation of their ranks, where tied
+    values share the average of the ranks they occupy (exact effects of 0 tie often)."""
+    a, b = torch.as_tensor(a).flatten().double(), torch.as_tensor(b).flatten().double()
+    if a.shape != b.shape or a.numel() < 2:
+        raise ValueError(f"spearman needs two tensors of the same length >= 2, got {list(a.shape)} and {list(b.shape)}")
+
+    def ranks(x):
+        return (x[:, None] > x[None, :]).sum(1) + 0.5 * ((x[:, None] == x[None, :]).sum(1) - 1)
+
+    return float(torch.corrcoef(torch.stack([ranks(a), ranks(b)]))[0, 1])
+
+
+def topk_recall(estimate: torch.Tensor, exact: torch.Tensor, k: int) -> float:
+    """Share of the ``k`` entries with the largest exact ``|effect|`` that are among the ``k`` largest
+    ``|estimate|`` (``estimate, exact [n]``, ``1 <= k <= n``)."""
+    if estimate.shape != exact.shape or estimate.ndim != 1 or not 1 <= k <= len(exact):
+        raise ValueError(f"topk_recall needs two [n] tensors and 1 <= k <= n, got {list(estimate.shape)}, "
+                         f"{list(exact.shape)}, k={k}")
+    top = set(exact.abs().topk(k).indices.tolist())
+    return len(top & set(estimate.abs().topk(k).indices.tolist())) / k
