@@ -107,3 +107,48 @@ def induction_hypotheses(model, graph: Graph, tokens: torch.Tensor, threshold: f
         for e in h.edges:
             graph.edge_index(e)
     return out
+
+
+
+def copied_positions(batch) -> torch.Tensor:
+    """``[N, pos]`` bool: the positions of the copied segment, its source ``d-o .. d-o+min(L, o)-1`` and the
+    copy ``d .. d+L-1`` (every other position is noise drawn independently; ``batch``: an
+    :class:`~toylab.data.induction.InductionBatch`)."""
+    N, n = batch.tokens.shape
+    pos = torch.arange(n)[None]
+    d, o, L = (t[:, None] for t in (batch.dst_start, batch.offset, batch.length))
+    src = (pos >= d - o) & (pos < d - o + torch.minimum(L, o))
+    return batch.has_repeat[:, None] & (src | ((pos >= d) & (pos < d + L)))
+
+
+def distractors(batch, within: torch.Tensor | None = None) -> torch.Tensor:
+    """``[N, pos]`` bool at logit positions: where induction has a *wrong* earlier match to follow.
+
+    At a logit position ``p`` (predicting ``x_{p+1}``) an induction head queries with ``x_p`` and looks for
+    a key ``j <= p`` whose previous token ``x_{j-1}`` equals it, then copies ``x_j``. The true match is
+    ``j = p + 1 - o`` (``o`` the offset); a *distractor* is any other ``1 <= j <= p`` with
+    ``x_{j-1} = x_p`` and ``x_j != x_{p+1}`` (a chance repeat, which would copy a wrong token).
+    ``within [N, pos]`` (bool, optional): count only matches whose token ``x_{j-1}`` lies there (e.g.
+    ``~copied_positions(batch)``: chance matches in the noise). ``batch``: an InductionBatch.
+    """
+    x = batch.tokens
+    N, n = x.shape
+    nxt = torch.zeros_like(x)
+    nxt[:, :-1] = x[:, 1:]
+    prev = torch.zeros_like(x)
+    prev[:, 1:] = x[:, :-1]
+    p = torch.arange(n)[None, :, None]
+    j = torch.arange(n)[None, None, :]
+    match = (prev[:, None, :] == x[:, :, None]) & (j >= 1) & (j <= p)  # [N, p, j]
+    wrong = x[:, None, :] != nxt[:, :, None]
+    true_key = (p + 1 - batch.offset[:, None, None]) == j
+    found = match & wrong & ~true_key
+    if within is not None:
+        if within.shape != x.shape or within.dtype != torch.bool:
+            raise ValueError(f"within must be a bool mask {list(x.shape)} over the matched token's position")
+        prev_in = torch.zeros_like(within)
+        prev_in[:, 1:] = within[:, :-1]
+        found = found & prev_in[:, None, :]
+    out = found.any(-1)
+    out[:, -1] = False
+    return out

@@ -6,8 +6,12 @@ of the input that edge carries; every edge it does not name carries nothing.
 Features are equivalence classes of input sequences, defined by the data
 generator (:class:`EquivalenceClasses`): ``"identity"`` (the sequence
 itself), ``"any"`` (every sequence is equivalent), or a generator's ground
-truth such as ``"offset"`` (same repeat offset) or ``"structure"`` (same
-offset and start: the same positions are predictable by induction).
+truth such as ``"offset"`` (same repeat offset), ``"structure"`` (same
+offset, start and length: the same positions are predictable by induction) or
+``"segment"`` (same structure and the same copied tokens, other noise).
+:func:`redraw_tokens` builds a pool in which these classes have several
+members, by drawing from the generator again with its structure (and, for
+``"segment"``, the copied tokens) held fixed.
 
 **Treeified resampling ablation.** The model's computation is unrolled into
 a tree rooted at the logits: a slot ``r`` evaluated on input ``x`` reads, for
@@ -30,14 +34,18 @@ root inputs: ``L_model`` (no resampling), ``L_hyp`` (the hypothesis) and
 
 1 means the hypothesis explains all the loss the model achieves, 0 nothing;
 it can leave [0, 1] (a hypothesis worse than chance, or resampling that helps).
+Each root's loss is the mean over its scored positions, ``L`` the mean over roots.
 The interval is a percentile bootstrap over root sequences (each root's loss
-averaged over ``n_resamples`` independent treeified runs).
+averaged over ``n_resamples`` independent treeified runs). The score tests an
+*expected* loss: errors of opposite sign on different inputs cancel in it, so
+:func:`position_losses` and :func:`scrubbed_position_losses` give the losses
+per position, to compare by class of position or example by example.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -78,11 +86,13 @@ class EquivalenceClasses:
             self._sorted[name] = (order, lab[order])
 
     @classmethod
-    def from_induction(cls, batch) -> "EquivalenceClasses":
+    def from_induction(cls, batch, segment: torch.Tensor | None = None) -> "EquivalenceClasses":
         """Classes from an :class:`~toylab.data.induction.InductionBatch`: ``"offset"`` (the repeat's offset
         ``d - s``, -1 without a repeat) and ``"structure"`` (offset, start ``d``, length and whether the
         sequence starts with BOS: the same positions are predictable by induction); the loss is scored on
-        the positions predictable by induction."""
+        the positions predictable by induction. ``segment [N]`` (optional, e.g. from :func:`redraw_tokens`
+        with ``keep="segment"``): sequences with equal labels share their copied tokens; it adds the
+        feature ``"segment"`` (same structure and same label)."""
         from toylab.discovery.metrics import induction_positions
 
         offset = torch.where(batch.has_repeat, batch.offset, torch.full_like(batch.offset, -1))
@@ -90,7 +100,15 @@ class EquivalenceClasses:
         keys = torch.stack([offset, torch.where(batch.has_repeat, batch.dst_start, -1),
                             torch.where(batch.has_repeat, batch.length, -1), bos.long()], 1)
         structure = torch.unique(keys, dim=0, return_inverse=True)[1]
-        return cls(batch.tokens, {"offset": offset, "structure": structure}, induction_positions(batch.is_repeat))
+        features = {"offset": offset, "structure": structure}
+        if segment is not None:
+            segment = torch.as_tensor(segment)
+            if segment.shape != structure.shape or segment.dtype.is_floating_point:
+                raise ValueError(f"segment needs one integer label per sequence, [{len(structure)}], "
+                                 f"got {list(segment.shape)} {segment.dtype}")
+            pair = torch.stack([structure, segment.long()], 1)
+            features["segment"] = torch.unique(pair, dim=0, return_inverse=True)[1]
+        return cls(batch.tokens, features, induction_positions(batch.is_repeat))
 
     def check_feature(self, name: str) -> None:
         if name not in self.features:
@@ -110,6 +128,49 @@ class EquivalenceClasses:
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
+
+
+KEEP = ("structure", "segment")
+
+
+def redraw_tokens(batch, d_vocab: int, n_variants: int, generator: torch.Generator, keep: str = "structure"):
+    """Variants of each sequence drawn from the generator *given* part of its latent state.
+
+    ``batch``: an :class:`~toylab.data.induction.InductionBatch` of ``N`` sequences (tokens in
+    ``1..d_vocab-1``, BOS = 0). Each sequence gets ``n_variants`` variants with the same ``structure``
+    (BOS, offset ``o``, start ``d``, length ``L``) and fresh tokens drawn as the generator draws them:
+    ``x_p ~ Uniform{1..V-1}`` then ``x_p := x_{p-o}`` for ``d <= p < d + L``. With ``keep="segment"``
+    the tokens the copy is made of (source positions ``d-o .. d-o+min(L, o)-1``) are kept too: only the
+    noise around the repeat is redrawn.
+
+    Returns ``(variants, parent)``: an InductionBatch of ``N * n_variants`` sequences (variant ``k`` of
+    sequence ``i`` at row ``i * n_variants + k``) and ``parent [N * n_variants]`` = ``i``.
+    """
+    from toylab.data.induction import InductionBatch
+
+    if keep not in KEEP:
+        raise ValueError(f"keep must be one of {KEEP}, got {keep!r}")
+    if isinstance(n_variants, bool) or not isinstance(n_variants, int) or n_variants < 1:
+        raise ValueError(f"n_variants must be a positive integer, got {n_variants!r}")
+    if int(batch.tokens.max()) >= d_vocab:
+        raise ValueError(f"the batch has token {int(batch.tokens.max())}, outside a vocabulary of {d_vocab}")
+    N, n = batch.tokens.shape
+    parent = torch.arange(N).repeat_interleave(n_variants)
+    has_bos = batch.has_bos if batch.has_bos is not None else torch.ones(N, dtype=torch.bool)
+    d, o, L = (t[parent, None] for t in (batch.dst_start, batch.offset, batch.length))
+    rep = batch.has_repeat[parent, None]
+    pos = torch.arange(n)[None]
+    tokens = torch.randint(1, d_vocab, (len(parent), n), generator=generator, dtype=torch.long)
+    if keep == "segment":
+        seg = rep & (pos >= d - o) & (pos < d - o + torch.minimum(L, o))
+        tokens = torch.where(seg, batch.tokens[parent], tokens)
+    tokens[:, 0] = torch.where(has_bos[parent], batch.tokens[parent, 0], tokens[:, 0])
+    in_copy = rep & (pos >= d) & (pos < d + L)
+    tokens = tokens.gather(1, torch.where(in_copy, d - o + (pos - d).clamp_min(0) % o, pos))
+    out = InductionBatch(tokens=tokens, is_repeat=batch.is_repeat[parent], has_repeat=batch.has_repeat[parent],
+                         src_start=batch.src_start[parent], dst_start=batch.dst_start[parent],
+                         length=batch.length[parent], has_bos=has_bos[parent])
+    return out, parent
 
 
 @dataclass(frozen=True)
@@ -176,18 +237,28 @@ def treeified_logits(model, graph: Graph, classes: EquivalenceClasses, hypothesi
     return slot_input("logits", roots) @ model.W_U
 
 
-def _per_root_loss(classes: EquivalenceClasses, logits: torch.Tensor, roots: torch.Tensor) -> torch.Tensor:
-    """``[B]``: each root's mean next-token loss over its scored positions."""
+def position_losses(classes: EquivalenceClasses, logits: torch.Tensor, roots: torch.Tensor) -> torch.Tensor:
+    """``[B, pos]``: next-token loss ``-log softmax(logits)[b, p, x_{p+1}]`` of roots ``roots [B]`` at their
+    scored positions (``classes.positions``), NaN elsewhere."""
     tokens, mask = classes.tokens[roots], classes.positions[roots]
     nxt = torch.zeros_like(tokens)
     nxt[:, :-1] = tokens[:, 1:]
     loss = -torch.log_softmax(logits.float(), -1).gather(-1, nxt[..., None])[..., 0]
-    return (loss * mask).sum(1) / mask.sum(1)
+    return loss.masked_fill(~mask, float("nan"))
+
+
+def _per_root_loss(classes: EquivalenceClasses, logits: torch.Tensor, roots: torch.Tensor) -> torch.Tensor:
+    """``[B]``: each root's mean next-token loss over its scored positions."""
+    return position_losses(classes, logits, roots).nanmean(1)
 
 
 @dataclass(frozen=True)
 class ScrubResult:
-    """``recovered`` and its bootstrap interval ``(low, high)``; the three mean losses (nats)."""
+    """``recovered`` and its bootstrap interval ``(low, high)``; the three mean losses (nats).
+
+    ``roots [B]`` (the pool sequences scored) and each root's loss, averaged over its scored positions
+    and the resamples: ``per_root_model``, ``per_root_hypothesis``, ``per_root_scrubbed`` ``[B]``.
+    """
 
     recovered: float
     low: float
@@ -195,14 +266,31 @@ class ScrubResult:
     loss_model: float
     loss_hypothesis: float
     loss_scrubbed: float
+    roots: torch.Tensor = field(default=None, repr=False, compare=False)
+    per_root_model: torch.Tensor = field(default=None, repr=False, compare=False)
+    per_root_hypothesis: torch.Tensor = field(default=None, repr=False, compare=False)
+    per_root_scrubbed: torch.Tensor = field(default=None, repr=False, compare=False)
+
+
+def scrubbed_position_losses(model, graph: Graph, classes: EquivalenceClasses, hypothesis: Hypothesis,
+                             roots: torch.Tensor, n_resamples: int = 1,
+                             generator: torch.Generator | None = None) -> torch.Tensor:
+    """``[B, pos]``: the loss of the treeified model under ``hypothesis`` at each scored position of
+    ``roots [B]``, averaged over ``n_resamples`` runs (NaN at unscored positions, see :func:`position_losses`)."""
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    runs = [position_losses(classes, treeified_logits(model, graph, classes, hypothesis, roots, g), roots)
+            for _ in range(n_resamples)]
+    return torch.stack(runs).mean(0)
 
 
 def scrub(model, graph: Graph, classes: EquivalenceClasses, hypothesis: Hypothesis, n_resamples: int = 4,
-          n_boot: int = 1000, confidence: float = 0.95, seed: int = 0) -> ScrubResult:
+          n_boot: int = 1000, confidence: float = 0.95, seed: int = 0,
+          baseline: ScrubResult | None = None) -> ScrubResult:
     """Causal-scrubbing score of ``hypothesis`` on every pool sequence as a root (module doc).
 
     ``n_resamples`` treeified runs per root (their losses averaged), ``n_boot`` bootstrap draws of the
-    roots for the ``confidence`` interval; ``seed`` fixes every draw.
+    roots for the ``confidence`` interval; ``seed`` fixes every draw. ``baseline``: an earlier result on
+    the same ``classes`` whose model and fully scrubbed losses are reused (one scrub costs half as much).
     """
     if not isinstance(hypothesis, Hypothesis):
         raise TypeError(f"hypothesis must be a Hypothesis, got {type(hypothesis).__name__}")
@@ -215,13 +303,16 @@ def scrub(model, graph: Graph, classes: EquivalenceClasses, hypothesis: Hypothes
     model.check_tokens(classes.tokens)
     roots = torch.nonzero(classes.positions.any(1)).flatten()  # sequences with a position to score
     g = torch.Generator().manual_seed(int(seed))
-    with torch.no_grad():
-        l_model = _per_root_loss(classes, model(classes.tokens[roots]), roots)
-    empty = Hypothesis({})
-    runs = {"hyp": hypothesis, "scrub": empty}
-    losses = {k: torch.stack([_per_root_loss(classes, treeified_logits(model, graph, classes, h, roots, g), roots)
-                              for _ in range(n_resamples)]).mean(0) for k, h in runs.items()}
-    lh, ls = losses["hyp"], losses["scrub"]
+    if baseline is not None:
+        if not isinstance(baseline, ScrubResult) or baseline.roots is None or not torch.equal(baseline.roots, roots):
+            raise ValueError("baseline must be a ScrubResult of scrub() on the same classes (the same roots)")
+        l_model, ls = baseline.per_root_model, baseline.per_root_scrubbed
+    else:
+        with torch.no_grad():
+            l_model = _per_root_loss(classes, model(classes.tokens[roots]), roots)
+    lh = scrubbed_position_losses(model, graph, classes, hypothesis, roots, n_resamples, g).nanmean(1)
+    if baseline is None:
+        ls = scrubbed_position_losses(model, graph, classes, Hypothesis({}), roots, n_resamples, g).nanmean(1)
     if float(ls.mean() - l_model.mean()) <= 0:
         raise ValueError("the fully scrubbed model is no worse than the model itself: there is no loss to recover")
 
@@ -231,4 +322,5 @@ def scrub(model, graph: Graph, classes: EquivalenceClasses, hypothesis: Hypothes
     boot = ratio(torch.randint(0, len(roots), (n_boot, len(roots)), generator=g))
     a = (1 - confidence) / 2
     low, high = torch.quantile(boot.double(), torch.tensor([a, 1 - a], dtype=torch.float64)).tolist()
-    return ScrubResult(float(ratio(torch.arange(len(roots)))), low, high, float(l_model.mean()), float(lh.mean()), float(ls.mean()))
+    return ScrubResult(float(ratio(torch.arange(len(roots)))), low, high, float(l_model.mean()), float(lh.mean()),
+                       float(ls.mean()), roots, l_model, lh, ls)
