@@ -92,3 +92,27 @@ def test_bad_inputs(model, tokens):
         vector_from_sae(ReluSAE(64, 8), 8)
     with pytest.raises(ValueError, match="token"):
         vector_from_weights(model, 128)
+
+
+def test_a_window_of_positions_and_one_vector_per_sequence(model, tokens):
+    """``to_pos`` ends the window; a ``[batch, d_model]`` vector steers each sequence with its own row,
+    exactly as steering the sequences one at a time does."""
+    hook = "blocks.1.hook_resid_post"
+    v = vector_from_weights(model, 9)
+    clean = run_with_steering(model, tokens, hook, v, coeff=0.0)
+    shift = run_with_steering(model, tokens, hook, v, coeff=1.5, from_pos=4, to_pos=7) - clean
+    torch.testing.assert_close(shift[:, 4:7], predicted_logit_shift(model, hook, v, 1.5).expand(8, 3, -1),
+                               atol=1e-4, rtol=1e-4)
+    assert float(shift[:, :4].abs().max()) == 0.0 and float(shift[:, 7:].abs().max()) == 0.0
+    V = torch.stack([vector_from_weights(model, int(t), head=(0, 0)) for t in tokens[:, -1]])
+    early = "blocks.0.hook_resid_post"
+    together = run_with_steering(model, tokens, early, V, coeff=2.0, from_pos=5, to_pos=6)
+    for i in range(tokens.shape[0]):
+        alone = run_with_steering(model, tokens[i:i + 1], early, V[i], coeff=2.0, from_pos=5, to_pos=6)
+        torch.testing.assert_close(together[i:i + 1], alone, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="one steering vector per sequence"):
+        run_with_steering(model, tokens[:3], early, V)
+    with pytest.raises(ValueError, match="to_pos"):
+        run_with_steering(model, tokens, early, v, from_pos=5, to_pos=5)
+    with pytest.raises(ValueError, match=r"\[batch, 64\]"):
+        run_with_steering(model, tokens, early, torch.zeros(2, 3, 64))

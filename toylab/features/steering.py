@@ -2,7 +2,8 @@
 
 At a residual-stream hook (``hook_embed``, ``blocks.{l}.hook_resid_pre|resid_post``,
 ``blocks.{l}.hook_attn_out``; activations ``[batch, pos, d_model]``) the steered run
-replaces ``x_p`` by ``x_p + c v`` for every position ``p >= from_pos``.
+replaces ``x_p`` by ``x_p + c v`` for every position ``from_pos <= p < to_pos`` (to the end by
+default); ``v`` may also be one vector per sequence, ``[batch, d_model]``.
 
 **The exact case.** With no LayerNorm, the logits are ``resid_final W_U``. A vector
 added after the last attention layer (at ``blocks.{L-1}.hook_resid_post`` or
@@ -36,40 +37,57 @@ def _check_hook(model, hook: str) -> str:
     return hook
 
 
-def _check_vector(model, vector) -> torch.Tensor:
+def _check_vector(model, vector, batched: bool = False) -> torch.Tensor:
     d = model.cfg.d_model
+    shapes = f"[{d}]" + (f" or [batch, {d}] (one vector per sequence)" if batched else "")
     if not isinstance(vector, torch.Tensor) or not vector.dtype.is_floating_point:
-        raise TypeError(f"the steering vector must be a floating tensor of shape [{d}]")
-    if vector.shape != (d,):
-        raise ValueError(f"the steering vector must have shape [d_model={d}], got {list(vector.shape)}")
+        raise TypeError(f"the steering vector must be a floating tensor of shape {shapes}")
+    ok = vector.shape == (d,) or (batched and vector.ndim == 2 and vector.shape[1] == d)
+    if not ok:
+        raise ValueError(f"the steering vector must have shape {shapes} (d_model={d}), "
+                         f"got {list(vector.shape)}")
     return vector.detach()
 
 
-def _check_pos(from_pos) -> int:
+def _check_pos(from_pos, to_pos=None) -> tuple[int, int | None]:
     if isinstance(from_pos, bool) or not isinstance(from_pos, int) or from_pos < 0:
         raise ValueError(f"from_pos must be an integer >= 0, got {from_pos!r}")
-    return from_pos
+    if to_pos is not None and (isinstance(to_pos, bool) or not isinstance(to_pos, int)
+                               or to_pos <= from_pos):
+        raise ValueError(f"to_pos must be None or an integer > from_pos={from_pos}, got {to_pos!r}")
+    return from_pos, to_pos
 
 
-def steering_hooks(model, hook: str, vector: torch.Tensor, coeff: float = 1.0, from_pos: int = 0) -> list:
-    """``fwd_hooks`` for ``run_with_hooks``: ``x[:, p] <- x[:, p] + coeff * vector`` for ``p >= from_pos``."""
+def steering_hooks(model, hook: str, vector: torch.Tensor, coeff: float = 1.0, from_pos: int = 0,
+                   to_pos: int | None = None) -> list:
+    """``fwd_hooks`` for ``run_with_hooks``: ``x[:, p] <- x[:, p] + coeff * vector`` for
+    ``from_pos <= p < to_pos`` (``to_pos=None``: to the end).
+
+    ``vector`` is ``[d_model]`` (the same for every sequence) or ``[batch, d_model]``
+    (row ``i`` steers sequence ``i``; the batch must match the run's)."""
     _check_hook(model, hook)
-    v = _check_vector(model, vector)
-    from_pos = _check_pos(from_pos)
+    v = _check_vector(model, vector, batched=True)
+    from_pos, to_pos = _check_pos(from_pos, to_pos)
+    window = slice(from_pos, to_pos)
 
     def add(act: torch.Tensor, hp) -> torch.Tensor:
+        if v.ndim == 2 and v.shape[0] != act.shape[0]:
+            raise ValueError(f"one steering vector per sequence: got {v.shape[0]} vectors for a "
+                             f"batch of {act.shape[0]}")
+        step = coeff * v.to(act.dtype)
         out = act.clone()
-        out[:, from_pos:] = out[:, from_pos:] + coeff * v.to(act.dtype)
+        out[:, window] = out[:, window] + (step[:, None] if v.ndim == 2 else step)
         return out
 
     return [(hook, add)]
 
 
 def run_with_steering(model, tokens: torch.Tensor, hook: str, vector: torch.Tensor, coeff: float = 1.0,
-                      from_pos: int = 0) -> torch.Tensor:
-    """Logits ``[batch, pos, d_vocab]`` of ``tokens [batch, pos]`` with ``coeff * vector`` added at ``hook``."""
+                      from_pos: int = 0, to_pos: int | None = None) -> torch.Tensor:
+    """Logits ``[batch, pos, d_vocab]`` of ``tokens [batch, pos]`` with ``coeff * vector`` added at
+    ``hook`` at positions ``from_pos <= p < to_pos`` (see :func:`steering_hooks`)."""
     with torch.no_grad():
-        return model.run_with_hooks(tokens, steering_hooks(model, hook, vector, coeff, from_pos))
+        return model.run_with_hooks(tokens, steering_hooks(model, hook, vector, coeff, from_pos, to_pos))
 
 
 def predicted_logit_shift(model, hook: str, vector: torch.Tensor, coeff: float = 1.0) -> torch.Tensor:
