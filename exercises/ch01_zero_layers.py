@@ -88,7 +88,9 @@ def top_k_successors(table: torch.Tensor, token: int, k: int) -> torch.Tensor:
         ``table[a, b_1] >= table[a, b_2] >= ... >= table[a, b_k]`` and no other
         token above ``table[a, b_k]``.
 
-    Hint: ``torch.topk`` returns values and indices.
+    Hint: the row of ``table`` that belongs to ``token`` holds every candidate's
+    score; you want the positions of its largest entries, in order (torch has
+    a function that returns both the largest values and where they are).
     """
     raise NotImplementedError
 
@@ -129,5 +131,29 @@ def best_rank_r_approximation(M: torch.Tensor, r: int) -> torch.Tensor:
         rank ``<= r`` is closer to ``M``). For ``r >= min(m, n)`` it is ``M`` itself.
 
     Hint: ``torch.linalg.svd(M, full_matrices=False)`` returns ``U, S, Vh`` with ``Vh = V^T``.
+    """
+    raise NotImplementedError
+
+
+def rank_needed(M: torch.Tensor, max_rel_error: float) -> int:
+    """Choose the smallest rank that reproduces a table well enough.  ★★  (about 15 min)
+
+    A judgement turned into a number: how wide must ``d_model`` be for a
+    zero-layer model to represent this logit table? Pick the smallest rank
+    whose best approximation (see :func:`best_rank_r_approximation`) is within
+    the tolerance, and return it::
+
+        r* = min { r >= 0 : ||M - M_r||_F <= max_rel_error * ||M||_F }
+
+    Args:
+        M: ``[m, n]`` a matrix (not modified).
+        max_rel_error: the tolerated relative Frobenius error, ``>= 0``.
+
+    Returns:
+        int ``r*`` (``0`` for the zero matrix; at most ``min(m, n)``).
+
+    Hint: Eckart–Young tells you the error of the best rank-``r`` matrix from
+    the singular values alone — which ones, and squared or not? An error
+    exactly at the tolerance is good enough.
     """
     raise NotImplementedError

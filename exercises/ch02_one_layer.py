@@ -185,3 +185,31 @@ def attention_pattern(W_E: torch.Tensor, W_pos: torch.Tensor, W_Q: torch.Tensor,
     ``torch.einsum("bid,hde->bhie", x, W_Q)``. Do not forget the ``1/sqrt(d_head)``.
     """
     raise NotImplementedError
+
+
+def classify_head(pattern: torch.Tensor) -> str:
+    """Interpret an attention figure: what does this head attend to?  ★★  (about 10 min)
+
+    A judgement you usually make by looking at a heat map of a head's
+    pattern. Make it from numbers instead: given one head's patterns on a
+    batch, say which of four behaviours dominates, averaged over the
+    destinations ``q >= 1`` (position 0 can only attend to itself):
+
+    * ``"previous"``: most attention goes to the previous position ``q - 1``;
+    * ``"self"``: most attention goes to the destination itself, ``q``;
+    * ``"first"``: most attention goes to position 0 (BOS), a "resting" head;
+    * ``"uniform"``: none of the three gets more than half of the attention on
+      average (the head spreads out).
+
+    Args:
+        pattern: ``[batch, query_pos, key_pos]`` one head's attention patterns
+            (rows sum to 1, causal). Not modified.
+
+    Returns:
+        one of ``"previous"``, ``"self"``, ``"first"``, ``"uniform"``.
+
+    Hint: measure the mean weight on each of the three key positions, over
+    the same destinations for all three; in a heat map, rows are queries and
+    columns are keys.
+    """
+    raise NotImplementedError

@@ -177,3 +177,34 @@ def diagonal_accuracy(M: torch.Tensor) -> float:
     Hint: ``M.argmax(dim=-1)`` gives the column of each row's maximum.
     """
     raise NotImplementedError
+
+
+def composition_kind(model, head_a: tuple[int, int], head_b: tuple[int, int]) -> str | None:
+    """Decide how (and whether) a later head reads an earlier one: Q-, K- or V-composition.  ★★  (about 15 min)
+
+    A judgement from the weights. Head ``b`` can read head ``a``'s output
+    through its queries (Q-composition, ``C(W_OV^a, W_QK^b)``), its keys
+    (K-composition, ``C(W_OV^a, W_QK^{bT})``) or its values (V-composition,
+    ``C(W_OV^a, W_OV^b)``). A raw score means little on its own: random heads
+    already score about ``1/sqrt(d_model)``. Decide:
+
+    * ``None`` if no kind reaches 1.5 times the mean score of random heads of
+      the same shape (the pair does not compose clearly more than chance);
+    * otherwise the kind, ``"Q"``, ``"K"`` or ``"V"``, with the largest score
+      relative to that random baseline.
+
+    The grader plants one kind of composition in models it builds, and checks
+    the shipped model's pairs and random models against the library's scores.
+
+    Args:
+        model: an ``AttnOnlyTransformer`` (not modified).
+        head_a: ``(layer, head)`` of the earlier head; head_b: of a later layer.
+
+    Returns:
+        ``"Q"``, ``"K"``, ``"V"`` or ``None``.
+
+    Hint: you already have the score and a random baseline
+    (:func:`random_composition_baseline`); the Q- and K-scores differ only by
+    a transpose, the V-score uses the later head's OV circuit.
+    """
+    raise NotImplementedError

@@ -38,7 +38,9 @@ def project(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     Returns:
         ``[batch, pos, n_heads, d_head]``: ``out[b, p, h] = x[b, p] @ W[h]``.
 
-    Hint: ``torch.einsum("bpd,hde->bphe", x, W)`` names every dimension.
+    Hint: for every head the same matrix product ``x @ W[h]``; name the
+    dimensions of both inputs and of the output (einsum lets you) and see
+    which one is summed away.
     """
     return torch.einsum("bpd,hde->bphe", x, W)
 
@@ -180,3 +182,27 @@ def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """
     logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
     return -logprobs.gather(-1, tokens[:, 1:, None]).squeeze(-1)
+
+
+def predict_initial_loss(d_vocab: int) -> float:
+    """Predict the loss of a model that knows nothing, before you measure it.  ★  (about 5 min)
+
+    A judgement exercise: before training, every model should start near a
+    known loss, and a first run that starts far from it has a bug (or an
+    initialisation that is too confident). Predict that number for a model
+    whose logits are all equal (it spreads its probability evenly over the
+    vocabulary), in the units :func:`next_token_loss` reports.
+
+    Args:
+        d_vocab: the vocabulary size ``V >= 2``.
+
+    Returns:
+        float, the mean next-token loss of such a model on any tokens.
+
+    Hint: the loss is a negative log-probability, in nats like
+    ``torch.log_softmax``; what probability does an even model give the
+    right token?
+    """
+    if d_vocab < 2:
+        raise ValueError(f"d_vocab must be >= 2, got {d_vocab}")
+    return math.log(d_vocab)

@@ -203,3 +203,35 @@ def attention_pattern(W_E: torch.Tensor, W_pos: torch.Tensor, W_Q: torch.Tensor,
     scores = q @ k.mT / math.sqrt(W_Q.shape[-1])                    # [b, h, i, j]
     future = torch.ones(n, n, dtype=torch.bool).triu(1)
     return torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+
+
+def classify_head(pattern: torch.Tensor) -> str:
+    """Interpret an attention figure: what does this head attend to?  ★★  (about 10 min)
+
+    A judgement you usually make by looking at a heat map of a head's
+    pattern. Make it from numbers instead: given one head's patterns on a
+    batch, say which of four behaviours dominates, averaged over the
+    destinations ``q >= 1`` (position 0 can only attend to itself):
+
+    * ``"previous"``: most attention goes to the previous position ``q - 1``;
+    * ``"self"``: most attention goes to the destination itself, ``q``;
+    * ``"first"``: most attention goes to position 0 (BOS), a "resting" head;
+    * ``"uniform"``: none of the three gets more than half of the attention on
+      average (the head spreads out).
+
+    Args:
+        pattern: ``[batch, query_pos, key_pos]`` one head's attention patterns
+            (rows sum to 1, causal). Not modified.
+
+    Returns:
+        one of ``"previous"``, ``"self"``, ``"first"``, ``"uniform"``.
+
+    Hint: measure the mean weight on each of the three key positions, over
+    the same destinations for all three; in a heat map, rows are queries and
+    columns are keys.
+    """
+    q = torch.arange(1, pattern.shape[-2])
+    scores = {"previous": pattern[:, q, q - 1].mean(), "self": pattern[:, q, q].mean(),
+              "first": pattern[:, q, 0].mean()}
+    best = max(scores, key=lambda k: float(scores[k]))
+    return best if float(scores[best]) > 0.5 else "uniform"

@@ -209,3 +209,48 @@ def diagonal_accuracy(M: torch.Tensor) -> float:
     """
     n = M.shape[0]
     return float((M.argmax(dim=-1) == torch.arange(n, device=M.device)).double().mean())
+
+
+def composition_kind(model, head_a: tuple[int, int], head_b: tuple[int, int]) -> str | None:
+    """Decide how (and whether) a later head reads an earlier one: Q-, K- or V-composition.  ★★  (about 15 min)
+
+    A judgement from the weights. Head ``b`` can read head ``a``'s output
+    through its queries (Q-composition, ``C(W_OV^a, W_QK^b)``), its keys
+    (K-composition, ``C(W_OV^a, W_QK^{bT})``) or its values (V-composition,
+    ``C(W_OV^a, W_OV^b)``). A raw score means little on its own: random heads
+    already score about ``1/sqrt(d_model)``. Decide:
+
+    * ``None`` if no kind reaches 1.5 times the mean score of random heads of
+      the same shape (the pair does not compose clearly more than chance);
+    * otherwise the kind, ``"Q"``, ``"K"`` or ``"V"``, with the largest score
+      relative to that random baseline.
+
+    The grader plants one kind of composition in models it builds, and checks
+    the shipped model's pairs and random models against the library's scores.
+
+    Args:
+        model: an ``AttnOnlyTransformer`` (not modified).
+        head_a: ``(layer, head)`` of the earlier head; head_b: of a later layer.
+
+    Returns:
+        ``"Q"``, ``"K"``, ``"V"`` or ``None``.
+
+    Hint: you already have the score and a random baseline
+    (:func:`random_composition_baseline`); the Q- and K-scores differ only by
+    a transpose, the V-score uses the later head's OV circuit.
+    """
+    from toylab.composition import empirical_baseline
+
+    (la, ha), (lb, hb) = head_a, head_b
+    if la >= lb:
+        raise ValueError(f"head {la}.{ha} must be in an earlier layer than head {lb}.{hb}")
+    W_OV_a = model.W_V[la, ha] @ model.W_O[la, ha]
+    W_QK_b = model.W_Q[lb, hb] @ model.W_K[lb, hb].T
+    W_OV_b = model.W_V[lb, hb] @ model.W_O[lb, hb]
+    d_model, d_head = model.cfg.d_model, model.cfg.d_head
+    ratios = {}
+    for kind, reader in (("Q", W_QK_b), ("K", W_QK_b.T), ("V", W_OV_b)):
+        base, _ = empirical_baseline(d_model, d_head, kind)
+        ratios[kind] = composition_score(W_OV_a, reader) / base
+    best = max(ratios, key=ratios.get)
+    return best if ratios[best] >= 1.5 else None

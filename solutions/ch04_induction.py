@@ -10,6 +10,8 @@ Grade your own answers in ``exercises/ch04_induction.py`` with
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 BOS = 0  # the beginning-of-sequence token, always at position 0
@@ -74,7 +76,9 @@ def previous_token_score(pattern: torch.Tensor) -> torch.Tensor:
         from each destination to the position just before it (position 0 has
         no previous position and is left out).
 
-    Hint: ``pattern.diagonal(offset=-1, dim1=-2, dim2=-1)`` holds ``A[..., q, q - 1]``.
+    Hint: the entries ``A[..., q, q - 1]`` lie on one line of the square
+    ``[query_pos, key_pos]`` matrix, parallel to its main diagonal; torch can
+    pick out such a line for you. Which axes do you average over?
     """
     return pattern.diagonal(offset=-1, dim1=-2, dim2=-1).mean(dim=(0, 2))
 
@@ -184,8 +188,9 @@ def find_heads(scores: torch.Tensor, threshold: float) -> list[tuple[int, int]]:
         ``scores[layer, head] >= threshold``, sorted by score, highest first;
         an empty list if none qualifies.
 
-    Hint: ``torch.nonzero(scores >= threshold)`` gives the indices; sort them with
-    ``key=lambda lh: -scores[lh]``.
+    Hint: first collect the positions of the qualifying scores (a head exactly
+    at the threshold qualifies), then order them by their score; convert
+    tensor indices to Python ints.
     """
     found = [(int(l), int(h)) for l, h in torch.nonzero(scores >= threshold).tolist()]
     return sorted(found, key=lambda lh: -float(scores[lh]))
@@ -213,3 +218,43 @@ def phase_change_step(history: list[dict], key: str = "best_induction", threshol
             break
         step = entry["step"]
     return step
+
+
+def previous_token_head_from_positions(model, layer: int) -> int:
+    """Find the previous-token head of a layer from its positional QK circuit alone.  ★★  (about 15 min)
+
+    A judgement from the weights, before any forward pass: a head that
+    attends to the previous position whatever the tokens are should do so
+    because of positions. Read each head's position-only attention pattern
+    from ``W_pos`` and the layer's ``W_Q, W_K`` (no tokens, no model run),
+    decide which head is the previous-token head, and return it. The grader
+    checks your choice against the previous-token scores measured on the
+    model's real attention patterns.
+
+    The position-only pattern of head ``h``::
+
+        S[p, q] = (W_pos[p] W_Q[h]) . (W_pos[q] W_K[h]) / sqrt(d_head),   A = softmax over q of S
+
+    as attention really is computed (the scale, the causal mask).
+
+    Args:
+        model: an :class:`~toylab.model.AttnOnlyTransformer` with positions
+            (``"learned"`` or ``"shortformer"``; not modified).
+        layer: the layer to read.
+
+    Returns:
+        int, the head whose position-only pattern puts the most weight on the
+        previous position (averaged over query positions ``p >= 1``).
+
+    Hint: read the weights with the same rules attention obeys: a query may
+    not look at a later key, whatever its score.
+    """
+    W_pos = model.W_pos.detach()
+    n = W_pos.shape[0]
+    q = torch.einsum("pd,hde->hpe", W_pos, model.W_Q.detach()[layer])
+    k = torch.einsum("pd,hde->hpe", W_pos, model.W_K.detach()[layer])
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    future = torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)
+    pattern = scores.masked_fill(future, float("-inf")).softmax(-1)
+    prev = pattern.diagonal(offset=-1, dim1=-2, dim2=-1).mean(-1)
+    return int(prev.argmax())

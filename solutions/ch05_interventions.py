@@ -248,3 +248,39 @@ def path_patched_keys(model, clean_tokens: torch.Tensor, corrupted_tokens: torch
     if model.cfg.positional == "shortformer":
         x = x + model.W_pos[: clean_tokens.shape[1]]
     return x @ model.blocks[lr].attn.W_K[hr]
+
+
+def corrupt_for_induction(tokens: torch.Tensor, half_len: int, d_vocab: int,
+                          generator: torch.Generator) -> torch.Tensor:
+    """Design the corrupted prompt for an induction experiment.  ★★  (about 15 min)
+
+    An experiment design, graded by what the model does with it. You want to
+    patch activations from a clean probe ``[BOS, r, r]`` into a corrupted one,
+    and measure the logit difference on the second copy. A good corrupted
+    prompt
+
+    * breaks what you study: induction must no longer predict the second copy
+      (on the grader's model the repeated-half loss must rise by at least
+      2 nats);
+    * changes nothing else the metric compares: the tokens of the second copy
+      (the destinations, whose logits the metric reads) and BOS stay exactly
+      as they are, so clean and corrupted logits are compared on the same
+      targets;
+    * is reproducible: all randomness comes from ``generator``.
+
+    Args:
+        tokens: ``[batch, 1 + 2 * half_len]`` probes ``[BOS, r, r]`` (not modified).
+        half_len: the half length.
+        d_vocab: the vocabulary size (ordinary tokens are ``1 .. d_vocab - 1``).
+        generator: the only source of randomness.
+
+    Returns:
+        ``[batch, 1 + 2 * half_len]`` LongTensor, the corrupted prompts.
+
+    Hint: which positions does induction read from, and which does the metric
+    read? Change only the first kind.
+    """
+    out = tokens.clone()
+    b = tokens.shape[0]
+    out[:, 1:1 + half_len] = torch.randint(1, d_vocab, (b, half_len), generator=generator)
+    return out

@@ -74,6 +74,10 @@ def test_attention_scores(induction_model, probe):
             (want.masked_fill(torch.triu(torch.ones(n, n, dtype=torch.bool)), float("-inf")),
              "Your mask also hides the diagonal: a position may attend to itself (use diagonal=1)."),
             (want.transpose(-1, -2), "Queries index the rows (dim -2) and keys the columns (dim -1)."),
+            (raw.masked_fill(future, float("-inf")) / math.sqrt(q.shape[2] * d_head),
+             "You divided by sqrt(d_model); the scale is sqrt(d_head), the length of one head's q and k."),
+            ((raw / math.sqrt(d_head)).masked_fill(torch.tril(torch.ones(n, n, dtype=torch.bool), -1), float("-inf")),
+             "You masked the PAST (below the diagonal, tril): the future keys j > i lie above it (triu, diagonal=1)."),
         ]
         got = answers().attention_scores(q, k)
         expect_tensor(got, want, f"attention_scores in layer {layer}", "batch, n_heads, query_pos, key_pos",
@@ -170,8 +174,38 @@ def test_next_token_loss(induction_model, probe):
     want = induction_model(tokens, return_type="loss_per_token")
     shifted = -torch.log_softmax(logits[:, 1:], -1).gather(-1, tokens[:, 1:, None]).squeeze(-1)
     hints = [(shifted, "logits[:, p] predict tokens[:, p + 1]: compare logits[:, :-1] with tokens[:, 1:]."),
-             (-want, "The loss is the *negative* log-probability.")]
+             (-want, "The loss is the *negative* log-probability."),
+             (-torch.log_softmax(logits[:, :-1], -1).gather(-1, tokens[:, :-1, None]).squeeze(-1),
+              "You scored the CURRENT token: logits[:, p] predict the NEXT token, tokens[:, p + 1]."),
+             (want / math.log(2), "That is in bits (log2): the loss is in nats, the natural log (a ratio of 1.4427).")]
     got = answers().next_token_loss(logits, tokens)
     expect_tensor(got, want, "next_token_loss(logits, tokens)", "batch, pos - 1", hints=hints)
     # the repeated half of [BOS, r, r] is predictable by induction: its loss must be small
     assert float(got[:3, 13:].mean()) < 0.5, "the loss on the repeated half of [BOS, r, r] should be small"
+
+
+@pytest.mark.exercise("predict_initial_loss")
+@pytest.mark.points(1)
+def test_predict_initial_loss():
+    g = torch.Generator().manual_seed(2)
+    for V in (7, 50, 128):
+        model = AttnOnlyTransformer(ModelConfig(d_vocab=V, n_ctx=12, d_model=16, n_layers=1, n_heads=2), seed=V)
+        with torch.no_grad():
+            model.W_U.zero_()  # every logit equal: the model knows nothing
+        toks = torch.randint(0, V, (4, 12), generator=g)
+        want = float(model(toks, return_type="loss_per_token").mean())  # measured, not written down
+        got = answers().predict_initial_loss(V)
+        try:
+            value = float(got)
+        except (TypeError, ValueError):
+            raise AssertionError(f"predict_initial_loss({V}): expected a float, got {type(got).__name__}") from None
+        hints = [(want * 1.4426950408889634, "that is log2: the loss is in nats (natural log), a ratio of 1.4427"),
+                 (want / math.log(10), "that is log10: the loss is in nats (natural log)"),
+                 (1.0 / V, "that is the probability of the right token; the loss is its negative log"),
+                 (-want, "the sign is flipped: the loss is the NEGATIVE log-probability"),
+                 (math.log(V - 1), "the model spreads its probability over all V tokens, not V - 1")]
+        for cand, msg in hints:
+            if abs(value - cand) < 1e-4 and abs(value - want) > 1e-4:
+                raise AssertionError(f"predict_initial_loss({V}) is {value:.4g}, measured {want:.4g}: {msg}")
+        assert abs(value - want) < 1e-4, (f"predict_initial_loss({V}) is {value:.4g}, but a model with equal logits "
+                                          f"measures {want:.4g}: what probability does it give the right token?")

@@ -74,7 +74,21 @@ def test_frequency_weighted_kl(bigram_checkpoint):
     expect_number(value, 0.0, "KL(P || P)", tol=1e-9,
                   hint="a distribution is at distance 0 from itself; did you treat 0 log 0 as 0?")
     want = lang.frequency_weighted_kl(Q)
-    expect_number(f(P, Q, w), want, "the frequency-weighted KL of bigram-0l", tol=1e-6 + 1e-4 * want,
+    got = f(P, Q, w)
+    try:
+        v = float(got)
+    except (TypeError, ValueError):
+        v = None
+    wn = (w / w.sum()).double()
+    reverse = float((wn[:, None] * torch.where(Q > 0, Q * (Q.log() - P.clamp_min(1e-300).log()), 0.0)).sum())
+    if v is not None and abs(v - want) > 1e-6 + 1e-4 * want:
+        if v == float("inf") and math.isfinite(want) or abs(v - reverse) < 1e-6 + 1e-4 * abs(reverse):
+            raise AssertionError(f"your KL is {v:.4g}, expected {want:.4g}: that looks like KL(Q || P), the wrong "
+                                 "direction — average log(P/Q) under the TRUE distribution P (and Q is the model)")
+        if abs(v / want - 1 / math.log(2)) < 1e-3:
+            raise AssertionError(f"your KL is {v:.4g}, expected {want:.4g}: a ratio of 1.4427 — you used log2 "
+                                 "(bits); use the natural log (nats)")
+    expect_number(got, want, "the frequency-weighted KL of bigram-0l", tol=1e-6 + 1e-4 * want,
                   hint="KL(P || Q) = sum_a w(a) sum_b P(b|a) log(P(b|a) / Q(b|a)), weighted by w = weights / sum")
     uniform = torch.full_like(P, 1.0 / lang.d_vocab)
     expect_number(f(P, uniform, 3.0 * w), lang.frequency_weighted_kl(uniform), "KL to a uniform model with "
@@ -145,3 +159,51 @@ def test_best_rank_r_approximation(bigram_checkpoint):
              f"{best:.4f}: keep the {r} largest singular values")
     expect_tensor(f(M, M.shape[0]), M, "best_rank_r_approximation(M, full rank)", "m, n", atol=1e-8)
     assert torch.equal(M, before), "best_rank_r_approximation changed its input in place"
+
+
+def _rank_truth(M, tol):
+    S = torch.linalg.svdvals(M.double())
+    tail = (S ** 2).flip(0).cumsum(0).flip(0).tolist() + [0.0]  # tail[r] = sum_{i >= r} S_i^2
+    return next(r for r in range(len(tail)) if tail[r] <= tol ** 2 * tail[0] + 1e-12), S
+
+
+@pytest.mark.exercise("rank_needed")
+@pytest.mark.points(2)
+def test_rank_needed(bigram_checkpoint):
+    model, _ = bigram_checkpoint
+    g = torch.Generator().manual_seed(int(torch.randint(0, 10**6, ())))  # the planted rank changes every run
+    cases = []
+    for m, n in ((12, 9), (20, 30)):
+        k = int(torch.randint(1, min(m, n), (), generator=g))
+        M = torch.randn(m, k, generator=g, dtype=torch.float64) @ torch.randn(k, n, generator=g, dtype=torch.float64)
+        M = M + 1e-6 * torch.randn(m, n, generator=g, dtype=torch.float64)
+        cases.append((M, 1e-3, f"a {m}x{n} matrix of planted rank {k} (plus noise 1e-6), tolerance 1e-3"))
+    logits = (model.W_E @ model.W_U).double()
+    cases += [(logits, 0.1, "the bigram-0l logit table, tolerance 0.1"),
+              (logits, 0.5, "the bigram-0l logit table, tolerance 0.5")]
+    # an error exactly at the tolerance: singular values 3, 2, 1 (error of rank 2 = 1/sqrt(14))
+    D = torch.diag(torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64))
+    cases.append((D, 1 / math.sqrt(14), "diag(3, 2, 1) with the tolerance exactly the rank-2 error"))
+    cases.append((torch.zeros(4, 5, dtype=torch.float64), 0.0, "the zero matrix"))
+    for M, tol, name in cases:
+        before = M.clone()
+        got = answers().rank_needed(M, tol)
+        assert torch.equal(M, before), "rank_needed changed M in place: work on a copy"
+        want, S = _rank_truth(M, tol)
+        assert isinstance(got, int) and not isinstance(got, bool), f"expected an int, got {type(got).__name__}"
+        if got == want:
+            continue
+        tail = [float(S[r:].sum()) for r in range(len(S) + 1)]
+        unsq = next(r for r in range(len(tail)) if tail[r] <= tol * tail[0] + 1e-12)
+        msg = ""
+        strict = next((r for r in range(len(S) + 1) if float((S[r:] ** 2).sum()) < tol ** 2 * float((S ** 2).sum())),
+                      len(S))
+        if got == strict:
+            msg = ": an error exactly at the tolerance is good enough (<=, not <)"
+        elif got == unsq:
+            msg = (": the error of the best rank-r matrix is sqrt(sum of the remaining singular values SQUARED) "
+                   "(Eckart–Young), not their plain sum")
+        elif got == want - 1:
+            msg = ": off by one — r counts the singular values you KEEP, so the answer is the first r that fits"
+        raise AssertionError(f"rank_needed on {name}: you chose {got}, the smallest rank within the tolerance is "
+                             f"{want}{msg}")

@@ -57,7 +57,9 @@ def test_full_ov_circuit(skiptrigram, induction_1l):
         got = answers().full_ov_circuit(W_E, W_V, W_O, W_U)
         expect_tensor(got, want, "full_ov_circuit(W_E, W_V, W_O, W_U)", "n_heads, d_vocab, d_vocab", atol=1e-3,
                       hints=[(want.mT, "rows are source tokens s and columns output tokens t: you have the "
-                                       "transpose (W_U^T ... W_E^T?)")])
+                                       "transpose (W_U^T ... W_E^T?)"),
+                             (W_E @ (W_V @ W_O).mT @ W_U, "you transposed W_OV = W_V W_O only: with row vectors "
+                                                        "the product is W_E W_V W_O W_U, no transpose anywhere")])
     # what it means: attending to a source with weight 1 adds its OV row to the logits
     model, _, _ = skiptrigram
     s = 17
@@ -249,3 +251,51 @@ def test_attention_pattern(skiptrigram, induction_1l):
         got = answers().attention_pattern(W_E, W_pos, W_Q, W_K, tokens)
         expect_tensor(got, want, "attention_pattern(W_E, W_pos, W_Q, W_K, tokens)", "batch, n_heads, pos, pos",
                       atol=1e-4, hints=hints)
+
+
+def _template(kind: str, n: int) -> torch.Tensor:
+    """``[n, n]`` the pure pattern of a behaviour (causal rows summing to 1)."""
+    q = torch.arange(n)
+    if kind == "uniform":
+        return torch.ones(n, n).tril() / (q + 1)[:, None]
+    key = {"previous": (q - 1).clamp_min(0), "self": q, "first": torch.zeros_like(q)}[kind]
+    return torch.zeros(n, n).index_put_((q, key), torch.ones(n))
+
+
+@pytest.mark.exercise("classify_head")
+@pytest.mark.points(2)
+def test_classify_head(induction_model):
+    from toylab.data import repeated_tokens
+    from toylab.scores import previous_token_score
+
+    f = answers().classify_head
+    g = torch.Generator().manual_seed(int(torch.randint(0, 10**6, ())))
+    n = 14
+    noise = torch.rand(6, n, n, generator=g).tril()
+    noise = noise / noise.sum(-1, keepdim=True)
+    for kind in ("previous", "self", "first", "uniform"):
+        w = 0.65 + 0.25 * float(torch.rand((), generator=g))  # the behaviour's share; the rest is noise
+        pattern = w * _template(kind, n) + (1 - w) * noise
+        before = pattern.clone()
+        got = f(pattern)
+        assert torch.equal(pattern, before), "classify_head changed the pattern in place: work on a copy"
+        if got == kind:
+            continue
+        msg = f"a head that puts {w:.2f} of its attention on the {kind!r} key (the rest spread at random): you said {got!r}"
+        if (kind, got) in (("previous", "self"), ("self", "previous")):
+            msg += ": the previous position of query q is key q - 1, one column LEFT of the diagonal"
+        elif kind == "uniform":
+            msg += ": no behaviour gets more than half of the attention here, so the answer is 'uniform'"
+        elif got == "uniform":
+            msg += f": compare the mean weight on each key with 1/2, and average over the destinations q >= 1"
+        raise AssertionError(msg)
+    # the shipped model's layer-0 heads: the truth from the library's detectors
+    toks = repeated_tokens(induction_model.cfg.d_vocab, 8, 8, g)
+    _, cache = induction_model.run_with_cache(toks, names_filter="blocks.0.attn.hook_pattern")
+    pat = cache["pattern", 0]
+    prev = previous_token_score(pat)
+    for h in range(pat.shape[1]):
+        if float(prev[h]) > 0.6:
+            got = f(pat[:, h])
+            assert got == "previous", (f"head L0H{h} of induction-2l has previous-token score {float(prev[h]):.2f}, "
+                                       f"but you classified it as {got!r}")

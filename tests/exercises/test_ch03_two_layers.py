@@ -17,7 +17,7 @@ from toylab.circuits import path_expansion, q_composition_circuit, virtual_weigh
 from toylab.composition import composition_scores, empirical_baseline
 from toylab.data import repeated_tokens
 from toylab.answers import expect_number, expect_tensor, load_answers
-from toylab.model import AttnOnlyTransformer
+from toylab.model import AttnOnlyTransformer, ModelConfig
 
 CH = "ch03_two_layers"
 PAIRS = [((0, a), (1, b)) for a in range(2) for b in range(2)]
@@ -31,6 +31,15 @@ def answers():
 def random_model(induction_model):
     """An untrained model with the shapes of ``induction-2l`` (its scores sit near the random baseline)."""
     return AttnOnlyTransformer(induction_model.cfg, seed=3)
+
+
+def deep_model(positional: str = "learned"):
+    """A random 3-layer, 3-head model: an answer that hard-codes the shipped model's layers 0 -> 1 fails on it."""
+    return AttnOnlyTransformer(ModelConfig(d_vocab=20, n_ctx=12, d_model=24, n_layers=3, n_heads=3, d_head=8,
+                                           positional=positional), seed=5)
+
+
+DEEP_PAIRS = [((0, 2), (2, 1)), ((1, 0), (2, 2)), ((0, 1), (1, 2))]
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +87,12 @@ def test_composition_score():
 @pytest.mark.points(2)
 def test_k_composition_score(induction_model, random_model):
     f = answers().k_composition_score
-    for model, which in ((induction_model, "induction-2l"), (random_model, "a random model")):
+    for model, which, pairs in ((induction_model, "induction-2l", PAIRS), (random_model, "a random model", PAIRS),
+                                (deep_model(), "a random 3-layer, 3-head model", DEEP_PAIRS)):
         K = composition_scores(model, "K")
         Q = composition_scores(model, "Q")
         V = composition_scores(model, "V")
-        for (la, ha), (lb, hb) in PAIRS:
+        for (la, ha), (lb, hb) in pairs:
             value = f(model, (la, ha), (lb, hb))
             want = float(K[la, ha, lb, hb])
             name = f"the K-composition score {la}.{ha} -> {lb}.{hb} of {which}"
@@ -124,16 +134,19 @@ def test_random_composition_baseline():
 def test_virtual_weight(induction_model):
     model = induction_model
     f = answers().virtual_weight
-    for writer in ((0, 0), (0, 1)):
-        for reader in ((1, 1, "k"), (1, 0, "q"), (1, 1, "v")):
-            want = virtual_weights(model, writer, reader).AB
-            got = f(model, writer, reader)
-            W_read = getattr(model, "W_" + reader[2].upper())[reader[0], reader[1]]
-            hints = [(want.T, "transposed: rows belong to the writer's d_head (W_O^{writer} @ W_read)"),
-                     (W_read.T @ model.W_O[writer].T, "you multiplied in the wrong order; the writer's W_O "
-                                                      "comes first: W_O^{writer} @ W_read")]
-            expect_tensor(got, want, f"virtual_weight({writer}, {reader})", "d_head, d_head", atol=1e-5, hints=hints)
-    for writer, reader in (((1, 0), (0, 1, "q")), ((1, 0), (1, 1, "k"))):
+    deep = deep_model()
+    cases = [(model, w, r) for w in ((0, 0), (0, 1)) for r in ((1, 1, "k"), (1, 0, "q"), (1, 1, "v"))]
+    cases += [(deep, (1, 2), (2, 0, "k")), (deep, (0, 1), (2, 2, "q")), (deep, (0, 0), (1, 2, "v"))]
+    for model, writer, reader in cases:
+        want = virtual_weights(model, writer, reader).AB
+        got = f(model, writer, reader)
+        W_read = getattr(model, "W_" + reader[2].upper())[reader[0], reader[1]]
+        hints = [(want.T, "transposed: rows belong to the writer's d_head (W_O^{writer} @ W_read)"),
+                 (W_read.T @ model.W_O[writer].T, "you multiplied in the wrong order; the writer's W_O "
+                                                  "comes first: W_O^{writer} @ W_read")]
+        expect_tensor(got, want, f"virtual_weight({writer}, {reader})", "d_head, d_head", atol=1e-5, hints=hints)
+    for model, writer, reader in ((induction_model, (1, 0), (0, 1, "q")), (induction_model, (1, 0), (1, 1, "k")),
+                                  (deep, (2, 1), (2, 0, "k"))):
         try:
             f(model, writer, reader)
         except ValueError:
@@ -145,12 +158,15 @@ def test_virtual_weight(induction_model):
 @pytest.mark.exercise("virtual_head_term")
 @pytest.mark.points(3)
 def test_virtual_head_term(induction_model, probe):
-    model = induction_model
     f = answers().virtual_head_term
-    terms = path_expansion(model, probe)
-    _, cache = model.run_with_cache(probe)
-    x0 = model.W_E[probe].double()
-    for (la, ha), (lb, hb) in [((0, 0), (1, 1)), ((0, 1), (1, 0))]:
+    deep = deep_model("shortformer")
+    deep_probe = repeated_tokens(20, 5, 3, torch.Generator().manual_seed(6))
+    cases = [(induction_model, probe, pair) for pair in [((0, 0), (1, 1)), ((0, 1), (1, 0))]]
+    cases += [(deep, deep_probe, pair) for pair in DEEP_PAIRS[:2]]
+    for model, probe, ((la, ha), (lb, hb)) in cases:
+        terms = path_expansion(model, probe)
+        _, cache = model.run_with_cache(probe)
+        x0 = model.W_E[probe].double()
         want = terms[f"{la}.{ha}->{lb}.{hb}"]
         A_a, A_b = cache["pattern", la][:, ha].double(), cache["pattern", lb][:, hb].double()
         W = (model.W_V[la, ha] @ model.W_O[la, ha] @ model.W_V[lb, hb] @ model.W_O[lb, hb] @ model.W_U).double()
@@ -169,7 +185,9 @@ def test_virtual_head_term(induction_model, probe):
 @pytest.mark.points(2)
 def test_k_composition_circuit(induction_model, random_model):
     f = answers().k_composition_circuit
-    for model, pair in ((induction_model, ((0, 0), (1, 1))), (random_model, ((0, 1), (1, 0)))):
+    deep = deep_model()
+    for model, pair in ((induction_model, ((0, 0), (1, 1))), (random_model, ((0, 1), (1, 0))),
+                        (deep, DEEP_PAIRS[0]), (deep, DEEP_PAIRS[1])):
         want = lib_k_circuit(model, *pair).AB
         q_circ = q_composition_circuit(model, *pair).AB
         hints = [(want.T, "transposed: rows are the later head's query token, columns the token head a "
@@ -194,3 +212,59 @@ def test_diagonal_accuracy(induction_model):
     C = lib_k_circuit(induction_model, (0, 0), (1, 1)).AB
     want = float((C.argmax(-1) == torch.arange(C.shape[0])).double().mean())
     expect_number(f(C), want, "the diagonal accuracy of the K-composition circuit 0.0 -> 1.1", tol=1e-9)
+
+
+def _planted(kind: str, seed: int):
+    """A random 2-layer, 2-head model in which head 1.hb reads head 0.ha by ``kind``-composition only."""
+    ha, hb = seed % 2, (seed // 2) % 2
+    m = AttnOnlyTransformer(ModelConfig(d_vocab=20, n_ctx=10, d_model=32, n_layers=2, n_heads=2, d_head=16,
+                                        positional="learned"), seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        W_OV = m.blocks[0].attn.W_V[ha] @ m.blocks[0].attn.W_O[ha]     # [d_model, d_model]
+        top = torch.linalg.svd(W_OV).Vh[:2]                           # [2, d_model]: a's two main output directions
+        aligned = top.T @ torch.randn(2, 16, generator=g)              # [d_model, d_head]: reads only those
+        if kind == "Q":
+            m.blocks[1].attn.W_Q[hb] = aligned / aligned.norm() * 4
+        elif kind == "K":
+            m.blocks[1].attn.W_K[hb] = aligned / aligned.norm() * 4
+        else:
+            m.blocks[1].attn.W_V[hb] = aligned / aligned.norm() * 4
+    return m, (0, ha), (1, hb)
+
+
+def _kind_truth(model, a, b):
+    """The library's verdict: the kind with the largest score relative to the empirical baseline, if >= 1.5."""
+    from toylab.composition import composition_scores as cs
+
+    d_model, d_head = model.cfg.d_model, model.cfg.d_head
+    rel = {k: float(cs(model, k)[a[0], a[1], b[0], b[1]]) / empirical_baseline(d_model, d_head, k)[0]
+           for k in "QKV"}
+    best = max(rel, key=rel.get)
+    return (best if rel[best] >= 1.5 else None), rel
+
+
+@pytest.mark.exercise("composition_kind")
+@pytest.mark.points(2)
+def test_composition_kind(induction_model, random_model):
+    f = answers().composition_kind
+    seed = int(torch.randint(0, 1000, ()))
+    cases = [(f"a model with planted {k}-composition", *_planted(k, seed + i)) for i, k in enumerate("QKV")]
+    cases += [("induction-2l", induction_model, a, b) for a, b in PAIRS]
+    cases += [("a random model", random_model, (0, 0), (1, 1))]
+    for which, model, a, b in cases:
+        want, rel = _kind_truth(model, a, b)
+        if 1.3 < max(rel.values()) < 1.7:
+            continue  # too close to the line to grade a judgement on
+        got = f(model, a, b)
+        if got == want:
+            continue
+        ratios = ", ".join(f"{k}: {v:.1f}x" for k, v in rel.items())
+        msg = f"{which}, heads {a} -> {b}: you said {got!r}, expected {want!r} (scores / random baseline: {ratios})"
+        if got == {"Q": "K", "K": "Q"}.get(want):
+            msg += ": Q- and K-composition differ by a transpose — Q: C(W_OV^a, W_QK^b), K: C(W_OV^a, W_QK^bT)"
+        elif want is None:
+            msg += ": no kind reaches 1.5 times the random baseline, so the answer is None (chance-level composition)"
+        elif got is None:
+            msg += ": compare each score with what random heads of the same shape score, not with 1"
+        raise AssertionError(msg)

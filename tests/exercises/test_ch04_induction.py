@@ -7,6 +7,8 @@ built by hand whose scores are known exactly (a perfect previous-token or
 induction head scores 1), and the definitions, checked entry by entry.
 """
 
+import copy
+
 import pytest
 import torch
 
@@ -131,6 +133,13 @@ def test_duplicate_token_score(probe):
         per_row = second_copy(n).expand(tokens.shape[0], n)
         expect_tensor(f(pattern, tokens, per_row), restricted, "duplicate_token_score with destinations [batch, pos]",
                       "n_heads", atol=1e-5)
+        # destinations that include positions WITHOUT an earlier copy (the first copy): D is the intersection
+        everywhere = torch.ones(n, dtype=torch.bool)
+        replaced = (pattern * (same & torch.ones(n, n, dtype=torch.bool).tril(-1))[:, None]).sum(-1).mean((0, 2))
+        expect_tensor(f(pattern, tokens, everywhere), duplicate_token_score(pattern, tokens, everywhere),
+                      f"duplicate_token_score of layer {layer} with every destination allowed", "n_heads", atol=1e-5,
+                      hints=[(replaced, "`destinations` narrows D, it does not replace it: keep only destinations "
+                                        "that are in `destinations` AND have an earlier copy")])
 
 
 @pytest.mark.exercise("induction_score")
@@ -140,14 +149,6 @@ def test_induction_score(probe):
     f = answers().induction_score
     n = tokens.shape[1]
     dest = second_copy(n)
-    # a perfect induction head: the second copy attends to the token after the earlier occurrence
-    perfect = one_hot_pattern(tokens.shape[0], n, induction_targets(HALF))
-    expect_number(f(perfect, tokens, dest)[0], 1.0, "the induction score of a perfect induction head", tol=1e-5,
-                  hint="key k counts when the token BEFORE it, t[k-1], equals the destination's token t[q]")
-    dup_head = one_hot_pattern(tokens.shape[0], n, torch.where(dest, torch.arange(n) - HALF, torch.arange(n)))
-    got_dup = float(f(dup_head, tokens, dest)[0])
-    assert got_dup < 0.1, (f"a head that attends to the earlier copy ITSELF is a duplicate-token head, not an "
-                           f"induction head, but your score for it is {got_dup:.3f}: shift the match by one position")
     for layer, pattern in enumerate(patterns):
         want = induction_score(pattern, tokens, dest)
         dup = duplicate_token_score(pattern, tokens, dest)
@@ -159,6 +160,23 @@ def test_induction_score(probe):
                              (unrestricted, "Use `destinations`: keep only the destinations where it is True.")])
         expect_tensor(f(pattern, tokens), unrestricted, f"induction_score of layer {layer}, all destinations",
                       "n_heads", atol=1e-5)
+        everywhere = torch.ones(n, dtype=torch.bool)
+        match = torch.zeros(tokens.shape[0], n, n, dtype=torch.bool)
+        match[:, :, 1:] = tokens[:, :, None] == tokens[:, None, :-1]
+        match &= torch.ones(n, n, dtype=torch.bool).tril()
+        replaced = (pattern * match[:, None]).sum(-1).mean((0, 2))
+        expect_tensor(f(pattern, tokens, everywhere), induction_score(pattern, tokens, everywhere),
+                      f"induction_score of layer {layer} with every destination allowed", "n_heads", atol=1e-5,
+                      hints=[(replaced, "`destinations` narrows D, it does not replace it: keep only destinations "
+                                        "that are in `destinations` AND whose token occurred earlier")])
+    # a perfect induction head: the second copy attends to the token after the earlier occurrence
+    perfect = one_hot_pattern(tokens.shape[0], n, induction_targets(HALF))
+    expect_number(f(perfect, tokens, dest)[0], 1.0, "the induction score of a perfect induction head", tol=1e-5,
+                  hint="key k counts when the token BEFORE it, t[k-1], equals the destination's token t[q]")
+    dup_head = one_hot_pattern(tokens.shape[0], n, torch.where(dest, torch.arange(n) - HALF, torch.arange(n)))
+    got_dup = float(f(dup_head, tokens, dest)[0])
+    assert got_dup < 0.1, (f"a head that attends to the earlier copy ITSELF is a duplicate-token head, not an "
+                           f"induction head, but your score for it is {got_dup:.3f}: shift the match by one position")
     got = f(patterns[1], tokens, dest)
     assert got[1] > 0.8, f"head 1.1 is the main induction head, its score should be above 0.8, got {got[1]:.3f}"
 
@@ -225,6 +243,10 @@ def test_phase_change_step():
                        f"STAYS starts at step 30 (the 0.6 at step 10 is a blip), got {got}")
     assert f(blip[:3], "s", 0.5) is None, "if the last evaluation is below the threshold, return None"
     assert f(blip, "s", 0.05) == 0, "if every evaluation is above the threshold, return the first step"
+    edge = [{"step": 10 * i, "s": v} for i, v in enumerate([0.1, 0.5, 0.6, 0.7])]
+    got = f(edge, "s", 0.5)
+    assert got == 10, (f"for the values [0.1, 0.5, 0.6, 0.7] and threshold 0.5 the change starts at step 10, got "
+                       f"{got}" + (": a value exactly AT the threshold counts (>=, not >)" if got == 20 else ""))
     two = load_shipped("induction-2l").history
     values = [e["best_induction"] for e in two]
     truth = next(e["step"] for i, e in enumerate(two) if min(values[i:]) >= 0.5)  # the definition
@@ -234,3 +256,74 @@ def test_phase_change_step():
     assert at["loss_repeat"] < 0.5 * two[0]["loss_repeat"], "sanity: the repeated-copy loss falls at the phase change"
     one = load_shipped("induction-1l").history
     assert f(one, "best_induction", 0.5) is None, "the one-layer control never forms an induction head: expected None"
+
+
+def _positional_model(prev_head: int, decoy_head: int):
+    """A 1-layer, 3-head model with learned positions, built so that only a masked reading finds the truth.
+
+    Head ``prev_head``'s positional QK matches the key one position back AND one and two positions ahead:
+    the causal mask hides the later two, so on real inputs it attends to the previous position. Head
+    ``decoy_head`` matches only the previous position, but weakly. The third head is random.
+    """
+    from toylab.model import AttnOnlyTransformer, ModelConfig
+
+    n = 12
+    m = AttnOnlyTransformer(ModelConfig(d_vocab=20, n_ctx=n, d_model=48, n_layers=1, n_heads=3, d_head=16,
+                                        positional="learned"), seed=prev_head + 3 * decoy_head)
+    with torch.no_grad():
+        m.W_pos.zero_()
+        m.W_pos[:, :n] = 5 * torch.eye(n)
+        m.W_E[:, :n] = 0.0
+        m.W_E.mul_(0.1)
+        attn = m.blocks[0].attn
+        for h, shifts in ((prev_head, {1: 1.0, -1: 1.0, -2: 1.0}), (decoy_head, {1: 0.5})):
+            attn.W_Q[h].zero_()
+            attn.W_K[h].zero_()
+            attn.W_Q[h][:n, :n] = torch.eye(n)
+            for j in range(n):
+                for shift, w in shifts.items():
+                    if 0 <= j + shift < n:
+                        attn.W_K[h][j, j + shift] = w  # key at j matches the query at j + shift
+    return m
+
+
+@pytest.mark.exercise("previous_token_head_from_positions")
+@pytest.mark.points(2)
+def test_previous_token_head_from_positions(induction_model):
+    from toylab.scores import previous_token_score
+
+    g = torch.Generator().manual_seed(int(torch.randint(0, 10**6, ())))
+    prev_head, decoy_head = torch.randperm(3, generator=g)[:2].tolist()
+    cases = [("induction-2l, layer 0", induction_model, 0),
+             (f"a hand-built model (planted previous-token head {prev_head})", _positional_model(prev_head, decoy_head),
+              0)]
+    for name, model, layer in cases:
+        toks = torch.randint(1, model.cfg.d_vocab, (32, model.cfg.n_ctx), generator=g)
+        _, cache = model.run_with_cache(toks, names_filter=lambda s: s.endswith("hook_pattern"))
+        measured = previous_token_score(cache["pattern", layer])
+        want = int(measured.argmax())
+        # wrong readings, computed here: no causal mask, or the key one position AFTER the query
+        W_pos = model.W_pos.detach()
+        n = W_pos.shape[0]
+        q = torch.einsum("pd,hde->hpe", W_pos, model.W_Q.detach()[layer])
+        k = torch.einsum("pd,hde->hpe", W_pos, model.W_K.detach()[layer])
+        s = q @ k.transpose(-1, -2) / model.cfg.d_head ** 0.5
+        unmasked = int(s.softmax(-1).diagonal(offset=-1, dim1=-2, dim2=-1).mean(-1).argmax())
+        after = int(s.softmax(-1).diagonal(offset=1, dim1=-2, dim2=-1).mean(-1).argmax())
+        before = copy.deepcopy(model.state_dict())
+        got = answers().previous_token_head_from_positions(model, layer)
+        assert all(torch.equal(v, before[key]) for key, v in model.state_dict().items()), \
+            "previous_token_head_from_positions changed the model's weights: read them, do not edit"
+        assert isinstance(got, int) and not isinstance(got, bool), f"expected an int (a head), got {got!r}"
+        if got == want:
+            continue
+        msg = ""
+        if got == after:
+            msg = (": your head attends to the NEXT position in the position-only pattern: the previous "
+                   "position is the key at q - 1 (diagonal offset -1)")
+        elif got == unmasked:
+            msg = (": without the causal mask the later keys take a share of the softmax that attention never "
+                   "gives them — mask them (-inf) before the softmax, as the model does")
+        raise AssertionError(f"on {name} you chose head {got}, but the head that attends to the previous position "
+                             f"on real inputs is {want} (previous-token scores "
+                             f"{[round(x, 2) for x in measured.tolist()]}){msg}")

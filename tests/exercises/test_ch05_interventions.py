@@ -49,9 +49,10 @@ def test_zero_ablation_hook(induction_model, pair):
         z = model.run_with_cache(clean, names_filter=f"blocks.{layer}.attn.hook_z")[1]["z", layer]
         z_before = z.clone()
         out = fn(z, None)
-        got_z = z if out is None else out
-        assert torch.equal(z_before, z) or out is None, \
-            "your hook changed z in place: clone it and return the copy"
+        assert out is not None, ("your hook returned None: a hook that edits z in place and returns nothing changes "
+                                 "the caller's tensor; clone z, edit the copy and return it")
+        assert torch.equal(z_before, z), "your hook changed z in place: clone it and return the copy"
+        got_z = out
         # the truth: the same model with that head's W_O set to zero
         ablated = copy.deepcopy(model)
         ablated.blocks[layer].attn.W_O.data[head] = 0.0
@@ -60,9 +61,13 @@ def test_zero_ablation_hook(induction_model, pair):
         other = 1 - head
         wrong = z.clone()
         wrong[:, :, other] = 0
+        wrong_pos = z.clone()
+        wrong_pos[:, head] = 0
         expect_tensor(got_z, torch.where(torch.arange(model.cfg.n_heads)[None, None, :, None] == head, 0.0, z_before),
                       f"z after zero_ablation_hook({head})", "batch, pos, n_heads, d_head",
                       hints=[(wrong, f"you zeroed head {other}; the head axis of z is dim 2"),
+                             (wrong_pos, f"you zeroed position {head} (dim 1) instead of head {head}: z is "
+                                         "[batch, pos, n_heads, d_head], the head axis is dim 2"),
                              (torch.zeros_like(z), "you zeroed every head; only head `head` goes")])
         expect_tensor(got, want, f"logits with head {layer}.{head} zero-ablated", "batch, pos, d_vocab", atol=1e-4)
 
@@ -108,8 +113,16 @@ def test_normalised_effect():
     expect_number(f(70.0, 0.0, 60.0), -1 / 6, "normalised_effect for a patch worse than corrupted (rank: clean 0, "
                   "corrupted 60, patched 70)", tol=1e-9,
                   hint="a patch that makes things worse than the corrupted run is negative; keep the signs")
-    with pytest.raises(ValueError):
+    try:
         f(1.0, 2.0, 2.0)
+    except ValueError:
+        pass
+    except ZeroDivisionError:
+        raise AssertionError("normalised_effect(1, 2, 2) raised ZeroDivisionError; when m_clean == m_corrupted the "
+                             "docstring asks for a ValueError that says why (check before dividing)") from None
+    else:
+        raise AssertionError("normalised_effect(1, 2, 2) returned a value; when m_clean == m_corrupted the effect "
+                             "is undefined and the docstring asks for a ValueError")
 
 
 @pytest.mark.exercise("logit_difference")
@@ -192,12 +205,19 @@ def test_logit_lens_probs(induction_model, pair):
     assert isinstance(got, torch.Tensor) and tuple(got.shape) == (L + 1, clean.shape[0], T - 1), \
         f"expected shape [n_layers + 1, batch, pos - 1] = {[L + 1, clean.shape[0], T - 1]}, " \
         f"got {list(getattr(got, 'shape', [])) or type(got).__name__}"
-    expect_tensor(got[-1], final, "logit_lens_probs[-1] (after the last layer)", "batch, pos - 1", atol=1e-4)
     with_pos = torch.softmax((model.W_E[clean[:, :-1]] + model.W_pos[: T - 1]) @ model.W_U, -1)
     with_pos = with_pos.gather(-1, target[..., None])[..., 0]
     expect_tensor(got[0], embed_only, "logit_lens_probs[0] (the embeddings alone)", "batch, pos - 1", atol=1e-4,
                   hints=[(with_pos, "this model is a shortformer: W_pos is added to queries and keys only, "
-                                    "not to the residual stream")])
+                                    "not to the residual stream"),
+                         (embed_only.log(), "those are log-probabilities; the exercise asks for probabilities"),
+                         (torch.softmax(model.W_E @ model.W_U, -1)[clean[:, :-1], clean[:, :-1]],
+                          "you read the probability of the CURRENT token: position p predicts tokens[:, p + 1]")])
+    current = torch.softmax(model(clean)[:, :-1], -1).gather(-1, clean[:, :-1, None])[..., 0]
+    expect_tensor(got[-1], final, "logit_lens_probs[-1] (after the last layer)", "batch, pos - 1", atol=1e-4,
+                  hints=[(final.log(), "those are log-probabilities; the exercise asks for probabilities"),
+                         (current, "you read the probability of the CURRENT token: the logits at position p "
+                                   "predict tokens[:, p + 1]")])
     expect_tensor(got, want, "logit_lens_probs", "n_layers + 1, batch, pos - 1", atol=1e-4)
 
 
@@ -226,3 +246,60 @@ def test_path_patched_keys(induction_model, pair):
                       hints=[(clean_cache["k", 1][:, :, hr], "these are the clean keys: add the sender's "
                               "corrupted output and subtract its clean output"),
                              (no_pos, "a shortformer adds W_pos to the key input of every layer: add W_pos[:pos]")])
+    # other shapes and layers: a random 3-layer, 3-head model with learned positions (an answer that
+    # hard-codes layers 0 -> 1, or adds W_pos whatever the model, fails here)
+    from toylab.model import AttnOnlyTransformer, ModelConfig
+
+    deep = AttnOnlyTransformer(ModelConfig(d_vocab=30, n_ctx=14, d_model=24, n_layers=3, n_heads=3, d_head=8,
+                                           positional="learned"), seed=7)
+    g = torch.Generator().manual_seed(3)
+    c2, x2 = torch.randint(0, 30, (4, 14), generator=g), torch.randint(0, 30, (4, 14), generator=g)
+    for sender, receiver in (((1, 2), (2, 0)), ((0, 1), (2, 2))):
+        (ls, hs), (lr, hr) = sender, receiver
+        rname = f"blocks.{ls}.attn.hook_result"
+        res_c = deep.run_with_cache(c2, names_filter=rname)[1][rname][:, :, hs]
+        res_x = deep.run_with_cache(x2, names_filter=rname)[1][rname][:, :, hs]
+
+        def add(resid, hook):  # only the receiver layer's input sees the swapped sender output
+            return resid + (res_x - res_c)
+        with deep.hooks([(f"blocks.{lr}.hook_resid_pre", add)]):
+            _, run = deep.run_with_cache(c2, names_filter=f"blocks.{lr}.attn.hook_k")
+        want = run["k", lr][:, :, hr]
+        got = f(deep, c2, x2, sender, receiver)
+        with_pos = want + deep.W_pos[:14] @ deep.blocks[lr].attn.W_K[hr]
+        expect_tensor(got, want, f"path_patched_keys on a random 3-layer learned-position model (sender={sender}, "
+                      f"receiver={receiver})", "batch, pos, d_head", atol=1e-3,
+                      hints=[(with_pos, "this model has learned positions: W_pos is already in the residual stream; "
+                                        "add it again only for a shortformer")])
+
+
+@pytest.mark.exercise("corrupt_for_induction")
+@pytest.mark.points(2)
+def test_corrupt_for_induction(induction_model):
+    model = induction_model
+    V = model.cfg.d_vocab
+    f = answers().corrupt_for_induction
+    for half in (7, 12):
+        clean = repeated_tokens(V, half, 32, torch.Generator().manual_seed(half))
+        before = clean.clone()
+        got = f(clean, half, V, torch.Generator().manual_seed(1))
+        assert torch.equal(clean, before), "corrupt_for_induction changed `tokens` in place: corrupt a copy"
+        assert isinstance(got, torch.Tensor) and got.shape == clean.shape and not got.is_floating_point(), (
+            f"expected a [batch, 1 + 2 * half_len] = {list(clean.shape)} LongTensor, got "
+            f"{list(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__}")
+        again = f(clean, half, V, torch.Generator().manual_seed(1))
+        assert torch.equal(got, again), "the same generator seed gave different prompts: draw only from `generator`"
+        assert int(got.min()) >= 0 and int(got.max()) < V, f"token ids must lie in [0, {V - 1}]"
+        second = slice(1 + half, 1 + 2 * half)
+        if not torch.equal(got[:, second], clean[:, second]):
+            raise AssertionError("you changed the second copy: those are the destinations the metric reads (their "
+                                 "logit difference is compared between runs), so they must stay the same; corrupt "
+                                 "what induction reads from instead")
+        assert torch.equal(got[:, 0], clean[:, 0]), "keep BOS at position 0: the model always saw it there"
+        # what the model does with it: induction must be broken on the second copy
+        loss_clean = model(clean, return_type="loss_per_token")[:, half + 1:].mean()
+        loss_corr = model(got, return_type="loss_per_token")[:, half + 1:].mean()
+        assert float(loss_corr - loss_clean) >= 2.0, (
+            f"on your corrupted prompts the loss on the second copy is {float(loss_corr):.2f} nats, on the clean "
+            f"ones {float(loss_clean):.2f}: induction still works. Change the first copy so that the second copy no "
+            "longer repeats anything (a shuffle of the first copy keeps the same tokens, only moved)")
