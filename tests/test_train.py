@@ -135,3 +135,19 @@ def test_training_works_with_autograd_switched_off_by_the_caller():
         a = train(CFG, DATA, TCFG, seed=7, progress=False)
     b = train(CFG, DATA, TCFG, seed=7, progress=False)
     assert states_equal(a.model.state_dict(), b.model.state_dict())
+
+
+def test_off_probe_false_skips_the_off_probe_metrics_and_trains_the_same_weights():
+    """A live run may skip the off-probe evaluations; the weights and the other
+    history entries are those of a normal run, and a normal run still records them."""
+    normal = train(CFG, DATA, TCFG, seed=3, progress=False)
+    lean = train(CFG, DATA, TCFG, seed=3, progress=False, off_probe=False)
+    assert states_equal(normal.model.state_dict(), lean.model.state_dict())
+    assert "uniform_loss" in normal.history[-1], "a normal run must keep the off-probe metrics"
+    for full, short in zip(normal.history, lean.history, strict=True):
+        assert not any(k.startswith(("nobos_", "randfirst_", "segment_", "uniform_")) for k in short)
+        for key in ("step", "val_loss", "loss_first", "loss_repeat", "loss_repeat_gap",
+                    "best_induction", "train_loss"):
+            assert short[key] == full[key], key
+    with pytest.raises(TypeError, match="off_probe"):
+        train(CFG, DATA, TCFG, seed=3, progress=False, off_probe="no")

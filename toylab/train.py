@@ -179,13 +179,15 @@ def kl_to_truth(logits: torch.Tensor, true_probs: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: AttnOnlyTransformer, dataset, step: int) -> dict:
+def evaluate(model: AttnOnlyTransformer, dataset, step: int, *, off_probe: bool = True) -> dict:
     """Validation loss on a fixed batch of ``dataset`` (and, where the language
     knows its true next-token distribution, the KL from it), and the induction
     probes (at the probe's offset and at a different one, so a positional
     shortcut cannot pass), and the off-probe evaluations of
     :func:`toylab.evaluation.off_probe_metrics` (``nobos_*``, ``randfirst_*``,
-    ``segment_*``, ``uniform_loss``; left out where the context is too short)."""
+    ``segment_*``, ``uniform_loss``; left out where the context is too short, or
+    when ``off_probe=False``: a third or more of an evaluation's cost, for a live run
+    that does not look at them)."""
     was_training = model.training
     model.eval()
     g = torch.Generator().manual_seed(EVAL_SEED)
@@ -197,7 +199,7 @@ def evaluate(model: AttnOnlyTransformer, dataset, step: int) -> dict:
     probe = induction_probe(model, L)
     gap_len = max(L // 2, 1)
     gapped = induction_probe(model, L - gap_len, gap=gap_len + 1)  # offset L + 1 instead of L
-    off_probe = off_probe_metrics(model) if off_probe_applies(model) else {}
+    extra = off_probe_metrics(model) if off_probe and off_probe_applies(model) else {}
     model.train(was_training)
     best = lambda rows: max((max(r) for r in rows), default=0.0)  # noqa: E731
     return {
@@ -209,7 +211,7 @@ def evaluate(model: AttnOnlyTransformer, dataset, step: int) -> dict:
         "induction_gap": gapped["induction"],
         "best_induction": best(probe["induction"]),
         "best_prev_token": best(probe["prev_token"]),
-        **off_probe,
+        **extra,
     }
 
 
@@ -223,12 +225,16 @@ def train(
     desc: str = "train",
     callback: Callable[[dict], None] | None = None,
     stop_after: int | None = None,
+    off_probe: bool = True,
 ) -> TrainResult:
     """Train a fresh model; returns a :class:`TrainResult`.
 
     ``callback(entry)`` is called after each evaluation with the history entry.
     ``stop_after=n`` runs only the first ``n`` steps of the same schedule
     (used to re-derive a shipped model's recorded prefix).
+    ``off_probe=False`` leaves the off-probe evaluations out of every history entry
+    (see :func:`evaluate`); the weights trained are the same either way, since
+    evaluation draws from its own generators.
     Ctrl-C (a ``KeyboardInterrupt``, also one raised by ``callback``) raises
     :class:`TrainingInterrupted`, whose ``.result`` is what was trained so far,
     its last history entry evaluated at the step reached and marked
@@ -238,6 +244,8 @@ def train(
         raise ValueError(f"seed must be an integer, got {seed!r}")
     if not 0 <= seed < MAX_SEED:
         raise ValueError(f"seed must be in [0, 2**63) (torch generators take 64-bit seeds), got {seed!r}")
+    if not isinstance(off_probe, bool):
+        raise TypeError(f"off_probe must be True or False, got {off_probe!r}")
     if not isinstance(train_cfg, TrainConfig):
         raise TypeError(f"train_cfg must be a TrainConfig, got {type(train_cfg).__name__}")
     dataset = make_dataset(data_spec)
@@ -250,16 +258,18 @@ def train(
     torch.set_num_threads(train_cfg.threads)
     try:
         with torch.enable_grad():  # also when the caller switched autograd off (a notebook often does)
-            return _train_loop(model_cfg, dataset, train_cfg, seed, progress, desc, callback, stop_after)
+            return _train_loop(model_cfg, dataset, train_cfg, seed, progress, desc, callback,
+                               stop_after, off_probe)
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _partial_result(result: "TrainResult", dataset, done: int, start: float) -> "TrainResult":
+def _partial_result(result: "TrainResult", dataset, done: int, start: float,
+                    off_probe: bool = True) -> "TrainResult":
     """``result`` of a loop interrupted after ``done`` completed optimiser steps, with a
     final evaluation at that step marked ``partial``."""
     result.seconds = time.perf_counter() - start
-    entry = evaluate(result.model, dataset, done)
+    entry = evaluate(result.model, dataset, done, off_probe=off_probe)
     entry["partial"] = True
     entry["steps_planned"] = result.train_cfg.steps
     result.history.append(entry)
@@ -267,7 +277,8 @@ def _partial_result(result: "TrainResult", dataset, done: int, start: float) -> 
     return result
 
 
-def _train_loop(model_cfg, dataset, cfg: TrainConfig, seed, progress, desc, callback, stop_after) -> TrainResult:
+def _train_loop(model_cfg, dataset, cfg: TrainConfig, seed, progress, desc, callback, stop_after,
+                off_probe: bool = True) -> TrainResult:
     model = AttnOnlyTransformer(model_cfg, seed=seed)
     data_gen = torch.Generator().manual_seed(seed + 1)
     decay = [p for n, p in model.named_parameters() if n.split(".")[-1] in ("W_Q", "W_K", "W_V", "W_O")]
@@ -299,7 +310,7 @@ def _train_loop(model_cfg, dataset, cfg: TrainConfig, seed, progress, desc, call
                 if step == cfg.prefix_steps:
                     result.prefix_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 if step % cfg.eval_every == 0 or step == last:
-                    entry = evaluate(model, dataset, step)
+                    entry = evaluate(model, dataset, step, off_probe=off_probe)
                     entry["train_loss"] = running / n_running
                     entry["seconds"] = time.perf_counter() - start
                     running, n_running = 0.0, 0
@@ -311,7 +322,7 @@ def _train_loop(model_cfg, dataset, cfg: TrainConfig, seed, progress, desc, call
     except KeyboardInterrupt:
         if done < 1:
             raise
-        raise TrainingInterrupted(_partial_result(result, dataset, done, start)) from None
+        raise TrainingInterrupted(_partial_result(result, dataset, done, start, off_probe)) from None
     result.seconds = time.perf_counter() - start
     model.eval()
     return result
