@@ -235,3 +235,95 @@ def classify_head(pattern: torch.Tensor) -> str:
               "first": pattern[:, q, 0].mean()}
     best = max(scores, key=lambda k: float(scores[k]))
     return best if float(scores[best]) > 0.5 else "uniform"
+
+
+def one_head_votes(truth_table: torch.Tensor) -> torch.Tensor | None:
+    """Build one head that computes a function of which tokens occurred earlier, or say none can.  ★★★  (about 20 min)
+
+    A judgement exercise about the limit of a single head (chapter 2, "What a
+    single head cannot do"). A one-layer model sees ``k`` marker tokens
+    ``m_0 .. m_{k-1}``, each either present somewhere earlier in the context or
+    not, and at a fixed trigger token must predict ``c1`` when
+    ``truth_table[x_0, ..., x_{k-1}]`` is True and ``c2`` when it is False
+    (``x_i = 1`` when marker ``m_i`` is present). The other tokens of the
+    context (BOS, filler, the trigger itself) are always the same.
+
+    With the destination fixed, one head's logit difference is
+    ``sum_j A_j u_j``, where ``u_j = OV[t_j, c1] - OV[t_j, c2]`` is the *vote*
+    of source ``j`` and the attention ``A_j > 0``. The attention only rescales
+    each source's vote by a positive factor, so it is enough to think of
+    uniform attention and choose the votes: one vote per marker (counted when
+    the marker is present) and one *background* vote for everything that is
+    always present.
+
+    Args:
+        truth_table: bool tensor of shape ``[2] * k`` (``1 <= k <= 3``): entry
+            ``[x_0, ..., x_{k-1}]`` is True when ``c1`` must win for that set of
+            present markers. Not modified.
+
+    Returns:
+        ``None`` if no single head can compute the table. Otherwise a float
+        tensor ``votes [k + 1]``: ``votes[i]`` the vote of marker ``m_i``,
+        ``votes[k]`` the background vote, such that for every ``x``::
+
+            votes[k] + sum_i x_i votes[i]   > 0   where truth_table[x] is True
+                                            < 0   where it is False
+
+        (no ties). The grader writes your votes into the OV circuit of a
+        real one-head model with uniform attention and reads off the sign of
+        its logit difference ``logit[c1] - logit[c2]`` for every ``x``.
+
+    Hint: which tables can be split by the sign of a *sum with one term per
+    present token*? Write the four conditions of an exclusive-or of two
+    markers and add them up in pairs. For ``k <= 3`` small integer votes
+    (between -2 and 2, with a background between -5 and 5 plus a half)
+    suffice whenever any votes do, so a search is fine.
+    """
+    import itertools
+
+    table = torch.as_tensor(truth_table, dtype=torch.bool)
+    k = table.ndim
+    if k < 1 or tuple(table.shape) != (2,) * k:
+        raise ValueError(f"truth_table must have shape [2] * k, got {list(table.shape)}")
+    xs = torch.tensor(list(itertools.product((0, 1), repeat=k)), dtype=torch.float64)   # [2^k, k]
+    want = table.reshape(-1)                          # row-major order = itertools.product order
+    for w in itertools.product(range(-2, 3), repeat=k):
+        sums = xs @ torch.tensor(w, dtype=torch.float64)
+        for bias in torch.arange(-5.5, 6.0, 1.0, dtype=torch.float64):
+            if torch.equal(sums + bias > 0, want):    # half-integer bias: never a tie
+                return torch.tensor([*w, float(bias)])
+    return None
+
+
+def skip_trigram_bugs(rules: list[tuple[int, int, int]]) -> set[tuple[int, int, int]]:
+    """Predict the mistakes a single head makes when it implements several skip-trigrams.  ★★  (about 10 min)
+
+    A judgement exercise about the "skip-trigram bug" (chapter 2, "What a
+    single head cannot do"). One head has learned every rule ``A ... B -> C``
+    of ``rules``: its QK circuit makes a destination ``B`` attend to an earlier
+    ``A`` whenever ``(A, B, C)`` is a rule for some ``C``, and its OV circuit
+    makes attending to ``A`` raise the ``C`` of A's rules. Which continuations
+    that are *not* rules does it predict as well?
+
+    Args:
+        rules: a list of distinct triples ``(A, B, C)`` of token ids (Python
+            ints; no two rules share the pair ``(A, B)``). Not modified.
+
+    Returns:
+        The set of triples ``(A, B, C)`` that are not rules but that the head
+        predicts: in a context holding ``A`` and then ``B`` (and only filler
+        otherwise), the head raises the logit of ``C`` about as much as it
+        raises the planted continuation of a rule. The grader builds exactly
+        such a head from the rules and measures, for every pair ``(A, B)``,
+        which tokens it raises.
+
+    Hint: does the vector the head adds after attending to ``A`` depend on
+    which destination ``B`` is asking?
+    """
+    rules = [tuple(int(x) for x in r) for r in rules]
+    planted = set(rules)
+    outputs_of: dict[int, set[int]] = {}
+    for a, _, c in rules:
+        outputs_of.setdefault(a, set()).add(c)
+    # B attends to A exactly when some rule (A, B, .) exists; then attending to A raises every C of A
+    return {(a, b, c) for a, b, _ in rules for c in outputs_of[a] if (a, b, c) not in planted}

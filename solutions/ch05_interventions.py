@@ -284,3 +284,166 @@ def corrupt_for_induction(tokens: torch.Tensor, half_len: int, d_vocab: int,
     b = tokens.shape[0]
     out[:, 1:1 + half_len] = torch.randint(1, d_vocab, (b, half_len), generator=generator)
     return out
+
+
+def pattern_preserving_ablation(model, tokens: torch.Tensor, layer: int, head: int) -> torch.Tensor:
+    """Zero-ablate one head while every attention pattern stays at its clean value.  ★★  (about 15 min)
+
+    A head reaches later layers in two ways: through the values it writes
+    (read by later OV circuits) and through later heads' attention patterns
+    (read by their queries and keys). The pattern-preserving ablation of
+    Olsson et al. keeps the second way shut: every attention pattern of the
+    ablated run is overwritten by its value on the clean run, so the ablated
+    head can change the output only through values.
+
+    Args:
+        model: an ``AttnOnlyTransformer`` (any number of layers and heads).
+        tokens: ``[batch, pos]`` token ids. Not modified.
+        layer, head: the head to zero-ablate (``z[:, :, head] = 0`` on
+            ``blocks.{layer}.attn.hook_z``).
+
+    Returns:
+        ``[batch, pos, d_vocab]`` the logits of the run in which the head is
+        zero-ablated and *every* layer's ``hook_pattern`` is replaced by its
+        value on the clean run of ``tokens``. Leave the model as you found it
+        (no hooks left attached, weights unchanged).
+
+    Hint: two runs. Which patterns could the ablation change at all, and where
+    must their clean values come from?
+    """
+    names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
+    _, cache = model.run_with_cache(tokens, names_filter=names)      # the clean patterns
+
+    def freeze(name):
+        return lambda pattern, hook: cache[name]
+
+    def ablate(z, hook):
+        z = z.clone()
+        z[:, :, head] = 0.0
+        return z
+    hooks = [(n, freeze(n)) for n in names] + [(f"blocks.{layer}.attn.hook_z", ablate)]
+    return model.run_with_hooks(tokens, fwd_hooks=hooks)
+
+
+def heads_acting_through_attention(model, tokens: torch.Tensor, half_len: int) -> set[tuple[int, int]]:
+    """Which heads matter only through the attention patterns of later heads?  ★★  (about 15 min)
+
+    A judgement exercise: design the experiment and choose the thresholds.
+    Some heads matter for the output through what they *write into values*
+    (an induction head's copied token); others only by steering where later
+    heads look (a previous-token head feeding the keys of induction heads,
+    K-composition). Decide, for every head of ``model``, whether it is one of
+    the second kind on repeated-token probes: knocking it out must clearly
+    hurt the prediction of the second copy, and nearly all of that harm must
+    disappear when the attention patterns are kept at their clean values.
+    How large a harm counts as "clearly", and how much of it must vanish, is
+    your call; the grader uses models whose answer is clear-cut (and its own
+    thresholds far from the borderline), on probes of several half lengths.
+
+    Args:
+        model: a two-layer ``AttnOnlyTransformer`` trained on repeated tokens
+            (the shipped ``induction-2l`` or a variant of it). Not modified.
+        tokens: ``[batch, 1 + 2 * half_len]`` probes ``[BOS, r, r]``. Not modified.
+        half_len: the half length.
+
+    Returns:
+        A set of ``(layer, head)`` pairs of Python ints (possibly empty).
+
+    Hint: measure the mean loss on the second copy (the logits at positions
+    ``half_len + 1 .. 2 * half_len - 1``), clean and after ablating each head
+    twice: normally and with the patterns frozen. ``toylab.interventions``
+    may do the runs for you, or your ``pattern_preserving_ablation``.
+    """
+    from toylab.interventions import ablate_heads, make_metric
+
+    loss = make_metric("loss", tokens, list(range(half_len + 1, 2 * half_len)))
+    clean = float(loss(model(tokens)))
+    found = set()
+    for l in range(model.cfg.n_layers):
+        for h in range(model.cfg.n_heads):
+            normal = float(ablate_heads(model, tokens, [(l, h)], metric=loss)) - clean
+            frozen = float(ablate_heads(model, tokens, [(l, h)], freeze_patterns=True, metric=loss)) - clean
+            if normal > 0.5 and frozen < 0.2 * normal:   # clearly matters; 80 % of that goes with the patterns
+                found.add((l, h))
+    return found
+
+
+def resample_ablate_head(model, tokens: torch.Tensor, layer: int, head: int,
+                         generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resample ablation: give one head the output it had on *another* sequence of the batch.  ★★  (about 15 min)
+
+    Zero and mean ablation replace a head's output by something it never
+    outputs on a real prompt. Resample ablation keeps the output realistic,
+    but carrying the wrong information: sequence ``b`` receives the head's
+    ``z`` from sequence ``source[b]`` of the same batch, at the same
+    positions, and no sequence may get its own ``z`` back.
+
+    Args:
+        model: an ``AttnOnlyTransformer``.
+        tokens: ``[batch, pos]`` token ids, ``batch >= 2``. Not modified.
+        layer, head: the head; its activation is ``blocks.{layer}.attn.hook_z``
+            ``[batch, pos, n_heads, d_head]``.
+        generator: the only source of randomness (the same seed must give the
+            same result).
+
+    Returns:
+        ``(logits, source)``: ``logits [batch, pos, d_vocab]`` of the run with::
+
+            z'[b, :, head] = z_clean[source[b], :, head]       (every other head unchanged)
+
+        and ``source [batch]`` (LongTensor), a random permutation of
+        ``0 .. batch - 1`` with ``source[b] != b`` for every ``b``.
+
+    Hint: a permutation with no fixed point can be drawn by trying again
+    until ``torch.randperm`` gives one (about a third of the draws succeed),
+    or built from one draw. Cache ``z`` on a clean run first.
+    """
+    B = tokens.shape[0]
+    if B < 2:
+        raise ValueError("resample ablation needs a batch of at least 2 sequences")
+    while True:                                   # a random derangement, by rejection
+        source = torch.randperm(B, generator=generator)
+        if not bool((source == torch.arange(B)).any()):
+            break
+    name = f"blocks.{layer}.attn.hook_z"
+    _, cache = model.run_with_cache(tokens, names_filter=name)
+    z_other = cache[name][source]
+
+    def fn(z, hook):
+        z = z.clone()
+        z[:, :, head] = z_other[:, :, head]
+        return z
+    return model.run_with_hooks(tokens, fwd_hooks=[(name, fn)]), source
+
+
+def resampled_induction_prediction(tokens: torch.Tensor, source: torch.Tensor, half_len: int) -> torch.Tensor:
+    """Predict what a model says when its induction heads are resample-ablated.  ★★  (about 10 min)
+
+    A prediction, graded by running the model. In chapter 5, resampling both
+    induction heads of ``induction-2l`` drove the repeated-half loss far above
+    chance, while zero and mean ablation left it near chance. Explain that by
+    predicting, without running anything, the token the model ranks *first*
+    on the second copy when both induction heads (``L1H0`` and ``L1H1``)
+    receive their ``z`` from another sequence: sequence ``b`` gets the two
+    heads' ``z`` from sequence ``source[b]`` (same positions); everything else
+    in the model still sees sequence ``b``.
+
+    Args:
+        tokens: ``[batch, 1 + 2 * half_len]`` probes ``[BOS, r, r]``. Not modified.
+        source: ``[batch]`` LongTensor, the sequence each row's induction-head
+            output comes from (``source[b] != b``). Not modified.
+        half_len: the half length.
+
+    Returns:
+        ``[batch, half_len - 1]`` LongTensor: entry ``[b, i]`` is your predicted
+        top-ranked token at logit position ``p = half_len + 1 + i`` (the
+        positions whose next token the clean model can predict). The grader
+        requires agreement with the model's actual top token on at least 85 %
+        of the entries, on several batches and half lengths.
+
+    Hint: what does an induction head's output at position ``p`` of sequence
+    ``s`` encode? Does anything in that vector know which sequence it is
+    added to?
+    """
+    p = torch.arange(half_len + 1, 2 * half_len)            # logit positions on the second copy
+    return tokens[source][:, p + 1].clone()                   # the other sequence's next token

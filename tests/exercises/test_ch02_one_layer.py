@@ -3,8 +3,10 @@
 Ground truth: the shipped one-layer models' own forward passes and caches
 (patterns, logits with the heads switched off), the library's circuits
 (:mod:`toylab.circuits`, :mod:`toylab.copying`), the planted rules of the
-skip-trigram language, brute-force loops over the definitions, and matrices
-whose eigenvalues are known in closed form.
+skip-trigram language, brute-force loops over the definitions, matrices
+whose eigenvalues are known in closed form, and one-head models the tests
+build by hand (votes written into an OV circuit; a head implementing a set of
+skip-trigram rules) whose logits are read off a real forward pass.
 """
 
 import math
@@ -299,3 +301,211 @@ def test_classify_head(induction_model):
             got = f(pat[:, h])
             assert got == "previous", (f"head L0H{h} of induction-2l has previous-token score {float(prev[h]):.2f}, "
                                        f"but you classified it as {got!r}")
+
+
+# ------------------------------------------------------------------ one_head_votes
+def _separable_by_search(tables: torch.Tensor) -> torch.Tensor:
+    """``[n]`` bool: can ``sign(b + x . w)`` match each table ``[n, 2^k]`` for an integer ``w`` in
+    ``[-3, 3]^k`` (and a threshold ``b`` between the sums)? For ``k <= 3`` this grid holds every
+    threshold function; the counts 14 of 16 (``k = 2``) and 104 of 256 (``k = 3``) check it."""
+    import itertools
+
+    k = int(round(math.log2(tables.shape[1])))
+    xs = torch.tensor(list(itertools.product((0, 1), repeat=k)), dtype=torch.float64)         # [2^k, k]
+    W = torch.tensor(list(itertools.product(range(-3, 4), repeat=k)), dtype=torch.float64)   # [n_w, k]
+    S = xs @ W.T                                                                               # [2^k, n_w]
+    out = []
+    for t in tables.bool():
+        hi = S.masked_fill(~t[:, None], float("inf")).min(0).values    # smallest sum where c1 must win
+        lo = S.masked_fill(t[:, None], float("-inf")).max(0).values    # largest sum where c2 must win
+        out.append(bool((lo < hi).any()))
+    return torch.tensor(out)
+
+
+def _all_tables(k: int) -> torch.Tensor:
+    """``[2^(2^k), 2^k]`` every truth table of ``k`` inputs, rows in itertools.product order."""
+    n = 2 ** k
+    codes = torch.arange(2 ** n)
+    return ((codes[:, None] >> torch.arange(n)) & 1).bool()
+
+
+def _vote_logit_diffs(votes: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+    """Write ``votes`` into a real one-layer, one-head model with uniform attention and return
+    ``logit[c1] - logit[c2]`` at the trigger for every marker set ``x`` (``[2^k]``, product order).
+
+    Tokens: 0 BOS, 1..k markers, k+1 filler, k+2 trigger, k+3 = c1, k+4 = c2; one-hot embeddings
+    and unembeddings; W_Q = W_K = 0, so the trigger attends equally to every position. A sequence
+    is [BOS, k slots (a marker or filler, the slots in a random order), trigger]."""
+    import itertools
+
+    from toylab.model import AttnOnlyTransformer, ModelConfig
+
+    V = k + 5
+    m = AttnOnlyTransformer(ModelConfig(d_vocab=V, n_ctx=k + 2, d_model=V, n_layers=1, n_heads=1,
+                                        positional="none"), seed=0)
+    a = m.blocks[0].attn
+    m.W_E.data = torch.eye(V)
+    m.W_U.data = torch.eye(V)
+    a.W_Q.data.zero_()
+    a.W_K.data.zero_()
+    a.W_V.data = torch.eye(V)[None]
+    vote_of = torch.zeros(V)
+    vote_of[1:k + 1] = votes[:k].float()
+    vote_of[0] = float(votes[k])
+    W_O = torch.zeros(1, V, V)
+    W_O[0, :, k + 3] = vote_of / 2
+    W_O[0, :, k + 4] = -vote_of / 2
+    a.W_O.data = W_O
+    rows = []
+    for x in itertools.product((0, 1), repeat=k):
+        slots = [i + 1 if x[i] else k + 1 for i in range(k)]
+        slots = [slots[i] for i in torch.randperm(k, generator=g).tolist()]
+        rows.append([0, *slots, k + 2])
+    logits = m(torch.tensor(rows))[:, -1]
+    return logits[:, k + 3] - logits[:, k + 4]
+
+
+def _describe(x: tuple) -> str:
+    present = [f"m_{i}" for i, xi in enumerate(x) if xi]
+    return "{" + ", ".join(present) + "}" if present else "no marker"
+
+
+@pytest.mark.exercise("one_head_votes")
+@pytest.mark.points(3)
+def test_one_head_votes():
+    import itertools
+
+    f = answers().one_head_votes
+    # the ground truth: which tables a sum with one term per present token can split
+    truth = {k: _separable_by_search(_all_tables(k)) for k in (1, 2, 3)}
+    assert [int(truth[k].sum()) for k in (1, 2, 3)] == [4, 14, 104], "grader self-check: threshold counts"
+    g = torch.Generator().manual_seed(int(torch.randint(0, 10**6, ())))
+    cases = [(2, i) for i in range(16)]                                   # every table of two markers
+    nonsep3 = torch.nonzero(~truth[3]).flatten()
+    sep3 = torch.nonzero(truth[3]).flatten()
+    cases += [(3, int(i)) for i in nonsep3[torch.randperm(len(nonsep3), generator=g)[:4]]]
+    cases += [(3, int(i)) for i in sep3[torch.randperm(len(sep3), generator=g)[:8]]]
+    cases += [(1, i) for i in range(4)]
+    for k, code in cases:
+        flat = _all_tables(k)[code]
+        table = flat.reshape((2,) * k)
+        before = table.clone()
+        got = f(table)
+        assert torch.equal(table, before), "one_head_votes changed truth_table in place"
+        shown = ", ".join(f"{_describe(x)}: {'c1' if bool(v) else 'c2'}"
+                          for x, v in zip(itertools.product((0, 1), repeat=k), flat))
+        possible = bool(truth[k][code])
+        if got is None:
+            if possible:
+                raise AssertionError(
+                    f"for the table ({shown}) you answered None, but one head can compute it: its answer is "
+                    "the sign of a sum with one vote per present marker plus a background vote, and some "
+                    "votes split this table (every AND-, OR- or majority-like table can be split so; only "
+                    "XOR-like tables cannot)")
+            continue
+        if not possible:
+            raise AssertionError(
+                f"for the table ({shown}) you returned votes, but no single head can compute it: it is "
+                "XOR-like. Write the conditions for two markers whose mixed pairs win and pure pairs lose "
+                "(or the reverse): the two sums that must be positive add up to the same number as the two "
+                "that must be negative. Return None")
+        assert isinstance(got, torch.Tensor) and tuple(got.shape) == (k + 1,), (
+            f"expected None or a float tensor votes [k + 1] = [{k + 1}] (one vote per marker, then the "
+            f"background vote), got {list(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__}")
+        diff = _vote_logit_diffs(got.detach(), k, g)
+        wins = diff > 0
+        if torch.equal(wins, ~flat) and bool((diff.abs() > 1e-6).all()):
+            raise AssertionError(
+                f"for the table ({shown}) your votes give the opposite winner everywhere: True means c1 "
+                "must win, i.e. votes[k] + sum_i x_i votes[i] > 0")
+        if k > 1:
+            flipped = _vote_logit_diffs(torch.cat([got[:k].flip(0), got[k:]]).detach(), k, g) > 0
+            if torch.equal(flipped, flat) and not torch.equal(wins, flat):
+                raise AssertionError(
+                    f"for the table ({shown}) your votes are in reversed marker order: dimension i of "
+                    "truth_table is marker m_i, and votes[i] is its vote")
+        for x, d, want in zip(itertools.product((0, 1), repeat=k), diff, flat):
+            if abs(float(d)) <= 1e-6:
+                raise AssertionError(
+                    f"for the table ({shown}) with {_describe(x)} present the head's logit difference is "
+                    f"{float(d):.2g}, a tie: no output wins. Choose votes whose sums are never 0 (e.g. a "
+                    "background vote that is a half-integer when the marker votes are integers)")
+            if bool(d > 0) != bool(want):
+                raise AssertionError(
+                    f"for the table ({shown}) the one-head model built from your votes {got.tolist()} "
+                    f"predicts {'c1' if bool(d > 0) else 'c2'} when {_describe(x)} is present, but the "
+                    f"table says {'c1' if bool(want) else 'c2'}. Check votes[k] (the background: it alone "
+                    "decides when no marker is present) and the sum for this marker set")
+
+
+# ------------------------------------------------------------------ skip_trigram_bugs
+def _rule_head_raises(rules, V: int, filler: int) -> set:
+    """Build the head that implements ``rules`` exactly (one-hot embeddings; QK[B, A] = 6 for every
+    rule, OV[A, C] = 4) and measure, for every pair (A, B) of rule tokens, which tokens C the head
+    raises by more than 2 logits when A is in the context [BOS, A, filler x 6, B] (against the same
+    context with A replaced by filler). Returns the set of raised triples (A, B, C)."""
+    from toylab.model import AttnOnlyTransformer, ModelConfig
+
+    m = AttnOnlyTransformer(ModelConfig(d_vocab=V, n_ctx=9, d_model=V, n_layers=1, n_heads=1,
+                                        positional="none"), seed=0)
+    a = m.blocks[0].attn
+    m.W_E.data = torch.eye(V)
+    m.W_U.data = torch.eye(V)
+    QK, OV = torch.zeros(V, V), torch.zeros(V, V)
+    for A, B, C in rules:
+        QK[B, A] = 6.0 * math.sqrt(V)         # the model divides scores by sqrt(d_head)
+        OV[A, C] = 4.0
+    a.W_Q.data, a.W_K.data = QK[None].clone(), torch.eye(V)[None]
+    a.W_V.data, a.W_O.data = OV[None].clone(), torch.eye(V)[None]
+    tokens = sorted({t for r in rules for t in r})
+    pairs = [(A, B) for A in tokens for B in tokens if A != B]
+    with_a = torch.tensor([[0, A] + [filler] * 6 + [B] for A, B in pairs])
+    without = with_a.clone()
+    without[:, 1] = filler
+    rise = m(with_a)[:, -1] - m(without)[:, -1]                      # [n_pairs, V]
+    return {(A, B, int(C)) for (A, B), r in zip(pairs, rise) for C in torch.nonzero(r > 2.0).flatten()}
+
+
+@pytest.mark.exercise("skip_trigram_bugs")
+@pytest.mark.points(2)
+def test_skip_trigram_bugs():
+    f = answers().skip_trigram_bugs
+    g = torch.Generator().manual_seed(int(torch.randint(0, 10**6, ())))
+    for _ in range(4):
+        # a small language: 3 sources, 4 destinations, 5 outputs, 5-7 rules (sources and
+        # destinations shared between rules, as in "keep ... in -> mind", "keep ... at -> bay")
+        perm = (torch.randperm(12, generator=g) + 2).tolist()      # 0 = BOS, 1 = filler
+        srcs, dsts, outs = perm[:3], perm[3:7], perm[7:12]
+        n_rules = int(torch.randint(5, 8, (), generator=g))
+        pairs = [(a, b) for a in srcs for b in dsts]
+        chosen = torch.randperm(len(pairs), generator=g)[:n_rules].tolist()
+        rules = [(pairs[i][0], pairs[i][1], outs[int(torch.randint(0, 5, (), generator=g))]) for i in chosen]
+        before = list(rules)
+        got = f(rules)
+        assert rules == before, "skip_trigram_bugs changed `rules` in place"
+        try:
+            got = {tuple(int(x) for x in t) for t in got}
+        except (TypeError, ValueError):
+            raise AssertionError(f"expected a set of (A, B, C) triples of ints, got {got!r}") from None
+        want = _rule_head_raises(rules, 14, 1) - set(rules)
+        if got == want:
+            continue
+        msg = f"for the rules {sorted(rules)} you predicted {sorted(got)}; the head raises {sorted(want)}"
+        if got & set(rules):
+            msg += f". {sorted(got & set(rules))} are rules, not mistakes: leave them out"
+        elif not got:
+            msg += (". The head does make mistakes: after attending to A it adds the same OV row of A, which "
+                    "raises every output of A's rules, whichever B is asking")
+        else:
+            by_b = {}
+            for a, b, c in rules:
+                by_b.setdefault(b, set()).add(c)
+            if got == {(a, b, c) for a, b, _ in rules for c in by_b[b]} - set(rules):
+                msg += (". You grouped the rules by their destination B: but B only decides WHERE the head "
+                        "looks; what it adds depends on the attended source A alone")
+            elif got - want:
+                msg += (f". {sorted(got - want)[:3]} ... are not raised: B attends to A only if some rule "
+                        "(A, B, .) exists; otherwise A gets little attention and its OV row little weight")
+            else:
+                msg += f". Missing: {sorted(want - got)[:3]}: attending to A raises every output of A's rules"
+        raise AssertionError(msg)

@@ -5,8 +5,10 @@ checked against a copy of the model whose ``W_O`` for that head is zero, the
 direct logit attributions must add up to the model's own logits, the last
 logit-lens layer must equal the model's output distribution, path-patched keys
 must equal the keys of a run in which the sender really saw the corrupted
-prompt — and the library's independent implementations in
-``toylab.interventions``, ``toylab.patching`` and ``toylab.attribution``.
+prompt, the model's own top tokens with its induction heads resampled — and the
+library's independent implementations in ``toylab.interventions``,
+``toylab.patching`` and ``toylab.attribution``, also on random 3-layer models
+and on variants of ``induction-2l`` (heads renumbered, layer-1 keys zeroed).
 """
 
 import copy
@@ -303,3 +305,230 @@ def test_corrupt_for_induction(induction_model):
             f"on your corrupted prompts the loss on the second copy is {float(loss_corr):.2f} nats, on the clean "
             f"ones {float(loss_clean):.2f}: induction still works. Change the first copy so that the second copy no "
             "longer repeats anything (a shuffle of the first copy keeps the same tokens, only moved)")
+
+
+# ------------------------------------------------------------ pattern-preserving ablation, resampling
+def _random_deep_model():
+    """A random 3-layer, 3-head model with learned positions (other shapes than induction-2l)."""
+    from toylab.model import AttnOnlyTransformer, ModelConfig
+
+    return AttnOnlyTransformer(ModelConfig(d_vocab=30, n_ctx=14, d_model=24, n_layers=3, n_heads=3, d_head=8,
+                                           positional="learned"), seed=int(torch.randint(0, 1000, ())))
+
+
+def _freeze_only(model, tokens, layers, l, h):
+    """The zero-ablated run with only ``layers``' patterns frozen (a wrong answer to recognise)."""
+    from toylab.interventions import ablation_hooks, frozen_pattern_hooks
+
+    hooks = frozen_pattern_hooks(model, tokens, layers) + ablation_hooks(model, tokens, [(l, h)], "zero")
+    return model.run_with_hooks(tokens, fwd_hooks=hooks)
+
+
+@pytest.mark.exercise("pattern_preserving_ablation")
+@pytest.mark.points(2)
+def test_pattern_preserving_ablation(induction_model, pair):
+    model, (clean, _) = induction_model, pair
+    deep = _random_deep_model()
+    deep_tokens = torch.randint(0, 30, (6, 14), generator=torch.Generator().manual_seed(4))
+    f = answers().pattern_preserving_ablation
+    for m, toks, cases in ((model, clean, ((0, 0), (0, 1), (1, 1))), (deep, deep_tokens, ((0, 2), (1, 1), (0, 0)))):
+        before_tokens, before_logits = toks.clone(), m(toks)
+        before_weights = {n: p.clone() for n, p in m.named_parameters()}
+        for l, h in cases:
+            got = f(m, toks, l, h)
+            assert torch.equal(toks, before_tokens), "pattern_preserving_ablation changed `tokens` in place"
+            assert all(torch.equal(p, before_weights[n]) for n, p in m.named_parameters()), (
+                "pattern_preserving_ablation changed the model's weights: ablate with a hook on hook_z, "
+                "never by editing W_O")
+            assert torch.allclose(m(toks), before_logits, atol=1e-5), (
+                "after your call the model's plain run gives other logits: a hook stayed attached. Use "
+                "model.run_with_hooks or the model.hooks(...) context manager, which remove their hooks")
+            want = ablate_heads(m, toks, [(l, h)], kind="zero", freeze_patterns=True)
+            hints = [(ablate_heads(m, toks, [(l, h)], kind="zero"),
+                      "the patterns were not frozen: this is a plain zero ablation (freezing patterns computed "
+                      "on the ablated run itself changes nothing; take them from a clean run)"),
+                     (m(toks), "nothing changed: the head was not ablated (set z[:, :, head] = 0 on "
+                               f"blocks.{l}.attn.hook_z and return the new z)")]
+            if l + 1 < m.cfg.n_layers - 1:
+                hints.append((_freeze_only(m, toks, [l + 1], l, h),
+                              "you froze only the next layer's patterns: an ablated head reaches every later "
+                              "layer, so freeze them all"))
+            expect_tensor(got, want, f"pattern_preserving_ablation(layer={l}, head={h}) on a "
+                          f"{m.cfg.n_layers}-layer model", "batch, pos, d_vocab", atol=1e-4, hints=hints)
+
+
+def _variant(model, kind: str, swap_layer0: bool):
+    """induction-2l, with its two layer-0 heads swapped (the same circuit, other head numbers) and,
+    for ``kind="blind"``, the layer-1 keys zeroed (layer 1 attends uniformly: no head can act
+    through attention any more)."""
+    m = copy.deepcopy(model)
+    if swap_layer0:
+        a = m.blocks[0].attn
+        for W in (a.W_Q, a.W_K, a.W_V, a.W_O):
+            W.data = W.data[[1, 0]].clone()
+    if kind == "blind":
+        m.blocks[1].attn.W_K.data.zero_()
+    return m
+
+
+def _through_attention_truth(model, tokens, half):
+    """The library's measurement, with thresholds far from every head's numbers: (set, table)."""
+    loss = make_metric("loss", tokens, list(range(half + 1, 2 * half)))
+    clean = float(loss(model(tokens)))
+    found, rows = set(), {}
+    for l in range(model.cfg.n_layers):
+        for h in range(model.cfg.n_heads):
+            normal = float(ablate_heads(model, tokens, [(l, h)], metric=loss)) - clean
+            frozen = float(ablate_heads(model, tokens, [(l, h)], freeze_patterns=True, metric=loss)) - clean
+            rows[(l, h)] = (normal, frozen)
+            if normal > 1.0 and frozen < 0.1 * normal:
+                found.add((l, h))
+    return found, rows
+
+
+@pytest.mark.exercise("heads_acting_through_attention")
+@pytest.mark.points(2)
+def test_heads_acting_through_attention(induction_model):
+    f = answers().heads_acting_through_attention
+    g = torch.Generator().manual_seed(int(torch.randint(0, 10**6, ())))
+    V = induction_model.cfg.d_vocab
+    swap = bool(torch.randint(0, 2, (), generator=g))
+    for kind, half in (("trained", 8), ("trained", 12), ("blind", 10)):
+        swapped = swap if kind == "trained" else not swap
+        model = _variant(induction_model, kind, swapped)
+        tokens = repeated_tokens(V, half, 24, g)
+        before = tokens.clone()
+        want, rows = _through_attention_truth(model, tokens, half)
+        got = f(model, tokens, half)
+        assert torch.equal(tokens, before), "heads_acting_through_attention changed `tokens` in place"
+        try:
+            got_set = {(int(l), int(h)) for l, h in got}
+        except (TypeError, ValueError):
+            raise AssertionError(f"expected a set of (layer, head) pairs of ints, got {got!r}") from None
+        table = "; ".join(f"L{l}H{h}: {n:+.2f} nats normally, {z:+.2f} with frozen patterns"
+                          for (l, h), (n, z) in rows.items())
+        what = ("induction-2l" + (" with its layer-0 heads swapped" if swapped else "")
+                + (" and its layer-1 keys zeroed (layer 1 attends uniformly)" if kind == "blind" else ""))
+        if got_set == want:
+            continue
+        extra, missing = got_set - want, want - got_set
+        msg = (f"on {what}, half length {half}, you said {sorted(got_set)}, the measurement says "
+               f"{sorted(want)} ({table})")
+        for l, h in sorted(extra):
+            n, z = rows[(l, h)]
+            if n < 0.5:
+                msg += (f". L{l}H{h} barely matters at all (+{n:.2f} nats): a head whose ablation does not hurt "
+                        "does not act through anything; require a clear harm first")
+            elif z > 0.5 * n:
+                msg += (f". L{l}H{h} hurts as much with frozen patterns (+{z:.2f}) as without: it acts through the "
+                        "values it writes, not through attention")
+        for l, h in sorted(missing):
+            msg += (f". L{l}H{h} is missing: ablating it costs +{rows[(l, h)][0]:.2f} nats, and with the patterns "
+                    f"frozen only +{rows[(l, h)][1]:.2f}: all its harm goes through later heads' patterns")
+        raise AssertionError(msg)
+
+
+def _library_resample(model, tokens, heads, source):
+    """The library's resample ablation with the row assignment ``source`` (z'[b] = z[source[b]]).
+
+    ``ablate_heads(kind="resample", reference=ref, seed=s)`` gives row ``b`` the activation of
+    ``ref[idx[b]]`` with ``idx = randperm(len(ref), seed s)``; choose ``ref`` so that
+    ``ref[idx[b]] = tokens[source[b]]``."""
+    idx = torch.randperm(tokens.shape[0], generator=torch.Generator().manual_seed(0))
+    ref = torch.empty_like(tokens)
+    ref[idx] = tokens[source]
+    return ablate_heads(model, tokens, heads, kind="resample", reference=ref, seed=0)
+
+
+@pytest.mark.exercise("resample_ablate_head")
+@pytest.mark.points(2)
+def test_resample_ablate_head(induction_model, pair):
+    model, (clean, _) = induction_model, pair
+    deep = _random_deep_model()
+    deep_tokens = torch.randint(0, 30, (7, 14), generator=torch.Generator().manual_seed(8))
+    f = answers().resample_ablate_head
+    for m, toks, cases in ((model, clean, ((1, 1), (0, 0))), (deep, deep_tokens, ((2, 1), (0, 2)))):
+        B = toks.shape[0]
+        for l, h in cases:
+            before = toks.clone()
+            seed = int(torch.randint(0, 10**6, ()))
+            out = f(m, toks, l, h, torch.Generator().manual_seed(seed))
+            assert torch.equal(toks, before), "resample_ablate_head changed `tokens` in place"
+            assert isinstance(out, tuple) and len(out) == 2, "return a pair (logits, source)"
+            got, source = out
+            ok = isinstance(source, torch.Tensor) and tuple(source.shape) == (B,)
+            assert ok and not source.is_floating_point(), (
+                f"source must be a LongTensor [batch] = [{B}], got "
+                f"{list(source.shape) if isinstance(source, torch.Tensor) else type(source).__name__}")
+            source = source.long()
+            assert torch.equal(source.sort().values, torch.arange(B)), (
+                f"source {source.tolist()} is not a permutation of 0..{B - 1}: every sequence's z must be used "
+                "exactly once")
+            fixed = torch.nonzero(source == torch.arange(B)).flatten().tolist()
+            assert not fixed, (f"sequence(s) {fixed} got their own z back (source[b] == b): that is no ablation for "
+                               "them. Draw again until no sequence keeps its own (a derangement)")
+            want = _library_resample(m, toks, [(l, h)], source)
+            inverse = torch.empty_like(source)
+            inverse[source] = torch.arange(B)
+            layer_all = _library_resample(m, toks, [(l, k) for k in range(m.cfg.n_heads)], source)
+            mean = ablate_heads(m, toks, [(l, h)], kind="mean")
+            hints = [(_library_resample(m, toks, [(l, h)], inverse),
+                      "you used the inverse permutation: source[b] is the sequence whose z row b receives, "
+                      "z'[b] = z_clean[source[b]]"),
+                     (layer_all, "you resampled every head of the layer; only z[:, :, head] changes"),
+                     (mean, "that is mean ablation: resampling takes one other sequence's z, not an average"),
+                     (m(toks), "nothing changed: did your hook return the new z?")]
+            expect_tensor(got, want, f"resample_ablate_head(layer={l}, head={h}) on a {m.cfg.n_layers}-layer model",
+                          "batch, pos, d_vocab", atol=1e-4, hints=hints)
+            again = f(m, toks, l, h, torch.Generator().manual_seed(seed))[1]
+            assert torch.equal(again.long(), source), "the same generator seed gave another source: draw only from it"
+    for s in range(12):  # small batches, many seeds: a plain randperm keeps some sequence's own z often
+        three = f(model, clean[:3], 1, 1, torch.Generator().manual_seed(s))[1].long()
+        assert not bool((three == torch.arange(3)).any()), (
+            f"with generator seed {s} on a batch of 3, source = {three.tolist()} gives some sequence its own z "
+            "back: a random permutation can have fixed points; draw again until none is left (a derangement)")
+    others = {tuple(f(model, clean, 1, 1, torch.Generator().manual_seed(s))[1].tolist()) for s in range(4)}
+    assert len(others) > 1, ("four different generator seeds all gave the same source: draw the permutation at "
+                             "random from `generator` (a fixed shift is a derangement, but always the same one)")
+
+
+@pytest.mark.exercise("resampled_induction_prediction")
+@pytest.mark.points(2)
+def test_resampled_induction_prediction(induction_model):
+    model = induction_model
+    V = model.cfg.d_vocab
+    f = answers().resampled_induction_prediction
+    g = torch.Generator().manual_seed(int(torch.randint(0, 10**6, ())))
+    for half in (8, 13):
+        tokens = repeated_tokens(V, half, 24, g)
+        B = tokens.shape[0]
+        order = torch.randperm(B, generator=g)               # a random cycle through all rows: a derangement
+        source = torch.empty(B, dtype=torch.long)
+        source[order] = order.roll(-1)
+        before_t, before_s = tokens.clone(), source.clone()
+        got = f(tokens, source, half)
+        assert torch.equal(tokens, before_t) and torch.equal(source, before_s), \
+            "resampled_induction_prediction changed its inputs in place"
+        p = torch.arange(half + 1, 2 * half)
+        assert isinstance(got, torch.Tensor) and tuple(got.shape) == (B, half - 1), (
+            f"expected a LongTensor [batch, half_len - 1] = {[B, half - 1]}, got "
+            f"{list(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__}")
+        # the truth: the model's own top token with both induction heads resampled from `source`
+        top = _library_resample(model, tokens, [(1, 0), (1, 1)], source)[:, p].argmax(-1)
+        agree = float((got.long() == top).float().mean())
+        if agree >= 0.85:
+            continue
+        own = float((tokens[:, p + 1] == top).float().mean())
+        msg = (f"half length {half}: your predictions agree with the model's top token on {agree:.0%} of the "
+               "entries (85 % needed)")
+        if torch.equal(got.long(), tokens[:, p + 1]):
+            msg += (f". You predicted the correct next token, which the model ranks first on only {own:.0%} of "
+                    "them: a resampled induction head does not fall silent, it still copies, confidently")
+        elif torch.equal(got.long(), tokens[source][:, p]):
+            msg += ". Off by one: the logits at position p predict the token at p + 1"
+        else:
+            inverse = torch.empty_like(source)
+            inverse[source] = torch.arange(B)
+            if torch.equal(got.long(), tokens[inverse][:, p + 1]):
+                msg += ". You used the inverse permutation: row b's heads output what they did on source[b]"
+        raise AssertionError(msg)
