@@ -371,3 +371,39 @@ def resampled_induction_prediction(tokens: torch.Tensor, source: torch.Tensor, h
     added to?
     """
     raise NotImplementedError
+
+
+def virtual_terms_loss(model, tokens: torch.Tensor) -> float:
+    """Term importance: how much loss the virtual-head terms explain.  ★★★  (about 25 min)
+
+    With every attention pattern frozen at its clean value, an attention-only
+    model without LayerNorm is linear in its values, and the path expansion
+    writes its logits as the direct path, one term per head, and one term per
+    *virtual head* (a chain of heads in different layers). Removing a group of
+    terms and measuring the loss tells how much that group matters. The
+    virtual-head terms are exactly those in which some head's value input
+    contains an earlier head's output; they vanish when every layer's values
+    read the embeddings only.
+
+    Args:
+        model: an ``AttnOnlyTransformer`` without LayerNorm, any number of layers
+            (positions ``learned`` or ``shortformer``). Not modified.
+        tokens: ``[batch, pos]`` token ids. Not modified.
+
+    Returns:
+        The float ``L_no_virtual - L_full`` in nats, where ``L`` is the mean
+        next-token loss over every position of every sequence and
+
+        - ``L_full``: the model as it is (patterns frozen or not: the same run);
+        - ``L_no_virtual``: every ``hook_pattern`` fixed to its clean value
+          and every layer's values computed from the embeddings alone,
+          ``v = e W_V`` per head, with ``e`` what enters the residual stream
+          before layer 0 (the token embedding, plus ``W_pos`` when the model
+          has ``learned`` positions; with ``shortformer`` positions only the
+          token embedding).
+
+    Hint: two hooked runs. Cache the clean patterns and the residual stream
+    before layer 0 first; which hook lets you replace a layer's values, and
+    what shape must its output have?
+    """
+    raise NotImplementedError

@@ -532,3 +532,65 @@ def test_resampled_induction_prediction(induction_model):
             if torch.equal(got.long(), tokens[inverse][:, p + 1]):
                 msg += ". You used the inverse permutation: row b's heads output what they did on source[b]"
         raise AssertionError(msg)
+
+
+# ------------------------------------------------------------ term importance
+def _no_virtual_loss(model, tokens, freeze=True, with_pos=True, layers=None):
+    """The loss with the values of ``layers`` (default all) read from the embeddings: the reference
+    (defaults) and three plausible wrong variants, so a wrong answer gets the hint for its mistake."""
+    from toylab.interventions import frozen_pattern_hooks
+    from toylab.model import next_token_loss
+
+    _, cache = model.run_with_cache(tokens, names_filter=["hook_embed", "hook_pos_embed"])
+    e = cache["hook_embed"]
+    if with_pos and model.cfg.positional == "learned":
+        e = e + cache["hook_pos_embed"]
+    layers = range(model.cfg.n_layers) if layers is None else layers
+    hooks = frozen_pattern_hooks(model, tokens) if freeze else []
+    for l in layers:
+        v = torch.einsum("bpd,hde->bphe", e, model.blocks[l].attn.W_V)
+        hooks.append((f"blocks.{l}.attn.hook_v", (lambda v: lambda act, hook: v)(v)))
+    return float(next_token_loss(model.run_with_hooks(tokens, fwd_hooks=hooks), tokens).mean())
+
+
+@pytest.mark.exercise("virtual_terms_loss")
+@pytest.mark.points(3)
+def test_virtual_terms_loss(induction_model):
+    from toylab.interventions import term_importance
+    from toylab.model import next_token_loss
+
+    deep = _random_deep_model()
+    cases = [("induction-2l on [BOS, r, r]", induction_model,
+              repeated_tokens(128, 12, 16, generator=torch.Generator().manual_seed(5))),
+             ("a random 3-layer model with learned positions", deep,
+              torch.randint(0, 30, (8, 14), generator=torch.Generator().manual_seed(6)))]
+    for what, model, tokens in cases:
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        toks = tokens.clone()
+        want = term_importance(model, tokens)["virtual_terms"]
+        got = answers().virtual_terms_loss(model, tokens)
+        assert torch.equal(tokens, toks), "virtual_terms_loss changed the tokens it was given"
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), \
+            "virtual_terms_loss changed the model's weights: work with hooks, not on the parameters"
+        assert not any(hp._forward_hooks for hp in model.hook_dict.values()), \
+            "a hook is still attached after virtual_terms_loss returned: use run_with_hooks"
+        full = float(next_token_loss(model(tokens), tokens).mean())
+        hints = [(full - _no_virtual_loss(model, tokens), "the sign is flipped: the loss the virtual terms "
+                  "explain is L_no_virtual - L_full (removing them makes the loss go up)"),
+                 (_no_virtual_loss(model, tokens, freeze=False) - full, "the attention patterns were not frozen: "
+                  "with new values the later layers' queries and keys change too, and the expansion no longer "
+                  "separates the terms; fix every hook_pattern to its clean value"),
+                 (_no_virtual_loss(model, tokens, with_pos=False) - full, "with learned positions the residual "
+                  "stream before layer 0 is W_E[token] + W_pos: the values must read both"),
+                 (_no_virtual_loss(model, tokens, layers=[model.cfg.n_layers - 1]) - full,
+                  "only the last layer's values were replaced: a virtual head can end in any layer after the "
+                  "first, so every layer's values must read the embeddings alone")]
+        assert isinstance(got, float) or (torch.is_tensor(got) and got.numel() == 1), \
+            f"return one float (nats), got {type(got).__name__}"
+        got = float(got)
+        if abs(got - want) > 1e-4 * max(1.0, abs(want)):
+            for value, hint in hints:
+                if abs(got - value) <= 1e-4 * max(1.0, abs(value)) and abs(value - want) > 1e-3:
+                    raise AssertionError(f"on {what}: {hint} (you returned {got:.4f}, expected {want:.4f})")
+            raise AssertionError(f"on {what}: you returned {got:.4f} nats, expected {want:.4f} "
+                                 "(L_no_virtual - L_full, patterns frozen, all layers' values from the embeddings)")
