@@ -73,13 +73,16 @@ test: $(VENV)/.test
 # The parts of the suite whose printed or compared numbers could depend on the CPU's kernels,
 # once more with the kernels that ATEN_CPU_CAPABILITY selects (.ci/run: CAP=default, torch's
 # generic kernels; CAP=avx2 as well on an AVX-512 CPU): the shipped models' prefix check, the
-# training determinism tests, and every chapter under nbval (chapter 4 trains live).
+# training determinism tests, and every chapter under nbval (chapter 4 trains live). The tests that
+# the prefix check catches real changes (seed, lr, schedule) are not rerun: those changes move the
+# weights by hundreds of tolerance units, whatever the kernels.
 CAP ?= default
 test-kernels: $(VENV)/.test
 	$(if $(NOTEBOOKS),,$(error test-kernels: no chapter notebooks found in chapters/))
 	@got=$$(ATEN_CPU_CAPABILITY=$(CAP) $(PY) -c "import torch; print(torch.backends.cpu.get_cpu_capability())"); \
 	  [ "$$got" = "$$(echo $(CAP) | tr a-z A-Z)" ] || { echo "torch runs $$got kernels, not ATEN_CPU_CAPABILITY=$(CAP)" >&2; exit 1; }
-	ATEN_CPU_CAPABILITY=$(CAP) $(PY) -m pytest -p no:cacheprovider -n $(JOBS) -m "not slow" tests/test_shipped_models.py tests/test_train.py \
+	ATEN_CPU_CAPABILITY=$(CAP) $(PY) -m pytest -p no:cacheprovider -n $(JOBS) -m "not slow" -k "not catches_real_changes" \
+	  tests/test_shipped_models.py tests/test_train.py \
 	  || { rc=$$?; [ $$rc -ne 5 ] || echo "pytest collected no tests" >&2; exit $$rc; }
 	ATEN_CPU_CAPABILITY=$(CAP) $(PY) -m pytest -p no:cacheprovider $(NBVAL) $(NOTEBOOKS) \
 	  || { rc=$$?; [ $$rc -ne 5 ] || echo "pytest collected no notebook cells" >&2; exit $$rc; }
