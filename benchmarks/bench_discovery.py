@@ -32,7 +32,7 @@ from toylab.discovery.edge_patching import edge_effects
 from toylab.discovery.graph import Graph
 from toylab.discovery.metrics import induction_positions, kl_to_clean, logit_diff, next_token_loss_on
 from toylab.discovery.reference import induction_circuit, induction_hypotheses
-from toylab.discovery.roc import roc_curve
+from toylab.discovery.roc import roc_curve, spearman, topk_recall
 from toylab.discovery.subnetwork_probing import subnetwork_probing
 from toylab.discovery.scrubbing import EquivalenceClasses, Hypothesis, scrub
 from toylab.presets import get_preset, load_model
@@ -45,19 +45,6 @@ def best_time(fn, repeats: int):
         out = fn()
         best = min(best, time.perf_counter() - t0)
     return best, out
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman correlation with average ranks for ties (exact effects of 0 are common)."""
-    def ranks(x):
-        x = x.double()
-        return (x[:, None] > x[None, :]).sum(1) + 0.5 * ((x[:, None] == x[None, :]).sum(1) - 1)
-    return float(torch.corrcoef(torch.stack([ranks(a), ranks(b)]).double())[0, 1])
-
-
-def topk_recall(est: torch.Tensor, exact: torch.Tensor, k: int) -> float:
-    """Fraction of the ``k`` edges with the largest exact ``|effect|`` that are among the ``k`` largest ``|est|``."""
-    return len(set(exact.abs().topk(k).indices.tolist()) & set(est.abs().topk(k).indices.tolist())) / k
 
 
 def main() -> None:

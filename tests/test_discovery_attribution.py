@@ -9,6 +9,7 @@ from toylab.discovery.edge_patching import edge_effects
 from toylab.discovery.graph import Graph
 from toylab.discovery.reference import induction_circuit
 from toylab.discovery.metrics import induction_positions, kl_to_clean, logit_diff, next_token_loss_on
+from toylab.discovery.roc import spearman
 from toylab.presets import get_preset, load_model
 from toylab.scores import previous_token_score
 
@@ -23,14 +24,6 @@ def setup():
     corr = ds.sample_batch(32, torch.Generator().manual_seed(1))
     metric = logit_diff(clean.tokens, corr.tokens, induction_positions(clean.is_repeat))
     return model, Graph(model), clean, corr, metric
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman correlation with average ranks for ties (exact effects of 0 are common)."""
-    def ranks(x):
-        x = x.double()
-        return (x[:, None] > x[None, :]).sum(1) + 0.5 * ((x[:, None] == x[None, :]).sum(1) - 1)
-    return float(torch.corrcoef(torch.stack([ranks(a), ranks(b)]).double())[0, 1])
 
 
 def no_hooks(model):
