@@ -536,8 +536,9 @@ def test_resampled_induction_prediction(induction_model):
 
 # ------------------------------------------------------------ term importance
 def _no_virtual_loss(model, tokens, freeze=True, with_pos=True, layers=None):
-    """The loss with the values of ``layers`` (default all) read from the embeddings: the reference
-    (defaults) and three plausible wrong variants, so a wrong answer gets the hint for its mistake."""
+    """The loss with the values of ``layers`` (default all) read from the embeddings, in three plausible
+    wrong variants (patterns not frozen, positions left out, some layers only), so a wrong answer gets
+    the hint for its mistake (the reference itself is ``term_importance``)."""
     from toylab.interventions import frozen_pattern_hooks
     from toylab.model import next_token_loss
 
@@ -575,7 +576,7 @@ def test_virtual_terms_loss(induction_model):
         assert not any(hp._forward_hooks for hp in model.hook_dict.values()), \
             "a hook is still attached after virtual_terms_loss returned: use run_with_hooks"
         full = float(next_token_loss(model(tokens), tokens).mean())
-        hints = [(full - _no_virtual_loss(model, tokens), "the sign is flipped: the loss the virtual terms "
+        hints = [(-want, "the sign is flipped: the loss the virtual terms "
                   "explain is L_no_virtual - L_full (removing them makes the loss go up)"),
                  (_no_virtual_loss(model, tokens, freeze=False) - full, "the attention patterns were not frozen: "
                   "with new values the later layers' queries and keys change too, and the expansion no longer "
