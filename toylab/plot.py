@@ -46,6 +46,12 @@ def _check_count(items, n: int, what: str, of: str) -> None:
         raise ValueError(f"got {len(items)} {what} for {n} {of}: give exactly {n}, one per entry")
 
 
+def _check_positive(name: str, value, meaning: str) -> None:
+    """``value`` is ``None`` (use the default) or a positive number; else a ValueError that says what it is."""
+    if value is not None and not (isinstance(value, (int, float)) and value > 0):
+        raise ValueError(f"{name} must be a positive number ({meaning}), got {value!r}")
+
+
 def _axes(ax, n: int = 1, size=(4.0, 3.6)):
     if ax is not None:
         axes = list(np.ravel(np.asarray(ax, dtype=object)))
@@ -99,8 +105,7 @@ def composition(scores, baseline: float, row_labels: Sequence[str], col_labels: 
         raise ValueError(f"baseline must be a positive number (the random composition score), got {baseline!r}")
     if s.shape != (len(row_labels), len(col_labels)):
         raise ValueError(f"scores {list(s.shape)} do not match {len(row_labels)} x {len(col_labels)} labels")
-    if span is not None and not (isinstance(span, (int, float)) and span > 0):
-        raise ValueError(f"span must be a positive number (half the colour scale), got {span!r}")
+    _check_positive("span", span, "half the colour scale")
     fig, (a,) = _axes(ax)
     span = max(np.abs(s - baseline).max(), 1e-9) if span is None else span
     im = a.imshow(s, cmap="RdBu_r", vmin=baseline - span, vmax=baseline + span)
@@ -133,8 +138,7 @@ def eigenvalues(eigs, titles: Sequence[str] | None = None, ax=None, lim: float |
     if e.ndim != 2 or e.shape[-1] == 0:
         raise ValueError(f"eigs must be [n_heads, k] or [k] with k >= 1, got {list(e.shape)}")
     _check_count(titles, e.shape[0], "titles", "heads")
-    if lim is not None and not (isinstance(lim, (int, float)) and lim > 0):
-        raise ValueError(f"lim must be a positive number (the half width of each panel), got {lim!r}")
+    _check_positive("lim", lim, "the half width of each panel")
     fig, axes = _axes(ax, e.shape[0], size=(3.2, 3.2))
     for i, a in enumerate(axes):
         lam = e[i]
@@ -167,8 +171,7 @@ def circuit(matrix, row_label: str = "source token", col_label: str = "output to
         raise ValueError(f"a circuit image needs a 2-D matrix, got shape {list(m.shape)}")
     if ticks is not None and (len(ticks) != m.shape[0] or len(ticks) != m.shape[1]):
         raise ValueError(f"{len(ticks)} ticks for a {m.shape[0]} x {m.shape[1]} matrix (ticks name both axes)")
-    if vmax is not None and not (isinstance(vmax, (int, float)) and vmax > 0):
-        raise ValueError(f"vmax must be a positive number (the colour scale's end), got {vmax!r}")
+    _check_positive("vmax", vmax, "the colour scale's end")
     fig, (a,) = _axes(ax, size=(4.4, 4.0))
     if center:
         span = max(np.abs(m).max(), 1e-12) if vmax is None else vmax
@@ -254,8 +257,7 @@ def patching(effect, row_labels: Sequence[str], col_labels: Sequence[str] | None
     if e.ndim != 2 or e.shape[0] != len(row_labels):
         raise ValueError(f"effect must be [len(row_labels) = {len(row_labels)}, n_pos], got {list(e.shape)}")
     _check_count(col_labels, e.shape[1], "col_labels", "positions")
-    if vmax is not None and not (isinstance(vmax, (int, float)) and vmax > 0):
-        raise ValueError(f"vmax must be a positive number (the colour scale's end), got {vmax!r}")
+    _check_positive("vmax", vmax, "the colour scale's end")
     fig, (a,) = _axes(ax, size=(max(4.0, 0.22 * e.shape[1] + 1.5), 0.35 * e.shape[0] + 1.6))
     span = max(np.abs(e).max(), 1e-12) if vmax is None else vmax
     im = a.imshow(e, cmap="RdBu_r", vmin=-span, vmax=span, aspect="auto")
