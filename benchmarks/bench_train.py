@@ -10,7 +10,8 @@ Prints, for this machine and thread count:
    (data, forward, backward, clipping, optimiser);
 4. the canonical 2L run: wall time to the phase change (repeated-half loss
    below ln(V)/2) and until the best induction score first exceeds 0.9, and
-   the one-off cost of torch's first optimiser (it imports torch._dynamo);
+   the one-off cost of the first optimiser step, toylab's and torch's (torch's
+   imports torch._dynamo);
 5. if transformer_lens is importable: the step time of an equivalent
    HookedTransformer (attn_only, no normalization, same config, optimiser,
    batch) and the ratio toylab / TransformerLens.
@@ -34,6 +35,7 @@ import torch
 
 from toylab.data import make_dataset
 from toylab.model import AttnOnlyTransformer, ModelConfig
+from toylab.optim import AdamW
 from toylab.presets import PRESETS
 from toylab.train import evaluate, train
 
@@ -236,10 +238,18 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    t0, c0 = time.perf_counter(), time.thread_time()
-    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])  # the first optimiser imports torch._dynamo
-    print(f"torch {torch.__version__}, {args.threads} thread(s); the first torch optimiser of a process costs "
-          f"{time.perf_counter() - t0:.1f} s wall, {time.thread_time() - c0:.1f} s cpu (import of torch._dynamo)")
+    first = {}
+    for name, cls in (("toylab.optim.AdamW", AdamW), ("torch.optim.AdamW", torch.optim.AdamW)):
+        t0, c0 = time.perf_counter(), time.thread_time()
+        p = torch.nn.Parameter(torch.zeros(1))
+        p.grad = torch.ones(1)
+        opt = cls([p])
+        opt.zero_grad(set_to_none=False)
+        opt.step()
+        first[name] = (time.perf_counter() - t0, time.thread_time() - c0)
+    print(f"torch {torch.__version__}, {args.threads} thread(s); the first optimiser step of a process costs "
+          + ", ".join(f"{n} {w:.2f} s wall ({c:.2f} s cpu)" for n, (w, c) in first.items())
+          + " (torch's imports torch._dynamo)")
     peak = matmul_peak()
     print(f"float32 matmul peak {peak['wall'] / 1e9:.1f} GFLOP/s wall, {peak['cpu'] / 1e9:.1f} GFLOP/s cpu")
     bench_presets(args.steps, peak)

@@ -27,6 +27,7 @@ from toylab.checkpoint import save_checkpoint
 from toylab.data import make_dataset, probe_half_len, repeated_tokens, repeated_tokens_with_gap
 from toylab.evaluation import off_probe_applies, off_probe_metrics
 from toylab.model import AttnOnlyTransformer, ModelConfig, config_from_dict, next_token_loss
+from toylab.optim import AdamW
 from toylab.progress import Progress
 from toylab.scores import induction_score, previous_token_score
 
@@ -284,7 +285,7 @@ def _train_loop(model_cfg, dataset, cfg: TrainConfig, seed, progress, desc, call
     decay = [p for n, p in model.named_parameters() if n.split(".")[-1] in ("W_Q", "W_K", "W_V", "W_O")]
     no_decay = [p for n, p in model.named_parameters() if n.split(".")[-1] not in ("W_Q", "W_K", "W_V", "W_O")]
     # fused: one kernel for all parameters (half the optimiser time of the per-tensor loop on CPU)
-    opt = torch.optim.AdamW(
+    opt = AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr_at(1), betas=cfg.betas, fused=True,
     )

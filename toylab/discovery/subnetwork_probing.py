@@ -27,6 +27,7 @@ import torch
 from toylab.discovery.edge_patching import _source_outputs, check_pair, run_with_edges
 from toylab.discovery.graph import Circuit, Graph
 from toylab.discovery.metrics import kl_to_clean
+from toylab.optim import Adam
 
 BETA, GAMMA, ZETA = 2.0 / 3.0, -0.1, 1.1
 
@@ -62,7 +63,7 @@ def subnetwork_probing(model, graph: Graph, clean, corrupted, lam: float, metric
     src = _source_outputs(model, graph, clean, corrupted)
     g = torch.Generator().manual_seed(int(seed))
     log_alpha = torch.full((len(graph),), 3.0, requires_grad=True)  # start with every edge (almost surely) kept
-    opt = torch.optim.Adam([log_alpha], lr=lr)
+    opt = Adam([log_alpha], lr=lr)
     shift = BETA * math.log(-GAMMA / ZETA)
     params = [p for p in model.parameters()]
     was = [p.requires_grad for p in params]

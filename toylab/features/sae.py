@@ -102,6 +102,11 @@ class SparseAutoencoder(nn.Module):
         """``x [batch, d_in]`` -> latents ``f [batch, d_sae]`` (>= 0)."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def fired(self, x: torch.Tensor) -> torch.Tensor:
+        """``[d_sae]`` bool: the latents active (> 0) on at least one row of ``x [batch, d_in]``."""
+        return (self.encode(x) > 0).any(0)
+
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         """``f [batch, d_sae]`` -> ``x_hat = (f W_dec + b_dec) / s`` ``[batch, d_in]``."""
         if not isinstance(f, torch.Tensor) or f.ndim != 2 or f.shape[1] != self.d_sae:

@@ -38,6 +38,7 @@ import math
 import torch
 from torch import nn
 
+from toylab.optim import Adam
 from toylab.progress import Progress
 
 REGIMES = ("not_represented", "dedicated", "superposed")
@@ -116,7 +117,7 @@ def train_toy_model(model: ToyModel, steps: int = 3000, batch_size: int = 1024, 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     g = torch.Generator().manual_seed(int(seed))
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = Adam(model.parameters(), lr=lr)
     grad_was = torch.is_grad_enabled()
     torch.set_grad_enabled(True)
     try:
@@ -181,7 +182,7 @@ def _superposed_losses(r: torch.Tensor, p: torch.Tensor, n_grid: int = 64, steps
     grad_was = torch.is_grad_enabled()
     torch.set_grad_enabled(True)
     try:
-        opt = torch.optim.Adam([logw, b], lr=0.05)
+        opt = Adam([logw, b], lr=0.05)
         for _ in range(steps):
             loss = expected(logw, b).sum()
             opt.zero_grad()

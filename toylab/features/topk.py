@@ -69,6 +69,20 @@ class TopKSAE(SparseAutoencoder):
         vals, idx = pre.topk(k, dim=1)
         return torch.zeros_like(pre).scatter(1, idx, torch.relu(vals))
 
+    @staticmethod
+    def _fired(vals: torch.Tensor, idx: torch.Tensor, d_sae: int) -> torch.Tensor:
+        """``[d_sae]`` bool from ``pre.topk(k)``'s values and indices: the latents that are
+        positive for some row (``(encode(x) > 0).any(0)``, without the dense ``[batch, d_sae]``)."""
+        fired = torch.zeros(d_sae, dtype=torch.bool)
+        fired[idx[vals > 0]] = True
+        return fired
+
+    @torch.no_grad()
+    def fired(self, x: torch.Tensor) -> torch.Tensor:
+        """``[d_sae]`` bool: the latents active on at least one row of ``x [batch, d_in]``."""
+        vals, idx = self.pre_acts(x).topk(self.k, dim=1)
+        return self._fired(vals, idx, self.d_sae)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """``f = TopK_k(ReLU(pre_acts(x)))`` ``[batch, d_sae]``."""
         return self._topk(self.pre_acts(x), self.k)
@@ -82,7 +96,8 @@ class TopKSAE(SparseAutoencoder):
         """``mean ||e||^2 + aux_coefficient * mean ||e - e_hat||^2`` (see the module docstring).
         Also updates ``steps_since_fired`` when the module is in training mode."""
         pre = self.pre_acts(x)
-        f = self._topk(pre, self.k)
+        vals, idx = pre.topk(self.k, dim=1)
+        f = torch.zeros_like(pre).scatter(1, idx, torch.relu(vals))
         target = x * self.input_scale
         recon = f @ self.W_dec + self.b_dec
         resid = target - recon
@@ -91,8 +106,7 @@ class TopKSAE(SparseAutoencoder):
         aux = torch.zeros(())
         if self.training:
             with torch.no_grad():
-                fired = (f > 0).any(0)
-                self.steps_since_fired.add_(1).masked_fill_(fired, 0)
+                self.steps_since_fired.add_(1).masked_fill_(self._fired(vals, idx, self.d_sae), 0)
         dead = self.dead
         n_dead = int(dead.sum())
         if n_dead > 0 and self.aux_coefficient > 0:
@@ -102,4 +116,4 @@ class TopKSAE(SparseAutoencoder):
             aux = (resid.detach() - e_hat).pow(2).sum(1).mean()
             total = total + self.aux_coefficient * aux
         return total, {"mse": float(mse.detach()), "aux": float(aux.detach()), "dead": float(n_dead),
-                       "l0": float((f > 0).float().sum(1).mean())}
+                       "l0": float((vals.detach() > 0).float().sum(1).mean())}

@@ -18,6 +18,7 @@ import torch
 from toylab.checkpoint import atomic_write
 from toylab.features.sae import ReluSAE, SparseAutoencoder, check_activations, resample_dead_latents
 from toylab.features.topk import TopKSAE
+from toylab.optim import Adam
 from toylab.progress import Progress
 
 #: hook-name endings an SAE can be trained on (``[batch, pos, d]`` or ``[batch, pos, head, d_head]``)
@@ -120,7 +121,7 @@ def train_sae(sae: SparseAutoencoder, acts: torch.Tensor, *, steps: int = 2000, 
         with torch.no_grad():
             sae.b_dec.copy_(acts.mean(0) * s if init_b_dec == "mean" else torch.zeros(sae.d_in))
         g = torch.Generator().manual_seed(int(seed))
-        opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999))
+        opt = Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999))
         n = acts.shape[0]
         batch_size = min(batch_size, n)
         perm, cursor = torch.randperm(n, generator=g), 0
@@ -144,8 +145,7 @@ def train_sae(sae: SparseAutoencoder, acts: torch.Tensor, *, steps: int = 2000, 
                 opt.step()
                 sae.normalize_decoder()
                 if resample_every is not None:
-                    with torch.no_grad():
-                        fired |= (sae.encode(x) > 0).any(0)
+                    fired |= sae.fired(x)
                     if (step + 1) % resample_every == 0:
                         if step < 0.7 * steps:
                             sub = acts[torch.randint(0, n, (min(n, 8192),), generator=g)]
