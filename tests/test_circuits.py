@@ -76,7 +76,7 @@ def test_induction_k_composition_circuit_has_a_dominant_diagonal():
     m = shipped("induction-2l").model
     C = k_composition_circuit(m, (0, 0), (1, 1)).AB[1:, 1:]        # tokens 1..V-1
     acc = (C.argmax(-1) == torch.arange(C.shape[0])).float().mean().item()
-    print(f"K-composition circuit 0.0 -> 1.1 top-1 diagonal accuracy: {acc:.4f}")
+    print(f"K-composition circuit L0H0 -> L1H1 top-1 diagonal accuracy: {acc:.4f}")
     assert acc >= 0.9
     # through the other layer-0 head (not a previous-token head) there is no such diagonal
     C1 = k_composition_circuit(m, (0, 1), (1, 1)).AB[1:, 1:]
@@ -123,7 +123,7 @@ def test_path_expansion_on_shipped_models(name):
     total = torch.stack(list(terms.values())).sum(0)
     assert (total - ck.model(toks)).abs().max().item() < 1e-4
     if name == "induction-2l":
-        assert set(terms) == {"direct", "0.0", "0.1", "1.0", "1.1", "0.0->1.0", "0.0->1.1", "0.1->1.0", "0.1->1.1"}
+        assert set(terms) == {"direct", "L0H0", "L0H1", "L1H0", "L1H1", "L0H0->L1H0", "L0H0->L1H1", "L0H1->L1H0", "L0H1->L1H1"}
 
 
 def test_path_expansion_single_head_term_formula():

@@ -55,7 +55,7 @@ def test_train_needs_exactly_one_target():
 def test_analyze_prints_the_head_report_and_composition(capsys):
     assert main(["analyze", "induction-2l"]) == 0
     out = capsys.readouterr().out
-    assert "K-composition" in out and "0.0->1.1" in out and "induction" in out
+    assert "K-composition" in out and "L0H0->L1H1" in out and "induction" in out
     assert main(["analyze", "bigram-0l"]) == 0
     assert "bigram table" in capsys.readouterr().out
 

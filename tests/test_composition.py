@@ -69,16 +69,16 @@ def test_induction_model_k_composition():
               f"relative {[[round(v / b, 2) for v in r] for r in s.tolist()]} (empirical baseline {b:.4f}, "
               f"analytic {analytic_baseline(64):.4f})")
     k = scores["K"]
-    ind = k[0, 1].item()  # previous-token head 0.0 -> induction head 1.1
+    ind = k[0, 1].item()  # previous-token head L0H0 -> induction head L1H1
     assert ind == k.max().item()
     assert ind >= 1.5 * base
     for kind in "QV":
         assert scores[kind].max().item() < ind
     # V-composition stays below the 1.5x of the baseline that counts as composition above
-    # (the model retrained on stopping repeats has 0.0 -> 1.1 at about 1.2x; the first model was below 1x)
+    # (the model retrained on stopping repeats has L0H0 -> L1H1 at about 1.2x; the first model was below 1x)
     assert scores["V"].max().item() < 1.5 * base
-    # Q-composition into the main induction head 1.1 stays near (below) chance; note
-    # that 0.0 -> 1.0 Q-composition is about 1.5x the baseline (reported, not hidden)
+    # Q-composition into the main induction head L1H1 stays near (below) chance; note
+    # that L0H0 -> L1H0 Q-composition is about 1.5x the baseline (reported, not hidden)
     assert scores["Q"][:, 1].max().item() <= 1.2 * base
     rel = relative_composition_scores(m, "K")
     assert rel[0, 0, 1, 1].item() == pytest.approx(ind / base, rel=1e-5)

@@ -31,14 +31,14 @@ def test_families_reproduce_the_activations_exactly(model, tokens):
     torch.testing.assert_close(cache["hook_embed"], true_features(model, "hook_embed")["token"][tokens])
     pattern = cache["blocks.0.attn.hook_pattern"]  # [b, h, q, k]
     ov = true_features(model, "blocks.0.hook_attn_out")
-    rebuilt = sum(torch.einsum("bqk,bkd->bqd", pattern[:, h], ov[f"ov_0.{h}"][tokens]) for h in range(2))
+    rebuilt = sum(torch.einsum("bqk,bkd->bqd", pattern[:, h], ov[f"ov_L0H{h}"][tokens]) for h in range(2))
     torch.testing.assert_close(cache["blocks.0.hook_attn_out"], rebuilt, atol=1e-5, rtol=1e-5)
     for h in range(2):
-        v = true_features(model, "blocks.0.attn.hook_z", head=h)[f"v_0.{h}"]
+        v = true_features(model, "blocks.0.attn.hook_z", head=h)[f"v_L0H{h}"]
         torch.testing.assert_close(cache["blocks.0.attn.hook_z"][:, :, h],
                                    torch.einsum("bqk,bkd->bqd", pattern[:, h], v[tokens]), atol=1e-5, rtol=1e-5)
     post = true_features(model, "blocks.0.hook_resid_post")
-    assert sorted(post) == ["ov_0.0", "ov_0.1", "token"]
+    assert sorted(post) == ["ov_L0H0", "ov_L0H1", "token"]
     torch.testing.assert_close(cache["blocks.0.hook_resid_post"], tf["token"][tokens] + rebuilt, atol=1e-5,
                                rtol=1e-5)
 
@@ -112,7 +112,7 @@ def test_topk_sae_after_layer_0_recovers_the_previous_token_family(model, sae_to
         acts = gather_activations(mdl, "blocks.0.hook_resid_post", sae_tokens)
         sae = TopKSAE(64, 320, k=2, seed=0)  # 254 true directions (2 x 127) and some spare latents
         train_sae(sae, acts, steps=500, batch_size=1024, seed=0, resample_every=100, progress=False)
-        scores[name] = mcc(sae.directions(), true_features(mdl, "blocks.0.hook_resid_post")[f"ov_0.{head}"][1:])
+        scores[name] = mcc(sae.directions(), true_features(mdl, "blocks.0.hook_resid_post")[f"ov_L0H{head}"][1:])
     # measured: 0.96 on the first shipped model, 0.94 on the retrained one (31k activations, 500 steps;
     # 0.998 with 100k activations and 1000 steps); the control's own family about 0.47
     assert scores["trained"] >= 0.9, scores

@@ -91,7 +91,7 @@ def test_ce_recovered_identity_is_one(model, tokens):
 
 
 def test_per_head_sae_ablates_only_its_own_head(model, tokens):
-    """The SAELens regression: the baseline of head 1.1's SAE zeroes head 1.1, not the whole layer."""
+    """The SAELens regression: the baseline of head L1H1's SAE zeroes head L1H1, not the whole layer."""
     r = ce_loss_recovered(model, identity_sae(32), "blocks.1.attn.hook_z", tokens, head=1)
 
     @torch.no_grad()

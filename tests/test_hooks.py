@@ -66,7 +66,7 @@ def test_hook_can_replace_an_activation(model):
         return z
 
     ablated = model.run_with_hooks(TOKENS, fwd_hooks=[("blocks.1.attn.hook_z", kill_head_0)])
-    # the same ablation by hand: remove head 1.0's output from the final residual stream
+    # the same ablation by hand: remove head L1H0's output from the final residual stream
     _, cache = model.run_with_cache(TOKENS)
     manual = (cache["resid_post", 1] - cache["result", 1][:, :, 0]) @ model.W_U
     torch.testing.assert_close(ablated, manual, atol=1e-5, rtol=1e-5)

@@ -36,7 +36,7 @@ def no_hooks(model):
 def test_denoising_induction_heads_restores_clean(model, pair, name):
     clean, corr = pair
     metric = make_metric(name, clean, positions=SECOND, incorrect_tokens=corr)
-    both = patch(model, clean, corr, "z", metric, layer=1)  # layer 1 = heads 1.0 and 1.1
+    both = patch(model, clean, corr, "z", metric, layer=1)  # layer 1 = heads L1H0 and L1H1
     only = [patch(model, clean, corr, "z", metric, layer=1, head=h) for h in (0, 1)]
     print(f"denoise z of 1.0+1.1 ({name}): {both:.4f}; 1.0 alone {only[0]:.3f}, 1.1 alone {only[1]:.3f}")
     assert both >= 0.8
@@ -105,7 +105,7 @@ def test_path_patching_previous_token_head_acts_through_keys(model, pair):
             for inp in "qkv":
                 row[f"{tag}.{inp}"] = (1 - path_patch(model, clean, corr, (0, 0), recv, inp, metric)) / total
         out[name] = row
-        print(f"path patching 0.0 -> (fraction of 0.0's total effect, {name}):",
+        print(f"path patching L0H0 -> (fraction of L0H0's total effect, {name}):",
               {k: round(v, 3) for k, v in row.items()})
     lp = out["logprob"]
     assert lp["1.0+1.1.k"] > 0.8  # keys carry most of the effect

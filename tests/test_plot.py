@@ -21,8 +21,8 @@ def png_bytes(fig) -> bytes:
 
 def test_attention_patterns_one_panel_per_head():
     pattern = torch.softmax(torch.randn(2, 5, 5), -1)
-    fig = plot.attention_patterns(pattern, labels=list("abcde"), titles=["0.0", "0.1"])
-    assert [a.get_title() for a in fig.axes[:2]] == ["0.0", "0.1"]
+    fig = plot.attention_patterns(pattern, labels=list("abcde"), titles=["L0H0", "L0H1"])
+    assert [a.get_title() for a in fig.axes[:2]] == ["L0H0", "L0H1"]
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == list("abcde")
     assert png_bytes(fig).startswith(b"\x89PNG")
     with pytest.raises(ValueError, match=r"\[n_heads, pos, pos\]"):
@@ -32,7 +32,7 @@ def test_attention_patterns_one_panel_per_head():
 
 
 def test_composition_marks_the_baseline():
-    fig = plot.composition(torch.tensor([[0.4, 0.1], [0.12, 0.1]]), 0.1, ["0.0", "0.1"], ["1.0", "1.1"])
+    fig = plot.composition(torch.tensor([[0.4, 0.1], [0.12, 0.1]]), 0.1, ["L0H0", "L0H1"], ["L1H0", "L1H1"])
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert "0.40\n(4.0x)" in texts and "baseline 0.10" in fig.axes[0].get_title()
     png_bytes(fig)
@@ -87,15 +87,15 @@ def test_shared_scales_and_readable_ticks():
 
 
 def test_composition_shares_a_scale_when_asked():
-    fig = plot.composition(torch.tensor([[0.4, 0.1]]), 0.1, ["0.0"], ["1.0", "1.1"], span=0.5)
+    fig = plot.composition(torch.tensor([[0.4, 0.1]]), 0.1, ["L0H0"], ["L1H0", "L1H1"], span=0.5)
     assert fig.axes[0].images[0].get_clim() == pytest.approx((-0.4, 0.6))
     assert [t.get_color() for t in fig.axes[0].texts] == ["black", "black"]
     png_bytes(fig)
-    fig = plot.composition(torch.tensor([[0.4, 0.1]]), 0.1, ["0.0"], ["1.0", "1.1"])
+    fig = plot.composition(torch.tensor([[0.4, 0.1]]), 0.1, ["L0H0"], ["L1H0", "L1H1"])
     assert [t.get_color() for t in fig.axes[0].texts] == ["white", "black"]
     png_bytes(fig)
     with pytest.raises(ValueError, match="positive number"):
-        plot.composition(torch.tensor([[0.4, 0.1]]), 0.1, ["0.0"], ["1.0", "1.1"], span=0)
+        plot.composition(torch.tensor([[0.4, 0.1]]), 0.1, ["L0H0"], ["L1H0", "L1H1"], span=0)
 
 
 def test_training_history_on_a_log_step_axis():

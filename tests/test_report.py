@@ -31,7 +31,7 @@ def test_induction_model_heads_are_labelled():
     assert rep[0, 1]["label"] not in ("induction", "previous-token")
     table = str(rep)
     assert table.splitlines()[0].split()[:3] == ["head", "label", "prev"]
-    assert "1.1" in table and "induction" in table
+    assert "L1H1" in table and "induction" in table
     assert rep.scores["induction"].shape == (2, 2)
 
 

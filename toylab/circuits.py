@@ -40,6 +40,7 @@ from torch import Tensor
 
 from toylab.factored import FactoredMatrix
 from toylab.hooks import resolve_index
+from toylab.model import head_name
 
 HeadIndex = Union[int, Sequence[int]]
 
@@ -237,7 +238,7 @@ def virtual_weights(model, write, read) -> FactoredMatrix:
         W_w, w_layer, w_name = _W_pos(model).detach(), -1, "pos"
     elif isinstance(write, (tuple, list)) and len(write) == 2:
         l, h = check_head(model, tuple(write))
-        W_w, w_layer, w_name = model.W_O.detach()[l, h], l, f"head {l}.{h}"
+        W_w, w_layer, w_name = model.W_O.detach()[l, h], l, f"head {head_name(l, h)}"
     else:
         raise ValueError(f'write must be "embed", "pos" or a head (layer, head), got {write!r}')
     # reader
@@ -258,8 +259,8 @@ def virtual_weights(model, write, read) -> FactoredMatrix:
 
 # ------------------------------------------------------------- path expansion
 def path_label(path: Sequence[tuple[int, int]]) -> str:
-    """``()`` -> ``"direct"``, ``((0, 1),)`` -> ``"0.1"``, ``((0, 1), (1, 0))`` -> ``"0.1->1.0"``."""
-    return "direct" if not path else "->".join(f"{l}.{h}" for l, h in path)
+    """``()`` -> ``"direct"``, ``((0, 1),)`` -> ``"L0H1"``, ``((0, 1), (1, 0))`` -> ``"L0H1->L1H0"``."""
+    return "direct" if not path else "->".join(head_name(l, h) for l, h in path)
 
 
 @torch.no_grad()
@@ -278,7 +279,7 @@ def path_expansion(model, tokens: Tensor) -> dict[str, Tensor]:
     one per virtual head ...). There are ``prod_l (1 + n_heads)`` paths.
 
     Returns ``{label: [batch, pos, d_vocab]}`` in path order, labels from
-    :func:`path_label` (``"direct"``, ``"0.1"``, ``"0.1->1.0"``); the values sum
+    :func:`path_label` (``"direct"``, ``"L0H1"``, ``"L0H1->L1H0"``); the values sum
     to ``model(tokens)`` up to float round-off (computed in float64, returned in
     the model's dtype).
     """

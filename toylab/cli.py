@@ -182,6 +182,7 @@ def cmd_info(args) -> int:
 
 def cmd_analyze(args) -> int:
     from toylab.composition import analytic_baseline, composition_scores
+    from toylab.model import head_name
     from toylab.report import head_report
 
     ckpt = load_checkpoint(_resolve_checkpoint(args.checkpoint))
@@ -198,7 +199,7 @@ def cmd_analyze(args) -> int:
         for kind in ("Q", "K", "V"):
             scores = composition_scores(model, kind, layer_a=layer_b - 1, layer_b=layer_b)
             rows = "  ".join(
-                f"{layer_b - 1}.{a}->{layer_b}.{b} {scores[a, b]:.3f} ({scores[a, b] / base:.1f}x)"
+                f"{head_name(layer_b - 1, a)}->{head_name(layer_b, b)} {scores[a, b]:.3f} ({scores[a, b] / base:.1f}x)"
                 for a in range(scores.shape[0]) for b in range(scores.shape[1])
             )
             print(f"{kind}-composition (baseline 1/sqrt(d_model) = {base:.3f}): {rows}")

@@ -94,6 +94,12 @@ def config_from_dict(cls, d: dict):
     return cls(**d)
 
 
+def head_name(layer: int, head: int) -> str:
+    """The lab's name for head ``head`` of layer ``layer``: ``"L{layer}H{head}"``
+    (TransformerLens's ``L0H1`` style; the book uses it throughout)."""
+    return f"L{layer}H{head}"
+
+
 def layer_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """LayerNorm without learned weights: centre and scale each residual vector."""
     x = x - x.mean(-1, keepdim=True)

@@ -57,6 +57,7 @@ from torch import Tensor
 from toylab.circuits import positional_qk
 from toylab.copying import copying_scores, random_copying_baseline
 from toylab.data import probe_half_len, repeated_tokens
+from toylab.model import head_name
 from toylab.scores import duplicate_token_score, head_detector_scores, induction_score, previous_token_score
 
 THRESHOLDS: dict[str, tuple[str, float]] = {
@@ -209,7 +210,7 @@ class HeadReport:
         lines = [f"{head[0]:<6}{head[1]:<26}" + "".join(f"{h:>9}" for h in head[2:])]
         for r in self.rows:
             vals = "".join(f"{r[c]:>9.3f}" for c in SCORE_NAMES)
-            lines.append(f"{r['layer']}.{r['head']:<4}{r['label']:<26}{vals}")
+            lines.append(f"{head_name(r['layer'], r['head']):<6}{r['label']:<26}{vals}")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 

@@ -193,7 +193,7 @@ def test_top_skip_trigrams(skiptrigram):
     for h in range(model.cfg.n_heads):
         top = [tuple(int(x) for x in t) for t in f(qk_all[h], ov_all[h], d, 5)]
         wrong = [t for t in top if t not in rules]
-        assert not wrong, f"head 0.{h}: your top-5 triples {top} include {wrong}, which are not rules of the language"
+        assert not wrong, f"head L0H{h}: your top-5 triples {top} include {wrong}, which are not rules of the language"
         found |= set(top)
     assert len(found) == 10, f"the two heads' top-5 triples should be 10 distinct rules, got {sorted(found)}"
 

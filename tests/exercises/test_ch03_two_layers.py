@@ -211,11 +211,11 @@ def test_diagonal_accuracy(induction_model):
                   hint="take the maximum of each row (argmax over dim -1): rows 0 and 2 peak on the diagonal")
     C = lib_k_circuit(induction_model, (0, 0), (1, 1)).AB
     want = float((C.argmax(-1) == torch.arange(C.shape[0])).double().mean())
-    expect_number(f(C), want, "the diagonal accuracy of the K-composition circuit 0.0 -> 1.1", tol=1e-9)
+    expect_number(f(C), want, "the diagonal accuracy of the K-composition circuit L0H0 -> L1H1", tol=1e-9)
 
 
 def _planted(kind: str, seed: int):
-    """A random 2-layer, 2-head model in which head 1.hb reads head 0.ha by ``kind``-composition only."""
+    """A random 2-layer, 2-head model in which head L1H{hb} reads head L0H{ha} by ``kind``-composition only."""
     ha, hb = seed % 2, (seed // 2) % 2
     m = AttnOnlyTransformer(ModelConfig(d_vocab=20, n_ctx=10, d_model=32, n_layers=2, n_heads=2, d_head=16,
                                         positional="learned"), seed=seed)

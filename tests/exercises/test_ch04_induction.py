@@ -98,7 +98,7 @@ def test_previous_token_score(probe):
         expect_tensor(f(pattern), want, f"previous_token_score of layer {layer} of induction-2l", "n_heads",
                       atol=1e-5, hints=[(wrong, "Average over the positions q >= 1 only (there are pos - 1).")])
     got = f(patterns[0])
-    assert got[0] > 0.9, f"head 0.0 is the previous-token head, its score should be above 0.9, got {got[0]:.3f}"
+    assert got[0] > 0.9, f"head L0H0 is the previous-token head, its score should be above 0.9, got {got[0]:.3f}"
 
 
 @pytest.mark.exercise("duplicate_token_score")
@@ -178,7 +178,7 @@ def test_induction_score(probe):
     assert got_dup < 0.1, (f"a head that attends to the earlier copy ITSELF is a duplicate-token head, not an "
                            f"induction head, but your score for it is {got_dup:.3f}: shift the match by one position")
     got = f(patterns[1], tokens, dest)
-    assert got[1] > 0.8, f"head 1.1 is the main induction head, its score should be above 0.8, got {got[1]:.3f}"
+    assert got[1] > 0.8, f"head L1H1 is the main induction head, its score should be above 0.8, got {got[1]:.3f}"
 
 
 @pytest.mark.exercise("icl_score")

@@ -94,7 +94,7 @@ def test_mean_ablation_hook(induction_model, pair):
         z[:, :, 0] = flat
         return z
     wrong = model.run_with_hooks(clean, fwd_hooks=[(name, wrong_fn)])
-    expect_tensor(got, want, "logits with head 0.0 mean-ablated", "batch, pos, d_vocab", atol=1e-4,
+    expect_tensor(got, want, "logits with head L0H0 mean-ablated", "batch, pos, d_vocab", atol=1e-4,
                   hints=[(wrong, "take a separate mean for every position: average over dim 0 (the batch) only"),
                          (model(clean), "the logits did not change: did your hook return the new z?")])
 
@@ -183,7 +183,7 @@ def test_head_dla(induction_model, pair):
     got = {(l, h): f(model, cache, clean, l, h) for l in range(model.cfg.n_layers) for h in range(H)}
     same_pos = (cache["z", 1][:, :, 1] @ model.blocks[1].attn.W_O[1])[:, :-1]
     same_pos = (same_pos * model.W_U.T[clean[:, :-1]]).sum(-1)
-    expect_tensor(got[(1, 1)], dla.attrs[1 * H + 1], "head_dla for head 1.1", "batch, pos - 1", atol=1e-3,
+    expect_tensor(got[(1, 1)], dla.attrs[1 * H + 1], "head_dla for head L1H1", "batch, pos - 1", atol=1e-3,
                   hints=[(same_pos, "the logits at p predict tokens[:, p + 1]: read W_U at the NEXT token")])
     # the truth: the embedding's term plus every head's term is the model's logit of the correct token
     target = clean[:, 1:]

@@ -27,6 +27,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from toylab.model import head_name  # noqa: F401 - re-exported: the discovery modules import it from here
+
 SLOTS = ("q", "k", "v")
 
 
@@ -50,11 +52,6 @@ class Edge:
     @property
     def name(self) -> str:
         return f"{self.sender}->{self.receiver}"
-
-
-def head_name(layer: int, head: int) -> str:
-    """``"L{layer}H{head}"``."""
-    return f"L{layer}H{head}"
 
 
 class Graph:

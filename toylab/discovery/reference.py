@@ -15,7 +15,7 @@ layer-0 -> last-layer edge that the *weights* say is used: ``a -> b.q``
 (:mod:`toylab.composition`) is at least ``min_ratio`` times the mean score of
 random heads, with ``embed -> a.v`` for each such ``a`` (that head moves
 tokens too). On the first shipped ``induction-2l`` this added the second
-route chapter 3 found by reading the weights (head 1.0 as a two-token
+route chapter 3 found by reading the weights (head L1H0 as a two-token
 induction head); ``min_ratio`` is a judgement call (trained heads compose
 above chance almost everywhere), so the minimal circuit is the default.
 

@@ -35,7 +35,7 @@ def true_features(model: AttnOnlyTransformer, hook: str, head: int | None = None
     """The known feature families at ``hook``, as ``{name: directions [d_vocab, width]}``
     (row ``t`` belongs to token ``t``; rows are not normalised).
 
-    Names: ``"token"`` (``W_E``), ``"ov_0.h"`` (``W_E W_V^{0,h} W_O^{0,h}``), ``"v_0.h"``
+    Names: ``"token"`` (``W_E``), ``"ov_L0Hh"`` (``W_E W_V^{0,h} W_O^{0,h}``), ``"v_L0Hh"``
     (``W_E W_V^{0,h}``, at ``blocks.0.attn.hook_z`` with ``head=h``).
 
     Raises ``ValueError`` where no such exact dictionary exists (LayerNorm, learned
@@ -59,7 +59,7 @@ def true_features(model: AttnOnlyTransformer, hook: str, head: int | None = None
         _refuse(f"{hook!r} is not a hook of a 0-layer model with a known dictionary")
     attn = model.blocks[0].attn
     W_V, W_O = attn.W_V.detach(), attn.W_O.detach()
-    ov = {f"ov_0.{h}": W_E @ W_V[h] @ W_O[h] for h in range(cfg.n_heads)}
+    ov = {f"ov_L0H{h}": W_E @ W_V[h] @ W_O[h] for h in range(cfg.n_heads)}
     if hook == "blocks.0.hook_resid_pre":
         return {"token": W_E}
     if hook == "blocks.0.attn.hook_z":
@@ -67,7 +67,7 @@ def true_features(model: AttnOnlyTransformer, hook: str, head: int | None = None
             _refuse("at blocks.0.attn.hook_z give head=h: each head's z has its own family W_E W_V^h")
         if not (isinstance(head, int) and 0 <= head < cfg.n_heads):
             raise ValueError(f"head must be an integer in [0, {cfg.n_heads}), got {head!r}")
-        return {f"v_0.{head}": W_E @ W_V[head]}
+        return {f"v_L0H{head}": W_E @ W_V[head]}
     if head is not None:
         raise ValueError(f"head={head} is only meaningful at blocks.0.attn.hook_z, not {hook!r}")
     if hook == "blocks.0.hook_attn_out":
