@@ -5,6 +5,8 @@ nothing is executed, so the whole file takes well under a second per chapter.
 
 1. Every line of every code cell is at most 88 characters (longer lines are clipped
    in the built book).
+3. Heads are named one way, ``L1H0`` (layer 1, head 0), as the library prints
+   them: no ``head 1.0`` or ``0.0 -> 1.1`` in prose, code or outputs.
 2. Every number quoted in a markdown cell appears in the same notebook, at the same
    precision, either in an output (the ``text/plain`` data or a stream of a code
    cell) or in the source of a code cell (a parameter the reader sees being set,
@@ -25,9 +27,6 @@ What it cannot check, and leaves alone:
   counts fixed by the construction, section references or sizes, and telling a
   measured count from a structural one would need a reader;
 - numbers inside fenced code blocks in markdown (shell commands, snippets);
-- head names in the older ``L.H`` style (``head 1.1``) look like decimals; they
-  pass because the cells print the same names, and those that the cells do not
-  print are listed per notebook in ``ALLOWED`` below;
 - numbers written out as words, or ranges written as ``0.14–0.26`` (each end is
   checked as a number of its own);
 - numbers in figures (images cannot be read back; a figure's numbers must also
@@ -162,3 +161,30 @@ def test_numbers_in_the_prose_are_printed_by_a_cell(path):
         f"{path.name}: numbers quoted in markdown that no output or code cell shows at the "
         "same precision (markdown cell index, number): " + ", ".join(map(str, missing))
         + ". Print the number in a cell, quote it as printed, or remove the claim.")
+
+
+# the older L.H style: "head 1.0", "heads 0.0 and 0.1", "0.0 -> 1.1", "0.0→1.0", "1.0's"
+_OLD_HEAD = re.compile(r"\bheads?\s+\d\.\d\b(?!\d)|(?<![\d.])\d\.\d\s*(?:->|→)\s*\d\.\d(?![\d.])"
+                       r"|(?<![\d.])\d\.\d's\b|\bheads? \d\.\{")
+
+
+def old_head_names(text: str) -> list[str]:
+    return [m.group(0) for m in _OLD_HEAD.finditer(text)]
+
+
+def test_the_head_name_check_catches_the_old_style():
+    assert old_head_names("head 1.0 reads 0.0 -> 1.1; 0.1's pattern; heads 0.{h}") == [
+        "head 1.0", "0.0 -> 1.1", "0.1's", "heads 0.{"]
+    assert old_head_names("head L1H0 reads L0H0 -> L1H1 with score 1.0; loss 0.5 -> 0.25") == []
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + sorted(CHAPTERS.glob("*.md")),
+                         ids=[p.stem for p in NOTEBOOKS] + [p.name for p in sorted(CHAPTERS.glob("*.md"))])
+def test_heads_are_named_one_way(path):
+    if path.suffix == ".md":
+        texts = [path.read_text()]
+    else:
+        md, outputs, code = _texts(nbformat.read(path, as_version=4))
+        texts = [source for _, source in md] + [outputs, code]
+    found = sorted({name for t in texts for name in old_head_names(t)})
+    assert not found, f"{path.name}: heads named in the old L.H style {found}; write L1H0 (toylab.model.head_name)"
