@@ -64,7 +64,7 @@ def k_composition_score(model, head_a: tuple[int, int], head_b: tuple[int, int])
     """
     (la, ha), (lb, hb) = head_a, head_b
     if la >= lb:
-        raise ValueError(f"head {la}.{ha} must be in an earlier layer than head {lb}.{hb}")
+        raise ValueError(f"head L{la}H{ha} must be in an earlier layer than head L{lb}H{hb}")
     W_OV = model.W_V[la, ha] @ model.W_O[la, ha]
     W_QK = model.W_Q[lb, hb] @ model.W_K[lb, hb].T
     return composition_score(W_OV, W_QK.T)
@@ -125,7 +125,7 @@ def virtual_weight(model, writer: tuple[int, int], reader: tuple[int, int, str])
     if kind not in ("q", "k", "v"):
         raise ValueError(f'kind must be "q", "k" or "v", got {kind!r}')
     if la >= lb:
-        raise ValueError(f"head {lb}.{hb} (layer {lb}) cannot read head {la}.{ha}: it is not in a later layer")
+        raise ValueError(f"head L{lb}H{hb} (layer {lb}) cannot read head L{la}H{ha}: it is not in a later layer")
     W_read = getattr(model, "W_" + kind.upper())[lb, hb]                # [d_model, d_head]
     return model.W_O[la, ha] @ W_read
 
@@ -243,7 +243,7 @@ def composition_kind(model, head_a: tuple[int, int], head_b: tuple[int, int]) ->
 
     (la, ha), (lb, hb) = head_a, head_b
     if la >= lb:
-        raise ValueError(f"head {la}.{ha} must be in an earlier layer than head {lb}.{hb}")
+        raise ValueError(f"head L{la}H{ha} must be in an earlier layer than head L{lb}H{hb}")
     W_OV_a = model.W_V[la, ha] @ model.W_O[la, ha]
     W_QK_b = model.W_Q[lb, hb] @ model.W_K[lb, hb].T
     W_OV_b = model.W_V[lb, hb] @ model.W_O[lb, hb]

@@ -133,7 +133,7 @@ def test_path_expansion_single_head_term_formula():
     _, cache = m.run_with_cache(toks)
     x0 = m.W_E[toks] + m.W_pos[:5]
     expect = cache["pattern", 0][0, 1] @ x0[0] @ (m.W_V[0, 1] @ m.W_O[0, 1]) @ m.W_U
-    torch.testing.assert_close(path_expansion(m, toks)["0.1"][0], expect, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(path_expansion(m, toks)["L0H1"][0], expect, atol=1e-5, rtol=1e-4)
 
 
 def test_bigram_table_read_from_weights_matches_truth():

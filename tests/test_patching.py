@@ -101,17 +101,17 @@ def test_path_patching_previous_token_head_acts_through_keys(model, pair):
         metric = make_metric(name, clean, positions=SECOND)
         total = 1 - patch(model, clean, corr, "z", metric, layer=0, head=0, direction="noise")
         row = {"sender total": total}
-        for recv, tag in (((1, 1), "1.1"), ([(1, 0), (1, 1)], "1.0+1.1")):
+        for recv, tag in (((1, 1), "L1H1"), ([(1, 0), (1, 1)], "L1H0+L1H1")):
             for inp in "qkv":
                 row[f"{tag}.{inp}"] = (1 - path_patch(model, clean, corr, (0, 0), recv, inp, metric)) / total
         out[name] = row
         print(f"path patching L0H0 -> (fraction of L0H0's total effect, {name}):",
               {k: round(v, 3) for k, v in row.items()})
     lp = out["logprob"]
-    assert lp["1.0+1.1.k"] > 0.8  # keys carry most of the effect
-    assert lp["1.0+1.1.q"] < 0.3 and abs(lp["1.0+1.1.v"]) < 0.05
-    assert lp["1.1.k"] > 3 * max(lp["1.1.q"], abs(lp["1.1.v"]))
-    assert out["prob"]["1.0+1.1.k"] > 0.9 and out["prob"]["1.1.q"] < 0.05 and abs(out["prob"]["1.1.v"]) < 0.05
+    assert lp["L1H0+L1H1.k"] > 0.8  # keys carry most of the effect
+    assert lp["L1H0+L1H1.q"] < 0.3 and abs(lp["L1H0+L1H1.v"]) < 0.05
+    assert lp["L1H1.k"] > 3 * max(lp["L1H1.q"], abs(lp["L1H1.v"]))
+    assert out["prob"]["L1H0+L1H1.k"] > 0.9 and out["prob"]["L1H1.q"] < 0.05 and abs(out["prob"]["L1H1.v"]) < 0.05
     assert no_hooks(model)
 
 

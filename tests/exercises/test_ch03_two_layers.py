@@ -95,7 +95,7 @@ def test_k_composition_score(induction_model, random_model):
         for (la, ha), (lb, hb) in pairs:
             value = f(model, (la, ha), (lb, hb))
             want = float(K[la, ha, lb, hb])
-            name = f"the K-composition score {la}.{ha} -> {lb}.{hb} of {which}"
+            name = f"the K-composition score L{la}H{ha} -> L{lb}H{hb} of {which}"
             try:
                 v = float(value)
             except (TypeError, ValueError, RuntimeError):
@@ -167,7 +167,7 @@ def test_virtual_head_term(induction_model, probe):
         terms = path_expansion(model, probe)
         _, cache = model.run_with_cache(probe)
         x0 = model.W_E[probe].double()
-        want = terms[f"{la}.{ha}->{lb}.{hb}"]
+        want = terms[f"L{la}H{ha}->L{lb}H{hb}"]
         A_a, A_b = cache["pattern", la][:, ha].double(), cache["pattern", lb][:, hb].double()
         W = (model.W_V[la, ha] @ model.W_O[la, ha] @ model.W_V[lb, hb] @ model.W_O[lb, hb] @ model.W_U).double()
         hints = [((A_a @ A_b @ x0 @ W).float(), "the patterns are in the wrong order: head a moves first, "
@@ -177,7 +177,7 @@ def test_virtual_head_term(induction_model, probe):
                  ((A_b @ x0 @ W).float(), "head a's pattern A^a is missing"),
                  ((A_a @ x0 @ W).float(), "head b's pattern A^b is missing")]
         got = f(model, probe, (la, ha), (lb, hb))
-        expect_tensor(got, want, f"virtual_head_term {la}.{ha} -> {lb}.{hb}", "batch, pos, d_vocab",
+        expect_tensor(got, want, f"virtual_head_term L{la}H{ha} -> L{lb}H{hb}", "batch, pos, d_vocab",
                       atol=1e-4, rtol=1e-4, hints=hints)
 
 

@@ -71,7 +71,7 @@ def test_zero_ablation_hook(induction_model, pair):
                              (wrong_pos, f"you zeroed position {head} (dim 1) instead of head {head}: z is "
                                          "[batch, pos, n_heads, d_head], the head axis is dim 2"),
                              (torch.zeros_like(z), "you zeroed every head; only head `head` goes")])
-        expect_tensor(got, want, f"logits with head {layer}.{head} zero-ablated", "batch, pos, d_vocab", atol=1e-4)
+        expect_tensor(got, want, f"logits with head L{layer}H{head} zero-ablated", "batch, pos, d_vocab", atol=1e-4)
 
 
 @pytest.mark.exercise("mean_ablation_hook")
