@@ -7,13 +7,15 @@
 # installed with its `book` extra (pip install -e '.[book]'). The script
 #   1. installs MathJax 3 from the npm registry into chapters/_build/npm/
 #      (skipped when it is already there),
-#   2. builds chapters/ into chapters/_build/html with
+#   2. executes the notebooks missing from the execution cache, in parallel
+#      (.ci/book_execute.py), then builds chapters/ into chapters/_build/html with
 #      `jupyter-book build -W -n --keep-going` (notebooks executed, cached),
 #   3. copies MathJax to chapters/_build/html/_static/mathjax/, which is where
 #      `mathjax_path: mathjax/tex-chtml.js` in chapters/_config.yml points.
 # Environment knobs:
 #   MATHJAX_VERSION  npm version spec (default: 3, i.e. the newest 3.x)
 #   BOOK_CLEAN=1     remove the HTML and doctrees first (keeps the notebook cache)
+#   BOOK_JOBS=N      notebooks executed at a time before the build (default: all CPUs)
 #   BOOK_CLEAN=all   also drop the notebook execution cache. The cache is keyed
 #                    on the notebooks' code cells only: after a change to the
 #                    toylab library, use BOOK_CLEAN=all to re-execute everything.
@@ -82,8 +84,11 @@ esac
 # that points at PYTHON.
 export JUPYTER_DATA_DIR="$BUILD/jupyter_data"
 "$PYTHON" -m ipykernel install --user --name python3 --display-name "Python 3 (toylab)" >/dev/null
-echo "== jupyter-book $JB_VERSION: building $BOOK (notebook kernel: $PYTHON)"
 start=$(date +%s)
+# the notebooks that the cache lacks, executed in parallel (BOOK_JOBS at a time, default: all CPUs);
+# the build below then takes them from the cache (see .ci/book_execute.py)
+"$PYTHON" "$ROOT/.ci/book_execute.py" "$BOOK" ${BOOK_JOBS:-}
+echo "== jupyter-book $JB_VERSION: building $BOOK (notebook kernel: $PYTHON)"
 if [[ -n "$JB" ]]; then
     "$JB" build "$BOOK" --builder html -W -n --keep-going
 else
