@@ -66,7 +66,8 @@ def test_training_does_not_import_the_compiler():
             "from toylab.features.topk import TopKSAE\n"
             "from toylab.features import tms\n"
             "p = PRESETS['induction-2l']\n"
-            "train(p.model, p.data, dataclasses.replace(p.train, steps=3, eval_every=3, warmup_steps=1), progress=False, off_probe=False)\n"
+            "cfg = dataclasses.replace(p.train, steps=3, eval_every=3, warmup_steps=1)\n"
+            "train(p.model, p.data, cfg, progress=False, off_probe=False)\n"
             "train_sae(TopKSAE(8, 16, k=2), torch.randn(64, 8), steps=3, batch_size=16, progress=False)\n"
             "print('torch._dynamo' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -64,10 +64,16 @@ class TopKSAE(SparseAutoencoder):
                 "aux_coefficient": self.aux_coefficient, "dead_after": self.dead_after}
 
     @staticmethod
+    def _topk_with_indices(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(f, vals, idx)``: ``f`` keeps the ``k`` largest entries of each row (then ReLU)
+        and zeroes the rest; ``vals, idx = pre.topk(k)`` are what it kept and where."""
+        vals, idx = pre.topk(k, dim=1)
+        return torch.zeros_like(pre).scatter(1, idx, torch.relu(vals)), vals, idx
+
+    @staticmethod
     def _topk(pre: torch.Tensor, k: int) -> torch.Tensor:
         """Keep the ``k`` largest entries of each row (then ReLU), zero the rest."""
-        vals, idx = pre.topk(k, dim=1)
-        return torch.zeros_like(pre).scatter(1, idx, torch.relu(vals))
+        return TopKSAE._topk_with_indices(pre, k)[0]
 
     @staticmethod
     def _fired(vals: torch.Tensor, idx: torch.Tensor, d_sae: int) -> torch.Tensor:
@@ -96,8 +102,7 @@ class TopKSAE(SparseAutoencoder):
         """``mean ||e||^2 + aux_coefficient * mean ||e - e_hat||^2`` (see the module docstring).
         Also updates ``steps_since_fired`` when the module is in training mode."""
         pre = self.pre_acts(x)
-        vals, idx = pre.topk(self.k, dim=1)
-        f = torch.zeros_like(pre).scatter(1, idx, torch.relu(vals))
+        f, vals, idx = self._topk_with_indices(pre, self.k)
         target = x * self.input_scale
         recon = f @ self.W_dec + self.b_dec
         resid = target - recon
