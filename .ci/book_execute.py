@@ -47,7 +47,11 @@ def main() -> int:
         print(__doc__, file=sys.stderr)
         return 2
     book = Path(sys.argv[1]).resolve()
-    jobs = int(sys.argv[2]) if len(sys.argv) == 3 else (os.cpu_count() or 1)
+    jobs = sys.argv[2] if len(sys.argv) == 3 else str(os.cpu_count() or 1)
+    if not jobs.isdigit() or int(jobs) < 1:
+        print(f"book_execute: JOBS (BOOK_JOBS) must be a positive integer, got {jobs!r}", file=sys.stderr)
+        return 2
+    jobs = int(jobs)
     config = yaml.safe_load((book / "_config.yml").read_text()).get("execute", {})
     if config.get("execute_notebooks") != "cache" or config.get("run_in_temp"):
         print("book_execute: _config.yml does not use the execution cache in place; nothing to do")
@@ -62,7 +66,7 @@ def main() -> int:
             todo.append(str(path))
     print(f"== executing {len(todo)} notebooks, {jobs} at a time, into the build's cache")
     start = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
         for path, executed, seconds, error in pool.map(_execute, todo, [timeout] * len(todo)):
             name = Path(path).name
             if error is not None:
