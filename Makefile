@@ -2,6 +2,7 @@
 #   make book   - the main job: check the shipped models, build the textbook (HTML, offline), screenshot-check it
 #   make test   - the test suite (library tests, graded exercises against the solutions), then the
 #                 chapter notebooks re-executed by nbval and compared with their stored outputs
+#   make test-recipes - the induction recipes retrained whole at other seeds (minutes; CI runs it)
 #   make models - retrain every canonical model into toylab/models (a few minutes on a laptop CPU)
 #   make bench  - the benchmarks (with the TransformerLens comparison: make bench-tl)
 #   make test-peer - cross-check against TransformerLens 3.9.0, in its own environment .venv-tl
@@ -15,7 +16,7 @@ PIP    := $(VENV)/bin/pip -q --disable-pip-version-check
 VENV_TL := .venv-tl
 PY_TL   := $(VENV_TL)/bin/python
 
-.PHONY: book test test-kernels models bench bench-tl test-peer clean lab test-lab
+.PHONY: book test test-recipes test-kernels models bench bench-tl test-peer clean lab test-lab
 
 # torch first, pinned: the CPU build lies on these machines, in a wheel folder of pip's configuration;
 # an unpinned torch would pull GBs of CUDA. uv (installed into the venv first, if it can be had) does
@@ -67,8 +68,15 @@ JOBS  ?= auto
 NBVAL  = --nbval --nbval-current-env --nbval-sanitize-with chapters/nbval_sanitize.cfg -n $(JOBS) --dist loadfile
 
 test: $(VENV)/.test
-	$(PY) -m pytest -n $(JOBS)
+	$(PY) -m pytest -n $(JOBS) -m "not recipes"
 	$(if $(NOTEBOOKS),$(PY) -m pytest -p no:cacheprovider $(NBVAL) $(NOTEBOOKS))
+
+# The recipe checks: the induction presets retrained whole at other seeds still meet their bounds
+# (minutes of training; CI runs them after `make test`). They matter when a recipe or the training
+# code changes; `make test` checks the shipped models themselves and the first steps of each recipe.
+test-recipes: $(VENV)/.test
+	$(PY) -m pytest -p no:cacheprovider -n $(JOBS) -m recipes \
+	  || { rc=$$?; [ $$rc -ne 5 ] || echo "pytest collected no recipe tests" >&2; exit $$rc; }
 
 # The parts of the suite whose printed or compared numbers could depend on the CPU's kernels,
 # once more with the kernels that ATEN_CPU_CAPABILITY selects (.ci/run: CAP=default, torch's

@@ -154,24 +154,27 @@ def test_unknown_return_type():
 # ---- the fused fast path (used only when no hook is attached) against the hooked reference ----
 
 def _loss_and_grads(model, tokens):
-    loss = model(tokens, return_type="loss")
+    loss = model(tokens, return_type="loss")  # the fast path unembeds only the positions with a target
     logits = model(tokens)
     grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)  # 0L shortformer: W_pos unused
-    return logits.detach(), [torch.zeros_like(p) if g is None else g for p, g in zip(model.parameters(), grads)]
+    per_token = torch.stack([model(tokens, return_type="loss_per_token"), model(tokens, return_type="both")[0]
+                             .log_softmax(-1)[:, :-1].gather(-1, tokens[:, 1:, None]).squeeze(-1).neg()])
+    return (logits.detach(), per_token.detach()), [torch.zeros_like(p) if g is None else g
+                                                   for p, g in zip(model.parameters(), grads)]
 
 
 @pytest.mark.parametrize("layernorm", [False, True])
 @pytest.mark.parametrize("positional", ["none", "learned", "shortformer"])
 @pytest.mark.parametrize("n_layers", [0, 1, 2, 3])
-def test_fast_and_hooked_paths_agree_on_logits_and_gradients(n_layers, positional, layernorm):
+def test_fast_and_hooked_paths_agree_on_logits_losses_and_gradients(n_layers, positional, layernorm):
     model = make(n_layers, positional, layernorm=layernorm, d_model=16)
     tokens = torch.randint(0, 11, (5, 9), generator=torch.Generator().manual_seed(0))
     assert model.fast_path and not model.any_hooks()
-    fast_logits, fast_grads = _loss_and_grads(model, tokens)
+    fast_out, fast_grads = _loss_and_grads(model, tokens)
     model.fast_path = False
-    ref_logits, ref_grads = _loss_and_grads(model, tokens)
+    ref_out, ref_grads = _loss_and_grads(model, tokens)
     # float32 with a different summation order: a few ulps of values of order 1
-    torch.testing.assert_close(fast_logits, ref_logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast_out, ref_out, rtol=1e-5, atol=1e-5)
     for (name, _), g_fast, g_ref in zip(model.named_parameters(), fast_grads, ref_grads):
         torch.testing.assert_close(g_fast, g_ref, rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
 

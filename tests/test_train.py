@@ -1,5 +1,6 @@
 """Training is seeded, deterministic and records its evaluations."""
 
+import dataclasses
 import math
 import os
 import subprocess
@@ -135,6 +136,16 @@ def test_training_works_with_autograd_switched_off_by_the_caller():
         a = train(CFG, DATA, TCFG, seed=7, progress=False)
     b = train(CFG, DATA, TCFG, seed=7, progress=False)
     assert states_equal(a.model.state_dict(), b.model.state_dict())
+
+
+def test_the_evaluation_cadence_does_not_change_the_weights():
+    """Evaluation draws from its own generators, so a run evaluated once at the end trains
+    the same weights as one evaluated every few steps (the seed tests of
+    tests/test_calibration.py rely on it)."""
+    often = train(CFG, DATA, TCFG, seed=3, progress=False)
+    once = train(CFG, DATA, dataclasses.replace(TCFG, eval_every=TCFG.steps), seed=3, progress=False, off_probe=False)
+    assert len(once.history) == 1 < len(often.history)
+    assert states_equal(often.model.state_dict(), once.model.state_dict())
 
 
 def test_off_probe_false_skips_the_off_probe_metrics_and_trains_the_same_weights():

@@ -170,21 +170,25 @@ class Attention(nn.Module):
         """The same map as :meth:`forward`, fused, for when no hook is attached.
 
         ``x [batch, pos, d_model]``, ``pos [pos, d_model]`` (shortformer
-        positions, or None) -> ``[batch, pos, d_model]``. One matmul gives the
-        queries and keys of all heads, ``[q | k] = (x + pos) [W_Q | W_K]``, one
-        the values, ``v = x W_V``, then
-        ``scaled_dot_product_attention`` with a causal mask. It does not keep
-        masked keys out exactly when a value is non-finite: the model checks
-        its final residual stream and falls back to the reference path then.
+        positions, or None) -> ``[batch, pos, d_model]``. One matmul per
+        projection gives all heads at once (``q = (x + pos) W_Q``, ``k = (x + pos) W_K``,
+        ``v = x W_V`` with the heads side by side), then
+        ``scaled_dot_product_attention`` with ``is_causal``. Separate matmuls
+        cost less than one for ``[W_Q | W_K]``: its output, split and transposed
+        per head, is copied back in a slow strided pattern in the backward pass.
+        It does not keep masked keys out exactly when a value is non-finite: the
+        model checks its final residual stream and falls back to the reference path then.
         """
         cfg = self.cfg
         b, n, d = x.shape
         h, e = cfg.n_heads, cfg.d_head
         qk_in = x if pos is None else x + pos
-        W_qk = torch.cat([self.W_Q, self.W_K], dim=0).transpose(0, 1).reshape(d, 2 * h * e)
-        q, k = (qk_in @ W_qk).view(b, n, 2 * h, e).transpose(1, 2).split(h, dim=1)  # [batch, h, pos, d_head]
-        v = (x @ self.W_V.transpose(0, 1).reshape(d, h * e)).view(b, n, h, e).transpose(1, 2)
-        z = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(n, x.device))
+
+        def heads(inp: torch.Tensor, W: torch.Tensor) -> torch.Tensor:  # -> [batch, h, pos, d_head]
+            return (inp @ W.transpose(0, 1).reshape(d, h * e)).view(b, n, h, e).transpose(1, 2)
+
+        z = torch.nn.functional.scaled_dot_product_attention(
+            heads(qk_in, self.W_Q), heads(qk_in, self.W_K), heads(x, self.W_V), is_causal=True)
         return z.transpose(1, 2).reshape(b, n, h * e) @ self.W_O.flatten(0, 1)
 
 
@@ -197,16 +201,6 @@ def causal_future_mask(n_pos: int, device) -> torch.Tensor:
     mask = _FUTURE_MASKS.get(key)
     if mask is None:
         mask = torch.triu(torch.ones(n_pos, n_pos, dtype=torch.bool, device=device), diagonal=1)
-        _FUTURE_MASKS[key] = mask
-    return mask
-
-
-def causal_mask(n_pos: int, device) -> torch.Tensor:
-    """``[n_pos, n_pos]`` bool, True where a query may attend (key at or before it); cached."""
-    key = (n_pos, str(device), "allowed")
-    mask = _FUTURE_MASKS.get(key)
-    if mask is None:
-        mask = ~causal_future_mask(n_pos, device)
         _FUTURE_MASKS[key] = mask
     return mask
 
@@ -378,9 +372,14 @@ class AttnOnlyTransformer(HookedRootModule):
         if return_type not in ("logits", "loss", "loss_per_token", "both"):
             raise ValueError(f"unknown return_type {return_type!r}; expected logits, loss, loss_per_token or both")
         tokens = self.check_tokens(tokens)
-        logits = self._forward_fast(tokens) if self.fast_path and not self.any_hooks() else None
-        if logits is None:
-            logits = self._forward_hooked(tokens)
+        if return_type != "logits" and tokens.shape[1] < 2:
+            raise ValueError("a next-token loss needs sequences of at least 2 tokens")
+        resid = self._resid_fast(tokens) if self.fast_path and not self.any_hooks() else None
+        if resid is not None and return_type in ("loss", "loss_per_token"):
+            # only the positions that have a next token are unembedded: [batch, pos - 1, d_vocab]
+            per_token = next_token_loss_from_logits(resid[:, :-1] @ self.W_U, tokens[:, 1:])
+            return per_token if return_type == "loss_per_token" else per_token.mean()
+        logits = self._forward_hooked(tokens) if resid is None else resid @ self.W_U
         if return_type == "logits":
             return logits
         per_token = next_token_loss(logits, tokens)
@@ -392,13 +391,14 @@ class AttnOnlyTransformer(HookedRootModule):
         """True when a hook is attached to any hook point of the model."""
         return any(hp._fwd_hooks for hp in self.hook_dict.values())
 
-    def _forward_fast(self, tokens: torch.Tensor) -> torch.Tensor | None:
-        """``tokens [batch, pos]`` -> logits ``[batch, pos, d_vocab]`` with no hook points (fused attention).
+    def _resid_fast(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """``tokens [batch, pos]`` -> the final residual stream ``[batch, pos, d_model]`` (after
+        ``ln_final`` where the model has LayerNorm), with no hook points (fused attention).
 
-        Returns None when the final residual stream is not finite: a non-finite
-        value at position p makes the residual at p non-finite, and the fused
-        attention may have leaked it to earlier positions (``0 * NaN``), so the
-        caller recomputes on the reference path, which keeps masked keys out exactly.
+        Returns None when it is not finite: a non-finite value at position p makes
+        the residual at p non-finite, and the fused attention may have leaked it to
+        earlier positions (``0 * NaN``), so the caller recomputes on the reference
+        path, which keeps masked keys out exactly.
         """
         n_pos = tokens.shape[1]
         resid = self.W_E[tokens]
@@ -411,9 +411,7 @@ class AttnOnlyTransformer(HookedRootModule):
             resid = block.forward_fast(resid, pos)
         if self.cfg.n_layers and not torch.isfinite(resid.detach().sum()):
             return None
-        if self.cfg.layernorm:
-            resid = layer_norm(resid)
-        return resid @ self.W_U
+        return layer_norm(resid) if self.cfg.layernorm else resid
 
     def _forward_hooked(self, tokens: torch.Tensor) -> torch.Tensor:
         """``tokens [batch, pos]`` -> logits ``[batch, pos, d_vocab]`` through every hook point (the reference)."""
@@ -440,5 +438,10 @@ def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """
     if tokens.shape[1] < 2:
         raise ValueError("a next-token loss needs sequences of at least 2 tokens")
-    logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    return -logprobs.gather(-1, tokens[:, 1:, None]).squeeze(-1)
+    return next_token_loss_from_logits(logits[:, :-1], tokens[:, 1:])
+
+
+def next_token_loss_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``targets [batch, n]`` under ``logits [batch, n, d_vocab]`` -> ``[batch, n]`` (nats)."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    return -logprobs.gather(-1, targets[:, :, None]).squeeze(-1)
