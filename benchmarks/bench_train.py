@@ -12,7 +12,8 @@ Prints, for this machine and thread count:
    below ln(V)/2) and until the best induction score first exceeds 0.9, and
    the one-off cost of the first optimiser step, toylab's and torch's (torch's
    imports torch._dynamo);
-5. if transformer_lens is importable: the step time of an equivalent
+5. with ``--profile``: where a training step's CPU time goes, by operator;
+6. if transformer_lens is importable: the step time of an equivalent
    HookedTransformer (attn_only, no normalization, same config, optimiser,
    batch) and the ratio toylab / TransformerLens.
 
@@ -20,7 +21,7 @@ Every time is taken twice: wall clock and this thread's CPU time. On a
 machine shared with other jobs the wall times include waiting for a core;
 the CPU times (and the ratios of CPU times) are what the code costs.
 
-    python benchmarks/bench_train.py [--threads N] [--steps N] [--skip-2l]
+    python benchmarks/bench_train.py [--threads N] [--steps N] [--skip-2l] [--profile]
 """
 
 from __future__ import annotations
@@ -176,6 +177,39 @@ def bench_paths_and_parts(n_steps: int, peak: dict[str, float]) -> None:
     print("  a training step (cpu): " + ", ".join(f"{k} {v * 1e3:.2f} ms ({v / total:.0%})" for k, v in parts.items()))
 
 
+def bench_profile(n_steps: int, top: int = 15) -> None:
+    """induction-2l: the operators a training step of the loop's recipe spends its CPU time in
+    (``torch.profiler``, self time, grouped by operator and input shapes), per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    preset = PRESETS["induction-2l"]
+    tcfg = preset.train
+    model = AttnOnlyTransformer(preset.model, seed=0)
+    opt = AdamW(model.parameters(), lr=1e-3, betas=tcfg.betas, fused=True)
+    batch = make_dataset(preset.data).sample(tcfg.batch_size, torch.Generator().manual_seed(0))
+
+    def step():
+        loss = model(batch, return_type="loss")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+        opt.step()
+
+    for _ in range(5):
+        step()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(n_steps):
+            step()
+    rows = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in rows)
+    print(f"\nprofile of an induction-2l training step (torch.profiler, {n_steps} steps; self CPU time per step, "
+          f"{total / n_steps / 1e3:.1f} ms in all, profiler overhead included):")
+    for e in rows[:top]:
+        shapes = str([list(s) for s in e.input_shapes if s])[:58]
+        print(f"  {e.self_cpu_time_total / n_steps / 1e3:6.2f} ms {e.self_cpu_time_total / total:4.0%}  "
+              f"{e.count // n_steps:3d} calls  {e.key[:44]:44s} {shapes}")
+
+
 def bench_induction_run() -> None:
     preset = PRESETS["induction-2l"]
     tcfg = dataclasses.replace(preset.train, eval_every=25)
@@ -239,6 +273,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the training default is 1)")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
     parser.add_argument("--skip-2l", action="store_true", help="skip the full induction-2l training run")
+    parser.add_argument("--profile", action="store_true", help="also profile a training step by operator")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -260,6 +295,8 @@ def main() -> None:
     bench_paths_and_parts(args.steps, peak)
     if not args.skip_2l:
         bench_induction_run()
+    if args.profile:
+        bench_profile(args.steps)
     bench_transformer_lens(args.steps)
 
 
