@@ -62,13 +62,15 @@ book: $(VENV)/.book
 	$(PY) .ci/check_book.py chapters/_build/html chapters/_build/screenshots
 
 NOTEBOOKS := $(wildcard chapters/ch*.ipynb)
-# pytest-xdist workers: one per core (JOBS=1 runs everything in one process). Notebooks are
+# pytest-xdist workers: one per core (JOBS=1 runs everything in one process). The suite is
+# distributed a module at a time (--dist loadscope): a module-scoped fixture is built once, not
+# once per worker (test_grading's three grading runs were each made twice). Notebooks are
 # distributed whole (--dist loadfile): a notebook's cells run in order in one kernel.
 JOBS  ?= auto
 NBVAL  = --nbval --nbval-current-env --nbval-sanitize-with chapters/nbval_sanitize.cfg -n $(JOBS) --dist loadfile
 
 test: $(VENV)/.test
-	$(PY) -m pytest -n $(JOBS) -m "not recipes"
+	$(PY) -m pytest -n $(JOBS) --dist loadscope -m "not recipes"
 	$(if $(NOTEBOOKS),$(PY) -m pytest -p no:cacheprovider $(NBVAL) $(NOTEBOOKS))
 
 # The recipe checks: the induction presets retrained whole at other seeds still meet their bounds
