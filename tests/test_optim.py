@@ -58,7 +58,7 @@ def test_differentiable_is_refused_with_a_pointer_to_torch():
         optim.Adam([torch.nn.Parameter(torch.ones(1))], differentiable=True)
 
 
-def test_training_does_not_import_the_compiler():
+def test_training_and_probes_do_not_import_the_compiler():
     code = ("import dataclasses, sys, torch\n"
             "from toylab.presets import PRESETS\n"
             "from toylab.train import train\n"
@@ -69,6 +69,8 @@ def test_training_does_not_import_the_compiler():
             "cfg = dataclasses.replace(p.train, steps=3, eval_every=3, warmup_steps=1)\n"
             "train(p.model, p.data, cfg, progress=False, off_probe=False)\n"
             "train_sae(TopKSAE(8, 16, k=2), torch.randn(64, 8), steps=3, batch_size=16, progress=False)\n"
+            "from toylab.features.probes import fit_probe\n"
+            "fit_probe(torch.randn(40, 4), torch.arange(40) % 2, groups=torch.arange(40) // 4)\n"
             "print('torch._dynamo' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stdout + out.stderr
@@ -95,3 +97,25 @@ def test_a_saved_state_resumes_like_torch():
         resumed[cls] = ps
     for a, b in zip(*resumed.values()):
         assert torch.equal(a, b)
+
+
+def test_lbfgs_is_torchs_bit_for_bit():
+    """The probes' optimiser: torch's LBFGS step (strong Wolfe line search) on a logistic fit."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(50, 3, generator=g), (torch.rand(50, generator=g) > 0.5).float()
+    fitted = []
+    for cls in (optim.LBFGS, torch.optim.LBFGS):
+        w = torch.zeros(3, requires_grad=True)
+        opt = cls([w], lr=1.0, max_iter=20, history_size=5, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w, y) + 1e-2 * w.pow(2).sum()
+            loss.backward()
+            return loss
+
+        for _ in range(3):
+            opt.step(closure)
+        fitted.append(w.detach())
+    assert torch.equal(*fitted)
+    assert fitted[0].abs().sum() > 0  # it moved

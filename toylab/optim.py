@@ -1,4 +1,4 @@
-"""torch's Adam and AdamW, without the compiler import on the first step.
+"""torch's Adam, AdamW and LBFGS, without the compiler import on first use.
 
 ``torch.optim.Adam.step`` (and AdamW's, which it inherits) is wrapped so that
 ``torch.compile`` can trace it: the wrapper imports ``torch._dynamo``, which
@@ -15,6 +15,8 @@ through the update is what the wrapper's grad-mode switch is for. The four
 ``Optimizer`` methods torch marks "not for the compiler" (``add_param_group``,
 ``zero_grad``, ``state_dict``, ``load_state_dict``; the mark imports
 ``torch._dynamo`` on first use) are called undecorated, through ``__wrapped__``.
+:class:`LBFGS` (the probes' optimiser) needs only that: its ``step`` is torch's own,
+but its constructor calls ``add_param_group``.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ def _undecorated(name: str):
     return getattr(method, "__wrapped__", method)
 
 
-class _StepWithoutCompilerImport:
-    """Mixin: ``step`` of :class:`torch.optim.Adam`, minus the ``torch._dynamo`` wrapper."""
+class _NoCompilerImport:
+    """Mixin: the ``Optimizer`` methods torch wraps for the compiler, called undecorated."""
 
     def add_param_group(self, param_group):
         return _undecorated("add_param_group")(self, param_group)
@@ -43,6 +45,11 @@ class _StepWithoutCompilerImport:
 
     def load_state_dict(self, state_dict):
         return _undecorated("load_state_dict")(self, state_dict)
+
+
+
+class _StepWithoutCompilerImport(_NoCompilerImport):
+    """Mixin: ``step`` of :class:`torch.optim.Adam`, minus the ``torch._dynamo`` wrapper."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -78,3 +85,8 @@ class Adam(_StepWithoutCompilerImport, torch.optim.Adam):
 
 class AdamW(_StepWithoutCompilerImport, torch.optim.AdamW):
     """:class:`torch.optim.AdamW` (same arguments) whose ``step`` does not import ``torch._dynamo``."""
+
+
+class LBFGS(_NoCompilerImport, torch.optim.LBFGS):
+    """:class:`torch.optim.LBFGS` (same arguments, same ``step``) whose constructor does not
+    import ``torch._dynamo``."""

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from toylab.optim import LBFGS
+
 IGNORE = -1  # label for rows that do not belong to the task (e.g. the offset of a non-repeat)
 
 
@@ -90,7 +92,7 @@ def fit_probe(acts: torch.Tensor, labels: torch.Tensor, *, groups: torch.Tensor 
     z = (x - mu) / sigma
     W = torch.zeros(x.shape[1], n_classes, dtype=torch.float64, requires_grad=True)
     c = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([W, c], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe")
+    opt = LBFGS([W, c], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe")
     zt, yt = z[train], y[train]
 
     def closure():
