@@ -6,6 +6,7 @@ import torch
 from toylab.data import InductionData
 from toylab.features.sae import ReluSAE, resample_dead_latents
 from toylab.features.tms import PlantedFeatures
+from toylab.optim import Adam
 from toylab.features.topk import TopKSAE
 from toylab.features.train_sae import gather_activations, hook_width, load_sae, save_sae, train_sae
 from toylab.presets import load_model
@@ -86,7 +87,7 @@ def test_scaling_the_whole_loss_is_what_adam_ignores():
     for factor in (1.0, 100.0):
         sae = ReluSAE(16, 32, l1_coefficient=0.3, seed=0)
         sae.set_input_scale(x)
-        opt = torch.optim.Adam(sae.parameters(), lr=1e-3, eps=1e-12)
+        opt = Adam(sae.parameters(), lr=1e-3, eps=1e-12)
         for i in range(20):
             loss = factor * sae.loss(x[i * 50:(i + 1) * 50])[0]
             opt.zero_grad()

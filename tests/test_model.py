@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from toylab.model import AttnOnlyTransformer, ModelConfig, next_token_loss
+from toylab.optim import AdamW
 
 
 def make(n_layers=2, positional="learned", **kw):
@@ -201,7 +202,7 @@ def test_two_trainings_in_one_process_are_bit_identical(fast):
         torch.manual_seed(0)
         model = make(2, "shortformer", d_model=16, layernorm=False)
         model.fast_path = fast
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        opt = AdamW(model.parameters(), lr=1e-2)
         g = torch.Generator().manual_seed(5)
         for _ in range(5):
             loss = model(torch.randint(0, 11, (8, 9), generator=g), return_type="loss")
