@@ -34,10 +34,13 @@ UV_PIP_FLAGS  = --index-strategy unsafe-best-match \
                 $(foreach u,$(call PIP_CFG,extra-index-url),--extra-index-url $(u)) \
                 $(foreach u,$(WHEEL_DIRS),--find-links $(u))
 comma := ,
-# $(call install,UV_ARGS,PIP_ARGS): uv pip install UV_ARGS where uv is in the venv, else pip install PIP_ARGS
+# $(call install,UV_ARGS,PIP_ARGS): uv pip install UV_ARGS where uv is in the venv, else pip install PIP_ARGS.
+# uv is told to compile the environment's bytecode, as pip does by default: without .pyc files every
+# Python process (test worker, notebook kernel, grading run) compiles torch's sources again, about
+# 2 s each, wherever PYTHONDONTWRITEBYTECODE is set (as on CI machines) or site-packages is read-only.
 define install
 	if [ "$(INSTALLER)" != pip ] && [ -x $(VENV)/bin/uv ]; then \
-	    $(VENV)/bin/uv pip install -q --python $(PY) $(UV_PIP_FLAGS) $(1); \
+	    $(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) $(UV_PIP_FLAGS) $(1); \
 	else $(PIP) install $(2); fi
 endef
 
