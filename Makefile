@@ -18,12 +18,20 @@ PY_TL   := $(VENV_TL)/bin/python
 
 .PHONY: book test test-recipes test-kernels models bench bench-tl test-peer clean lab test-lab
 
+# Compiled bytecode is cached, in one folder inside the venv. uv installs no .pyc files, and where
+# PYTHONDONTWRITEBYTECODE is set (as on CI machines) none would ever be written: every Python process
+# (test worker, notebook kernel, grading run) would compile torch's sources again, about 2 s each.
+# Compiling all of site-packages at install time instead costs more than it saves (27 s here).
+unexport PYTHONDONTWRITEBYTECODE
+export PYTHONPYCACHEPREFIX ?= $(abspath $(VENV))/pycache
+
 # torch first, pinned: the CPU build lies on these machines, in a wheel folder of pip's configuration;
 # an unpinned torch would pull GBs of CUDA. uv (installed into the venv first, if it can be had) does
 # not read pip's configuration, so it installs torch only from that very wheel file, found here; where
 # there is none, or without uv, pip installs the pin. Then uv (or pip) installs the rest: torch,
 # already there, satisfies the requirement and is kept. uv is handed pip's extra indexes and wheel
 # folders and merges indexes the way pip does. INSTALLER=pip forces pip throughout.
+
 TORCH_VERSION = 2.13.0
 INSTALLER    ?= auto
 PIP_CFG       = $(strip $(shell $(PYTHON) -m pip config get global.$(1) 2>/dev/null))
@@ -34,13 +42,10 @@ UV_PIP_FLAGS  = --index-strategy unsafe-best-match \
                 $(foreach u,$(call PIP_CFG,extra-index-url),--extra-index-url $(u)) \
                 $(foreach u,$(WHEEL_DIRS),--find-links $(u))
 comma := ,
-# $(call install,UV_ARGS,PIP_ARGS): uv pip install UV_ARGS where uv is in the venv, else pip install PIP_ARGS.
-# uv is told to compile the environment's bytecode, as pip does by default: without .pyc files every
-# Python process (test worker, notebook kernel, grading run) compiles torch's sources again, about
-# 2 s each, wherever PYTHONDONTWRITEBYTECODE is set (as on CI machines) or site-packages is read-only.
+# $(call install,UV_ARGS,PIP_ARGS): uv pip install UV_ARGS where uv is in the venv, else pip install PIP_ARGS
 define install
 	if [ "$(INSTALLER)" != pip ] && [ -x $(VENV)/bin/uv ]; then \
-	    $(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) $(UV_PIP_FLAGS) $(1); \
+	    $(VENV)/bin/uv pip install -q --python $(PY) $(UV_PIP_FLAGS) $(1); \
 	else $(PIP) install $(2); fi
 endef
 
