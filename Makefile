@@ -70,16 +70,19 @@ book: $(VENV)/.book
 	$(PY) .ci/check_book.py chapters/_build/html chapters/_build/screenshots
 
 NOTEBOOKS := $(wildcard chapters/ch*.ipynb)
-# pytest-xdist workers: one per core (JOBS=1 runs everything in one process). The suite is
-# distributed a module at a time (--dist loadscope): a module-scoped fixture is built once, not
-# once per worker (test_grading's three grading runs were each made twice). Notebooks are
+# pytest-xdist workers: one per core (JOBS=1 runs everything in one process). Notebooks are
 # distributed whole (--dist loadfile): a notebook's cells run in order in one kernel.
-JOBS  ?= auto
-NBVAL  = --nbval --nbval-current-env --nbval-sanitize-with chapters/nbval_sanitize.cfg -n $(JOBS) --dist loadfile
+JOBS   ?= auto
+NBVAL_OPTS = --nbval --nbval-current-env --nbval-sanitize-with chapters/nbval_sanitize.cfg
+NBVAL   = $(NBVAL_OPTS) -n $(JOBS) --dist loadfile
 
+# The suite and the notebooks in one run, so neither waits for the other's last worker. It is
+# distributed a module (or a notebook) at a time, --dist loadscope: a notebook's cells run in
+# order in one kernel, and a module-scoped fixture is built once, not once per worker
+# (test_grading's grading runs were each made twice). The notebooks come first: they are the
+# longest units, and a long unit started last keeps one core busy alone at the end.
 test: $(VENV)/.test
-	$(PY) -m pytest -n $(JOBS) --dist loadscope -m "not recipes"
-	$(if $(NOTEBOOKS),$(PY) -m pytest -p no:cacheprovider $(NBVAL) $(NOTEBOOKS))
+	$(PY) -m pytest -n $(JOBS) --dist loadscope -m "not recipes" $(if $(NOTEBOOKS),$(NBVAL_OPTS) $(NOTEBOOKS)) tests
 
 # The recipe checks: the induction presets retrained whole at other seeds still meet their bounds
 # (minutes of training; CI runs them after `make test`). They matter when a recipe or the training
