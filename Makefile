@@ -31,7 +31,6 @@ export PYTHONPYCACHEPREFIX ?= $(abspath $(VENV))/pycache
 # there is none, or without uv, pip installs the pin. Then uv (or pip) installs the rest: torch,
 # already there, satisfies the requirement and is kept. uv is handed pip's extra indexes and wheel
 # folders and merges indexes the way pip does. INSTALLER=pip forces pip throughout.
-
 TORCH_VERSION = 2.13.0
 INSTALLER    ?= auto
 PIP_CFG       = $(strip $(shell $(PYTHON) -m pip config get global.$(1) 2>/dev/null))

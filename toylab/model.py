@@ -192,12 +192,12 @@ class Attention(nn.Module):
         return z.transpose(1, 2).reshape(b, n, h * e) @ self.W_O.flatten(0, 1)
 
 
-_FUTURE_MASKS: dict[tuple[int, str, str], torch.Tensor] = {}
+_FUTURE_MASKS: dict[tuple[int, str], torch.Tensor] = {}
 
 
 def causal_future_mask(n_pos: int, device) -> torch.Tensor:
     """``[n_pos, n_pos]`` bool, True above the diagonal (key after query); cached per size and device."""
-    key = (n_pos, str(device), "future")
+    key = (n_pos, str(device))
     mask = _FUTURE_MASKS.get(key)
     if mask is None:
         mask = torch.triu(torch.ones(n_pos, n_pos, dtype=torch.bool, device=device), diagonal=1)
@@ -372,8 +372,8 @@ class AttnOnlyTransformer(HookedRootModule):
         if return_type not in ("logits", "loss", "loss_per_token", "both"):
             raise ValueError(f"unknown return_type {return_type!r}; expected logits, loss, loss_per_token or both")
         tokens = self.check_tokens(tokens)
-        if return_type != "logits" and tokens.shape[1] < 2:
-            raise ValueError("a next-token loss needs sequences of at least 2 tokens")
+        if return_type != "logits":
+            _check_loss_length(tokens)
         resid = self._resid_fast(tokens) if self.fast_path and not self.any_hooks() else None
         if resid is not None and return_type in ("loss", "loss_per_token"):
             # only the positions that have a next token are unembedded: [batch, pos - 1, d_vocab]
@@ -436,9 +436,14 @@ def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
     ``logits [batch, pos, d_vocab]``, ``tokens [batch, pos]`` -> ``[batch, pos - 1]`` (nats).
     """
+    _check_loss_length(tokens)
+    return next_token_loss_from_logits(logits[:, :-1], tokens[:, 1:])
+
+
+def _check_loss_length(tokens: torch.Tensor) -> None:
+    """``tokens [batch, pos]``: a next-token loss needs ``pos >= 2``."""
     if tokens.shape[1] < 2:
         raise ValueError("a next-token loss needs sequences of at least 2 tokens")
-    return next_token_loss_from_logits(logits[:, :-1], tokens[:, 1:])
 
 
 def next_token_loss_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

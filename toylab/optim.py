@@ -47,7 +47,6 @@ class _NoCompilerImport:
         return _undecorated("load_state_dict")(self, state_dict)
 
 
-
 class _StepWithoutCompilerImport(_NoCompilerImport):
     """Mixin: ``step`` of :class:`torch.optim.Adam`, minus the ``torch._dynamo`` wrapper."""
 
