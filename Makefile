@@ -3,7 +3,7 @@
 #   make test   - the test suite (library tests, graded exercises against the solutions), then the
 #                 chapter notebooks re-executed by nbval and compared with their stored outputs
 #   make test-recipes - the induction recipes retrained whole at other seeds (minutes; CI runs it)
-#   make models - retrain every canonical model into toylab/models (a few minutes on a laptop CPU)
+#   make models - retrain every canonical model into toylab/models (minutes; one preset per core at a time)
 #   make bench  - the benchmarks (with the TransformerLens comparison: make bench-tl)
 #   make test-peer - cross-check against TransformerLens 3.9.0, in its own environment .venv-tl
 #   make lab    - JupyterLab on chapters/ with the .venv kernel, for self-study (LAB_ARGS=--no-browser ...)
@@ -128,8 +128,10 @@ lab: $(VENV)/.lab
 test-lab: $(VENV)/.lab
 	$(PY) -m pytest -p no:cacheprovider tests/test_lab.py
 
+# presets trained at a time, each in its own process on one thread: the checkpoints are the same for any count
+MODEL_JOBS ?= auto
 models: $(VENV)/.torch $(VENV)/.test
-	$(PY) -m toylab.cli train --all --out-dir toylab/models
+	$(PY) -m toylab.cli train --all --out-dir toylab/models --jobs $(MODEL_JOBS)
 
 bench: $(VENV)/.test
 	$(PY) benchmarks/bench_train.py

@@ -52,6 +52,34 @@ def test_train_needs_exactly_one_target():
         main(["train", "bigram-0l", "--all"])
 
 
+def test_train_all_in_parallel_writes_what_one_at_a_time_writes(tmp_path, capsys):
+    # every preset in its own process (spawned: this test pays their imports), two at a time
+    import torch
+
+    from toylab.checkpoint import load_checkpoint
+
+    args = ["train", "--all", "--steps", "3", "--quiet"]
+    assert main([*args, "--out-dir", str(tmp_path / "one")]) == 0
+    capsys.readouterr()
+    assert main([*args, "--out-dir", str(tmp_path / "two"), "--jobs", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 at a time" in printed
+    for name in PRESETS:
+        assert f"{name}: trained 3 steps" in printed  # each run's summary comes back to this process
+        one = load_checkpoint(tmp_path / "one" / f"{name}.pt")
+        two = load_checkpoint(tmp_path / "two" / f"{name}.pt")
+        a, b = one.model.state_dict(), two.model.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+        assert one.history == [{**e, "seconds": h["seconds"]} for e, h in zip(two.history, one.history)]
+
+
+@pytest.mark.parametrize("jobs", ["0", "-2", "many"])
+def test_train_all_refuses_a_bad_jobs_count(jobs, tmp_path, capsys):
+    assert main(["train", "--all", "--jobs", jobs, "--out-dir", str(tmp_path)]) == 2
+    assert "give a positive number of processes, or auto" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_analyze_prints_the_head_report_and_composition(capsys):
     assert main(["analyze", "induction-2l"]) == 0
     out = capsys.readouterr().out

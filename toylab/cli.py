@@ -1,7 +1,7 @@
 """The ``toylab`` command.
 
     toylab train PRESET [--seed N] [--steps N] [--out PATH] [--threads N] [--quiet]
-    toylab train --all [--out-dir DIR]
+    toylab train --all [--out-dir DIR] [--jobs N|auto]
     toylab info CHECKPOINT_OR_PRESET
     toylab models            # the shipped models and what they learned
     toylab analyze CHECKPOINT_OR_PRESET                               # head report and composition scores
@@ -11,8 +11,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -144,12 +148,94 @@ def cmd_train(args) -> int:
         else:
             out = Path(args.out) if args.out else Path("runs") / f"{name}-seed{args.seed or 0}.pt"
         outs.append(check_out_path(out))  # every target checked before minutes of training
+    jobs = min(_n_jobs(args.jobs), len(names))
+    if jobs > 1:
+        return _train_in_parallel(names, outs, args, jobs)
     for name, out in zip(names, outs):
         try:
             train_preset(name, out, args.seed, args.steps, args.threads, args.quiet)
         except TrainingInterrupted:
             return 130
     return 0
+
+
+def _n_jobs(value: str) -> int:
+    """``--jobs``: a positive number of processes, or ``auto`` (one per CPU core)."""
+    if value == "auto":
+        return os.cpu_count() or 1
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"--jobs {value}: give a positive number of processes, or auto (one per core)")
+    return n
+
+
+def _train_cost(name: str) -> int:
+    """A rough size of preset ``name``'s training run (steps x tokens x width x depth), to start the longest first."""
+    p = get_preset(name)
+    return p.train.steps * p.train.batch_size * p.data["n_ctx"] * p.model.d_model * (p.model.n_layers + 1)
+
+
+_STOP = None  # in a worker of _train_in_parallel: the event set on Ctrl-C
+
+
+def _init_worker(stop) -> None:
+    global _STOP
+    _STOP = stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # an idle worker outlives Ctrl-C; a run is interrupted
+
+
+def _train_worker(name: str, out: Path, seed: int | None, steps: int | None, threads: int | None) -> tuple[str, str]:
+    """One preset in its own process (``toylab train --all --jobs N``): its summary
+    lines are returned, so runs that finish together do not interleave them."""
+    if _STOP is not None and _STOP.is_set():
+        return "skipped", ""
+    text = io.StringIO()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with contextlib.redirect_stdout(text):
+            train_preset(name, out, seed, steps, threads, quiet=True)
+    except TrainingInterrupted:
+        return "interrupted", text.getvalue()
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return "done", text.getvalue()
+
+
+def _train_in_parallel(names: list[str], outs: list[Path], args, jobs: int) -> int:
+    """Train the presets ``jobs`` at a time, each in its own process with its own thread
+    count (the preset's, 1, unless ``--threads``): each run computes what it would alone,
+    so the checkpoints are the ones a sequential run writes. Ctrl-C stops every run; each
+    saves what it had trained as ``NAME.partial.pt``, as one run does, and no other starts."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    todo = sorted(zip(names, outs), key=lambda job: -_train_cost(job[0]))  # the longest first
+    print(f"training {len(todo)} presets, {jobs} at a time (one process each)", flush=True)
+    # spawn, not fork: a forked child of a process whose torch has started threads can hang
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    status = "done"
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(stop,)) as pool:
+        running: set = set()
+        try:
+            while todo or running:
+                # a run is handed out only when a worker is free, so none waits in a queue when Ctrl-C comes
+                while todo and len(running) < jobs:
+                    name, out = todo.pop(0)
+                    running.add(pool.submit(_train_worker, name, out, args.seed, args.steps, args.threads))
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    result, text = future.result()
+                    print(text, end="", flush=True)
+                    if result == "interrupted":  # a worker can see Ctrl-C before this process does
+                        raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            status = "interrupted"
+            stop.set()  # the runs still going save their partial checkpoints; none starts after them
+    return 130 if status == "interrupted" else 0
 
 
 def _resolve_checkpoint(arg: str) -> Path:
@@ -237,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the preset's, 1)")
     p.add_argument("--out", help="checkpoint path (default runs/PRESET-seedN.pt)")
     p.add_argument("--out-dir", default="runs", help="with --all: where to write the checkpoints")
+    p.add_argument("--jobs", default="1",
+                   help="with --all: presets trained at a time, each in its own process (a number, or auto: one "
+                        "per core); the checkpoints are the same as one at a time")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("info", help="describe a checkpoint (a path or a preset name)")
