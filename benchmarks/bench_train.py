@@ -2,7 +2,10 @@
 
 Prints, for this machine and thread count:
 
-1. the float32 matmul peak (a 512 x 512 x 512 matmul, best of several);
+1. the float32 matmul peak (a 512 x 512 x 512 matmul, best of several); an
+   induction-2l step's minor page faults and time under glibc malloc's defaults,
+   then with :func:`toylab.allocator.reuse_freed_memory`, which every later
+   measurement keeps (as ``train()`` does);
 2. per preset: step time, training tokens/s, achieved FLOP/s and its fraction
    of that peak (FLOPs counted analytically: 3 x the forward matmuls);
 3. on induction-2l: the fused fast path against the hooked reference path
@@ -29,11 +32,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import resource
 import statistics
 import time
 
 import torch
 
+from toylab.allocator import reuse_freed_memory
 from toylab.data import make_dataset
 from toylab.model import AttnOnlyTransformer, ModelConfig
 from toylab.optim import AdamW
@@ -115,6 +120,28 @@ def train_step(model, batch):
         opt.step()
 
     return step
+
+
+def bench_allocator(n_steps: int) -> None:
+    """induction-2l steps and their minor page faults under glibc malloc's defaults, then
+    after :func:`toylab.allocator.reuse_freed_memory` (what ``train()`` sets; it cannot be
+    undone, so the two are measured one after the other, not interleaved)."""
+    preset = PRESETS["induction-2l"]
+    batch = make_dataset(preset.data).sample(preset.train.batch_size, torch.Generator().manual_seed(0))
+    step = train_step(AttnOnlyTransformer(preset.model, seed=0), batch)
+    rows = []
+    for label in ("malloc's defaults", "reuse_freed_memory()"):
+        if label != "malloc's defaults" and not reuse_freed_memory():
+            print("\nreuse_freed_memory() does not apply here (not glibc): malloc keeps its defaults")
+            return
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        sec = time_steps_both(step, n_steps)  # 5 warm-up steps, then n_steps timed
+        rows.append((label, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / (n_steps + 5), sec))
+    print(f"\ninduction-2l step under glibc malloc (one after the other, {n_steps} steps each):")
+    for label, faults, sec in rows:
+        print(f"  {label:22s} {faults:6.0f} minor page faults/step  {sec['wall'] * 1e3:6.1f} ms wall "
+              f"{sec['cpu'] * 1e3:6.1f} ms cpu")
+    print("  every measurement below runs with reuse_freed_memory(), as toylab's train() does")
 
 
 def bench_presets(n_steps: int, peak: dict[str, float]) -> None:
@@ -291,6 +318,7 @@ def main() -> None:
           + " (torch's imports torch._dynamo)")
     peak = matmul_peak()
     print(f"float32 matmul peak {peak['wall'] / 1e9:.1f} GFLOP/s wall, {peak['cpu'] / 1e9:.1f} GFLOP/s cpu")
+    bench_allocator(args.steps)  # from here on malloc keeps freed memory, as in toylab's train()
     bench_presets(args.steps, peak)
     bench_paths_and_parts(args.steps, peak)
     if not args.skip_2l:

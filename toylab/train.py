@@ -23,6 +23,7 @@ from typing import Callable
 
 import torch
 
+from toylab.allocator import reuse_freed_memory
 from toylab.checkpoint import save_checkpoint
 from toylab.data import make_dataset, probe_half_len, repeated_tokens, repeated_tokens_with_gap
 from toylab.evaluation import off_probe_applies, off_probe_metrics
@@ -255,6 +256,7 @@ def train(
             f"data (d_vocab={dataset.d_vocab}, n_ctx={dataset.n_ctx}) does not fit the model "
             f"(d_vocab={model_cfg.d_vocab}, n_ctx={model_cfg.n_ctx})"
         )
+    reuse_freed_memory()  # a step's tensors reuse freed pages instead of faulting in new ones (toylab.allocator)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(train_cfg.threads)
     try:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from toylab.allocator import reuse_freed_memory
 from toylab.checkpoint import atomic_write
 from toylab.features.sae import ReluSAE, SparseAutoencoder, check_activations, resample_dead_latents
 from toylab.features.topk import TopKSAE
@@ -114,6 +115,7 @@ def train_sae(sae: SparseAutoencoder, acts: torch.Tensor, *, steps: int = 2000, 
         raise ValueError(f"init_b_dec must be 'zero' or 'mean', got {init_b_dec!r}")
     if resample_every is not None and (not isinstance(resample_every, int) or resample_every < 1):
         raise ValueError(f"resample_every must be None or a positive integer, got {resample_every!r}")
+    reuse_freed_memory()  # each step's batches reuse freed pages (toylab.allocator)
     grad_was = torch.is_grad_enabled()
     torch.set_grad_enabled(True)
     try:
