@@ -73,6 +73,14 @@ def test_train_all_in_parallel_writes_what_one_at_a_time_writes(tmp_path, capsys
         assert one.history == [{**e, "seconds": h["seconds"]} for e, h in zip(two.history, one.history)]
 
 
+def test_train_all_in_parallel_reports_a_worker_error(tmp_path, capsys):
+    # the error is raised in a worker process; it reaches the command's error line, and no preset
+    # starts after it (all of them fail the same way here, before writing anything)
+    assert main(["train", "--all", "--steps", "2", "--threads", "0", "--jobs", "2", "--out-dir", str(tmp_path)]) == 2
+    assert "threads must be a positive integer, got 0" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("jobs", ["0", "-2", "many"])
 def test_train_all_refuses_a_bad_jobs_count(jobs, tmp_path, capsys):
     assert main(["train", "--all", "--jobs", jobs, "--out-dir", str(tmp_path)]) == 2

@@ -217,7 +217,7 @@ def _train_in_parallel(names: list[str], outs: list[Path], args, jobs: int) -> i
     # spawn, not fork: a forked child of a process whose torch has started threads can hang
     ctx = multiprocessing.get_context("spawn")
     stop = ctx.Event()
-    status = "done"
+    status, error = "done", None
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(stop,)) as pool:
         running: set = set()
         try:
@@ -228,13 +228,20 @@ def _train_in_parallel(names: list[str], outs: list[Path], args, jobs: int) -> i
                     running.add(pool.submit(_train_worker, name, out, args.seed, args.steps, args.threads))
                 finished, running = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    result, text = future.result()
+                    try:
+                        result, text = future.result()
+                    except Exception as e:  # as one at a time: no preset starts after a failed one
+                        error = error or e
+                        todo.clear()
+                        continue
                     print(text, end="", flush=True)
                     if result == "interrupted":  # a worker can see Ctrl-C before this process does
                         raise KeyboardInterrupt
         except KeyboardInterrupt:
             status = "interrupted"
             stop.set()  # the runs still going save their partial checkpoints; none starts after them
+    if error is not None and status != "interrupted":
+        raise error  # after the runs that were going have finished and saved their checkpoints
     return 130 if status == "interrupted" else 0
 
 
@@ -324,8 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="checkpoint path (default runs/PRESET-seedN.pt)")
     p.add_argument("--out-dir", default="runs", help="with --all: where to write the checkpoints")
     p.add_argument("--jobs", default="1",
-                   help="with --all: presets trained at a time, each in its own process (a number, or auto: one "
-                        "per core); the checkpoints are the same as one at a time")
+                   help="with --all: presets trained at a time, each in its own process without a progress bar "
+                        "(a number, or auto: one per core); the checkpoints are the same as one at a time")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("info", help="describe a checkpoint (a path or a preset name)")
