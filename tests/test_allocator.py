@@ -57,6 +57,23 @@ def test_reuse_freed_memory_is_a_no_op_without_glibc(monkeypatch):
     assert allocator._state == {"applied": False}  # asked once per process
 
 
+def test_a_c_library_that_is_not_glibc_is_not_touched(monkeypatch):
+    import ctypes
+
+    class Musl:  # has mallopt, but not glibc's gnu_get_libc_version
+        def mallopt(self, *args):
+            raise AssertionError("mallopt called on a C library that is not glibc")
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: Musl())
+    assert allocator._glibc() is None
+
+    def windows(name):  # CDLL(None) on Windows
+        raise TypeError("expected str, got NoneType")
+
+    monkeypatch.setattr(ctypes, "CDLL", windows)
+    assert allocator._glibc() is None
+
+
 def test_train_sets_it(monkeypatch):
     import toylab.train as train_module
     from toylab.presets import PRESETS

@@ -33,8 +33,8 @@ def _glibc():
     """glibc, loaded; None where the C library is another one (or none can be loaded)."""
     name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name)
-    except OSError:
+        libc = ctypes.CDLL(name)  # name None (no library found by name): the process's own symbols
+    except (OSError, TypeError):  # TypeError: CDLL(None) on Windows
         return None
     return libc if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt") else None
 
