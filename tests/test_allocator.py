@@ -51,10 +51,15 @@ def test_a_training_step_faults_almost_no_pages_after_reuse_freed_memory():
 
 
 def test_reuse_freed_memory_is_a_no_op_without_glibc(monkeypatch):
-    monkeypatch.setattr(allocator, "_state", {})
-    monkeypatch.setattr(allocator, "_glibc", lambda: None)
-    assert allocator.reuse_freed_memory() is False
-    assert allocator._state == {"applied": False}  # asked once per process
+    asked = []
+    monkeypatch.setattr(allocator, "_glibc", lambda: asked.append(1))  # None: no glibc
+    allocator.reuse_freed_memory.cache_clear()
+    try:
+        assert allocator.reuse_freed_memory() is False
+        assert allocator.reuse_freed_memory() is False
+        assert asked == [1]  # asked once per process
+    finally:
+        allocator.reuse_freed_memory.cache_clear()  # the next call asks the real C library again
 
 
 def test_a_c_library_that_is_not_glibc_is_not_touched(monkeypatch):

@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 
 MMAP_THRESHOLD = 8 << 20  # bytes: blocks up to this size come from the heap, not a fresh mapping
 TRIM_THRESHOLD = 32 << 20  # bytes of free memory at the heap's top that malloc keeps instead of returning
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
-
-_state: dict[str, bool] = {}
 
 
 def _glibc():
@@ -41,20 +40,18 @@ def _glibc():
     return libc if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt") else None
 
 
+@functools.cache  # once per process
 def reuse_freed_memory() -> bool:
     """Set glibc ``malloc`` to keep freed blocks for reuse (see the module's text), once
     per process. Returns True where the settings are in force, False where this is not
     glibc or ``mallopt`` refused them (nothing is changed then)."""
-    if "applied" not in _state:
-        libc = _glibc()
-        ok = libc is not None
-        if ok:
-            libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-            # mallopt returns 1 on success. Either setting alone is worse than none (measured:
-            # a fixed trim threshold alone sends every block over 128 kB to a fresh mapping), so
-            # the one that can be refused (over 512 kB on a 32-bit build) goes first; the trim
-            # threshold, which glibc always takes, follows only if it was accepted.
-            ok = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
-            ok = ok and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
-        _state["applied"] = ok
-    return _state["applied"]
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    # mallopt returns 1 on success. Either setting alone is worse than none (measured:
+    # a fixed trim threshold alone sends every block over 128 kB to a fresh mapping), so
+    # the one that can be refused (over 512 kB on a 32-bit build) goes first; the trim
+    # threshold, which glibc always takes, follows only if it was accepted.
+    return (libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+            and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1)

@@ -382,7 +382,7 @@ class AttnOnlyTransformer(HookedRootModule):
         logits = self._forward_hooked(tokens) if resid is None else resid @ self.W_U
         if return_type == "logits":
             return logits
-        per_token = next_token_loss(logits, tokens)
+        per_token = next_token_loss_from_logits(logits[:, :-1], tokens[:, 1:])  # length checked above
         if return_type == "loss_per_token":
             return per_token
         return per_token.mean() if return_type == "loss" else (logits, per_token.mean())
