@@ -72,7 +72,13 @@ NOTEBOOKS := $(wildcard chapters/ch*.ipynb)
 # pytest-xdist workers: one per core (JOBS=1 runs everything in one process). Notebooks are
 # distributed whole (--dist loadfile): a notebook's cells run in order in one kernel.
 JOBS   ?= auto
-NBVAL_OPTS = --nbval --nbval-current-env --nbval-sanitize-with chapters/nbval_sanitize.cfg
+# A kernel gets 300 s to start (nbval's default is 60): on a machine loaded with other work (CI
+# builds the book beside the kernel passes; a student's laptop runs other programs) a kernel can
+# take minutes to answer, and a kernel that is late fails every cell of its notebook.
+# .ci/book_execute.py gives the book's kernels the same time.
+KERNEL_STARTUP_TIMEOUT ?= 300
+NBVAL_OPTS = --nbval --nbval-current-env --nbval-sanitize-with chapters/nbval_sanitize.cfg \
+             --nbval-kernel-startup-timeout $(KERNEL_STARTUP_TIMEOUT)
 NBVAL   = $(NBVAL_OPTS) -n $(JOBS) --dist loadfile
 
 # The suite and the notebooks in one run, so neither waits for the other's last worker. It is

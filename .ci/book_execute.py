@@ -31,12 +31,17 @@ from jupyter_cache import get_cache
 from jupyter_cache.base import CacheBundleIn
 from jupyter_cache.executors.utils import single_nb_execution
 
+# seconds a kernel may take to start; see the Makefile's NBVAL_OPTS, which allow the same
+KERNEL_STARTUP_TIMEOUT = 300
+
 
 def _execute(path: str, timeout: int) -> tuple[str, str | None, float, str | None]:
     """Run one notebook; returns (path, executed notebook as JSON or None, seconds, error)."""
     nb = nbformat.read(path, as_version=4)
+    # startup_timeout: nbclient waits 60 s for a new kernel by default, which a machine busy with
+    # other work (CI's kernel passes run beside the book) can exceed; KERNEL_STARTUP_TIMEOUT allows more.
     result = single_nb_execution(nb, cwd=str(Path(path).parent), timeout=timeout, allow_errors=False,
-                                 meta_override=True)
+                                 meta_override=True, startup_timeout=KERNEL_STARTUP_TIMEOUT)
     if result.err is not None:
         return path, None, result.time, f"{type(result.err).__name__}: {result.err}"
     return path, nbformat.writes(nb), result.time, None

@@ -21,7 +21,7 @@ page the script
 4. fails if the page asked the local server for a file that does not exist
    (a missing image, MathJax component or font);
 5. saves a PNG screenshot of the page to OUT_DIR/<page>.png;
-6. if the page holds toylab attention viewers (toylab.viewer), drives Chromium
+6. if the page holds toylab attention viewers (toylab.circuits.viewer), drives Chromium
    over the DevTools protocol (a minimal client on the standard library):
    moves the mouse onto a token of each viewer (a real hover), clicks another
    one, and checks that the weights the viewer highlights equal the row of

@@ -18,11 +18,11 @@ import time
 
 import torch
 
-from toylab.copying import copying_scores
+from toylab.circuits.copying import copying_scores
 from toylab.data import probe_half_len, repeated_tokens
 from toylab.model import AttnOnlyTransformer, ModelConfig
-from toylab.presets import PRESETS, load_model
-from toylab.report import head_report
+from toylab.training.presets import PRESETS, load_model
+from toylab.circuits.report import head_report
 
 
 def seconds(fn) -> float:

@@ -35,7 +35,7 @@ from toylab.discovery.reference import induction_circuit, induction_hypotheses
 from toylab.discovery.roc import roc_curve, spearman, topk_recall
 from toylab.discovery.subnetwork_probing import subnetwork_probing
 from toylab.discovery.scrubbing import EquivalenceClasses, Hypothesis, scrub
-from toylab.presets import get_preset, load_model
+from toylab.training.presets import get_preset, load_model
 
 
 def best_time(fn, repeats: int):

@@ -25,7 +25,7 @@ from toylab.features.ground_truth import random_init_control, true_features
 from toylab.features.metrics import mcc, mmcs
 from toylab.features.sae import ReluSAE
 from toylab.features.train_sae import gather_activations, train_sae
-from toylab.presets import load_model
+from toylab.training.presets import load_model
 
 HOOK = "blocks.0.hook_resid_pre"
 

@@ -18,9 +18,9 @@ import time
 import torch
 
 from toylab.data import repeated_tokens
-from toylab.interventions import make_metric
-from toylab.patching import patch_sweep
-from toylab.presets import load_model
+from toylab.causal.interventions import make_metric
+from toylab.causal.patching import patch_sweep
+from toylab.training.presets import load_model
 
 
 def best_time(fn, repeats: int) -> tuple[float, torch.Tensor]:

@@ -4,7 +4,7 @@ Prints, for this machine and thread count:
 
 1. the float32 matmul peak (a 512 x 512 x 512 matmul, best of several); an
    induction-2l step's minor page faults and time under glibc malloc's defaults,
-   then with :func:`toylab.allocator.reuse_freed_memory`, which every later
+   then with :func:`toylab.training.allocator.reuse_freed_memory`, which every later
    measurement keeps (as ``train()`` does);
 2. per preset: step time, training tokens/s, achieved FLOP/s and its fraction
    of that peak (FLOPs counted analytically: 3 x the forward matmuls);
@@ -38,12 +38,12 @@ import time
 
 import torch
 
-from toylab.allocator import reuse_freed_memory
+from toylab.training.allocator import reuse_freed_memory
 from toylab.data import make_dataset
 from toylab.model import AttnOnlyTransformer, ModelConfig
-from toylab.optim import AdamW
-from toylab.presets import PRESETS
-from toylab.train import evaluate, train
+from toylab.training.optim import AdamW
+from toylab.training.presets import PRESETS
+from toylab.training.train import evaluate, train
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
@@ -124,7 +124,7 @@ def train_step(model, batch):
 
 def bench_allocator(n_steps: int) -> None:
     """induction-2l steps and their minor page faults under glibc malloc's defaults, then
-    after :func:`toylab.allocator.reuse_freed_memory` (what ``train()`` sets; it cannot be
+    after :func:`toylab.training.allocator.reuse_freed_memory` (what ``train()`` sets; it cannot be
     undone, so the two are measured one after the other, not interleaved)."""
     preset = PRESETS["induction-2l"]
     batch = make_dataset(preset.data).sample(preset.train.batch_size, torch.Generator().manual_seed(0))
@@ -305,7 +305,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     first = {}
-    for name, cls in (("toylab.optim.AdamW", AdamW), ("torch.optim.AdamW", torch.optim.AdamW)):
+    for name, cls in (("toylab.training.optim.AdamW", AdamW), ("torch.optim.AdamW", torch.optim.AdamW)):
         t0, c0 = time.perf_counter(), time.thread_time()
         p = torch.nn.Parameter(torch.zeros(1))
         p.grad = torch.ones(1)

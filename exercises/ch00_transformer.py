@@ -7,7 +7,7 @@ right (``x @ W``). Check your work with
 
     toylab grade --chapter 0
 
-or, in a notebook, ``toylab.grading.check("ch00", "embed")``. The reference
+or, in a notebook, ``toylab.course.grading.check("ch00", "embed")``. The reference
 answers are in ``solutions/ch00_transformer.py``: try first.
 """
 

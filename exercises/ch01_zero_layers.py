@@ -7,7 +7,7 @@ your work with
 
     toylab grade --chapter 1
 
-or, in a notebook, ``toylab.grading.check("ch01", "bigram_table_from_weights")``.
+or, in a notebook, ``toylab.course.grading.check("ch01", "bigram_table_from_weights")``.
 The reference answers are in ``solutions/ch01_zero_layers.py``: try first.
 """
 

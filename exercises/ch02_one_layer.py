@@ -11,7 +11,7 @@ your work with
 
     toylab grade --chapter 2
 
-or, in a notebook, ``toylab.grading.check("ch02", "full_ov_circuit")``.
+or, in a notebook, ``toylab.course.grading.check("ch02", "full_ov_circuit")``.
 The reference answers are in ``solutions/ch02_one_layer.py``: try first.
 """
 

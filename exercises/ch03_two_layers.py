@@ -12,7 +12,7 @@ your work with
 
     toylab grade --chapter 3
 
-or, in a notebook, ``toylab.grading.check("ch03", "k_composition_score")``.
+or, in a notebook, ``toylab.course.grading.check("ch03", "k_composition_score")``.
 The reference answers are in ``solutions/ch03_two_layers.py``: try first.
 """
 

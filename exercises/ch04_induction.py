@@ -9,7 +9,7 @@ your work with
 
     toylab grade --chapter 4
 
-or, in a notebook, ``toylab.grading.check("ch04", "induction_score")``.
+or, in a notebook, ``toylab.course.grading.check("ch04", "induction_score")``.
 The reference answers are in ``solutions/ch04_induction.py``: try first.
 """
 

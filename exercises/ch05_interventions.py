@@ -8,7 +8,7 @@ your work with
 
     toylab grade --chapter 5
 
-or, in a notebook, ``toylab.grading.check("ch05", "zero_ablation_hook")``.
+or, in a notebook, ``toylab.course.grading.check("ch05", "zero_ablation_hook")``.
 The reference answers are in ``solutions/ch05_interventions.py``: try first.
 """
 
@@ -302,7 +302,7 @@ def heads_acting_through_attention(model, tokens: torch.Tensor, half_len: int) -
 
     Hint: measure the mean loss on the second copy (the logits at positions
     ``half_len + 1 .. 2 * half_len - 1``), clean and after ablating each head
-    twice: normally and with the patterns frozen. ``toylab.interventions``
+    twice: normally and with the patterns frozen. ``toylab.causal.interventions``
     may do the runs for you, or your ``pattern_preserving_ablation``.
     """
     raise NotImplementedError

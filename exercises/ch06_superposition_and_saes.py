@@ -9,7 +9,7 @@ your work with
 
     toylab grade --chapter 6
 
-or, in a notebook, ``toylab.grading.check("ch06", "mmcs")``.
+or, in a notebook, ``toylab.course.grading.check("ch06", "mmcs")``.
 The reference answers are in ``solutions/ch06_superposition_and_saes.py``: try first.
 """
 

@@ -10,7 +10,7 @@ your work with
 
     toylab grade --chapter 7
 
-or, in a notebook, ``toylab.grading.check("ch07", "majority_baseline")``.
+or, in a notebook, ``toylab.course.grading.check("ch07", "majority_baseline")``.
 The reference answers are in ``solutions/ch07_probes_and_steering.py``: try first.
 """
 

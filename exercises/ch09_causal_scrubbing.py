@@ -10,7 +10,7 @@ your work with
 
     toylab grade --chapter 9
 
-or, in a notebook, ``toylab.grading.check("ch09", "loss_recovered")``.
+or, in a notebook, ``toylab.course.grading.check("ch09", "loss_recovered")``.
 The reference answers are in ``solutions/ch09_causal_scrubbing.py``: try first.
 """
 

@@ -10,7 +10,7 @@ your work with
 
     toylab grade --chapter 10
 
-or, in a notebook, ``toylab.grading.check("ch10", "bigram_fit")``.
+or, in a notebook, ``toylab.course.grading.check("ch10", "bigram_fit")``.
 The reference answers are in ``solutions/ch10_text.py``: try first.
 """
 
@@ -134,7 +134,7 @@ def is_induction_head(pattern: torch.Tensor, tokens: torch.Tensor) -> torch.Tens
         token, the rest on BOS) and heads that are not (previous-token,
         current-token, uniform, BOS-resting heads, and mixtures of those), on
         several batches of text. No single threshold on the raw induction
-        score of :func:`toylab.scores.induction_score` separates them.
+        score of :func:`toylab.circuits.scores.induction_score` separates them.
 
     Hint: choose where to look. At which destinations does a previous-token
     or a current-token head get no induction score at all, while an induction

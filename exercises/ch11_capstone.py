@@ -13,7 +13,7 @@ your work with
 
     toylab grade --chapter 11
 
-or, in a notebook, ``toylab.grading.check("ch11", "rule_from_weights")``.
+or, in a notebook, ``toylab.course.grading.check("ch11", "rule_from_weights")``.
 The reference answers are in ``solutions/ch11_capstone.py``: try first.
 The project brief is the book page ``chapters/ch11_capstone.md``.
 """
@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from toylab.model import ModelConfig
-from toylab.train import TrainConfig
+from toylab.training.train import TrainConfig
 
 
 def design_language() -> dict:
@@ -58,7 +58,7 @@ def design_language() -> dict:
 def train_config(spec: dict) -> tuple[ModelConfig, TrainConfig, int]:
     """Choose the model and the training run that learn your language's rules.  ★★  (about 15 min)
 
-    The grader calls ``toylab.train.train(model_cfg, spec, train_cfg, seed,
+    The grader calls ``toylab.training.train.train(model_cfg, spec, train_cfg, seed,
     progress=False)`` and then measures, for every planted rule, the model's
     mean probability of ``C`` at the positions the rule governs; each must
     reach at least 3/4 of the true probability the language gives ``C`` there.
@@ -74,7 +74,7 @@ def train_config(spec: dict) -> tuple[ModelConfig, TrainConfig, int]:
 
     Returns:
         ``(model_cfg, train_cfg, seed)``: a :class:`toylab.model.ModelConfig`,
-        a :class:`toylab.train.TrainConfig` and the training seed.
+        a :class:`toylab.training.train.TrainConfig` and the training seed.
 
     Hint: a skip-trigram needs one head per rule only if the rules interfere;
     what limits you is how often each rule is seen. A learning rate well

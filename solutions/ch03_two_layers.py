@@ -239,7 +239,7 @@ def composition_kind(model, head_a: tuple[int, int], head_b: tuple[int, int]) ->
     (:func:`random_composition_baseline`); the Q- and K-scores differ only by
     a transpose, the V-score uses the later head's OV circuit.
     """
-    from toylab.composition import empirical_baseline
+    from toylab.circuits.composition import empirical_baseline
 
     (la, ha), (lb, hb) = head_a, head_b
     if la >= lb:

@@ -351,10 +351,10 @@ def heads_acting_through_attention(model, tokens: torch.Tensor, half_len: int) -
 
     Hint: measure the mean loss on the second copy (the logits at positions
     ``half_len + 1 .. 2 * half_len - 1``), clean and after ablating each head
-    twice: normally and with the patterns frozen. ``toylab.interventions``
+    twice: normally and with the patterns frozen. ``toylab.causal.interventions``
     may do the runs for you, or your ``pattern_preserving_ablation``.
     """
-    from toylab.interventions import ablate_heads, make_metric
+    from toylab.causal.interventions import ablate_heads, make_metric
 
     loss = make_metric("loss", tokens, list(range(half_len + 1, 2 * half_len)))
     clean = float(loss(model(tokens)))

@@ -11,7 +11,7 @@ your work with
 
     toylab grade --chapter 8
 
-or, in a notebook, ``toylab.grading.check("ch08", "spearman")``.
+or, in a notebook, ``toylab.course.grading.check("ch08", "spearman")``.
 The reference answers are in ``solutions/ch08_attribution_patching_and_acdc.py``: try first.
 """
 

@@ -170,14 +170,14 @@ def is_induction_head(pattern: torch.Tensor, tokens: torch.Tensor) -> torch.Tens
         token, the rest on BOS) and heads that are not (previous-token,
         current-token, uniform, BOS-resting heads, and mixtures of those), on
         several batches of text. No single threshold on the raw induction
-        score of :func:`toylab.scores.induction_score` separates them.
+        score of :func:`toylab.circuits.scores.induction_score` separates them.
 
     Hint: choose where to look. At which destinations does a previous-token
     or a current-token head get no induction score at all, while an induction
     head still does? Then compare with what a head that attends uniformly
     would score there.
     """
-    from toylab.scores import induction_score
+    from toylab.circuits.scores import induction_score
 
     b, n = tokens.shape
     q = torch.arange(n)

@@ -1,4 +1,4 @@
-"""toylab.allocator: glibc malloc keeps freed memory, so a training step stops faulting in fresh pages."""
+"""toylab.training.allocator: glibc malloc keeps freed memory, so a training step stops faulting in fresh pages."""
 
 import subprocess
 import sys
@@ -6,16 +6,16 @@ import textwrap
 
 import pytest
 
-from toylab import allocator
+from toylab.training import allocator
 
 # a fresh process: the setting is process-wide and cannot be undone
 _SCRIPT = textwrap.dedent("""
     import resource, torch
-    from toylab.allocator import reuse_freed_memory
+    from toylab.training.allocator import reuse_freed_memory
     from toylab.data import make_dataset
     from toylab.model import AttnOnlyTransformer
-    from toylab.optim import AdamW
-    from toylab.presets import PRESETS
+    from toylab.training.optim import AdamW
+    from toylab.training.presets import PRESETS
     torch.set_num_threads(1)
     p = PRESETS["induction-2l"]
     batch = make_dataset(p.data).sample(128, torch.Generator().manual_seed(0))
@@ -80,8 +80,8 @@ def test_a_c_library_that_is_not_glibc_is_not_touched(monkeypatch):
 
 
 def test_train_sets_it(monkeypatch):
-    import toylab.train as train_module
-    from toylab.presets import PRESETS
+    import toylab.training.train as train_module
+    from toylab.training.presets import PRESETS
 
     calls = []
     monkeypatch.setattr(train_module, "reuse_freed_memory", lambda: calls.append(1) or True)

@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from toylab.attribution import (decompose_resid, direct_logit_attribution, final_resid, final_scale,
+from toylab.causal.attribution import (decompose_resid, direct_logit_attribution, final_resid, final_scale,
                                 logit_attrs, logit_lens, stack_head_results)
 from toylab.data import repeated_tokens
 from toylab.model import AttnOnlyTransformer, ModelConfig
-from toylab.presets import load_model
+from toylab.training.presets import load_model
 
 H = 15
 
@@ -156,7 +156,7 @@ def test_logit_lens(model, probe):
 
 
 def test_cache_methods_match_the_functions(model, probe):
-    from toylab.attribution import decompose_resid, logit_attrs, stack_head_results
+    from toylab.causal.attribution import decompose_resid, logit_attrs, stack_head_results
 
     _, cache = model.run_with_cache(probe)
     stack, labels = cache.decompose_resid()

@@ -15,17 +15,17 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from toylab import plot  # noqa: E402
-from toylab.attribution import logit_attrs  # noqa: E402,F401  (registers the cache helpers)
-from toylab.circuits import full_ov, skip_trigram_triples  # noqa: E402
-from toylab.composition import composition_scores  # noqa: E402
-from toylab.copying import copying_scores, direct_copying_scores, random_copying_baseline  # noqa: E402
+from toylab.causal.attribution import logit_attrs  # noqa: E402,F401  (registers the cache helpers)
+from toylab.circuits.weights import full_ov, skip_trigram_triples  # noqa: E402
+from toylab.circuits.composition import composition_scores  # noqa: E402
+from toylab.circuits.copying import copying_scores, direct_copying_scores, random_copying_baseline  # noqa: E402
 from toylab.data import BigramLanguage, repeated_tokens  # noqa: E402
 from toylab.hooks import ActivationCache, resolve_index  # noqa: E402
-from toylab.interventions import ablate_heads, make_metric, term_importance  # noqa: E402
+from toylab.causal.interventions import ablate_heads, make_metric, term_importance  # noqa: E402
 from toylab.model import AttnOnlyTransformer, ModelConfig  # noqa: E402
-from toylab.patching import patch, patch_sweep  # noqa: E402
-from toylab.presets import load_model  # noqa: E402
-from toylab.scores import induction_score, previous_token_score  # noqa: E402
+from toylab.causal.patching import patch, patch_sweep  # noqa: E402
+from toylab.training.presets import load_model  # noqa: E402
+from toylab.circuits.scores import induction_score, previous_token_score  # noqa: E402
 
 
 @functools.lru_cache(maxsize=None)

@@ -19,12 +19,15 @@ import numpy as np
 import pytest
 import torch
 
-from toylab import checkpoint, grading
-from toylab.checkpoint import CheckpointError, SaveError, load_checkpoint, save_checkpoint
+from toylab.training import checkpoint
+
+from toylab.course import commands
+from toylab.files import SaveError
+from toylab.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from toylab.cli import main
 from toylab.model import AttnOnlyTransformer, ModelConfig
-from toylab.presets import get_preset
-from toylab.train import TrainConfig, TrainingInterrupted, train
+from toylab.training.presets import get_preset
+from toylab.training.train import TrainConfig, TrainingInterrupted, train
 
 CFG = ModelConfig(d_vocab=10, n_ctx=8, d_model=8, n_layers=1, n_heads=2, positional="shortformer")
 TINY = ["train", "bigram-0l", "--steps", "2", "--quiet"]
@@ -119,14 +122,14 @@ def _no_pytest(ctx: Ctx):
 
     real = importlib.util.find_spec
     ctx.monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "pytest" else real(n, *a))
-    return grading.main([str(ctx.tmp)])
+    return commands.main([str(ctx.tmp)])
 
 
 def _grade_never_runs(ctx: Ctx):
     def must_not_grade(*a, **k):
         raise AssertionError("grading started before the arguments were checked")
 
-    ctx.monkeypatch.setattr(grading, "grade", must_not_grade)
+    ctx.monkeypatch.setattr(commands, "grade", must_not_grade)
 
 
 P = get_preset("bigram-0l")
@@ -205,14 +208,14 @@ CASES = [
     Case("toylab info: a .json describing another .pt", _stale_json,
          r"toylab info: warning: the metadata .*m.json describes another checkpoint", cli=True),
     # --- toylab grade
-    *[Case(f"toylab grade --timeout {t}", (lambda ctx, t=t: _grade_never_runs(ctx) or grading.main(
+    *[Case(f"toylab grade --timeout {t}", (lambda ctx, t=t: _grade_never_runs(ctx) or commands.main(
         [str(ctx.tmp), "--timeout", t])), rf"timeout must be a finite number of seconds > 0, got {m}", cli=True)
       for t, m in [("nan", "nan"), ("inf", "inf"), ("-1", "-1.0"), ("0", "0.0")]],
-    Case("toylab grade --json FOLDER", lambda ctx: _grade_never_runs(ctx) or grading.main(
+    Case("toylab grade --json FOLDER", lambda ctx: _grade_never_runs(ctx) or commands.main(
         [str(ctx.tmp), "--json", str(ctx.tmp)]), r"is a folder; give a file path", cli=True),
-    Case("toylab grade --json READ-ONLY/g.json", lambda ctx: _grade_never_runs(ctx) or _read_only(ctx) or grading.main(
+    Case("toylab grade --json READ-ONLY/g.json", lambda ctx: _grade_never_runs(ctx) or _read_only(ctx) or commands.main(
         [str(ctx.tmp), "--json", str(ctx.tmp / "g.json")]), r"the folder .* is not writable", cli=True),
-    Case("toylab grade --json answers.py", lambda ctx: _grade_never_runs(ctx) or grading.main(
+    Case("toylab grade --json answers.py", lambda ctx: _grade_never_runs(ctx) or commands.main(
         [str(ctx.tmp), "--json", str(ctx.tmp / "ch00.py")]), r"refusing to overwrite a .py file", cli=True),
     Case("toylab grade without pytest", _no_pytest,
          r"toylab grade runs the graded tests with pytest.*pip install 'pytest>=7.4'", cli=True),

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from toylab.data import BOS
-from toylab.evaluation import (OFF_PROBE_BOUNDS, PROBE_SEED, no_bos_probe, off_probe_failures,
+from toylab.causal.evaluation import (OFF_PROBE_BOUNDS, PROBE_SEED, no_bos_probe, off_probe_failures,
                                off_probe_lines, off_probe_metrics, segment_probe, segment_tokens)
 from toylab.model import AttnOnlyTransformer, ModelConfig
-from toylab.presets import PRESETS, load_shipped
-from toylab.train import evaluate, induction_probe, train
+from toylab.training.presets import PRESETS, load_shipped
+from toylab.training.train import evaluate, induction_probe, train
 
 L = 15  # the probe [BOS, r, r] that fills n_ctx = 32
 
@@ -183,7 +183,7 @@ def test_induction_presets_do_not_share_their_data_dict():
 @pytest.mark.parametrize("typo, suggestion", [("induction2l", "induction-2l"), ("inducton-1l", "induction-1l"),
                                               ("bigram", "bigram-0l"), ("text2l", "text-2l")])
 def test_a_preset_typo_suggests_the_closest_name(typo, suggestion):
-    from toylab.presets import get_preset
+    from toylab.training.presets import get_preset
     with pytest.raises(ValueError, match=f"did you mean '{suggestion}'"):
         get_preset(typo)
     with pytest.raises(ValueError, match="unknown preset 'zzz'; the presets are"):

@@ -6,7 +6,7 @@ import pickle
 import pytest
 import torch
 
-from toylab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from toylab.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from toylab.model import AttnOnlyTransformer, ModelConfig
 
 CFG = ModelConfig(d_vocab=10, n_ctx=8, d_model=8, n_layers=2, n_heads=2, positional="shortformer")
@@ -122,8 +122,10 @@ import json  # noqa: E402
 import math  # noqa: E402
 import time  # noqa: E402
 
-from toylab import checkpoint as ckpt_mod  # noqa: E402
-from toylab.checkpoint import SaveError, check_metadata, clean_stale_tmp  # noqa: E402
+from toylab import files as files_mod  # noqa: E402
+from toylab.training import checkpoint as ckpt_mod  # noqa: E402
+from toylab.files import SaveError, clean_stale_tmp  # noqa: E402
+from toylab.training.checkpoint import check_metadata  # noqa: E402
 
 
 def save_pair(path, seed=2, meta=None):
@@ -193,7 +195,7 @@ def test_read_only_folder(tmp_path, monkeypatch):
     def denied(*a, **k):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(ckpt_mod.tempfile, "mkstemp", denied)
+    monkeypatch.setattr(files_mod.tempfile, "mkstemp", denied)
     with pytest.raises(SaveError, match="Permission denied"):
         save_pair(path, seed=5)
     assert path.read_bytes() == good
@@ -202,7 +204,7 @@ def test_read_only_folder(tmp_path, monkeypatch):
 def test_metadata_records_the_hash_of_the_bytes_written(tmp_path):
     path = save_pair(tmp_path / "m.pt")
     meta = json.loads(path.with_suffix(".json").read_text())
-    assert meta["file"] == "m.pt" and meta["sha256"] == ckpt_mod.file_sha256(path) and meta["preset"] == "test"
+    assert meta["file"] == "m.pt" and meta["sha256"] == files_mod.file_sha256(path) and meta["preset"] == "test"
     assert check_metadata(path) is None
 
 
@@ -284,7 +286,7 @@ def test_non_finite_weights_are_refused(tmp_path, value):
 
 
 def test_shipped_format_1_checkpoints_still_load():
-    from toylab.presets import PRESETS, shipped_path
+    from toylab.training.presets import PRESETS, shipped_path
 
     for name in PRESETS:
         path = shipped_path(name)

@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
-from toylab.circuits import (OV, QK, full_ov, full_qk, k_composition_circuit, n_paths, path_expansion,
+from toylab.circuits.weights import (OV, QK, full_ov, full_qk, k_composition_circuit, n_paths, path_expansion,
                              positional_qk, q_composition_circuit, skip_trigram_triples,
                              v_composition_circuit, virtual_weights)
 from toylab.data import make_dataset
 from toylab.model import AttnOnlyTransformer, ModelConfig
-from toylab.presets import load_shipped
+from toylab.training.presets import load_shipped
 
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from toylab.cli import main
-from toylab.presets import PRESETS, get_preset
+from toylab.training.presets import PRESETS, get_preset
 
 
 def test_unknown_preset_is_a_clear_error(capsys):
@@ -56,7 +56,7 @@ def test_train_all_in_parallel_writes_what_one_at_a_time_writes(tmp_path, capsys
     # every preset in its own process (spawned: this test pays their imports), two at a time
     import torch
 
-    from toylab.checkpoint import load_checkpoint
+    from toylab.training.checkpoint import load_checkpoint
 
     args = ["train", "--all", "--steps", "3", "--quiet"]
     assert main([*args, "--out-dir", str(tmp_path / "one")]) == 0
@@ -103,8 +103,8 @@ import os  # noqa: E402
 
 import torch  # noqa: E402
 
-from toylab import checkpoint as ckpt_mod  # noqa: E402
-from toylab.checkpoint import load_checkpoint  # noqa: E402
+from toylab.training import checkpoint as ckpt_mod  # noqa: E402
+from toylab.training.checkpoint import load_checkpoint  # noqa: E402
 
 TINY = ["train", "bigram-0l", "--steps", "4", "--quiet"]
 
@@ -160,7 +160,7 @@ def test_ctrl_c_saves_a_partial_checkpoint_beside_the_target(good_model, tmp_pat
     import dataclasses
 
     import toylab.cli as cli
-    import toylab.train as train_mod
+    import toylab.training.train as train_mod
 
     out = copy_good(good_model, tmp_path)
     before = out.read_bytes()
@@ -227,7 +227,7 @@ def test_models_survives_records_without_metrics(monkeypatch, capsys):
 
 
 def test_analyze_a_layernorm_model_says_why_composition_is_not_shown(tmp_path, capsys):
-    from toylab.checkpoint import save_checkpoint
+    from toylab.training.checkpoint import save_checkpoint
     from toylab.model import AttnOnlyTransformer, ModelConfig
 
     cfg = ModelConfig(d_vocab=16, n_ctx=12, d_model=16, n_layers=2, n_heads=2, layernorm=True,

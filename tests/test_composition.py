@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from toylab.composition import (analytic_baseline, composition_score, composition_scores,
+from toylab.circuits.composition import (analytic_baseline, composition_score, composition_scores,
                                 empirical_baseline, relative_composition_scores)
 from toylab.factored import FactoredMatrix
 from toylab.model import AttnOnlyTransformer, ModelConfig
-from toylab.presets import load_model
+from toylab.training.presets import load_model
 
 
 

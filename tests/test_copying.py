@@ -6,12 +6,12 @@ import functools
 import pytest
 import torch
 
-from toylab.circuits import full_ov
-from toylab.copying import (copying_score, copying_scores, direct_copying_scores, full_ov_eigenvalues,
+from toylab.circuits.weights import full_ov
+from toylab.circuits.copying import (copying_score, copying_scores, direct_copying_scores, full_ov_eigenvalues,
                             icl_score, icl_score_on_training_data)
 from toylab.factored import FactoredMatrix
 from toylab.model import AttnOnlyTransformer, ModelConfig
-from toylab.presets import load_shipped
+from toylab.training.presets import load_shipped
 
 
 
@@ -113,7 +113,7 @@ def test_bad_input():
 
 
 def test_random_copying_baseline_depends_on_d_head_and_matches_random_models():
-    from toylab.copying import random_copying_baseline
+    from toylab.circuits.copying import random_copying_baseline
     small = random_copying_baseline(64, 32, 4, (0.5, 0.99), n_samples=500)
     large = random_copying_baseline(64, 32, 32, (0.5, 0.99), n_samples=500)
     assert abs(small[0.5]) < 0.1 and abs(large[0.5]) < 0.1           # centred on 0

@@ -12,8 +12,8 @@ from toylab.discovery.graph import Graph
 from toylab.discovery.metrics import induction_positions, next_token_loss_on
 from toylab.discovery.reference import induction_circuit, induction_heads
 from toylab.discovery.roc import roc_curve, roc_from_scores, tpr_fpr
-from toylab.presets import get_preset, load_model
-from toylab.scores import head_detector_scores
+from toylab.training.presets import get_preset, load_model
+from toylab.circuits.scores import head_detector_scores
 
 torch.set_num_threads(1)
 TAUS = [0.0, 0.003, 0.03, 0.3, 3.0]

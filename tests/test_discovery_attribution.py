@@ -10,8 +10,8 @@ from toylab.discovery.graph import Graph
 from toylab.discovery.reference import induction_circuit
 from toylab.discovery.metrics import induction_positions, kl_to_clean, logit_diff, next_token_loss_on
 from toylab.discovery.roc import spearman
-from toylab.presets import get_preset, load_model
-from toylab.scores import previous_token_score
+from toylab.training.presets import get_preset, load_model
+from toylab.circuits.scores import previous_token_score
 
 torch.set_num_threads(1)
 

@@ -9,8 +9,8 @@ from toylab.discovery.graph import Graph
 from toylab.discovery.metrics import (check_metric_value, induction_positions, kl_to_clean, logit_diff,
                                       next_token_loss_on)
 from toylab.model import AttnOnlyTransformer, ModelConfig
-from toylab.patching import path_patch
-from toylab.presets import get_preset, load_model
+from toylab.causal.patching import path_patch
+from toylab.training.presets import get_preset, load_model
 
 torch.set_num_threads(1)
 
@@ -71,7 +71,7 @@ def test_nothing_patched_is_the_model_and_everything_patched_is_the_source(setup
 
 
 def test_single_edge_matches_path_patching(setup):
-    """Edge s -> r.k patched = r's key input recomputed from clean - out_s^clean + out_s^corr (toylab.patching)."""
+    """Edge s -> r.k patched = r's key input recomputed from clean - out_s^clean + out_s^corr (toylab.causal.patching)."""
     model, g, clean, corr = setup
     metric = logit_diff(clean.tokens, corr.tokens, induction_positions(clean.is_repeat))
     for sender, receiver, slot in [((0, 0), (1, 1), "k"), ((0, 1), (1, 0), "q"), ((0, 0), (1, 0), "v")]:
@@ -97,7 +97,7 @@ def test_edge_effects_batched_equal_one_at_a_time(setup):
     # into layer 0, and the induction head's output one of the biggest into the logits
     with torch.no_grad():
         _, cache = model.run_with_cache(clean.tokens, names_filter="blocks.0.attn.hook_pattern")
-    from toylab.scores import previous_token_score
+    from toylab.circuits.scores import previous_token_score
     prev = int(previous_token_score(cache["pattern", 0], exclude_bos=True).argmax())
     into_l0 = [i for i, e in enumerate(g.edges) if e.receiver.startswith("L0")]
     assert g.edges[into_l0[int(fast[into_l0].argmax())]].name == f"embed->L0H{prev}.v"

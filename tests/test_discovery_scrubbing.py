@@ -11,7 +11,7 @@ from toylab.discovery.reference import (copied_positions, distractors, induction
                                         induction_hypotheses)
 from toylab.discovery.scrubbing import (EquivalenceClasses, Hypothesis, position_losses, redraw_tokens, scrub,
                                         scrubbed_position_losses, treeified_logits)
-from toylab.presets import get_preset, load_model
+from toylab.training.presets import get_preset, load_model
 
 torch.set_num_threads(1)
 

@@ -9,7 +9,7 @@ from toylab.features.metrics import mcc, mmcs
 from toylab.features.sae import ReluSAE
 from toylab.features.train_sae import gather_activations, train_sae
 from toylab.model import AttnOnlyTransformer, ModelConfig
-from toylab.presets import load_model
+from toylab.training.presets import load_model
 
 torch.set_num_threads(1)
 
@@ -105,7 +105,7 @@ def test_topk_sae_after_layer_0_recovers_the_previous_token_family(model, sae_to
     previous-token head wrote (W_E[t_{p-1}] W_OV of that head). A TopK SAE with k = 2 finds the
     second family; on the random-init control the same family (from its own weights) is not found."""
     from toylab.features.topk import TopKSAE
-    from toylab.scores import head_detector_scores
+    from toylab.circuits.scores import head_detector_scores
     scores = {}
     for name, mdl in (("trained", model), ("control", random_init_control(model, seed=1))):
         head = int(head_detector_scores(mdl, sae_tokens[:64])["previous_token"][0].argmax())

@@ -10,7 +10,7 @@ from toylab.data import InductionData
 from toylab.features.metrics import (ce_loss_recovered, cosine_matrix, dead_and_dense, firing_frequency,
                                      fraction_variance_explained, hungarian, l0, mcc, mmcs)
 from toylab.features.sae import ReluSAE
-from toylab.presets import load_model
+from toylab.training.presets import load_model
 
 torch.set_num_threads(1)
 

@@ -7,7 +7,7 @@ from toylab.data import InductionData
 from toylab.features.probes import (control_labels, fit_probe, induction_variables, probe_across_hooks,
                                     probe_with_control)
 from toylab.features.train_sae import gather_activations
-from toylab.presets import load_model
+from toylab.training.presets import load_model
 
 torch.set_num_threads(1)
 

@@ -8,8 +8,8 @@ from toylab.features.sae import ReluSAE, resample_dead_latents
 from toylab.features.tms import PlantedFeatures
 from toylab.features.topk import TopKSAE
 from toylab.features.train_sae import gather_activations, hook_width, load_sae, save_sae, train_sae
-from toylab.optim import Adam
-from toylab.presets import load_model
+from toylab.training.optim import Adam
+from toylab.training.presets import load_model
 
 torch.set_num_threads(1)
 

@@ -7,7 +7,7 @@ from toylab.data import InductionData, repeated_tokens
 from toylab.features.sae import ReluSAE
 from toylab.features.steering import (predicted_logit_shift, run_with_steering, vector_from_prompts,
                                       vector_from_sae, vector_from_weights)
-from toylab.presets import load_model
+from toylab.training.presets import load_model
 
 torch.set_num_threads(1)
 

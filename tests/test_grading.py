@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from toylab import answers, grading
+from toylab.course import answers, commands, grading
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted(p.stem for p in (ROOT / "solutions").glob("ch*.py"))
@@ -122,7 +122,7 @@ def test_grader_survives_hanging_and_crashing_answers(tmp_path, capsys):
     ch1 = _replace(_replace(ch1, "conditional_entropy", HANGS), "top_k_successors", CRASHES)
     (tmp_path / "ch01_zero_layers.py").write_text(ch1)
     out = tmp_path / "scores" / "grades.json"
-    code = grading.main([str(tmp_path), "--timeout", "3", "--json", str(out)])
+    code = commands.main([str(tmp_path), "--timeout", "3", "--json", str(out)])
     printed = capsys.readouterr().out
     assert code == 1
     report = json.loads(out.read_text())
@@ -145,7 +145,7 @@ def test_grade_one_chapter_and_check_one_exercise(tmp_path, capsys):
         shutil.copy(ROOT / "solutions" / f"{ch}.py", tmp_path / f"{ch}.py")
     assert grading.check("ch01", "top_k_successors", path=tmp_path) is True
     assert "ch01 top_k_successors: 1/1 points, pass" in capsys.readouterr().out
-    assert grading.main(["--chapter", "99", str(tmp_path)]) == 2
+    assert commands.main(["--chapter", "99", str(tmp_path)]) == 2
     assert "no graded tests for chapter 99" in capsys.readouterr().err
 
 
@@ -218,9 +218,9 @@ def vandal_run(tmp_path_factory):
     from contextlib import redirect_stdout
 
     buf = io.StringIO()
-    args = grading.build_args([str(folder), "--timeout", "30", "--format", "gradescope", "--json", str(out)])
+    args = commands.build_args([str(folder), "--timeout", "30", "--format", "gradescope", "--json", str(out)])
     with redirect_stdout(buf):
-        code = grading.cmd_grade(args, select=select)
+        code = commands.cmd_grade(args, select=select)
     return code, buf.getvalue(), json.loads(out.read_text())
 
 
@@ -273,16 +273,16 @@ def test_grade_refuses_bad_timeouts_and_unwritable_json_before_grading(tmp_path,
     def must_not_grade(*a, **k):
         raise AssertionError("grading started before the arguments were checked")
 
-    monkeypatch.setattr(grading, "grade", must_not_grade)
+    monkeypatch.setattr(commands, "grade", must_not_grade)
     for t in ("nan", "inf", "-1", "0"):
-        assert grading.main([str(tmp_path), "--timeout", t]) == 2
+        assert commands.main([str(tmp_path), "--timeout", t]) == 2
         assert "timeout must be a finite number of seconds > 0" in capsys.readouterr().err
-    assert grading.main([str(tmp_path), "--json", str(tmp_path)]) == 2
+    assert commands.main([str(tmp_path), "--json", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
-    from toylab import checkpoint
+    from toylab.training import checkpoint
 
     monkeypatch.setattr(checkpoint.os, "access", lambda p, mode: False)  # a read-only place (root ignores modes)
-    assert grading.main([str(tmp_path), "--json", str(tmp_path / "g.json")]) == 2
+    assert commands.main([str(tmp_path), "--json", str(tmp_path / "g.json")]) == 2
     assert "is not writable" in capsys.readouterr().err
 
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from toylab.data import repeated_tokens
-from toylab.interventions import ablate_heads, ablation_hooks, make_metric, normalised_effect, term_importance
+from toylab.causal.interventions import ablate_heads, ablation_hooks, make_metric, normalised_effect, term_importance
 from toylab.model import next_token_loss
-from toylab.presets import load_model
-from toylab.scores import induction_score
+from toylab.training.presets import load_model
+from toylab.circuits.scores import induction_score
 
 H = 15
 

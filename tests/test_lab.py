@@ -142,7 +142,7 @@ def test_lab_server_starts_and_its_kernel_is_this_venv(lab_env, tmp_path):
                     time.sleep(1)
             outputs = []
             reply = client.execute_interactive(
-                "import sys, toylab; from toylab.viewer import attention_viewer; print(sys.executable)",
+                "import sys, toylab; from toylab.circuits.viewer import attention_viewer; print(sys.executable)",
                 timeout=60, output_hook=lambda msg: outputs.append(msg["content"].get("text", "")))
             assert reply["content"]["status"] == "ok", reply["content"]
             assert os.path.samefile("".join(outputs).strip(), sys.executable)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from toylab.model import AttnOnlyTransformer, ModelConfig, next_token_loss
-from toylab.optim import AdamW
+from toylab.training.optim import AdamW
 
 
 def make(n_layers=2, positional="learned", **kw):

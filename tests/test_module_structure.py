@@ -81,10 +81,10 @@ def test_the_toylab_import_graph_has_no_cycle():
 
 def test_hooks_is_the_bottom_layer():
     assert _imports("toylab.hooks", MODULES["toylab.hooks"]) == set()
-    assert "toylab.hooks" in _imports("toylab.attribution", MODULES["toylab.attribution"])
+    assert "toylab.hooks" in _imports("toylab.causal.attribution", MODULES["toylab.causal.attribution"])
 
 
-@pytest.mark.parametrize("name", ["toylab.hooks", "toylab.attribution", "toylab.model"])
+@pytest.mark.parametrize("name", ["toylab.hooks", "toylab.causal.attribution", "toylab.model"])
 def test_the_bottom_modules_import_alone_in_a_fresh_interpreter(name):
     code = f"import {name}"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -114,14 +114,68 @@ def test_every_module_imports_first_with_no_toylab_module_loaded():
 def test_cache_helpers_say_where_they_come_from_without_attribution():
     code = ("import torch, sys\n"
             "from toylab.model import AttnOnlyTransformer, ModelConfig\n"
-            "assert 'toylab.attribution' not in sys.modules\n"
+            "assert 'toylab.causal.attribution' not in sys.modules\n"
             "m = AttnOnlyTransformer(ModelConfig(d_vocab=8, n_ctx=4, d_model=8, n_layers=1))\n"
             "_, cache = m.run_with_cache(torch.zeros(1, 4, dtype=torch.long))\n"
             "try:\n    cache.decompose_resid()\nexcept AttributeError as e:\n    print(e)\n"
-            "import toylab.attribution\n"
+            "import toylab.causal.attribution\n"
             "print(cache.decompose_resid()[1])\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     first, second = run.stdout.strip().splitlines()
-    assert "added by toylab.attribution" in first and "import toylab.attribution" in first
+    assert "added by toylab.causal.attribution" in first and "import toylab.causal.attribution" in first
     assert second.startswith("['embed'") and second.endswith("'0_attn_out']")
+
+
+# The layers of the package, bottom first: a module may import from its own layer and the
+# layers before it, never from a later one. The folders are the book's Parts.
+LAYERS = [
+    ["toylab", "toylab.hooks", "toylab.factored", "toylab.files", "toylab.plot"],
+    ["toylab.blocks"],
+    ["toylab.model"],
+    ["toylab.data"],
+    ["toylab.circuits"],
+    ["toylab.causal"],
+    ["toylab.training"],
+    ["toylab.features"],
+    ["toylab.discovery"],
+    ["toylab.course"],
+    ["toylab.cli"],
+]
+TOP_LEVEL_LIMIT = 8
+LINE_LIMIT = 400
+
+
+def _layer(name: str) -> int:
+    best, depth = None, -1
+    for i, prefixes in enumerate(LAYERS):
+        for p in prefixes:
+            if (name == p or name.startswith(p + ".")) and p.count(".") > depth and (p != "toylab" or name == p):
+                best, depth = i, p.count(".")
+    assert best is not None, f"{name} belongs to no layer of LAYERS: add it to the layer of its Part"
+    return best
+
+
+def test_imports_go_down_the_layers_only():
+    upward = []
+    for name, path in MODULES.items():
+        for dep in _imports(name, path):
+            if _layer(dep) > _layer(name):
+                upward.append(f"{name} (layer {_layer(name)}) imports {dep} (layer {_layer(dep)})")
+    assert not upward, "imports from a higher layer:\n" + "\n".join(sorted(upward))
+
+
+def test_at_most_eight_modules_sit_directly_in_toylab():
+    top = sorted(p.name for p in ROOT.glob("*.py"))
+    assert len(top) <= TOP_LEVEL_LIMIT, f"{len(top)} modules directly in toylab/ (at most {TOP_LEVEL_LIMIT}): {top}"
+
+
+def test_no_module_is_over_400_lines_unless_its_docstring_says_why():
+    long = []
+    for name, path in MODULES.items():
+        text = path.read_text()
+        n = text.count("\n")
+        doc = ast.get_docstring(ast.parse(text)) or ""
+        if n > LINE_LIMIT and "longer than the lab's usual 400 lines on purpose" not in doc:
+            long.append(f"{name}: {n} lines")
+    assert not long, "modules over 400 lines without a reason in their docstring: " + ", ".join(long)

@@ -1,4 +1,4 @@
-"""toylab.optim: torch's Adam/AdamW without the torch._dynamo import, bit for bit."""
+"""toylab.training.optim: torch's Adam/AdamW without the torch._dynamo import, bit for bit."""
 
 import copy
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from toylab import optim
+from toylab.training import optim
 
 
 def _run(cls, steps=5, **kw):
@@ -60,8 +60,8 @@ def test_differentiable_is_refused_with_a_pointer_to_torch():
 
 def test_training_and_probes_do_not_import_the_compiler():
     code = ("import dataclasses, sys, torch\n"
-            "from toylab.presets import PRESETS\n"
-            "from toylab.train import train\n"
+            "from toylab.training.presets import PRESETS\n"
+            "from toylab.training.train import train\n"
             "from toylab.features.train_sae import train_sae\n"
             "from toylab.features.topk import TopKSAE\n"
             "from toylab.features import tms\n"

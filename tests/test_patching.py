@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from toylab.data import repeated_tokens
-from toylab.interventions import make_metric
+from toylab.causal.interventions import make_metric
 from toylab.model import AttnOnlyTransformer, ModelConfig
-from toylab.patching import patch, patch_sweep, path_patch
-from toylab.presets import load_model
+from toylab.causal.patching import patch, patch_sweep, path_patch
+from toylab.training.presets import load_model
 
 H = 15
 SECOND = list(range(1 + H, 2 * H))  # logit positions that predict the repeated copy

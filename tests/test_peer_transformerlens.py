@@ -11,11 +11,11 @@ import torch
 tl = pytest.importorskip("transformer_lens", reason="transformer_lens is not installed: "
                          "this peer cross-check runs in an environment that has it")
 
-from toylab.circuits import OV, QK, full_ov  # noqa: E402
-from toylab.composition import composition_scores  # noqa: E402
-from toylab.copying import copying_scores  # noqa: E402
+from toylab.circuits.weights import OV, QK, full_ov  # noqa: E402
+from toylab.circuits.composition import composition_scores  # noqa: E402
+from toylab.circuits.copying import copying_scores  # noqa: E402
 from toylab.model import AttnOnlyTransformer, ModelConfig  # noqa: E402
-from toylab.presets import load_model  # noqa: E402
+from toylab.training.presets import load_model  # noqa: E402
 
 
 TL_POSITIONAL = {"learned": "standard", "shortformer": "shortformer"}

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from toylab import plot
-from toylab.presets import load_shipped
+from toylab.training.presets import load_shipped
 
 matplotlib.use("Agg")
 

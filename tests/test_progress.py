@@ -2,7 +2,7 @@
 
 import io
 
-from toylab.progress import Progress
+from toylab.training.progress import Progress
 
 
 def test_log_lines_at_quarters_and_once_at_the_end():

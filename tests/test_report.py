@@ -8,9 +8,9 @@ import torch
 
 from toylab.data import repeated_tokens
 from toylab.model import AttnOnlyTransformer, ModelConfig
-from toylab.presets import load_model
-from toylab.report import THRESHOLDS, head_report, positional_scores
-from toylab.scores import head_detector_scores
+from toylab.training.presets import load_model
+from toylab.circuits.report import THRESHOLDS, head_report, positional_scores
+from toylab.circuits.scores import head_detector_scores
 
 
 
@@ -180,7 +180,7 @@ def test_layernorm_model_report_gives_no_weight_reading():
 
 
 def test_copying_label_needs_more_than_random_heads_of_the_same_shapes():
-    from toylab.copying import random_copying_baseline
+    from toylab.circuits.copying import random_copying_baseline
     cfg = ModelConfig(d_vocab=64, n_ctx=16, d_model=32, n_layers=2, n_heads=8, d_head=4)
     q99 = random_copying_baseline(64, 32, 4, (0.99,), n_samples=500)[0.99]
     assert q99 > THRESHOLDS["copying"][1]             # at d_head 4 a fixed 0.7 would label random heads

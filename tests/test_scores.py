@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from toylab.data import repeated_tokens
-from toylab.scores import duplicate_token_score, induction_score, previous_token_score, without_bos
+from toylab.circuits.scores import duplicate_token_score, induction_score, previous_token_score, without_bos
 
 L = 6
 TOKENS = torch.tensor([[0, 5, 6, 7, 8, 9, 10, 5, 6, 7, 8, 9, 10]])  # [BOS, r, r] without chance repeats

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from toylab.data import make_dataset
-from toylab.presets import PRESETS, load_shipped, shipped_path
-from toylab.train import induction_probe, train
+from toylab.training.presets import PRESETS, load_shipped, shipped_path
+from toylab.training.train import induction_probe, train
 
 L = 15  # the probe [BOS, r, r] that fills n_ctx = 32
 

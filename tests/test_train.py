@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from toylab.model import ModelConfig
-from toylab.train import TrainConfig, evaluate, induction_probe, train
+from toylab.training.train import TrainConfig, evaluate, induction_probe, train
 
 CFG = ModelConfig(d_vocab=16, n_ctx=12, d_model=16, n_layers=1, n_heads=2, positional="shortformer")
 DATA = {"kind": "induction", "d_vocab": 16, "n_ctx": 12, "seed": 0, "min_offset": 2, "max_offset": 5,
@@ -33,7 +33,7 @@ def test_same_seed_gives_bit_identical_weights():
 _CHILD = """
 import sys, torch
 from toylab.model import ModelConfig
-from toylab.train import TrainConfig, train
+from toylab.training.train import TrainConfig, train
 cfg, data, tcfg = ModelConfig.from_dict(eval(sys.argv[1])), eval(sys.argv[2]), TrainConfig.from_dict(eval(sys.argv[3]))
 torch.save(train(cfg, data, tcfg, seed=7, progress=False).model.state_dict(), sys.argv[4])
 """

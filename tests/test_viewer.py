@@ -1,4 +1,4 @@
-"""toylab.viewer: input validation, a self-contained page, and the real thing in headless Chromium.
+"""toylab.circuits.viewer: input validation, a self-contained page, and the real thing in headless Chromium.
 
 The Chromium test builds a page with two viewers of the shipped induction-2l model's patterns
 on a repeated-token probe, opens it with the network blocked, moves the mouse onto a token
@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from toylab.data import probe_half_len, repeated_tokens
-from toylab.presets import load_model
-from toylab.viewer import AttentionViewer, attention_viewer, heads_from_cache
+from toylab.training.presets import load_model
+from toylab.circuits.viewer import AttentionViewer, attention_viewer, heads_from_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -189,7 +189,7 @@ def test_output_is_reproducible_across_fresh_processes():
     import subprocess
     import sys
 
-    code = ("import torch; from toylab.viewer import attention_viewer; "
+    code = ("import torch; from toylab.circuits.viewer import attention_viewer; "
             "g = torch.Generator().manual_seed(1); s = torch.randn(2, 4, 4, generator=g); "
             "s = s.masked_fill(torch.ones(4, 4, dtype=torch.bool).triu(1), float('-inf')); "
             "a = attention_viewer(list('abcd'), s.softmax(-1)); b = attention_viewer(list('abcd'), s.softmax(-1)); "

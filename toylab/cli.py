@@ -20,10 +20,11 @@ import signal
 import sys
 from pathlib import Path
 
-from toylab.checkpoint import CheckpointError, check_metadata, check_writable, load_checkpoint, save_checkpoint
-from toylab.grading import add_grade_parser
-from toylab.presets import PRESETS, get_preset, shipped_path
-from toylab.train import TrainingInterrupted, TrainResult, train
+from toylab.files import check_writable
+from toylab.training.checkpoint import CheckpointError, check_metadata, load_checkpoint, save_checkpoint
+from toylab.course.commands import add_grade_parser
+from toylab.training.presets import PRESETS, get_preset, shipped_path
+from toylab.training.train import TrainingInterrupted, TrainResult, train
 
 
 def _fmt_heads(rows: list[list[float]]) -> str:
@@ -41,7 +42,7 @@ def _num(metrics: dict, key: str, fmt: str = ".3f") -> str:
 
 
 def summary_lines(metrics: dict, data_kind: str) -> list[str]:
-    """Human-readable lines for an evaluation entry (see :func:`toylab.train.evaluate`).
+    """Human-readable lines for an evaluation entry (see :func:`toylab.training.train.evaluate`).
 
     Fields the entry lacks print as ``-`` (never a ``KeyError``)."""
     if not isinstance(metrics, dict) or not metrics:
@@ -65,7 +66,7 @@ def summary_lines(metrics: dict, data_kind: str) -> list[str]:
 
 def _metadata(name: str, result: TrainResult) -> dict:
     """What ``NAME.json`` records; ``file`` and ``sha256`` (of the exact bytes written)
-    are added by :func:`toylab.checkpoint.save_checkpoint`."""
+    are added by :func:`toylab.training.checkpoint.save_checkpoint`."""
     cfg = result.model.cfg
     return {
         "preset": name,
@@ -264,7 +265,7 @@ def cmd_info(args) -> int:
           f"{t.get('threads')} thread(s); toylab {ckpt.toylab_version}, torch {ckpt.torch_version}")
     for line in summary_lines(ckpt.metrics, ckpt.data_spec.get("kind", "?")):
         print(line)
-    from toylab.evaluation import off_probe_lines  # the off-probe evaluations (issue 8)
+    from toylab.causal.evaluation import off_probe_lines  # the off-probe evaluations (issue 8)
     for line in off_probe_lines(ckpt.metrics):
         print(line)
     if problem:
@@ -274,9 +275,9 @@ def cmd_info(args) -> int:
 
 
 def cmd_analyze(args) -> int:
-    from toylab.composition import analytic_baseline, composition_scores
+    from toylab.circuits.composition import analytic_baseline, composition_scores
     from toylab.model import head_name
-    from toylab.report import head_report
+    from toylab.circuits.report import head_report
 
     ckpt = load_checkpoint(_resolve_checkpoint(args.checkpoint))
     model = ckpt.model

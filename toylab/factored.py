@@ -36,6 +36,10 @@ Precision: ``svd``, ``eigenvalues`` and ``norm`` compute in float64 and return
 the input's precision (float32 in -> float32 / complex64 out).  Their inputs
 are only ``O((m + n) k)`` numbers, so the promotion is cheap, and it keeps
 results close to the dense computation.
+
+Length: this module is longer than the lab's usual 400 lines on purpose. It is one
+class, whose operations (products, transpose, eigenvalues, SVD, norms, indexing)
+share the same broadcasting and precision rules and read best side by side.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ Hooks are removed when the call returns, *also* when a hook raises.
 This module is the bottom layer of toylab: it imports nothing from toylab.
 The TransformerLens-style residual helpers of the cache
 (``cache.decompose_resid()``, ``cache.stack_head_results()``,
-``cache.logit_attrs(...)``) are added by :mod:`toylab.attribution` when it is
+``cache.logit_attrs(...)``) are added by :mod:`toylab.causal.attribution` when it is
 imported (it registers them with :func:`register_cache_method`); without that
 import they raise an ``AttributeError`` that says so.
 
@@ -45,9 +45,8 @@ NameFilter = Union[str, Iterable[str], Callable[[str], bool], None]
 def resolve_index(index, n: int, what: str = "layer") -> int:
     """``index`` as an int in ``[0, n)`` by Python's rule: ``-1`` is the last, ``-n`` the first.
 
-    Accepts Python and integer-tensor/numpy scalars (anything with ``__index__``)
-    but not bools, floats or strings; raises ``ValueError`` with the valid range
-    otherwise. Every layer and head index in toylab goes through this helper.
+    Accepts anything with ``__index__`` (ints, integer tensor/numpy scalars), not bools, floats or
+    strings; else ``ValueError`` with the valid range. Every layer and head index goes through it.
     """
     if isinstance(index, bool) or isinstance(index, (str, bytes, float)):
         raise ValueError(f"{what} must be an integer, got {type(index).__name__} {index!r}")
@@ -274,16 +273,16 @@ class ActivationCache(Mapping):
 
 # helper name -> the module that registers it on ActivationCache
 _CACHE_HELPERS_FROM: dict[str, str] = {
-    "decompose_resid": "toylab.attribution",
-    "stack_head_results": "toylab.attribution",
-    "logit_attrs": "toylab.attribution",
+    "decompose_resid": "toylab.causal.attribution",
+    "stack_head_results": "toylab.causal.attribution",
+    "logit_attrs": "toylab.causal.attribution",
 }
 
 
 def register_cache_method(name: str, fn: Callable) -> None:
     """Add ``fn(cache, *args, **kwargs)`` to :class:`ActivationCache` as method ``name``.
 
-    Higher layers (e.g. :mod:`toylab.attribution`) use this to offer the
+    Higher layers (e.g. :mod:`toylab.causal.attribution`) use this to offer the
     TransformerLens-style helpers on the cache without this module importing them.
     """
     if not callable(fn):

@@ -2,7 +2,7 @@
 
 Each graded test is marked ``@pytest.mark.exercise("name")`` and
 ``@pytest.mark.points(n)`` and loads the answers with
-``toylab.answers.load_answers("chNN_<topic>")``, which reads the folder from
+``toylab.course.answers.load_answers("chNN_<topic>")``, which reads the folder from
 ``TOYLAB_ANSWERS`` (unset: ``solutions/``; ``exercises``: the stubs; or a path).
 
     TOYLAB_ANSWERS=exercises python -m pytest tests/exercises     # grade your own answers
@@ -24,10 +24,10 @@ import os
 import pytest
 import torch
 
-from toylab.answers import TIMEOUT_ENV, alarm
+from toylab.course.answers import TIMEOUT_ENV, alarm
 
 # No eager `import torch._dynamo` here any more (it cost every grading process 4-5 s): the lab's
-# optimisers (toylab.optim) never import it, and tests/test_optim.py checks that training, SAEs and
+# optimisers (toylab.training.optim) never import it, and tests/test_optim.py checks that training, SAEs and
 # probes do not. An answer that builds a torch.optim optimiser itself pays that import inside its
 # own test, and only that test's time limit can cut it short.
 
@@ -93,7 +93,7 @@ def pytest_pyfunc_call(pyfuncitem):
 @pytest.fixture(scope="session")
 def induction_model():
     """The shipped ``induction-2l`` model (2 layers x 2 heads, shortformer positions)."""
-    from toylab.presets import load_model
+    from toylab.training.presets import load_model
 
     return load_model("induction-2l")
 
@@ -102,7 +102,7 @@ def induction_model():
 def bigram_checkpoint():
     """The shipped ``bigram-0l`` checkpoint and its language: ``(model, BigramLanguage)``."""
     from toylab.data import make_dataset
-    from toylab.presets import load_shipped
+    from toylab.training.presets import load_shipped
 
     ckpt = load_shipped("bigram-0l")
     return ckpt.model, make_dataset(ckpt.data_spec)

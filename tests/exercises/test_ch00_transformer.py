@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from toylab.data import repeated_tokens
-from toylab.answers import expect_tensor, load_answers
+from toylab.course.answers import expect_tensor, load_answers
 from toylab.model import AttnOnlyTransformer, ModelConfig
 
 CH = "ch00_transformer"
@@ -146,7 +146,7 @@ def _refuse_forward(act, hook):
 @pytest.mark.exercise("forward")
 @pytest.mark.points(3)
 def test_forward(induction_model, probe):
-    from toylab.presets import load_model
+    from toylab.training.presets import load_model
 
     tokens, logits, _ = probe
     g = torch.Generator().manual_seed(1)

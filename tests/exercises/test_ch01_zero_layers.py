@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from toylab.answers import expect_number, expect_tensor, load_answers
+from toylab.course.answers import expect_number, expect_tensor, load_answers
 
 CH = "ch01_zero_layers"
 

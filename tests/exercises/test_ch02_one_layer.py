@@ -2,7 +2,7 @@
 
 Ground truth: the shipped one-layer models' own forward passes and caches
 (patterns, logits with the heads switched off), the library's circuits
-(:mod:`toylab.circuits`, :mod:`toylab.copying`), the planted rules of the
+(:mod:`toylab.circuits.weights`, :mod:`toylab.circuits.copying`), the planted rules of the
 skip-trigram language, brute-force loops over the definitions, matrices
 whose eigenvalues are known in closed form, and one-head models the tests
 build by hand (votes written into an OV circuit; a head implementing a set of
@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 
-from toylab.answers import expect_number, expect_tensor, load_answers
+from toylab.course.answers import expect_number, expect_tensor, load_answers
 
 CH = "ch02_one_layer"
 
@@ -27,7 +27,7 @@ def answers():
 def skiptrigram():
     """The shipped ``skiptrigram-1l`` model, its language, and a batch of its text."""
     from toylab.data import make_dataset
-    from toylab.presets import load_shipped
+    from toylab.training.presets import load_shipped
 
     ckpt = load_shipped("skiptrigram-1l")
     lang = make_dataset(ckpt.data_spec)
@@ -37,7 +37,7 @@ def skiptrigram():
 
 @pytest.fixture(scope="module")
 def induction_1l():
-    from toylab.presets import load_model
+    from toylab.training.presets import load_model
 
     return load_model("induction-1l")
 
@@ -50,7 +50,7 @@ def _layer0(model):
 @pytest.mark.exercise("full_ov_circuit")
 @pytest.mark.points(1)
 def test_full_ov_circuit(skiptrigram, induction_1l):
-    from toylab.circuits import full_ov
+    from toylab.circuits.weights import full_ov
 
     for model in (skiptrigram[0], induction_1l):
         _, _, W_V, W_O = _layer0(model)
@@ -77,7 +77,7 @@ def test_full_ov_circuit(skiptrigram, induction_1l):
 @pytest.mark.exercise("full_qk_circuit")
 @pytest.mark.points(1)
 def test_full_qk_circuit(skiptrigram, induction_1l):
-    from toylab.circuits import full_qk
+    from toylab.circuits.weights import full_qk
 
     for model in (skiptrigram[0], induction_1l):
         W_Q, W_K, _, _ = _layer0(model)
@@ -120,7 +120,7 @@ def test_direct_path_logits(skiptrigram):
 @pytest.mark.exercise("one_layer_path_expansion")
 @pytest.mark.points(2)
 def test_one_layer_path_expansion(skiptrigram, induction_1l):
-    from toylab.circuits import path_expansion
+    from toylab.circuits.weights import path_expansion
     from toylab.data import repeated_tokens
 
     ind_tokens = repeated_tokens(induction_1l.cfg.d_vocab, 10, 4, torch.Generator().manual_seed(0))
@@ -165,7 +165,7 @@ def _brute_force_triples(qk, ov, direct, k):
 @pytest.mark.exercise("top_skip_trigrams")
 @pytest.mark.points(3)
 def test_top_skip_trigrams(skiptrigram):
-    from toylab.circuits import full_ov, full_qk
+    from toylab.circuits.weights import full_ov, full_qk
 
     f = answers().top_skip_trigrams
     g = torch.Generator().manual_seed(11)
@@ -201,7 +201,7 @@ def test_top_skip_trigrams(skiptrigram):
 @pytest.mark.exercise("copying_score")
 @pytest.mark.points(2)
 def test_copying_score(induction_1l, skiptrigram):
-    from toylab.copying import copying_scores
+    from toylab.circuits.copying import copying_scores
 
     f = answers().copying_score
     theta = 1.0
@@ -268,7 +268,7 @@ def _template(kind: str, n: int) -> torch.Tensor:
 @pytest.mark.points(2)
 def test_classify_head(induction_model):
     from toylab.data import repeated_tokens
-    from toylab.scores import previous_token_score
+    from toylab.circuits.scores import previous_token_score
 
     f = answers().classify_head
     g = torch.Generator().manual_seed(int(torch.randint(0, 10**6, ())))

@@ -1,7 +1,7 @@
 """Graded tests of chapter 3, "Two layers: composition and virtual heads".
 
-Ground truth: the library's own circuits (``toylab.circuits``,
-``toylab.composition``, computed independently through ``FactoredMatrix``), the
+Ground truth: the library's own circuits (``toylab.circuits.weights``,
+``toylab.circuits.composition``, computed independently through ``FactoredMatrix``), the
 model's forward pass (the path expansion sums to its logits), and mathematical
 facts (scale invariance, the exact ``1/d_model`` mean square of random scores,
 identity matrices) rather than numbers copied from a solution.
@@ -12,11 +12,11 @@ import math
 import pytest
 import torch
 
-from toylab.circuits import k_composition_circuit as lib_k_circuit
-from toylab.circuits import path_expansion, q_composition_circuit, virtual_weights
-from toylab.composition import composition_scores, empirical_baseline
+from toylab.circuits.weights import k_composition_circuit as lib_k_circuit
+from toylab.circuits.weights import path_expansion, q_composition_circuit, virtual_weights
+from toylab.circuits.composition import composition_scores, empirical_baseline
 from toylab.data import repeated_tokens
-from toylab.answers import expect_number, expect_tensor, load_answers
+from toylab.course.answers import expect_number, expect_tensor, load_answers
 from toylab.model import AttnOnlyTransformer, ModelConfig
 
 CH = "ch03_two_layers"
@@ -235,7 +235,7 @@ def _planted(kind: str, seed: int):
 
 def _kind_truth(model, a, b):
     """The library's verdict: the kind with the largest score relative to the empirical baseline, if >= 1.5."""
-    from toylab.composition import composition_scores as cs
+    from toylab.circuits.composition import composition_scores as cs
 
     d_model, d_head = model.cfg.d_model, model.cfg.d_head
     rel = {k: float(cs(model, k)[a[0], a[1], b[0], b[1]]) / empirical_baseline(d_model, d_head, k)[0]

@@ -2,7 +2,7 @@
 
 Ground truth: the probe's construction (``toylab.data.repeated_tokens``), the
 shipped models' own forward passes and attention patterns, the library's
-detectors (``toylab.scores``, ``toylab.copying.icl_score``), attention patterns
+detectors (``toylab.circuits.scores``, ``toylab.circuits.copying.icl_score``), attention patterns
 built by hand whose scores are known exactly (a perfect previous-token or
 induction head scores 1), and the definitions, checked entry by entry.
 """
@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from toylab.data import induction_targets, make_dataset, repeated_tokens
-from toylab.answers import expect_number, expect_tensor, load_answers
-from toylab.scores import duplicate_token_score, induction_score, previous_token_score
+from toylab.course.answers import expect_number, expect_tensor, load_answers
+from toylab.circuits.scores import duplicate_token_score, induction_score, previous_token_score
 
 CH = "ch04_induction"
 HALF = 10  # half_len of the probe used here: sequences of 21 tokens
@@ -184,8 +184,8 @@ def test_induction_score(probe):
 @pytest.mark.exercise("icl_score")
 @pytest.mark.points(1)
 def test_icl_score(induction_model, probe):
-    from toylab.copying import icl_score
-    from toylab.presets import load_shipped
+    from toylab.circuits.copying import icl_score
+    from toylab.training.presets import load_shipped
 
     f = answers().icl_score
     tokens, _ = probe
@@ -234,7 +234,7 @@ def test_find_heads(probe):
 @pytest.mark.exercise("phase_change_step")
 @pytest.mark.points(2)
 def test_phase_change_step():
-    from toylab.presets import load_shipped
+    from toylab.training.presets import load_shipped
 
     f = answers().phase_change_step
     blip = [{"step": 10 * i, "s": v} for i, v in enumerate([0.1, 0.6, 0.2, 0.7, 0.8, 0.9])]
@@ -290,7 +290,7 @@ def _positional_model(prev_head: int, decoy_head: int):
 @pytest.mark.exercise("previous_token_head_from_positions")
 @pytest.mark.points(2)
 def test_previous_token_head_from_positions(induction_model):
-    from toylab.scores import previous_token_score
+    from toylab.circuits.scores import previous_token_score
 
     g = torch.Generator().manual_seed(int(torch.randint(0, 10**6, ())))
     prev_head, decoy_head = torch.randperm(3, generator=g)[:2].tolist()

@@ -6,8 +6,8 @@ direct logit attributions must add up to the model's own logits, the last
 logit-lens layer must equal the model's output distribution, path-patched keys
 must equal the keys of a run in which the sender really saw the corrupted
 prompt, the model's own top tokens with its induction heads resampled — and the
-library's independent implementations in ``toylab.interventions``,
-``toylab.patching`` and ``toylab.attribution``, also on random 3-layer models
+library's independent implementations in ``toylab.causal.interventions``,
+``toylab.causal.patching`` and ``toylab.causal.attribution``, also on random 3-layer models
 and on variants of ``induction-2l`` (heads renumbered, layer-1 keys zeroed).
 """
 
@@ -16,11 +16,11 @@ import copy
 import pytest
 import torch
 
-from toylab.attribution import direct_logit_attribution, logit_lens
+from toylab.causal.attribution import direct_logit_attribution, logit_lens
 from toylab.data import repeated_tokens
-from toylab.answers import expect_number, expect_tensor, load_answers
-from toylab.interventions import ablate_heads, make_metric
-from toylab.patching import patch
+from toylab.course.answers import expect_number, expect_tensor, load_answers
+from toylab.causal.interventions import ablate_heads, make_metric
+from toylab.causal.patching import patch
 
 CH = "ch05_interventions"
 HALF = 10
@@ -318,7 +318,7 @@ def _random_deep_model():
 
 def _freeze_only(model, tokens, layers, l, h):
     """The zero-ablated run with only ``layers``' patterns frozen (a wrong answer to recognise)."""
-    from toylab.interventions import ablation_hooks, frozen_pattern_hooks
+    from toylab.causal.interventions import ablation_hooks, frozen_pattern_hooks
 
     hooks = frozen_pattern_hooks(model, tokens, layers) + ablation_hooks(model, tokens, [(l, h)], "zero")
     return model.run_with_hooks(tokens, fwd_hooks=hooks)
@@ -539,7 +539,7 @@ def _no_virtual_loss(model, tokens, freeze=True, with_pos=True, layers=None):
     """The loss with the values of ``layers`` (default all) read from the embeddings, in three plausible
     wrong variants (patterns not frozen, positions left out, some layers only), so a wrong answer gets
     the hint for its mistake (the reference itself is ``term_importance``)."""
-    from toylab.interventions import frozen_pattern_hooks
+    from toylab.causal.interventions import frozen_pattern_hooks
     from toylab.model import next_token_loss
 
     _, cache = model.run_with_cache(tokens, names_filter=["hook_embed", "hook_pos_embed"])
@@ -557,7 +557,7 @@ def _no_virtual_loss(model, tokens, freeze=True, with_pos=True, layers=None):
 @pytest.mark.exercise("virtual_terms_loss")
 @pytest.mark.points(3)
 def test_virtual_terms_loss(induction_model):
-    from toylab.interventions import term_importance
+    from toylab.causal.interventions import term_importance
     from toylab.model import next_token_loss
 
     deep = _random_deep_model()

@@ -10,7 +10,7 @@ counted, not written down).
 import pytest
 import torch
 
-from toylab.answers import expect_number, expect_tensor, load_answers
+from toylab.course.answers import expect_number, expect_tensor, load_answers
 
 CH = "ch06_superposition_and_saes"
 
@@ -140,7 +140,7 @@ def test_token_dictionary_hook(induction_model):
 @pytest.mark.points(2)
 def test_choose_k_after_layer_0(induction_model):
     from toylab.data import repeated_tokens
-    from toylab.scores import head_detector_scores
+    from toylab.circuits.scores import head_detector_scores
     k = answers().choose_k_after_layer_0()
     assert isinstance(k, int) and not isinstance(k, bool), f"return an integer k, got {k!r}"
     tokens = repeated_tokens(128, 15, 32, torch.Generator().manual_seed(0))

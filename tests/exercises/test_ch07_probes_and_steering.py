@@ -11,7 +11,7 @@ write site is known by construction, not recorded from a solution.
 import pytest
 import torch
 
-from toylab.answers import expect_number, expect_tensor, load_answers
+from toylab.course.answers import expect_number, expect_tensor, load_answers
 from toylab.model import AttnOnlyTransformer, ModelConfig
 
 CH = "ch07_probes_and_steering"
@@ -224,7 +224,7 @@ def test_predicted_logit_shift():
 @pytest.mark.points(3)
 def test_which_hook_for_previous_token(induction_model):
     from toylab.data import InductionData, repeated_tokens
-    from toylab.scores import head_detector_scores
+    from toylab.circuits.scores import head_detector_scores
     g = torch.Generator().manual_seed(5)
     for n_layers, layer, seed in ((3, 1, 0), (2, 1, 1), (3, 2, 2), (2, 0, 3)):
         model = planted_previous_token_model(n_layers, layer, seed=seed)

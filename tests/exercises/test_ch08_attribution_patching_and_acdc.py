@@ -11,7 +11,7 @@ the solutions.
 import pytest
 import torch
 
-from toylab.answers import expect_number, expect_tensor, load_answers
+from toylab.course.answers import expect_number, expect_tensor, load_answers
 
 CH = "ch08_attribution_patching_and_acdc"
 
@@ -36,7 +36,7 @@ def token_pair(model, batch, n_pos, seed):
 
 def induction_batches(n, seed):
     from toylab.data import make_dataset
-    from toylab.presets import get_preset
+    from toylab.training.presets import get_preset
 
     ds = make_dataset(get_preset("induction-2l").data)
     return ds.sample_batch(n, torch.Generator().manual_seed(seed)), ds.sample_batch(
@@ -296,7 +296,7 @@ def _skiptrigram_case():
     that triggers nothing; the reference: every q/k/v edge from the embedding and every head's logits."""
     from toylab.data import make_dataset
     from toylab.discovery.graph import Graph
-    from toylab.presets import get_preset, load_model
+    from toylab.training.presets import get_preset, load_model
 
     model = load_model("skiptrigram-1l")
     lang = make_dataset(get_preset("skiptrigram-1l").data)

@@ -12,7 +12,7 @@ import copy
 import pytest
 import torch
 
-from toylab.answers import expect_number, expect_tensor, load_answers
+from toylab.course.answers import expect_number, load_answers
 
 CH = "ch09_causal_scrubbing"
 
@@ -26,7 +26,7 @@ def pool(model, n_structures=16, seed=0):
     from toylab.data import make_dataset
     from toylab.discovery.graph import Graph
     from toylab.discovery.scrubbing import EquivalenceClasses, redraw_tokens
-    from toylab.presets import get_preset
+    from toylab.training.presets import get_preset
 
     spec = get_preset("induction-2l").data
     gen = torch.Generator().manual_seed(seed)

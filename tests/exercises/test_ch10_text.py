@@ -14,9 +14,9 @@ import math
 import pytest
 import torch
 
-from toylab.answers import expect_number, expect_tensor, load_answers
+from toylab.course.answers import expect_number, expect_tensor, load_answers
 from toylab.model import AttnOnlyTransformer, ModelConfig
-from toylab.scores import induction_score
+from toylab.circuits.scores import induction_score
 
 CH = "ch10_text"
 
@@ -323,7 +323,7 @@ def random_bigram(V: int, seed: int, sharp: float) -> tuple[torch.Tensor, torch.
 @pytest.mark.points(2)
 def test_bigram_lives_in():
     from toylab.data import make_dataset
-    from toylab.presets import load_shipped
+    from toylab.training.presets import load_shipped
     f = answers().bigram_lives_in
     cases = []
     ck = load_shipped("bigram-0l")

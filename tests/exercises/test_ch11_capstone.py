@@ -14,7 +14,7 @@ import random
 import pytest
 import torch
 
-from toylab.answers import expect_number, load_answers
+from toylab.course.answers import expect_number, load_answers
 
 CH = "ch11_capstone"
 # language seeds of REF_SPEC whose rules the reference model learns (each rule's P(C) within 5 % of the
@@ -83,7 +83,7 @@ def _student_spec() -> dict:
 
 def _config_problem(cfgs, spec) -> str | None:
     from toylab.model import ModelConfig
-    from toylab.train import TrainConfig
+    from toylab.training.train import TrainConfig
 
     if not (isinstance(cfgs, tuple) and len(cfgs) == 3):
         return "train_config must return a tuple (model_cfg, train_cfg, seed)"
@@ -106,7 +106,7 @@ def _config_problem(cfgs, spec) -> str | None:
 
 
 def _train(mc, spec, tc, seed):
-    from toylab.train import train
+    from toylab.training.train import train
 
     return train(mc, spec, tc, seed, progress=False).model.eval()
 
@@ -134,7 +134,7 @@ def _reference():
     """``(language, model)``: the test's own model on a language with a randomly drawn seed (cached)."""
     from toylab.data import make_dataset
     from toylab.model import ModelConfig
-    from toylab.train import TrainConfig
+    from toylab.training.train import TrainConfig
 
     if "ref" not in _cache:
         spec = dict(REF_SPEC, seed=random.choice(REF_SEEDS))

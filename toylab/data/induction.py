@@ -86,7 +86,7 @@ class InductionData:
       (measured: 5.4 nats at ``p_bos = 0.9``), at a price: the induction heads
       lose their attention sink on those sequences and their induction score on
       ``[BOS, r, r]`` drops from 0.95 to 0.88-0.91, so the lab's presets keep
-      ``p_bos = 1`` for now (see :mod:`toylab.presets`).
+      ``p_bos = 1`` for now (see :mod:`toylab.training.presets`).
     * ``p_end > 0``: if every repeat runs to the end of the context, a model
       never sees a copy stop and predicts the continuation of a copy with
       near-certainty, even right after a copied segment in the middle of noise

@@ -40,10 +40,10 @@ from collections.abc import Callable
 import torch
 
 from toylab.discovery.edge_patching import _source_outputs, check_pair, run_with_edges, sender_outputs
-from toylab.discovery.graph import SLOTS, Graph
+from toylab.discovery.graph import Graph
 from toylab.discovery.metrics import check_metric_value
-from toylab.interventions import frozen_pattern_hooks
-from toylab.patching import run_patched_cells
+from toylab.causal.interventions import frozen_pattern_hooks
+from toylab.causal.patching import run_patched_cells
 
 NODES = ("result", "q", "k", "v")
 AROUND = ("clean", "corrupted")
@@ -131,7 +131,7 @@ def node_effects(model, clean, corrupted, metric: Callable, node: str = "result"
 
     ``around="clean"``: ``M(clean with head's node := corrupted) - M(clean)``; ``"corrupted"``:
     ``M(corrupted with node := clean) - M(corrupted)``. One head per forward pass (through
-    :func:`toylab.patching.run_patched_cells`); ``freeze_patterns`` as in :func:`node_attribution`.
+    :func:`toylab.causal.patching.run_patched_cells`); ``freeze_patterns`` as in :func:`node_attribution`.
     """
     base, other = _check_args(model, clean, corrupted, node, around)
     L, H = model.cfg.n_layers, model.cfg.n_heads

@@ -25,7 +25,7 @@ Hooks are removed when the call returns, also when it raises.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import torch
 

@@ -12,7 +12,7 @@ induction circuit of Olsson et al. as edges of the graph:
 With ``composition=True`` the circuit also takes every
 layer-0 -> last-layer edge that the *weights* say is used: ``a -> b.q``
 (``.k``, ``.v``) when the Q- (K-, V-) composition score of heads ``a, b``
-(:mod:`toylab.composition`) is at least ``min_ratio`` times the mean score of
+(:mod:`toylab.circuits.composition`) is at least ``min_ratio`` times the mean score of
 random heads, with ``embed -> a.v`` for each such ``a`` (that head moves
 tokens too). On the first shipped ``induction-2l`` this added the second
 route chapter 3 found by reading the weights (head L1H0 as a two-token
@@ -22,7 +22,7 @@ above chance almost everywhere), so the minimal circuit is the default.
 ``P`` is the layer-0 head with the largest previous-token score; the
 induction heads are the last-layer heads whose induction score is at least
 ``threshold`` (at least the best one), both measured on ``tokens`` by the
-detectors of :mod:`toylab.scores`, so no head index is hard-coded.
+detectors of :mod:`toylab.circuits.scores`, so no head index is hard-coded.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from __future__ import annotations
 import torch
 
 from toylab.discovery.graph import Circuit, Graph, head_name
-from toylab.composition import relative_composition_scores
-from toylab.scores import head_detector_scores
+from toylab.circuits.composition import relative_composition_scores
+from toylab.circuits.scores import head_detector_scores
 
 
 def induction_heads(model, tokens: torch.Tensor, threshold: float = 0.5) -> tuple[tuple[int, int], list[tuple[int, int]]]:

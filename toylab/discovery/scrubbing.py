@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from toylab.discovery.graph import SLOTS, Circuit, Graph, head_name
+from toylab.discovery.graph import SLOTS, Circuit, Graph
 
 
 class EquivalenceClasses:

@@ -27,7 +27,7 @@ import torch
 from toylab.discovery.edge_patching import _source_outputs, check_pair, run_with_edges
 from toylab.discovery.graph import Circuit, Graph
 from toylab.discovery.metrics import kl_to_clean
-from toylab.optim import Adam
+from toylab.training.optim import Adam
 
 BETA, GAMMA, ZETA = 2.0 / 3.0, -0.1, 1.1
 

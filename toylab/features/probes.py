@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from toylab.optim import LBFGS
+from toylab.training.optim import LBFGS
 
 IGNORE = -1  # label for rows that do not belong to the task (e.g. the offset of a non-repeat)
 

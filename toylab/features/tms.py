@@ -38,9 +38,9 @@ import math
 import torch
 from torch import nn
 
-from toylab.allocator import reuse_freed_memory
-from toylab.optim import Adam
-from toylab.progress import Progress
+from toylab.training.allocator import reuse_freed_memory
+from toylab.training.optim import Adam
+from toylab.training.progress import Progress
 
 REGIMES = ("not_represented", "dedicated", "superposed")
 
@@ -119,7 +119,7 @@ def train_toy_model(model: ToyModel, steps: int = 3000, batch_size: int = 1024, 
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     g = torch.Generator().manual_seed(int(seed))
     opt = Adam(model.parameters(), lr=lr)
-    reuse_freed_memory()  # each step's batches reuse freed pages (toylab.allocator)
+    reuse_freed_memory()  # each step's batches reuse freed pages (toylab.training.allocator)
     grad_was = torch.is_grad_enabled()
     torch.set_grad_enabled(True)
     try:

@@ -4,7 +4,7 @@
 flattens batch and position into rows. ``train_sae`` is a seeded, deterministic
 Adam loop over those rows (same seed, same machine: bit-identical SAE), with the
 decoder kept at unit norm, optional resampling of dead ReLU latents, and a
-:class:`toylab.progress.Progress` bar. ``save_sae``/``load_sae`` follow the lab's
+:class:`toylab.training.progress.Progress` bar. ``save_sae``/``load_sae`` follow the lab's
 checkpoint rules: atomic writes, ``torch.load(weights_only=True)``.
 """
 
@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
-from toylab.allocator import reuse_freed_memory
-from toylab.checkpoint import atomic_write
+from toylab.training.allocator import reuse_freed_memory
+from toylab.files import atomic_write
 from toylab.features.sae import ReluSAE, SparseAutoencoder, check_activations, resample_dead_latents
 from toylab.features.topk import TopKSAE
-from toylab.optim import Adam
-from toylab.progress import Progress
+from toylab.training.optim import Adam
+from toylab.training.progress import Progress
 
 #: hook-name endings an SAE can be trained on (``[batch, pos, d]`` or ``[batch, pos, head, d_head]``)
 SAE_HOOKS = ("hook_embed", "hook_resid_pre", "hook_resid_post", "hook_attn_out", "attn.hook_z",
@@ -115,7 +115,7 @@ def train_sae(sae: SparseAutoencoder, acts: torch.Tensor, *, steps: int = 2000, 
         raise ValueError(f"init_b_dec must be 'zero' or 'mean', got {init_b_dec!r}")
     if resample_every is not None and (not isinstance(resample_every, int) or resample_every < 1):
         raise ValueError(f"resample_every must be None or a positive integer, got {resample_every!r}")
-    reuse_freed_memory()  # each step's batches reuse freed pages (toylab.allocator)
+    reuse_freed_memory()  # each step's batches reuse freed pages (toylab.training.allocator)
     grad_was = torch.is_grad_enabled()
     torch.set_grad_enabled(True)
     try:

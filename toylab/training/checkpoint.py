@@ -24,35 +24,24 @@ of renames, two writers) is detected by :func:`check_metadata`.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from toylab import __version__
+from toylab.files import atomic_write, atomic_write_many, error_reason, file_sha256
 from toylab.model import AttnOnlyTransformer, ModelConfig
 
 FORMAT = "toylab-checkpoint"
 FORMAT_VERSION = 1
-STALE_TMP_SECONDS = 3600  # a temporary file this old is left from a killed save
 
 
 class CheckpointError(ValueError):
     """A file that is not a usable toylab checkpoint (or a spec that cannot be saved in one)."""
-
-
-class SaveError(OSError):
-    """A checkpoint (or other file) could not be written; any existing file at the path is untouched."""
-
-    def __str__(self) -> str:
-        return self.strerror or super().__str__()
 
 
 @dataclass
@@ -73,134 +62,6 @@ class Checkpoint:
     @property
     def config(self) -> ModelConfig:
         return self.model.cfg
-
-
-def check_writable(path: str | os.PathLike, example: str = "model.pt") -> Path:
-    """Raise :class:`SaveError` now if ``path`` cannot be written as a file (a folder,
-    a read-only or missing-and-uncreatable folder); used before long work."""
-    path = Path(path)
-    if path.is_dir():
-        raise SaveError(errno.EISDIR, f"{path} is a folder; give a file path such as {path / example}")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise SaveError(errno.ENOTDIR, f"cannot write {path}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise SaveError(errno.EACCES, f"cannot write {path}: the folder {parent} is not writable")
-    if path.exists() and not os.access(path.parent, os.W_OK):
-        raise SaveError(errno.EACCES, f"cannot write {path}: the folder {path.parent} is not writable")
-    return path
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # exists (another user's) or cannot tell: keep its file
-    return True
-
-
-def clean_stale_tmp(path: str | os.PathLike, max_age: float = STALE_TMP_SECONDS) -> list[Path]:
-    """Remove the temporary files ``.NAME.*.tmp`` that killed saves of ``path`` left.
-
-    A file is stale when the process id in its name is not running, or (for
-    names without a pid) it is older than ``max_age`` seconds. Returns the
-    removed paths; errors while cleaning are ignored (cleaning is best effort).
-    """
-    path = Path(path)
-    removed = []
-    now = time.time()
-    try:
-        candidates = list(path.parent.glob(f".{path.name}.*.tmp"))
-    except OSError:
-        return removed
-    for tmp in candidates:
-        middle = tmp.name[len(path.name) + 2:-len(".tmp")]
-        pid_part = middle.split(".", 1)[0]
-        try:
-            if pid_part.isdigit() and "." in middle:
-                stale = int(pid_part) != os.getpid() and not _pid_alive(int(pid_part))
-            else:
-                stale = False
-            stale = stale or now - tmp.stat().st_mtime > max_age
-            if stale:
-                tmp.unlink()
-                removed.append(tmp)
-        except OSError:
-            pass
-    return removed
-
-
-def _reason(e: BaseException) -> str:
-    text = str(e).strip()
-    if isinstance(e, OSError) and e.strerror:
-        text = e.strerror
-    elif "enforce fail" in text or "inline_container" in text:  # torch's zip writer on a full disk
-        text = f"torch could not write the file (full disk?): {text.splitlines()[0][:120]}"
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def _make_tmp(path: Path) -> str:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-    return tmp
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
-    """Call ``write(tmp_path)`` and rename the result to ``path``; clean up on failure.
-
-    Any failure (a folder at ``path``, a read-only folder, a full disk) raises
-    :class:`SaveError` saying what went wrong; the file already at ``path`` is
-    then untouched.
-    """
-    return atomic_write_many([(Path(path), write)])[0]
-
-
-def atomic_write_many(items: list[tuple[Path, Callable[[str], object]]],
-                      after_write: Callable[[list[str]], None] | None = None) -> list[Path]:
-    """Write every ``(path, write)`` to a temporary file first, then rename them all.
-
-    ``after_write(tmp_paths)`` runs once every temporary file is complete and
-    before the first rename (it may write more into the later ones: this is how
-    a metadata file records the hash of the checkpoint's exact bytes).
-    """
-    paths = [check_writable(Path(p)) for p, _ in items]
-    tmps: list[str] = []
-    try:
-        for path, (_, write) in zip(paths, items):
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                clean_stale_tmp(path)
-                tmps.append(_make_tmp(path))
-                write(tmps[-1])
-            except SaveError:
-                raise
-            except Exception as e:
-                raise SaveError(getattr(e, "errno", None) or errno.EIO,
-                                f"could not write {path}: {_reason(e)} (an existing file there is untouched)") from e
-        if after_write is not None:
-            try:
-                after_write(tmps)
-            except Exception as e:
-                raise SaveError(getattr(e, "errno", None) or errno.EIO,
-                                f"could not write {paths[-1]}: {_reason(e)} (existing files are untouched)") from e
-        for path, tmp in zip(paths, tmps):
-            try:
-                os.replace(tmp, path)
-            except OSError as e:
-                raise SaveError(e.errno, f"could not write {path}: {_reason(e)}") from e
-    except BaseException:
-        for tmp in tmps:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        raise
-    return paths
 
 
 def _plain_state(state: dict[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
@@ -304,15 +165,6 @@ def save_checkpoint(
     return path
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def check_metadata(path: str | os.PathLike) -> str | None:
     """``None`` when ``path``'s ``.json`` metadata (if any) describes this very file,
     else a sentence saying what is wrong (another checkpoint's hash, unreadable)."""
@@ -323,7 +175,7 @@ def check_metadata(path: str | os.PathLike) -> str | None:
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as e:
-        return f"the metadata {meta_path} is unreadable ({_reason(e)})"
+        return f"the metadata {meta_path} is unreadable ({error_reason(e)})"
     if not isinstance(meta, dict) or "sha256" not in meta:
         return f"the metadata {meta_path} records no sha256, so it cannot be matched to {path.name}"
     if meta.get("file", path.name) != path.name:

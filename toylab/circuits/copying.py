@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from toylab.circuits import OV, full_ov, refuse_layernorm
+from toylab.circuits.weights import OV, full_ov, refuse_layernorm
 
 __all__ = ["copying_score", "full_ov_eigenvalues", "copying_scores", "direct_copying_scores",
            "random_copying_baseline", "icl_score", "icl_score_on_training_data"]
@@ -88,7 +88,7 @@ def copying_scores(model, circuit: str = "full") -> Tensor:
     ``circuit="ov"``: of ``W_OV`` alone (residual direction to itself).
     Random heads spread around 0 by an amount that depends on ``d_head`` (module
     docstring: 99% quantile 0.83 at d_head 4, 0.14 at d_head 32): judge a score against :func:`random_copying_baseline` for the model's shapes.
-    Refused for LayerNorm models (:func:`toylab.circuits.refuse_layernorm`).
+    Refused for LayerNorm models (:func:`toylab.circuits.weights.refuse_layernorm`).
     """
     if circuit == "full":
         return copying_score(full_ov_eigenvalues(model))

@@ -4,12 +4,12 @@ Scores per head (layer ``l``, head ``h``), on the probe ``[BOS, r, r]`` (or the
 tokens you pass):
 
 * ``previous_token``, ``duplicate_token``, ``induction``: the detectors of
-  :mod:`toylab.scores` (their own normalisation, not TransformerLens's);
+  :mod:`toylab.circuits.scores` (their own normalisation, not TransformerLens's);
 * ``bos``: the mean attention on the first position (BOS on the probe),
   ``mean_{b, q >= 1} A[b, q, 0]``: a head that parks most of its attention
   there is *resting* (it writes little but the BOS value);
 * ``copying``: eigenvalue copying score of the full OV circuit ``W_E W_OV W_U``
-  (:func:`toylab.copying.copying_scores`);
+  (:func:`toylab.circuits.copying.copying_scores`);
 * ``positional``: how much of the attention the positions alone explain,
   ``mean_{b, q >= 1} sum_k min(A[b, q, k], P[q, k])`` = 1 - total-variation
   distance between the head's pattern ``A`` and the purely positional pattern
@@ -54,11 +54,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from toylab.circuits import positional_qk
-from toylab.copying import copying_scores, random_copying_baseline
+from toylab.circuits.weights import positional_qk
+from toylab.circuits.copying import copying_scores, random_copying_baseline
 from toylab.data import probe_half_len, repeated_tokens
 from toylab.model import head_name
-from toylab.scores import duplicate_token_score, head_detector_scores, induction_score, previous_token_score
+from toylab.circuits.scores import duplicate_token_score, head_detector_scores, induction_score, previous_token_score
 
 THRESHOLDS: dict[str, tuple[str, float]] = {
     "induction": ("induction", 0.4),
@@ -271,7 +271,7 @@ def head_report(model, tokens: Tensor | None = None, batch: int = 64, seed: int 
     if cfg.layernorm:
         scores["copying"] = torch.full((cfg.n_layers, cfg.n_heads), float("nan"))
         notes.append("LayerNorm model: copying and positional scores read the weights as linear maps, which "
-                     "LayerNorm breaks, so they are NaN (see toylab.circuits.refuse_layernorm)")
+                     "LayerNorm breaks, so they are NaN (see toylab.circuits.weights.refuse_layernorm)")
     else:
         scores["copying"] = copying_scores(model, "full")
     scores["positional"] = positional_scores(model, tokens)

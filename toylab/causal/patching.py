@@ -10,7 +10,7 @@ copies one activation from one run into the other:
 - ``direction="noise"``: run the clean input, paste in the corrupted
   activation. A large drop means the component is *necessary*.
 
-Scores are a metric ``logits -> scalar`` (see :func:`toylab.interventions.make_metric`),
+Scores are a metric ``logits -> scalar`` (see :func:`toylab.causal.interventions.make_metric`),
 by default normalised as ``(m_patched - m_corrupted) / (m_clean - m_corrupted)``:
 0 means "like the corrupted run", 1 "like the clean run", in both directions.
 
@@ -28,8 +28,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 from toylab.hooks import act_name, resolve_index
-from toylab.interventions import check_head, make_metric, normalised_effect
-from toylab.model import layer_norm
+from toylab.causal.interventions import check_head, make_metric, normalised_effect
+from toylab.blocks import layer_norm
 
 DIRECTIONS = ("denoise", "noise")
 _HEAD_AXIS_LAST = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_result")  # [b, pos, head, d]

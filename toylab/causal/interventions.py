@@ -14,7 +14,7 @@ every attention pattern is overwritten by its value on the clean run, so the
 ablated head can only matter through the values it writes, not through the
 queries and keys of later heads.
 
-Activation and path patching live in :mod:`toylab.patching`.
+Activation and path patching live in :mod:`toylab.causal.patching`.
 """
 
 from __future__ import annotations

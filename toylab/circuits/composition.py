@@ -5,7 +5,7 @@ Elhage et al. (2021) measure how much a later head *reads* what an earlier head
 
     ``C(W_A, W_B) = ||W_A W_B||_F / (||W_A||_F ||W_B||_F)``.
 
-In row-vector notation (see :mod:`toylab.circuits`) an earlier head ``a``
+In row-vector notation (see :mod:`toylab.circuits.weights`) an earlier head ``a``
 writes ``x W_OV^a`` into the residual stream at its destination, and a later
 head ``b`` computes the score ``q k^T = x_dst W_QK^b x_src^T`` with
 ``W_QK^b = W_Q^b W_K^{bT}``. Substituting ``a``'s output:
@@ -39,7 +39,7 @@ import math
 import torch
 from torch import Tensor
 
-from toylab.circuits import OV, QK, check_layer, refuse_layernorm
+from toylab.circuits.weights import OV, QK, check_layer, refuse_layernorm
 from toylab.factored import FactoredMatrix
 
 KINDS = ("Q", "K", "V")
@@ -92,7 +92,7 @@ def composition_scores(model, kind: str, layer_a: int | None = None, layer_b: in
     ``C(W_OV^{la.ha}, W_B^{lb.hb})`` (``W_B`` per kind, module docstring), NaN
     where ``la >= lb`` (no composition is possible). With both ``layer_a`` and
     ``layer_b`` given (``layer_a < layer_b``): ``[n_heads (layer_a), n_heads (layer_b)]``.
-    Refused for LayerNorm models (:func:`toylab.circuits.refuse_layernorm`).
+    Refused for LayerNorm models (:func:`toylab.circuits.weights.refuse_layernorm`).
     """
     _check_kind(kind)
     cfg = model.cfg

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from toylab.hooks import register_cache_method
-from toylab.model import layer_norm
+from toylab.blocks import layer_norm
 
 LN_EPS = 1e-5
 
@@ -265,7 +265,7 @@ def logit_lens(model, tokens: torch.Tensor, k: int = 5, target: torch.Tensor | N
 
 def _cache_model(cache):
     if cache.model is None:
-        raise ValueError("this cache was made without a model; use toylab.attribution's functions directly")
+        raise ValueError("this cache was made without a model; use toylab.causal.attribution's functions directly")
     return cache.model
 
 

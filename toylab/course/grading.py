@@ -29,13 +29,12 @@ characters), so the hint written for a mistake reaches the table and the JSON.
 
 This module imports pytest only inside the child process (pytest is a runtime
 dependency of toylab: grading is a core command); what the graded
-tests themselves use (:func:`~toylab.answers.load_answers`, the teaching
-assertions, the alarm) is in :mod:`toylab.answers`.
+tests themselves use (:func:`~toylab.course.answers.load_answers`, the teaching
+assertions, the alarm) is in :mod:`toylab.course.answers`.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import math
@@ -48,8 +47,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from toylab.answers import ANSWERS_ENV, TIMEOUT_ENV, repo_root
-from toylab.progress import Progress
+from toylab.course.answers import ANSWERS_ENV, TIMEOUT_ENV, repo_root
+from toylab.training.progress import Progress
 
 DEFAULT_TIMEOUT = 10.0
 MESSAGE_LIMIT = 2000  # characters of a failure's first line that are kept (hints sit at its end)
@@ -264,7 +263,7 @@ def grade(path: str | os.PathLike = "exercises", chapter: int | None = None, tim
         for attempt in range(1000):
             events_path = Path(tmp) / f"events{attempt}.jsonl"
             run_args = base + (args if pending is None else pending)
-            code = ("import sys, toylab.grading as g; "
+            code = ("import sys, toylab.course.grading as g; "
                     f"sys.exit(g._child_main({str(events_path)!r}, {run_args!r}))")
             proc = subprocess.Popen([sys.executable, "-c", code], cwd=root, env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, start_new_session=True)
@@ -389,75 +388,3 @@ def check(chapter: str | int, exercise: str, path: str | os.PathLike | None = No
     status = "pass" if r["passed"] else f"FAIL: {r['message']}"
     print(f"ch{n:02d} {exercise}: {r['earned']}/{r['max']} points, {status}")
     return r["passed"]
-
-
-# ------------------------------------------------------------------ command
-def add_grade_parser(subparsers) -> argparse.ArgumentParser:
-    """Add the ``grade`` command to an ``argparse`` subparsers object (see :mod:`toylab.cli`)."""
-    p = subparsers.add_parser("grade", help="grade the exercises in a folder (default: exercises/)",
-                              description="Run the graded tests against a folder of answers and print a score table.")
-    p.add_argument("path", nargs="?", default=None, help="folder holding chNN_<topic>.py (default: exercises/)")
-    p.add_argument("--chapter", type=int, default=None, help="grade one chapter only")
-    p.add_argument("--json", nargs="?", const="", default=None, metavar="FILE",
-                   help="also write the scores as JSON (default FILE: grades.json, or results.json with "
-                        "--format gradescope)")
-    p.add_argument("--format", choices=("toylab", "gradescope"), default="toylab",
-                   help="the JSON file's format: toylab's own, or Gradescope's autograder results.json "
-                        "(gradescope writes results.json even without --json)")
-    p.add_argument("--visibility", choices=GRADESCOPE_VISIBILITY, default="visible",
-                   help="with --format gradescope: when students see the tests (default %(default)s)")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per test (default %(default)s)")
-    p.set_defaults(func=cmd_grade)
-    return p
-
-
-def build_args(argv: list[str]) -> argparse.Namespace:
-    """Parse ``toylab grade`` arguments (without the word ``grade``)."""
-    parser = argparse.ArgumentParser(prog="toylab")
-    add_grade_parser(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(["grade", *argv])
-
-
-def cmd_grade(args, select: str | None = None) -> int:
-    """Exit status: 0 full marks, 1 some exercise failed, 2 the grader could not run
-    (or could not write its JSON file). Everything that can be checked before
-    grading (the timeout, where the JSON goes, pytest) is checked first."""
-    from toylab.checkpoint import atomic_write, check_writable
-
-    fmt = getattr(args, "format", "toylab")
-    json_path = args.json
-    if json_path == "" or (json_path is None and fmt == "gradescope"):
-        json_path = "results.json" if fmt == "gradescope" else "grades.json"
-    try:
-        check_timeout(args.timeout)
-        if json_path is not None:
-            if Path(json_path).suffix.lower() in (".py", ".pt"):
-                raise ValueError(f"--json {json_path}: refusing to overwrite a {Path(json_path).suffix} file "
-                                 f"with scores; give a .json path")
-            check_writable(json_path, example="results.json" if fmt == "gradescope" else "grades.json")
-        folder = Path(args.path) if args.path else repo_root() / "exercises"
-        g = grade(folder, chapter=args.chapter, timeout=args.timeout, select=select, progress=True)
-    except (OSError, ValueError, RuntimeError) as e:
-        print(f"toylab grade: error: {e}", file=sys.stderr)
-        return 2
-    print(f"graded {g.path} ({g.timeout:g} s per test)\n")
-    print(g.table())
-    if json_path is not None:
-        data = g.to_gradescope(getattr(args, "visibility", "visible")) if fmt == "gradescope" else g.to_dict()
-        try:
-            out = atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1) + "\n"))
-        except OSError as e:
-            print(f"toylab grade: error: the scores above could not be saved: {e}", file=sys.stderr)
-            return 2
-        print(f"\nscores written to {out}" + (" (Gradescope results.json format)" if fmt == "gradescope" else ""))
-    return 0 if g.earned == g.max_points else 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m toylab.grading [--chapter N] [--json [FILE]] [--timeout S] [PATH]``."""
-    args = build_args(sys.argv[1:] if argv is None else argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,7 +13,7 @@ any other value         a folder holding ``chNN_<topic>.py`` files
 :func:`expect_tensor` and :func:`expect_number` fail with a message that
 teaches (expected shape, a hint for a common mistake); :class:`alarm` bounds
 a test's time inside the process. The grader that runs these tests is
-:mod:`toylab.grading`.
+:mod:`toylab.course.grading`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ ANSWERS_ENV = "TOYLAB_ANSWERS"
 def repo_root() -> Path:
     """The checkout that holds ``tests/exercises``: the current folder or a parent, else toylab's."""
     here = Path.cwd().resolve()
-    for cand in (here, *here.parents, Path(__file__).resolve().parents[1]):
+    for cand in (here, *here.parents, Path(__file__).resolve().parents[2]):
         if (cand / "tests" / "exercises").is_dir():
             return cand
     raise FileNotFoundError("cannot find tests/exercises: run the grader inside a clone of the toylab repository")

@@ -1,6 +1,6 @@
 """Off-probe evaluations: does a model do induction on repeated text it was not trained on?
 
-The standard probe ``[BOS, r, r]`` (:func:`toylab.train.induction_probe`) is the
+The standard probe ``[BOS, r, r]`` (:func:`toylab.training.train.induction_probe`) is the
 training format of the induction presets, so a model can pass it by learning
 artefacts of the generator (every sequence starts with BOS, every repeat runs to
 the end of the context). These probes change one thing each:
@@ -30,7 +30,7 @@ import torch
 
 from toylab.data import BOS, probe_half_len
 from toylab.model import next_token_loss
-from toylab.scores import induction_score
+from toylab.circuits.scores import induction_score
 
 PROBE_SEED = 4321  # the off-probe batches are the same for every model and run
 
@@ -69,7 +69,7 @@ def no_bos_probe(model, random_first: bool = False, batch: int = 256, seed: int 
         predecessor (tokens ``1..c-1``); ideal ``ln(V-1)``.
         ``loss_repeat``: mean over the second copy except its first token
         (tokens ``c+1..``); ideal ``0``.
-        ``best_induction``: the best head's :func:`~toylab.scores.induction_score`
+        ``best_induction``: the best head's :func:`~toylab.circuits.scores.induction_score`
         from the second copy.
     """
     _check(model, batch)

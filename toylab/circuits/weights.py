@@ -66,8 +66,8 @@ def refuse_layernorm(model, what: str) -> None:
             f"{what} reads the weights as linear maps (products such as W_E W_OV W_U), but this model has "
             "LayerNorm: each head and the unembedding see x / s(x) with a scale s that depends on the whole "
             "residual stream, so the weight products are not what the model computes. Use the activation-"
-            "based tools instead (toylab.scores.head_detector_scores, toylab.interventions.ablate_heads, "
-            "toylab.patching, toylab.attribution.direct_logit_attribution, which freezes the scale)."
+            "based tools instead (toylab.circuits.scores.head_detector_scores, toylab.causal.interventions.ablate_heads, "
+            "toylab.causal.patching, toylab.causal.attribution.direct_logit_attribution, which freezes the scale)."
         )
 
 

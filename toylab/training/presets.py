@@ -20,11 +20,11 @@ import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
-from toylab.checkpoint import Checkpoint, load_checkpoint
+from toylab.training.checkpoint import Checkpoint, load_checkpoint
 from toylab.model import AttnOnlyTransformer, ModelConfig
-from toylab.train import TrainConfig
+from toylab.training.train import TrainConfig
 
-MODELS_DIR = Path(__file__).parent / "models"
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ class _StepWithoutCompilerImport(_NoCompilerImport):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if any(group["differentiable"] for group in self.param_groups):
-            raise ValueError(f"toylab.optim.{type(self).__name__} does not support differentiable=True; "
+            raise ValueError(f"toylab.training.optim.{type(self).__name__} does not support differentiable=True; "
                              f"use torch.optim.{type(self).__name__}")
 
     @torch.no_grad()

@@ -23,14 +23,14 @@ from typing import Callable
 
 import torch
 
-from toylab.allocator import reuse_freed_memory
-from toylab.checkpoint import save_checkpoint
+from toylab.training.allocator import reuse_freed_memory
+from toylab.training.checkpoint import save_checkpoint
 from toylab.data import make_dataset, probe_half_len, repeated_tokens, repeated_tokens_with_gap
-from toylab.evaluation import off_probe_applies, off_probe_metrics
+from toylab.causal.evaluation import off_probe_applies, off_probe_metrics
 from toylab.model import AttnOnlyTransformer, ModelConfig, config_from_dict, next_token_loss
-from toylab.optim import AdamW
-from toylab.progress import Progress
-from toylab.scores import induction_score, previous_token_score
+from toylab.training.optim import AdamW
+from toylab.training.progress import Progress
+from toylab.circuits.scores import induction_score, previous_token_score
 
 EVAL_SEED = 1234  # the evaluation batches are the same for every run
 MAX_SEED = 2**63  # seed + 1 seeds a torch generator, which takes 64-bit seeds
@@ -186,7 +186,7 @@ def evaluate(model: AttnOnlyTransformer, dataset, step: int, *, off_probe: bool 
     knows its true next-token distribution, the KL from it), and the induction
     probes (at the probe's offset and at a different one, so a positional
     shortcut cannot pass), and the off-probe evaluations of
-    :func:`toylab.evaluation.off_probe_metrics` (``nobos_*``, ``randfirst_*``,
+    :func:`toylab.causal.evaluation.off_probe_metrics` (``nobos_*``, ``randfirst_*``,
     ``segment_*``, ``uniform_loss``; left out where the context is too short, or
     when ``off_probe=False``: a third or more of an evaluation's cost, for a live run
     that does not look at them)."""
@@ -256,7 +256,7 @@ def train(
             f"data (d_vocab={dataset.d_vocab}, n_ctx={dataset.n_ctx}) does not fit the model "
             f"(d_vocab={model_cfg.d_vocab}, n_ctx={model_cfg.n_ctx})"
         )
-    reuse_freed_memory()  # a step's tensors reuse freed pages instead of faulting in new ones (toylab.allocator)
+    reuse_freed_memory()  # a step's tensors reuse freed pages instead of faulting in new ones (toylab.training.allocator)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(train_cfg.threads)
     try:
