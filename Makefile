@@ -64,6 +64,7 @@ $(VENV)/.book: $(VENV)/.test
 
 book: $(VENV)/.book
 	$(PY) -m toylab.cli models
+	$(PY) .ci/check_text.py   # no project jargon, no stale toylab names, no dead page links
 	bash .ci/book.sh $(PY)
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 	$(PY) .ci/check_book.py chapters/_build/html chapters/_build/screenshots

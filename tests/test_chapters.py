@@ -188,3 +188,32 @@ def test_heads_are_named_one_way(path):
         texts = [source for _, source in md] + [outputs, code]
     found = sorted({name for t in texts for name in old_head_names(t)})
     assert not found, f"{path.name}: heads named in the old L.H style {found}; write L1H0 (toylab.model.head_name)"
+
+
+def _check_text():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("check_text", CHAPTERS.parent / ".ci" / "check_text.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_student_text_has_no_jargon_no_stale_names_and_no_dead_page_links():
+    found = _check_text().findings(CHAPTERS.parent)
+    assert not found, "\n".join(found)
+
+
+def test_the_text_check_catches_what_it_should(tmp_path):
+    ct = _check_text()
+    (tmp_path / "chapters").mkdir()
+    (tmp_path / "exercises").mkdir()
+    (tmp_path / "README.md").write_text("issue 12 is fine in the README\n")
+    (tmp_path / "chapters" / "ch01_x.md").write_text(
+        "As issue 10 asks, this meets the acceptance bar. See `toylab.circuits.weights.OV` and "
+        "`toylab.scores.induction_score`, [chapter 2](ch02_missing.ipynb) and [chapter 1](ch01_x.md).\n")
+    found = ct.findings(tmp_path)
+    assert any("'issue 10'" in f for f in found) and any("'acceptance'" in f for f in found)
+    assert any("toylab.scores.induction_score does not exist" in f for f in found)
+    assert not any("toylab.circuits.weights.OV" in f for f in found)
+    assert any("'ch02_missing'" in f for f in found) and not any("'ch01_x'" in f for f in found)
+    assert not any("README" in f for f in found)
