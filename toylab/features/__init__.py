@@ -9,6 +9,7 @@
 ``ground_truth``       the known feature directions inside the lab's models
 ``probes``             linear (softmax) probes, control tasks and selectivity
 ``steering``           activation addition and its exact logit effect
+``checks``             the argument checks the modules above share (one sentence per mistake)
 =====================  =============================================================
 
 Import the modules themselves, e.g. ``from toylab.features import sae, metrics``.

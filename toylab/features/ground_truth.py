@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from toylab.features.checks import check_seed
 from toylab.model import AttnOnlyTransformer
 
 
@@ -44,6 +45,10 @@ def true_features(model: AttnOnlyTransformer, hook: str, head: int | None = None
     if not isinstance(model, AttnOnlyTransformer):
         raise TypeError(f"true_features needs an AttnOnlyTransformer, got {type(model).__name__}")
     cfg = model.cfg
+    if not isinstance(hook, str):
+        raise TypeError(f"hook must be a hook name (str), got {type(hook).__name__}")
+    if head is not None and (isinstance(head, bool) or not isinstance(head, int)):
+        raise ValueError(f"head must be None or an integer in [0, {cfg.n_heads}), got {head!r}")
     if hook not in model.hook_dict:
         raise KeyError(f"unknown hook {hook!r}; this model's hooks are:\n  " + "\n  ".join(model.hook_names))
     if cfg.layernorm:
@@ -84,4 +89,4 @@ def random_init_control(model: AttnOnlyTransformer, seed: int = 1) -> AttnOnlyTr
     the negative control (an SAE also finds "features" in a random transformer)."""
     if not isinstance(model, AttnOnlyTransformer):
         raise TypeError(f"random_init_control needs an AttnOnlyTransformer, got {type(model).__name__}")
-    return AttnOnlyTransformer(model.cfg, seed=seed).eval()
+    return AttnOnlyTransformer(model.cfg, seed=check_seed(seed)).eval()
