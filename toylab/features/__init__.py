@@ -13,4 +13,10 @@
 =====================  =============================================================
 
 Import the modules themselves, e.g. ``from toylab.features import sae, metrics``.
+
+Bad input (DESIGN.md): every public function here checks its arguments with
+``checks`` and refuses NaN and inf where they enter (activations, latents, weights
+read from a file, steering vectors and coefficients, hyperparameters); no function of
+this package lets a non-finite value propagate into its result. Training that
+diverges (a non-finite loss) stops with an error at the step where it happens.
 """

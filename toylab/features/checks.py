@@ -85,13 +85,14 @@ def check_generator(generator, name: str = "generator") -> torch.Generator:
     return generator
 
 
-def check_finite(x: torch.Tensor, what: str) -> torch.Tensor:
+def check_finite(x: torch.Tensor, what: str,
+                 why: str = "refusing to compute with them (where did they come from?)") -> torch.Tensor:
     """``x`` if every value is finite, else a ``ValueError`` saying how many are NaN and inf."""
     if (x.is_floating_point() or x.is_complex()) and not bool(torch.isfinite(x).all()):
         n_nan = int(torch.isnan(x).sum())
         n_bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{what}: {n_bad} of its {x.numel()} values are non-finite ({n_nan} NaN, "
-                         f"{n_bad - n_nan} inf); refusing to compute with them (where did they come from?)")
+                         f"{n_bad - n_nan} inf); {why}")
     return x
 
 
@@ -131,3 +132,20 @@ def check_model(model, who: str):
         raise TypeError(f"{who} needs a toylab model (e.g. toylab.model.AttnOnlyTransformer), "
                         f"got {type(model).__name__}")
     return model
+
+
+class UnknownHookError(KeyError):
+    """A hook name the model does not have (a ``KeyError``, like a missing cache key, whose
+    message prints as written: ``KeyError``'s own ``str`` would show the quoted repr)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def check_hook_name(model, hook) -> str:
+    """``hook`` if it is the name of one of ``model``'s hook points; the error lists them all."""
+    if not isinstance(hook, str):
+        raise TypeError(f"hook must be a hook name (str), got {type(hook).__name__}")
+    if hook not in model.hook_dict:
+        raise UnknownHookError(f"unknown hook {hook!r}; this model's hooks are:\n  " + "\n  ".join(model.hook_names))
+    return hook

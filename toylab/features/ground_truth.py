@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import torch
 
-from toylab.features.checks import check_seed
+from toylab.features.checks import check_hook_name, check_seed
+from toylab.features.train_sae import SAE_HOOKS
 from toylab.model import AttnOnlyTransformer
 
 
@@ -45,12 +46,12 @@ def true_features(model: AttnOnlyTransformer, hook: str, head: int | None = None
     if not isinstance(model, AttnOnlyTransformer):
         raise TypeError(f"true_features needs an AttnOnlyTransformer, got {type(model).__name__}")
     cfg = model.cfg
-    if not isinstance(hook, str):
-        raise TypeError(f"hook must be a hook name (str), got {type(hook).__name__}")
+    check_hook_name(model, hook)
     if head is not None and (isinstance(head, bool) or not isinstance(head, int)):
         raise ValueError(f"head must be None or an integer in [0, {cfg.n_heads}), got {head!r}")
-    if hook not in model.hook_dict:
-        raise KeyError(f"unknown hook {hook!r}; this model's hooks are:\n  " + "\n  ".join(model.hook_names))
+    if not hook.endswith(SAE_HOOKS):
+        _refuse(f"{hook!r} is not a vector-valued activation (attention scores and patterns hold no "
+                "feature directions); a dictionary lives at the residual, attn_out and z hooks")
     if cfg.layernorm:
         _refuse("the model has LayerNorm, which rescales each position's vector by its own norm, "
                 "so the residual stream is not a fixed sum of weight directions")

@@ -107,13 +107,17 @@ def ce_loss_recovered(model, sae: SparseAutoencoder, hook: str, tokens: torch.Te
             out = sae(act.reshape(-1, width)).reshape(act.shape) if mode == "sae" else torch.zeros_like(act)
         return out
 
-    clean = float(model(tokens, return_type="loss"))
-    spliced = float(model.run_with_hooks(tokens, [(hook, lambda a, h: replace(a, "sae"))], return_type="loss"))
-    ablated = float(model.run_with_hooks(tokens, [(hook, lambda a, h: replace(a, "zero"))], return_type="loss"))
-    for name, value in (("clean", clean), ("spliced", spliced), ("ablated", ablated)):
+    def finite(name: str, value: float) -> float:
         if not math.isfinite(value):
-            raise ValueError(f"the {name} next-token loss is {value}: the model (or the SAE) computes non-finite "
-                             "values on these tokens, so CE loss recovered is undefined")
+            raise ValueError(f"the {name} next-token loss is {value}: the model computes non-finite values on "
+                             "these tokens (are its weights finite?), so CE loss recovered is undefined")
+        return value
+
+    clean = finite("clean", float(model(tokens, return_type="loss")))
+    spliced = finite("spliced", float(model.run_with_hooks(tokens, [(hook, lambda a, h: replace(a, "sae"))],
+                                                           return_type="loss")))
+    ablated = finite("ablated", float(model.run_with_hooks(tokens, [(hook, lambda a, h: replace(a, "zero"))],
+                                                           return_type="loss")))
     denom = ablated - clean
     if abs(denom) < 1e-9:
         raise ValueError(f"zero-ablating {hook!r} does not change the loss: CE loss recovered is undefined there")

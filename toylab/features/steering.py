@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from toylab.features.checks import check_device, check_finite, check_int, check_model, check_number
+from toylab.features.checks import check_device, check_finite, check_hook_name, check_int, check_model, check_number
 from toylab.features.sae import SparseAutoencoder
 
 STEERABLE = ("hook_embed", "hook_resid_pre", "hook_resid_post", "hook_attn_out")
@@ -33,10 +33,7 @@ STEERABLE = ("hook_embed", "hook_resid_pre", "hook_resid_post", "hook_attn_out")
 
 def _check_hook(model, hook: str, who: str) -> str:
     check_model(model, who)
-    if not isinstance(hook, str):
-        raise TypeError(f"hook must be a hook name (str), got {type(hook).__name__}")
-    if hook not in model.hook_dict:
-        raise KeyError(f"unknown hook {hook!r}; this model's hooks are:\n  " + "\n  ".join(model.hook_names))
+    check_hook_name(model, hook)
     if not hook.endswith(STEERABLE):
         raise ValueError(f"steering adds a d_model vector to the residual stream; {hook!r} is not one of "
                          f"the residual hooks {STEERABLE}")

@@ -20,7 +20,8 @@ import torch
 from toylab.training.allocator import reuse_freed_memory
 from toylab.training.checkpoint import json_like
 from toylab.files import atomic_write
-from toylab.features.checks import check_bool, check_finite, check_int, check_model, check_number, check_seed
+from toylab.features.checks import (check_bool, check_finite, check_hook_name, check_int, check_model, check_number,
+                                    check_seed)
 from toylab.features.sae import ReluSAE, SparseAutoencoder, resample_dead_latents
 from toylab.features.topk import TopKSAE
 from toylab.training.optim import Adam
@@ -37,10 +38,7 @@ FORMAT = "toylab-sae"
 def check_hook(model, hook: str, head: int | None = None, who: str = "check_hook") -> str:
     """Validate an SAE hook name (and ``head`` for per-head hooks); returns the name."""
     check_model(model, who)
-    if not isinstance(hook, str):
-        raise TypeError(f"hook must be a hook name (str), got {type(hook).__name__}")
-    if hook not in model.hook_dict:
-        raise KeyError(f"unknown hook {hook!r}; this model's hooks are:\n  " + "\n  ".join(model.hook_names))
+    check_hook_name(model, hook)
     if not hook.endswith(SAE_HOOKS):
         raise ValueError(f"an SAE needs a vector-valued activation; {hook!r} is not one of the supported "
                          f"kinds {SAE_HOOKS} (attention scores and patterns are not residual-like vectors)")
@@ -108,7 +106,8 @@ def gather_activations(model, hook: str, tokens: torch.Tensor, head: int | None 
         if skip_first:
             act = act[:, 1:]
         rows.append(flatten_activation(act, hook, head).float())
-    return check_finite(torch.cat(rows), f"the activations at {hook!r}")
+    return check_finite(torch.cat(rows), f"the activations at {hook!r}",
+                        "the model computes them from these tokens (are its weights finite?)")
 
 
 def train_sae(sae: SparseAutoencoder, acts: torch.Tensor, *, steps: int = 2000, batch_size: int = 1024,
@@ -190,14 +189,22 @@ def train_sae(sae: SparseAutoencoder, acts: torch.Tensor, *, steps: int = 2000, 
                 if step % max(steps // 100, 1) == 0 or step == steps - 1:
                     history.append({"step": step, "loss": loss_value, **terms})
                 bar.update(1, loss=loss_value, l0=terms["l0"])
-        sae.eval()
     finally:
+        sae.eval()
         torch.set_grad_enabled(grad_was)
     return history
 
 
+def _check_path(path) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file path (str or pathlib.Path), got {type(path).__name__}")
+    return Path(path)
+
+
 def save_sae(path: str | os.PathLike, sae: SparseAutoencoder, meta: dict | None = None) -> Path:
-    """Write ``sae`` (kind, config, tensors, JSON-able ``meta`` such as the hook) atomically."""
+    """Write ``sae`` (kind, config, tensors, JSON-able ``meta`` such as the hook) atomically.
+    Non-finite weights are refused (the file would load as an SAE that outputs NaN)."""
+    path = _check_path(path)
     if not isinstance(sae, SparseAutoencoder) or sae.kind not in SAE_KINDS:
         raise TypeError(f"save_sae needs one of {sorted(SAE_KINDS)} SAEs, got {type(sae).__name__}")
     if meta is not None and not isinstance(meta, dict):
@@ -205,20 +212,24 @@ def save_sae(path: str | os.PathLike, sae: SparseAutoencoder, meta: dict | None 
     meta = json_like(dict(meta or {}), "meta")
     state = {k: v.detach().clone().contiguous().cpu() for k, v in sae.state_dict().items()}
     for name, v in state.items():
-        check_finite(v, f"the SAE's {name}")
+        check_finite(v, f"the SAE's {name}", "the file would load as an SAE that outputs NaN "
+                                              "(did training diverge?)")
     payload = {"format": FORMAT, "kind": sae.kind, "config": sae.config(), "meta": meta, "state_dict": state}
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_sae(path: str | os.PathLike) -> tuple[SparseAutoencoder, dict]:
-    """``(sae, meta)`` from a file written by :func:`save_sae` (loaded with ``weights_only=True``)."""
-    path = Path(path)
+    """``(sae, meta)`` from a file written by :func:`save_sae` (loaded with ``weights_only=True``).
+    A file whose config, tensors or meta do not make a working SAE (unknown config keys,
+    shapes that do not fit, NaN/inf weights) is refused with a ``ValueError`` naming the part."""
+    path = _check_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no SAE file at {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not ours"
-        raise ValueError(f"{path} is not a toylab SAE file (could not load it with weights_only=True: {e})") from e
+        raise ValueError(f"{path} is not a toylab SAE file (could not load it with weights_only=True: "
+                         f"{type(e).__name__}: {e})") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or payload.get("kind") not in SAE_KINDS:
         raise ValueError(f"{path} is not a toylab SAE file (format {FORMAT!r} with kind in {sorted(SAE_KINDS)})")
     cls, config, state = SAE_KINDS[payload["kind"]], payload.get("config"), payload.get("state_dict")
@@ -236,11 +247,17 @@ def load_sae(path: str | os.PathLike) -> tuple[SparseAutoencoder, dict]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: the stored state_dict is not a dict of tensors")
     for name, v in state.items():
-        try:
-            check_finite(v, f"{path}: weight {name}")
-        except ValueError as e:
-            raise ValueError(f"{e}; an SAE with NaN/inf weights gives NaN everywhere (did training diverge?)") \
-                from None
+        check_finite(v, f"{path}: weight {name}", "an SAE with NaN/inf weights gives NaN everywhere "
+                                                  "(did training diverge?)")
+    want = sae.state_dict()
+    missing, unexpected = sorted(set(want) - set(state)), sorted(set(state) - set(want))
+    if missing or unexpected:
+        raise ValueError(f"{path}: the stored tensors do not fit a {payload['kind']} SAE: missing {missing}, "
+                         f"unexpected {unexpected}")
+    for name, v in want.items():
+        if state[name].shape != v.shape:
+            raise ValueError(f"{path}: the stored {name} has shape {list(state[name].shape)} but the stored config "
+                             f"({config}) needs {list(v.shape)}")
     try:
         sae.load_state_dict(state)
     except RuntimeError as e:
