@@ -18,7 +18,7 @@ import torch
 
 from toylab.data import InductionData, repeated_tokens
 from toylab.features import ground_truth, metrics, probes, steering, tms
-from toylab.features.sae import ReluSAE, resample_dead_latents
+from toylab.features.sae import ReluSAE, SparseAutoencoder, resample_dead_latents
 from toylab.features.topk import TopKSAE
 from toylab.features.train_sae import flatten_activation, gather_activations, hook_width, load_sae, save_sae, \
     train_sae
@@ -143,7 +143,8 @@ CASES = [
      "dtype torch.float64"),
     ("ReluSAE meta-device activations", lambda: sae()(torch.empty(3, 64, device="meta")), ValueError,
      "on the meta device"),
-    ("ReluSAE integer activations", lambda: sae()(x().long()), TypeError, "must be floating point, got dtype torch.int64"),
+    ("ReluSAE integer activations", lambda: sae()(x().long()), TypeError,
+     "must be floating point, got dtype torch.int64"),
     ("ReluSAE a list", lambda: sae()([[0.0] * 64]), TypeError, r"torch.Tensor of shape \[batch, 64\], got list"),
     ("ReluSAE one vector, not a batch", lambda: sae()(x()[0]), ValueError, r"\[batch, d_in=64\], got \[64\]"),
     ("ReluSAE mismatched d_in", lambda: sae()(x(4, 8)), ValueError, "d_in must match the hook's activation size"),
@@ -154,10 +155,15 @@ CASES = [
     ("decode integer latents", lambda: sae().decode(torch.ones(3, 32, dtype=torch.long)), TypeError,
      "latents have dtype torch.int64"),
     ("decode wrong width", lambda: sae().decode(torch.rand(3, 5)), ValueError, r"\[batch, d_sae=32\], got \[3, 5\]"),
+    ("ReluSAE on the meta device", lambda: ReluSAE(4, 4).to("meta")(torch.randn(2, 4)), ValueError,
+     "the weights to apply to activations are on the meta device"),
+    ("the SparseAutoencoder base class", lambda: SparseAutoencoder(4, 4)(torch.randn(2, 4)), NotImplementedError,
+     "build a ReluSAE .* or a TopKSAE"),
     ("set_input_scale, one NaN", lambda: sae().set_input_scale(with_nan(x())), ValueError, "1 NaN"),
     # --- SAE constructors
     ("ReluSAE d_in=0", lambda: ReluSAE(0, 4), ValueError, "d_in must be a positive integer, got 0"),
-    ("ReluSAE float d_sae", lambda: ReluSAE(4, 4.0), ValueError, r"d_sae must be a positive integer, got 4.0 \(float\)"),
+    ("ReluSAE float d_sae", lambda: ReluSAE(4, 4.0), ValueError,
+     r"d_sae must be a positive integer, got 4.0 \(float\)"),
     ("ReluSAE string seed", lambda: ReluSAE(4, 4, seed="a"), ValueError, "seed must be an integer, got 'a'"),
     ("ReluSAE float seed", lambda: ReluSAE(4, 4, seed=1.5), ValueError, "seed must be an integer, got 1.5"),
     ("ReluSAE NaN l1_coefficient", lambda: ReluSAE(4, 4, l1_coefficient=NAN), ValueError,
@@ -242,7 +248,8 @@ CASES = [
      "unknown hook 'blocks.0.hook_resid_post'"),
     ("gather_activations, a model with a NaN weight", lambda: gather_activations(nan_model(), RESID, toks()),
      ValueError, r"the activations at 'blocks.1.hook_resid_post': \d+ of its \d+ values are non-finite"),
-    ("hook_width, an SAE as model", lambda: hook_width(sae(), "hook_embed"), TypeError, "hook_width needs a toylab model"),
+    ("hook_width, an SAE as model", lambda: hook_width(sae(), "hook_embed"), TypeError,
+     "hook_width needs a toylab model"),
     ("hook_width, int hook", lambda: hook_width(m2(), 3), TypeError, "hook must be a hook name"),
     ("flatten_activation, 2-D act", lambda: flatten_activation(torch.randn(3, 4), RESID), ValueError,
      r"must have shape \[batch, pos, d\], got \[3, 4\]"),
@@ -259,6 +266,8 @@ CASES = [
      ValueError, r"meta\['a'\] is a torch.Tensor"),
     ("save_sae, NaN weights", lambda: save_sae(Path(_TMP.name) / "n.pt", _nan_sae()), ValueError,
      "the SAE's W_dec: 32 of its 32 values are non-finite"),
+    ("save_sae, an SAE on the meta device", lambda: save_sae(Path(_TMP.name) / "m.pt", ReluSAE(4, 4).to("meta")),
+     ValueError, "the SAE's W_dec is on the meta device"),
     ("save_sae, path None", lambda: save_sae(None, sae()), TypeError, "path must be a file path"),
     ("load_sae, NaN weights", lambda: load_sae(sae_file(_nan_weight)), ValueError,
      r"weight W_enc: 1 of its 32 values are non-finite.*did training diverge"),
@@ -367,7 +376,8 @@ CASES = [
     ("feature_dimensionality, a list", lambda: tms.feature_dimensionality([[[1.0]]]), ValueError, "got list"),
     ("phase_losses, bool importance", lambda: tms.phase_losses(True, 0.5), ValueError,
      "relative_importance must be a positive number, got True"),
-    ("phase_losses, density a string", lambda: tms.phase_losses(1.0, "0.5"), ValueError, r"density must be in \(0, 1\]"),
+    ("phase_losses, density a string", lambda: tms.phase_losses(1.0, "0.5"), ValueError,
+     r"density must be in \(0, 1\]"),
     ("phase_diagram, a string", lambda: tms.phase_diagram("1", [0.5]), ValueError,
      "relative_importances must be a list of numbers, got str"),
     ("phase_diagram, a bare number", lambda: tms.phase_diagram(1.0, [0.5]), ValueError, "must be a list of numbers"),
@@ -558,3 +568,12 @@ def test_valid_calls_next_to_the_refused_ones_still_work():
     fve = metrics.fraction_variance_explained(sae(), x().double())
     assert math.isfinite(fve)
     assert steering.run_with_steering(m2(), toks(), RESID, v, coeff=torch.tensor(0.5)).shape == (2, 31, 128)
+
+
+def test_integers_of_other_kinds_are_taken_as_integers():
+    import numpy as np
+    assert steering.vector_from_weights(m2(), np.int64(9)).shape == (64,)
+    assert steering.vector_from_weights(m2(), torch.tensor(9), head=(np.int64(0), 1)).shape == (64,)
+    assert TopKSAE(8, np.int64(4), k=np.int64(2)).config()["k"] == 2
+    assert type(tms.ToyModel(np.int64(5), 2).n_features) is int
+    assert list(ground_truth.true_features(m2(), "blocks.0.attn.hook_z", head=np.int64(1))) == ["v_L0H1"]

@@ -26,12 +26,23 @@ def describe(value) -> str:
     return f"{text} ({type(value).__name__})"
 
 
+def as_int(value):
+    """``int(value)`` for an integer that is not a Python ``int`` (``numpy.int64``, a 0-dim integer
+    tensor); anything else (a bool, a float, a str) is returned unchanged for the caller to refuse."""
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.dtype.is_floating_point \
+            and not value.dtype.is_complex and value.dtype != torch.bool:
+        return int(value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    return value
+
+
 def check_int(name: str, value, minimum: int | None = None, maximum: int | None = None,
               meaning: str = "") -> int:
     """``value`` as an ``int`` if it is an integer (not a bool) in ``[minimum, maximum]``."""
-    ok = not isinstance(value, bool) and isinstance(value, numbers.Integral)
+    value = as_int(value)
+    ok = isinstance(value, int) and not isinstance(value, bool)
     if ok:
-        value = int(value)
         ok = (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
     if not ok:
         if minimum == 1 and maximum is None:
@@ -120,6 +131,9 @@ def check_device(x: torch.Tensor, what: str, device: torch.device | None = None)
     if x.device.type == "meta":
         raise ValueError(f"{what} is on the meta device (a shape without data): "
                          "there are no values to compute with")
+    if device is not None and device.type == "meta":
+        raise ValueError(f"the weights to apply to {what} are on the meta device (shapes without values): "
+                         "initialise or load them on a real device first")
     if device is not None and x.device != device:
         raise ValueError(f"{what} is on {x.device} but the weights are on {device}: move it with "
                          f".to({str(device)!r})")

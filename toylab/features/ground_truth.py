@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from toylab.features.checks import check_hook_name, check_seed
+from toylab.features.checks import as_int, check_hook_name, check_seed
 from toylab.features.train_sae import SAE_HOOKS
 from toylab.model import AttnOnlyTransformer
 
@@ -47,6 +47,7 @@ def true_features(model: AttnOnlyTransformer, hook: str, head: int | None = None
         raise TypeError(f"true_features needs an AttnOnlyTransformer, got {type(model).__name__}")
     cfg = model.cfg
     check_hook_name(model, hook)
+    head = as_int(head)
     if head is not None and (isinstance(head, bool) or not isinstance(head, int)):
         raise ValueError(f"head must be None or an integer in [0, {cfg.n_heads}), got {head!r}")
     if not hook.endswith(SAE_HOOKS):

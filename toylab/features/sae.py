@@ -68,6 +68,10 @@ def _check_size(name: str, value) -> int:
     return check_int(name, value, minimum=1)
 
 
+_BASE_ONLY = ("SparseAutoencoder holds only the maps every SAE shares; build a ReluSAE "
+              "(toylab.features.sae) or a TopKSAE (toylab.features.topk), which add the nonlinearity and the loss")
+
+
 class SparseAutoencoder(nn.Module):
     """The parameters and the linear maps every SAE here shares (subclasses add the
     nonlinearity and the loss).
@@ -112,7 +116,7 @@ class SparseAutoencoder(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """``x [batch, d_in]`` -> latents ``f [batch, d_sae]`` (>= 0)."""
-        raise NotImplementedError
+        raise NotImplementedError(_BASE_ONLY)
 
     @torch.no_grad()
     def fired(self, x: torch.Tensor) -> torch.Tensor:
@@ -137,7 +141,7 @@ class SparseAutoencoder(nn.Module):
 
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """``(scalar loss, {term: value})`` on a batch ``x [batch, d_in]``."""
-        raise NotImplementedError
+        raise NotImplementedError(_BASE_ONLY)
 
     def directions(self) -> torch.Tensor:
         """Unit decoder directions ``[d_sae, d_in]`` (a detached copy), the learned dictionary."""

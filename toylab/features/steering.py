@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import torch
 
-from toylab.features.checks import check_device, check_finite, check_hook_name, check_int, check_model, check_number
+from toylab.features.checks import (as_int, check_device, check_finite, check_hook_name, check_int, check_model,
+                                    check_number)
 from toylab.features.sae import SparseAutoencoder
 
 STEERABLE = ("hook_embed", "hook_resid_pre", "hook_resid_post", "hook_attn_out")
@@ -62,6 +63,7 @@ def _check_coeff(coeff) -> float:
 
 
 def _check_pos(from_pos, to_pos=None) -> tuple[int, int | None]:
+    from_pos, to_pos = as_int(from_pos), as_int(to_pos)
     if isinstance(from_pos, bool) or not isinstance(from_pos, int) or from_pos < 0:
         raise ValueError(f"from_pos must be an integer >= 0, got {from_pos!r}")
     if to_pos is not None and (isinstance(to_pos, bool) or not isinstance(to_pos, int)
@@ -160,6 +162,7 @@ def vector_from_sae(sae, latent: int) -> torch.Tensor:
     """What one unit of latent ``latent`` adds to the reconstruction: ``W_dec[latent] / s`` ``[d_in]``."""
     if not isinstance(sae, SparseAutoencoder):
         raise TypeError(f"vector_from_sae needs a SparseAutoencoder (ReluSAE or TopKSAE), got {type(sae).__name__}")
+    latent = as_int(latent)
     if isinstance(latent, bool) or not isinstance(latent, int) or not 0 <= latent < sae.d_sae:
         raise ValueError(f"latent must be an integer in [0, {sae.d_sae}), got {latent!r}")
     return (sae.W_dec[latent] / sae.input_scale).detach().clone()
@@ -169,11 +172,14 @@ def vector_from_weights(model, token: int, head: tuple[int, int] | None = None) 
     """``W_E[token]`` ``[d_model]``, or with ``head=(l, h)`` ``W_E[token] W_V^{l,h} W_O^{l,h}``
     (what head l.h writes when it attends fully to ``token``; exact for layer 0)."""
     check_model(model, "vector_from_weights")
+    token = as_int(token)
     if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < model.cfg.d_vocab:
         raise ValueError(f"token must be an integer in [0, {model.cfg.d_vocab}), got {token!r}")
     v = model.W_E[token].detach()
     if head is None:
         return v.clone()
+    if isinstance(head, tuple):
+        head = tuple(as_int(i) for i in head)
     if not (isinstance(head, tuple) and len(head) == 2
             and all(isinstance(i, int) and not isinstance(i, bool) for i in head)
             and 0 <= head[0] < model.cfg.n_layers and 0 <= head[1] < model.cfg.n_heads):

@@ -85,9 +85,8 @@ class ToyModel(nn.Module):
     def __init__(self, n_features: int, n_hidden: int, n_instances: int = 1, importance=1.0,
                  feature_probability=1.0, seed: int = 0):
         super().__init__()
-        for name, v in (("n_features", n_features), ("n_hidden", n_hidden), ("n_instances", n_instances)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        n_features, n_hidden, n_instances = (check_int(name, v, minimum=1) for name, v in (
+            ("n_features", n_features), ("n_hidden", n_hidden), ("n_instances", n_instances)))
         self.n_features, self.n_hidden, self.n_instances = n_features, n_hidden, n_instances
         self.register_buffer("importance", _per_instance("importance", importance, n_instances, n_features,
                                                          0.0, math.inf))  # finite: checked inside
@@ -318,9 +317,7 @@ class PlantedFeatures:
     """
 
     def __init__(self, n_features: int, d: int, density: float, seed: int = 0):
-        for name, v in (("n_features", n_features), ("d", d)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        n_features, d = check_int("n_features", n_features, minimum=1), check_int("d", d, minimum=1)
         if isinstance(density, bool) or not (isinstance(density, (int, float)) and 0 < density <= 1):
             raise ValueError(f"density must be in (0, 1], got {density!r}")
         self.n_features, self.d, self.density = n_features, d, float(density)
@@ -330,8 +327,7 @@ class PlantedFeatures:
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x [n, d], codes [n, n_features])`` with ``x = codes @ dictionary``."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+        n = check_int("n", n, minimum=1)
         check_generator(generator)
         codes = torch.rand(n, self.n_features, generator=generator)
         codes = codes * (torch.rand(n, self.n_features, generator=generator) < self.density)

@@ -24,6 +24,7 @@ import math
 
 import torch
 
+from toylab.features.checks import as_int
 from toylab.features.sae import SparseAutoencoder, _check_size
 
 
@@ -44,6 +45,7 @@ class TopKSAE(SparseAutoencoder):
     def __init__(self, d_in: int, d_sae: int, k: int = 1, k_aux: int | None = None,
                  aux_coefficient: float = 1 / 32, dead_after: int = 50, seed: int = 0):
         d_sae = _check_size("d_sae", d_sae)
+        k, k_aux = as_int(k), as_int(k_aux)
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= d_sae:
             raise ValueError(f"k must be an integer with 1 <= k <= d_sae = {d_sae}, got {k!r}: "
                              "it is the number of latents kept per input (the L0)")

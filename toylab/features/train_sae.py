@@ -20,8 +20,8 @@ import torch
 from toylab.training.allocator import reuse_freed_memory
 from toylab.training.checkpoint import json_like
 from toylab.files import atomic_write
-from toylab.features.checks import (check_bool, check_finite, check_hook_name, check_int, check_model, check_number,
-                                    check_seed)
+from toylab.features.checks import (as_int, check_bool, check_device, check_finite, check_hook_name, check_int,
+                                    check_model, check_number, check_seed)
 from toylab.features.sae import ReluSAE, SparseAutoencoder, resample_dead_latents
 from toylab.features.topk import TopKSAE
 from toylab.training.optim import Adam
@@ -46,6 +46,7 @@ def check_hook(model, hook: str, head: int | None = None, who: str = "check_hook
         if not hook.endswith(_PER_HEAD):
             raise ValueError(f"head={head} only makes sense for a per-head hook ({_PER_HEAD}), not {hook!r}")
         n = model.cfg.n_heads
+        head = as_int(head)
         if isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < n:
             raise ValueError(f"head must be an integer in [0, {n}), got {head!r}")
     return hook
@@ -173,7 +174,8 @@ def train_sae(sae: SparseAutoencoder, acts: torch.Tensor, *, steps: int = 2000, 
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
                     raise ValueError(f"training diverged at step {step}: the loss is {loss_value} "
-                                     f"(lr={lr} is probably too large); the SAE keeps the weights it had before this step")
+                                     f"(lr={lr} is probably too large); the SAE keeps the weights it had "
+                                     "before this step")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 sae.project_decoder_grad()
@@ -210,6 +212,8 @@ def save_sae(path: str | os.PathLike, sae: SparseAutoencoder, meta: dict | None 
     if meta is not None and not isinstance(meta, dict):
         raise TypeError(f"meta must be a dict of JSON-like values (e.g. {{'hook': ...}}), got {type(meta).__name__}")
     meta = json_like(dict(meta or {}), "meta")
+    for name, v in sae.state_dict().items():
+        check_device(v, f"the SAE's {name}")
     state = {k: v.detach().clone().contiguous().cpu() for k, v in sae.state_dict().items()}
     for name, v in state.items():
         check_finite(v, f"the SAE's {name}", "the file would load as an SAE that outputs NaN "
