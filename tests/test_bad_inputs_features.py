@@ -18,10 +18,11 @@ import torch
 
 from toylab.data import InductionData, repeated_tokens
 from toylab.features import ground_truth, metrics, probes, steering, tms
-from toylab.features.sae import ReluSAE, SparseAutoencoder, resample_dead_latents
+from toylab.features.checks import check_finite, check_int, check_number
+from toylab.features.sae import ReluSAE, SparseAutoencoder, check_activations, resample_dead_latents
 from toylab.features.topk import TopKSAE
-from toylab.features.train_sae import flatten_activation, gather_activations, hook_width, load_sae, save_sae, \
-    train_sae
+from toylab.features.train_sae import check_hook, flatten_activation, gather_activations, hook_width, load_sae, \
+    save_sae, train_sae
 from toylab.model import AttnOnlyTransformer, ModelConfig
 from toylab.training.presets import load_model
 
@@ -159,6 +160,12 @@ CASES = [
      "the weights to apply to activations are on the meta device"),
     ("the SparseAutoencoder base class", lambda: SparseAutoencoder(4, 4)(torch.randn(2, 4)), NotImplementedError,
      "build a ReluSAE .* or a TopKSAE"),
+    ("pre_acts, NaN activations", lambda: sae().pre_acts(with_nan(x())), ValueError, "1 NaN"),
+    ("TopKSAE encode, float64", lambda: TopKSAE(64, 32, k=4).encode(x().double()), TypeError, "dtype torch.float64"),
+    ("check_activations, NaN", lambda: check_activations(with_nan(x()), 64, "rows"), ValueError,
+     "rows: 1 of its 640 values are non-finite"),
+    ("check_activations, a numpy array", lambda: check_activations(x().numpy(), 64), TypeError,
+     "must be a torch.Tensor"),
     ("set_input_scale, one NaN", lambda: sae().set_input_scale(with_nan(x())), ValueError, "1 NaN"),
     # --- SAE constructors
     ("ReluSAE d_in=0", lambda: ReluSAE(0, 4), ValueError, "d_in must be a positive integer, got 0"),
@@ -248,6 +255,10 @@ CASES = [
      "unknown hook 'blocks.0.hook_resid_post'"),
     ("gather_activations, a model with a NaN weight", lambda: gather_activations(nan_model(), RESID, toks()),
      ValueError, r"the activations at 'blocks.1.hook_resid_post': \d+ of its \d+ values are non-finite"),
+    ("check_hook, bool head", lambda: check_hook(m2(), "blocks.0.attn.hook_z", head=True), ValueError,
+     r"head must be an integer in \[0, 2\), got True"),
+    ("check_hook, a scores hook", lambda: check_hook(m2(), "blocks.0.attn.hook_attn_scores"), ValueError,
+     "vector-valued"),
     ("hook_width, an SAE as model", lambda: hook_width(sae(), "hook_embed"), TypeError,
      "hook_width needs a toylab model"),
     ("hook_width, int hook", lambda: hook_width(m2(), 3), TypeError, "hook must be a hook name"),
@@ -331,6 +342,13 @@ CASES = [
     ("hungarian, strings", lambda: metrics.hungarian([["a"]]), ValueError, "hungarian needs a 2-D array of numbers"),
     ("hungarian, ragged rows", lambda: metrics.hungarian([[1.0, 2.0], [1.0]]), ValueError,
      "hungarian needs a 2-D array of numbers"),
+    # --- the shared checks themselves
+    ("check_int, a bool", lambda: check_int("n", True, minimum=1), ValueError,
+     r"n must be a positive integer, got True \(bool\)"),
+    ("check_number, inf", lambda: check_number("lr", INF, positive=True), ValueError,
+     "lr must be a finite positive number, got inf"),
+    ("check_finite, counts NaN and inf", lambda: check_finite(torch.tensor([NAN, INF, -INF, 1.0]), "v"), ValueError,
+     r"v: 3 of its 4 values are non-finite \(1 NaN, 2 inf\)"),
     # --- toy models of superposition
     ("ToyModel, inf importance", lambda: tms.ToyModel(5, 2, importance=INF), ValueError,
      r"importance: 5 of its 5 values are non-finite \(0 NaN, 5 inf\)"),
@@ -493,7 +511,7 @@ CASES = [
                                                                                         torch.randn(5, 64)),
      ValueError, "got 5 vectors for a batch of 2"),
     ("run_with_steering, a string as model", lambda: steering.run_with_steering("m", toks(), RESID, vec()), TypeError,
-     "needs a toylab model"),
+     "run_with_steering needs a toylab model"),
     ("steering_hooks(from_pos=999), run by hand",
      lambda: m2().run_with_hooks(toks(), steering.steering_hooks(m2(), RESID, vec(), from_pos=999)), ValueError,
      "nothing would be steered"),

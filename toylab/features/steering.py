@@ -113,6 +113,7 @@ def run_with_steering(model, tokens: torch.Tensor, hook: str, vector: torch.Tens
                       from_pos: int = 0, to_pos: int | None = None) -> torch.Tensor:
     """Logits ``[batch, pos, d_vocab]`` of ``tokens [batch, pos]`` with ``coeff * vector`` added at
     ``hook`` at positions ``from_pos <= p < to_pos`` (see :func:`steering_hooks`)."""
+    check_model(model, "run_with_steering")
     hooks = steering_hooks(model, hook, vector, coeff, from_pos, to_pos)
     tokens = model.check_tokens(tokens)
     _check_window(from_pos, to_pos, tokens.shape[1])
@@ -155,7 +156,8 @@ def vector_from_prompts(model, hook: str, prompts_a: torch.Tensor, prompts_b: to
     with torch.no_grad():
         _, ca = model.run_with_cache(prompts_a, names_filter=hook)
         _, cb = model.run_with_cache(prompts_b, names_filter=hook)
-    return check_finite(ca[hook][:, pos].mean(0) - cb[hook][:, pos].mean(0), "the prompt-pair vector")
+    return check_finite(ca[hook][:, pos].mean(0) - cb[hook][:, pos].mean(0), "the prompt-pair vector",
+                        "the model computes it from these prompts (are its weights finite?)")
 
 
 def vector_from_sae(sae, latent: int) -> torch.Tensor:

@@ -233,7 +233,7 @@ def load_sae(path: str | os.PathLike) -> tuple[SparseAutoencoder, dict]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not ours"
         raise ValueError(f"{path} is not a toylab SAE file (could not load it with weights_only=True: "
-                         f"{type(e).__name__}: {e})") from e
+                         f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]})") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or payload.get("kind") not in SAE_KINDS:
         raise ValueError(f"{path} is not a toylab SAE file (format {FORMAT!r} with kind in {sorted(SAE_KINDS)})")
     cls, config, state = SAE_KINDS[payload["kind"]], payload.get("config"), payload.get("state_dict")
