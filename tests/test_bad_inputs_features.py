@@ -296,6 +296,10 @@ CASES = [
     ("load_sae, meta a string", lambda: load_sae(sae_file(_set("meta", value="x"))), ValueError,
      "the stored meta is a str"),
     ("load_sae, not a torch file", lambda: load_sae(_garbage()), ValueError, "is not a toylab SAE file"),
+    ("load_sae, a model checkpoint", lambda: load_sae(Path(__file__).resolve().parents[1] / "toylab" / "models"
+                                                      / "induction-2l.pt"), ValueError,
+     "is not a toylab SAE file"),
+    ("load_sae, a folder", lambda: load_sae(_TMP.name), FileNotFoundError, "no SAE file at"),
     ("load_sae, int path", lambda: load_sae(3), TypeError, "path must be a file path"),
     # --- metrics
     ("l0, a model as sae", lambda: metrics.l0(m2(), x()), TypeError, "l0 needs a SparseAutoencoder"),
@@ -586,6 +590,10 @@ def test_valid_calls_next_to_the_refused_ones_still_work():
     fve = metrics.fraction_variance_explained(sae(), x().double())
     assert math.isfinite(fve)
     assert steering.run_with_steering(m2(), toks(), RESID, v, coeff=torch.tensor(0.5)).shape == (2, 31, 128)
+    # finite values whose float32 sum overflows are finite: the cheap sum test falls back to looking at each
+    big = torch.full((4, 64), 3e38)
+    assert check_finite(big, "big") is big
+    assert sae().check_input(big) is big
 
 
 def test_integers_of_other_kinds_are_taken_as_integers():
