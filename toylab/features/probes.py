@@ -71,7 +71,11 @@ def fit_probe(acts: torch.Tensor, labels: torch.Tensor, *, groups: torch.Tensor 
 
     ``groups [N]`` (e.g. the sequence index of each row) keeps rows of one group on the
     same side of the split: positions of one sequence share its tokens (a repeated
-    segment holds the same (token, previous token) pairs twice), so a row split leaks."""
+    segment holds the same (token, previous token) pairs twice), so a row split leaks.
+
+    Refused, as requests that mean nothing: non-finite ``acts``, a single class (overall or
+    in the training split: any probe would score 1.0), ``max_iter < 1`` (the untrained
+    probe), a negative or non-finite ``weight_decay``."""
     acts, labels = _check_labels(acts, labels)
     if groups is None:
         groups = torch.arange(labels.shape[0])

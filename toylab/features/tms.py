@@ -98,7 +98,8 @@ class ToyModel(nn.Module):
         self.b = nn.Parameter(torch.zeros(n_instances, n_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [batch, n_instances, n_features]`` -> ``x' = ReLU(W^T W x + b)``, same shape."""
+        """``x [batch, n_instances, n_features]`` -> ``x' = ReLU(W^T W x + b)``, same shape
+        (``x`` finite, of ``W``'s dtype; NaN and inf are refused, not propagated)."""
         if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[1:] != (self.n_instances, self.n_features):
             got = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x must have shape [batch, n_instances={self.n_instances}, "
