@@ -9,7 +9,14 @@
 ``ground_truth``       the known feature directions inside the lab's models
 ``probes``             linear (softmax) probes, control tasks and selectivity
 ``steering``           activation addition and its exact logit effect
+``checks``             the argument checks the modules above share (one sentence per mistake)
 =====================  =============================================================
 
 Import the modules themselves, e.g. ``from toylab.features import sae, metrics``.
+
+Bad input (DESIGN.md): every public function here checks its arguments with
+``checks`` and refuses NaN and inf where they enter (activations, latents, weights
+read from a file, steering vectors and coefficients, hyperparameters); no function of
+this package lets a non-finite value propagate into its result. Training that
+diverges (a non-finite loss) stops with an error at the step where it happens.
 """

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from toylab.features.checks import as_int, check_hook_name, check_seed
+from toylab.features.train_sae import SAE_HOOKS
 from toylab.model import AttnOnlyTransformer
 
 
@@ -44,8 +46,13 @@ def true_features(model: AttnOnlyTransformer, hook: str, head: int | None = None
     if not isinstance(model, AttnOnlyTransformer):
         raise TypeError(f"true_features needs an AttnOnlyTransformer, got {type(model).__name__}")
     cfg = model.cfg
-    if hook not in model.hook_dict:
-        raise KeyError(f"unknown hook {hook!r}; this model's hooks are:\n  " + "\n  ".join(model.hook_names))
+    check_hook_name(model, hook)
+    head = as_int(head)
+    if head is not None and (isinstance(head, bool) or not isinstance(head, int)):
+        raise ValueError(f"head must be None or an integer in [0, {cfg.n_heads}), got {head!r}")
+    if not hook.endswith(SAE_HOOKS):
+        _refuse(f"{hook!r} is not a vector-valued activation (attention scores and patterns hold no "
+                "feature directions); a dictionary lives at the residual, attn_out and z hooks")
     if cfg.layernorm:
         _refuse("the model has LayerNorm, which rescales each position's vector by its own norm, "
                 "so the residual stream is not a fixed sum of weight directions")
@@ -84,4 +91,4 @@ def random_init_control(model: AttnOnlyTransformer, seed: int = 1) -> AttnOnlyTr
     the negative control (an SAE also finds "features" in a random transformer)."""
     if not isinstance(model, AttnOnlyTransformer):
         raise TypeError(f"random_init_control needs an AttnOnlyTransformer, got {type(model).__name__}")
-    return AttnOnlyTransformer(model.cfg, seed=seed).eval()
+    return AttnOnlyTransformer(model.cfg, seed=check_seed(seed)).eval()

@@ -23,23 +23,33 @@ Against a known dictionary ``T [n_true, d]`` and learned directions ``D [n_learn
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
+from toylab.features.checks import check_device, check_finite
 from toylab.features.sae import SparseAutoencoder, check_activations
 from toylab.features.train_sae import _PER_HEAD, check_hook, hook_width
 
 
+def _check_sae(sae, who: str) -> SparseAutoencoder:
+    if not isinstance(sae, SparseAutoencoder):
+        raise TypeError(f"{who} needs a SparseAutoencoder (ReluSAE or TopKSAE) as sae, got {type(sae).__name__}")
+    return sae
+
+
 @torch.no_grad()
 def l0(sae: SparseAutoencoder, x: torch.Tensor) -> float:
-    """``mean_n #{i : f_ni > 0}`` on ``x [N, d_in]``."""
-    return float((sae.encode(check_activations(x, sae.d_in)) > 0).float().sum(1).mean())
+    """``mean_n #{i : f_ni > 0}`` on ``x [N, d_in]`` (finite, the SAE's dtype)."""
+    return float((_check_sae(sae, "l0").encode(x) > 0).float().sum(1).mean())
 
 
 @torch.no_grad()
 def fraction_variance_explained(sae: SparseAutoencoder, x: torch.Tensor) -> float:
     """``1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2`` on ``x [N, d_in]`` (1 is perfect; can be < 0)."""
-    x = check_activations(x, sae.d_in).double()
+    _check_sae(sae, "fraction_variance_explained")
+    x = check_activations(x, sae.d_in, "x", device=sae.W_enc.device).double()
     err = (x - sae(x.float()).double()).pow(2).sum()
     var = (x - x.mean(0)).pow(2).sum()
     if not float(var) > 0:
@@ -50,12 +60,14 @@ def fraction_variance_explained(sae: SparseAutoencoder, x: torch.Tensor) -> floa
 @torch.no_grad()
 def firing_frequency(sae: SparseAutoencoder, x: torch.Tensor) -> torch.Tensor:
     """``[d_sae]``: the fraction of rows of ``x [N, d_in]`` on which each latent is > 0."""
-    return (sae.encode(check_activations(x, sae.d_in)) > 0).float().mean(0)
+    return (_check_sae(sae, "firing_frequency").encode(x) > 0).float().mean(0)
 
 
 def dead_and_dense(sae: SparseAutoencoder, x: torch.Tensor, dense_threshold: float = 0.1) -> dict[str, int]:
     """``{"dead": #latents with frequency 0, "dense": #latents with frequency > dense_threshold}``."""
-    if not 0 < dense_threshold < 1:
+    _check_sae(sae, "dead_and_dense")
+    if isinstance(dense_threshold, bool) or not isinstance(dense_threshold, (int, float)) \
+            or not 0 < dense_threshold < 1:
         raise ValueError(f"dense_threshold must be in (0, 1), got {dense_threshold!r}")
     freq = firing_frequency(sae, x)
     return {"dead": int((freq == 0).sum()), "dense": int((freq > dense_threshold).sum())}
@@ -70,9 +82,11 @@ def ce_loss_recovered(model, sae: SparseAutoencoder, hook: str, tokens: torch.Te
     Returns ``{"clean", "sae", "ablated", "recovered"}`` with
     ``recovered = (ablated - sae) / (ablated - clean)`` (mean CE in nats over
     ``tokens [batch, pos]``). Position 0 is spliced too (it is the same BOS vector
-    everywhere, reconstructed like any other row).
+    everywhere, reconstructed like any other row). A non-finite loss (a model or SAE
+    with NaN weights) is refused, not returned.
     """
-    check_hook(model, hook, head)
+    _check_sae(sae, "ce_loss_recovered")
+    check_hook(model, hook, head, "ce_loss_recovered")
     width = hook_width(model, hook, head)
     if width != sae.d_in:
         raise ValueError(f"the SAE has d_in = {sae.d_in} but {hook!r}"
@@ -93,9 +107,17 @@ def ce_loss_recovered(model, sae: SparseAutoencoder, hook: str, tokens: torch.Te
             out = sae(act.reshape(-1, width)).reshape(act.shape) if mode == "sae" else torch.zeros_like(act)
         return out
 
-    clean = float(model(tokens, return_type="loss"))
-    spliced = float(model.run_with_hooks(tokens, [(hook, lambda a, h: replace(a, "sae"))], return_type="loss"))
-    ablated = float(model.run_with_hooks(tokens, [(hook, lambda a, h: replace(a, "zero"))], return_type="loss"))
+    def finite(name: str, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError(f"the {name} next-token loss is {value}: the model computes non-finite values on "
+                             "these tokens (are its weights finite?), so CE loss recovered is undefined")
+        return value
+
+    clean = finite("clean", float(model(tokens, return_type="loss")))
+    spliced = finite("spliced", float(model.run_with_hooks(tokens, [(hook, lambda a, h: replace(a, "sae"))],
+                                                           return_type="loss")))
+    ablated = finite("ablated", float(model.run_with_hooks(tokens, [(hook, lambda a, h: replace(a, "zero"))],
+                                                           return_type="loss")))
     denom = ablated - clean
     if abs(denom) < 1e-9:
         raise ValueError(f"zero-ablating {hook!r} does not change the loss: CE loss recovered is undefined there")
@@ -104,9 +126,12 @@ def ce_loss_recovered(model, sae: SparseAutoencoder, hook: str, tokens: torch.Te
 
 # ----------------------------------------------------------------------------- dictionaries
 def _unit_rows(M: torch.Tensor, what: str) -> torch.Tensor:
-    if not isinstance(M, torch.Tensor) or M.ndim != 2 or M.shape[0] == 0:
-        raise ValueError(f"{what} must be a non-empty 2-D tensor [n, d]")
-    M = M.detach().double()
+    if not isinstance(M, torch.Tensor) or M.ndim != 2 or M.shape[0] == 0 or M.shape[1] == 0:
+        got = list(M.shape) if isinstance(M, torch.Tensor) else type(M).__name__
+        raise ValueError(f"{what} must be a non-empty 2-D tensor [n, d] of directions, got {got}")
+    if M.dtype == torch.bool or M.is_complex():
+        raise TypeError(f"{what} must hold real numbers, got dtype {M.dtype}")
+    M = check_finite(check_device(M.detach(), what), what).double()
     norms = M.norm(dim=1, keepdim=True)
     if bool((norms == 0).any()):
         raise ValueError(f"{what} has a zero row: a direction must be nonzero")
@@ -135,7 +160,11 @@ def hungarian(cost) -> np.ndarray:
     growing a Dijkstra-like tree over columns until a free column is reached,
     then the path is flipped; O(n_rows^2 n_cols), with the column scans vectorised.
     """
-    a = np.asarray(cost, dtype=np.float64)
+    try:
+        a = np.asarray(cost, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"hungarian needs a 2-D array of numbers as its cost matrix, got {type(cost).__name__} "
+                         f"({e})") from None
     if a.ndim != 2 or a.shape[0] == 0:
         raise ValueError("hungarian needs a non-empty 2-D cost matrix")
     if not np.isfinite(a).all():

@@ -40,9 +40,14 @@ import math
 import torch
 from torch import nn
 
+from toylab.features.checks import (check_device, check_finite, check_generator, check_int, check_number,
+                                    check_seed)
 
-def check_activations(x, d_in: int, what: str = "activations") -> torch.Tensor:
-    """Validate ``x [batch, d_in]`` (a floating tensor); raise a clear error otherwise."""
+
+def check_activations(x, d_in: int, what: str = "activations", dtype: torch.dtype | None = None,
+                      device: torch.device | None = None) -> torch.Tensor:
+    """Validate ``x [batch, d_in]``: a non-empty floating tensor with finite values (of
+    ``dtype`` and on ``device`` when given, the SAE's own); raise a clear error otherwise."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{what} must be a torch.Tensor of shape [batch, {d_in}], got {type(x).__name__}")
     if not x.dtype.is_floating_point:
@@ -52,13 +57,19 @@ def check_activations(x, d_in: int, what: str = "activations") -> torch.Tensor:
                          "the SAE's d_in must match the hook's activation size")
     if x.shape[0] == 0:
         raise ValueError(f"{what} is empty (shape {list(x.shape)})")
-    return x
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(f"{what} have dtype {x.dtype} but the SAE's weights are {dtype}: "
+                        f"convert them first (x.to({dtype}))")
+    check_device(x, what, device)
+    return check_finite(x, what)
 
 
 def _check_size(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    return check_int(name, value, minimum=1)
+
+
+_BASE_ONLY = ("SparseAutoencoder holds only the maps every SAE shares; build a ReluSAE "
+              "(toylab.features.sae) or a TopKSAE (toylab.features.topk), which add the nonlinearity and the loss")
 
 
 class SparseAutoencoder(nn.Module):
@@ -78,7 +89,7 @@ class SparseAutoencoder(nn.Module):
         super().__init__()
         self.d_in = _check_size("d_in", d_in)
         self.d_sae = _check_size("d_sae", d_sae)
-        g = torch.Generator().manual_seed(int(seed))
+        g = torch.Generator().manual_seed(check_seed(seed))
         W_dec = torch.randn(d_sae, d_in, generator=g)
         W_dec = W_dec / W_dec.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(W_dec)
@@ -93,14 +104,19 @@ class SparseAutoencoder(nn.Module):
         return {"d_in": self.d_in, "d_sae": self.d_sae}
 
     # ------------------------------------------------------------------ maps
+    def check_input(self, x, what: str = "activations") -> torch.Tensor:
+        """``x`` if it is ``[batch, d_in]``, finite, of the SAE's dtype and on its device
+        (every map below checks its input with this; NaN and inf are refused, not propagated)."""
+        return check_activations(x, self.d_in, what, dtype=self.W_enc.dtype, device=self.W_enc.device)
+
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
         """``x [batch, d_in]`` -> ``(s x - b_dec) W_enc + b_enc`` ``[batch, d_sae]``."""
-        x = check_activations(x, self.d_in)
+        x = self.check_input(x)
         return (x * self.input_scale - self.b_dec) @ self.W_enc + self.b_enc
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """``x [batch, d_in]`` -> latents ``f [batch, d_sae]`` (>= 0)."""
-        raise NotImplementedError
+        raise NotImplementedError(_BASE_ONLY)
 
     @torch.no_grad()
     def fired(self, x: torch.Tensor) -> torch.Tensor:
@@ -112,6 +128,11 @@ class SparseAutoencoder(nn.Module):
         if not isinstance(f, torch.Tensor) or f.ndim != 2 or f.shape[1] != self.d_sae:
             got = list(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
             raise ValueError(f"latents must have shape [batch, d_sae={self.d_sae}], got {got}")
+        if f.dtype != self.W_dec.dtype:
+            raise TypeError(f"latents have dtype {f.dtype} but the SAE's weights are {self.W_dec.dtype}: "
+                            f"convert them first (f.to({self.W_dec.dtype}))")
+        check_device(f, "latents", self.W_dec.device)
+        check_finite(f, "latents")
         return (f @ self.W_dec + self.b_dec) / self.input_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -120,7 +141,7 @@ class SparseAutoencoder(nn.Module):
 
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """``(scalar loss, {term: value})`` on a batch ``x [batch, d_in]``."""
-        raise NotImplementedError
+        raise NotImplementedError(_BASE_ONLY)
 
     def directions(self) -> torch.Tensor:
         """Unit decoder directions ``[d_sae, d_in]`` (a detached copy), the learned dictionary."""
@@ -131,7 +152,7 @@ class SparseAutoencoder(nn.Module):
     @torch.no_grad()
     def set_input_scale(self, x: torch.Tensor) -> float:
         """Set ``s = sqrt(d_in / mean ||x||^2)`` from training data ``x [N, d_in]``; returns ``s``."""
-        x = check_activations(x, self.d_in)
+        x = self.check_input(x)
         ms = float(x.double().pow(2).sum(1).mean())
         if not ms > 0:
             raise ValueError("the activations are all zero: there is nothing for an SAE to reconstruct")
@@ -204,12 +225,19 @@ def resample_dead_latents(sae: SparseAutoencoder, x: torch.Tensor, dead: torch.T
     ``b_enc[i] = 0``, and zero the optimiser's moments for those entries.
     Returns the number of latents resampled.
     """
+    if not isinstance(sae, SparseAutoencoder):
+        raise TypeError(f"sae must be a SparseAutoencoder, got {type(sae).__name__}")
     if not isinstance(dead, torch.Tensor) or dead.dtype != torch.bool or dead.shape != (sae.d_sae,):
         raise ValueError(f"dead must be a bool tensor of shape [{sae.d_sae}]")
+    check_generator(generator)
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be None or a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    encoder_scale = check_number("encoder_scale", encoder_scale, positive=True,
+                                 meaning="it scales the new encoder columns relative to the live ones")
     n_dead = int(dead.sum())
     if n_dead == 0:
         return 0
-    x = check_activations(x, sae.d_in)
+    x = sae.check_input(x, "x")
     resid = x * sae.input_scale - (sae.decode(sae.encode(x)) * sae.input_scale)
     weight = resid.pow(2).sum(1).double()
     if not float(weight.sum()) > 0:

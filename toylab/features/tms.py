@@ -34,10 +34,13 @@ density ``p``. The three regimes and their losses (``x ~ U[0,1]`` when present:
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import nn
 
+from toylab.features.checks import (check_bool, check_device, check_finite, check_generator, check_int,
+                                    check_number, check_seed, check_tensor)
 from toylab.training.allocator import reuse_freed_memory
 from toylab.training.optim import Adam
 from toylab.training.progress import Progress
@@ -46,7 +49,13 @@ REGIMES = ("not_represented", "dedicated", "superposed")
 
 
 def _per_instance(name: str, value, n_instances: int, n_features: int, lo: float, hi: float) -> torch.Tensor:
-    t = torch.as_tensor(value, dtype=torch.float32)
+    if isinstance(value, torch.Tensor):
+        check_device(value, name)
+    try:
+        t = torch.as_tensor(value, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name} must be a number or a tensor (or nested list) of numbers, "
+                         f"got {type(value).__name__}") from None
     if t.ndim == 1 and t.shape[0] == n_instances and n_instances != n_features:
         t = t[:, None]
     try:
@@ -54,6 +63,7 @@ def _per_instance(name: str, value, n_instances: int, n_features: int, lo: float
     except RuntimeError:
         raise ValueError(f"{name} must be a scalar, [n_features={n_features}], [n_instances={n_instances}] "
                          f"or [n_instances, n_features], got shape {list(t.shape)}") from None
+    check_finite(t, name)
     if not bool(((t >= lo) & (t <= hi)).all()):
         raise ValueError(f"{name} must lie in [{lo}, {hi}]")
     return t
@@ -75,30 +85,36 @@ class ToyModel(nn.Module):
     def __init__(self, n_features: int, n_hidden: int, n_instances: int = 1, importance=1.0,
                  feature_probability=1.0, seed: int = 0):
         super().__init__()
-        for name, v in (("n_features", n_features), ("n_hidden", n_hidden), ("n_instances", n_instances)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        n_features, n_hidden, n_instances = (check_int(name, v, minimum=1) for name, v in (
+            ("n_features", n_features), ("n_hidden", n_hidden), ("n_instances", n_instances)))
         self.n_features, self.n_hidden, self.n_instances = n_features, n_hidden, n_instances
         self.register_buffer("importance", _per_instance("importance", importance, n_instances, n_features,
-                                                         0.0, math.inf))
+                                                         0.0, math.inf))  # finite: checked inside
         self.register_buffer("feature_probability", _per_instance("feature_probability", feature_probability,
                                                                   n_instances, n_features, 0.0, 1.0))
-        g = torch.Generator().manual_seed(int(seed))
+        g = torch.Generator().manual_seed(check_seed(seed))
         std = math.sqrt(2.0 / (n_features + n_hidden))
         self.W = nn.Parameter(torch.randn(n_instances, n_hidden, n_features, generator=g) * std)
         self.b = nn.Parameter(torch.zeros(n_instances, n_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [batch, n_instances, n_features]`` -> ``x' = ReLU(W^T W x + b)``, same shape."""
+        """``x [batch, n_instances, n_features]`` -> ``x' = ReLU(W^T W x + b)``, same shape
+        (``x`` finite, of ``W``'s dtype; NaN and inf are refused, not propagated)."""
         if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[1:] != (self.n_instances, self.n_features):
             got = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x must have shape [batch, n_instances={self.n_instances}, "
                              f"n_features={self.n_features}], got {got}")
+        check_tensor(x, "x", shape="[batch, n_instances, n_features]", device=self.W.device)
+        if x.dtype != self.W.dtype:
+            raise TypeError(f"x has dtype {x.dtype} but the model's W is {self.W.dtype}: convert it first "
+                            f"(x.to({self.W.dtype}))")
         h = torch.einsum("bif,imf->bim", x, self.W)
         return torch.relu(torch.einsum("bim,imf->bif", h, self.W) + self.b)
 
     def generate_batch(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         """``[batch, n_instances, n_features]``: ``x_i ~ U[0,1]`` with probability ``p_i``, else 0."""
+        batch_size = check_int("batch_size", batch_size, minimum=1)
+        check_generator(generator)
         shape = (batch_size, self.n_instances, self.n_features)
         values = torch.rand(shape, generator=generator)
         on = torch.rand(shape, generator=generator) < self.feature_probability
@@ -114,10 +130,17 @@ def train_toy_model(model: ToyModel, steps: int = 3000, batch_size: int = 1024, 
     """Train every instance with Adam (summed instance losses; the instances share no
     parameters, so each trains as if alone); the learning rate follows a cosine to 0.
     Returns the final per-instance loss ``[n_instances]`` on a fresh batch of
-    ``eval_batch_size`` (large, so that rare co-occurrences are counted)."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    g = torch.Generator().manual_seed(int(seed))
+    ``eval_batch_size`` (large, so that rare co-occurrences are counted).
+
+    A loss that becomes non-finite (``lr`` so large that training diverges) stops
+    training with a ``ValueError`` at that step."""
+    if not isinstance(model, ToyModel):
+        raise TypeError(f"train_toy_model needs a ToyModel, got {type(model).__name__}")
+    for name, v in (("steps", steps), ("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+        check_int(name, v, minimum=1)
+    lr = check_number("lr", lr, positive=True, meaning="the Adam learning rate")
+    check_bool("progress", progress)
+    g = torch.Generator().manual_seed(check_seed(seed))
     opt = Adam(model.parameters(), lr=lr)
     reuse_freed_memory()  # each step's batches reuse freed pages (toylab.training.allocator)
     grad_was = torch.is_grad_enabled()
@@ -131,7 +154,11 @@ def train_toy_model(model: ToyModel, steps: int = 3000, batch_size: int = 1024, 
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                bar.update(1, loss=float(loss.detach()))
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    raise ValueError(f"training diverged at step {step}: the loss is {loss_value} "
+                                     f"(lr={lr} is probably too large)")
+                bar.update(1, loss=loss_value)
         with torch.no_grad():
             return model.loss(model.generate_batch(eval_batch_size, g))
     finally:
@@ -139,19 +166,29 @@ def train_toy_model(model: ToyModel, steps: int = 3000, batch_size: int = 1024, 
 
 
 def dimensions_per_feature(W: torch.Tensor) -> torch.Tensor:
-    """``m / ||W||_F^2`` per instance: ``W [n_instances, m, n]`` -> ``[n_instances]``."""
+    """``m / ||W||_F^2`` per instance: ``W [n_instances, m, n]`` -> ``[n_instances]``.
+
+    Undefined for an instance whose ``W`` is all zero (it represents no feature): refused."""
+    W = _check_W(W)
+    norm2 = W.pow(2).sum((1, 2))
+    zero = torch.nonzero(norm2 == 0).flatten().tolist()
+    if zero:
+        raise ValueError(f"W of instance(s) {zero[:10]} is all zero: it represents no feature, so dimensions "
+                         "per feature (m / ||W||_F^2) is undefined there")
+    return W.shape[1] / norm2
+
+
+def _check_W(W) -> torch.Tensor:
     if not isinstance(W, torch.Tensor) or W.ndim != 3:
-        raise ValueError("W must have shape [n_instances, n_hidden, n_features]")
-    W = W.detach()
-    return W.shape[1] / W.pow(2).sum((1, 2))
+        got = list(W.shape) if isinstance(W, torch.Tensor) else type(W).__name__
+        raise ValueError(f"W must have shape [n_instances, n_hidden, n_features], got {got}")
+    return check_tensor(W.detach(), "W", shape="[n_instances, n_hidden, n_features]")
 
 
 def feature_dimensionality(W: torch.Tensor) -> torch.Tensor:
     """Per-feature ``D_i = ||W_i||^2 / sum_j (W_i_hat . W_j)^2`` ``[n_instances, n_features]``
     (1: a dedicated dimension, 1/2: an antipodal pair, 0: not represented)."""
-    if not isinstance(W, torch.Tensor) or W.ndim != 3:
-        raise ValueError("W must have shape [n_instances, n_hidden, n_features]")
-    W = W.detach()
+    W = _check_W(W)
     norms = W.norm(dim=1)  # [i, n]
     unit = W / norms[:, None].clamp_min(1e-12)
     overlap = torch.einsum("imn,imk->ink", unit, W).pow(2).sum(-1)
@@ -197,9 +234,9 @@ def _superposed_losses(r: torch.Tensor, p: torch.Tensor, n_grid: int = 64, steps
 
 
 def _check_phase_point(r, p) -> None:
-    if not (isinstance(r, (int, float)) and r > 0 and math.isfinite(r)):
+    if isinstance(r, bool) or not (isinstance(r, (int, float)) and r > 0 and math.isfinite(r)):
         raise ValueError(f"relative_importance must be a positive number, got {r!r}")
-    if not (isinstance(p, (int, float)) and 0 < p <= 1):
+    if isinstance(p, bool) or not (isinstance(p, (int, float)) and 0 < p <= 1):
         raise ValueError(f"density must be in (0, 1], got {p!r}")
 
 
@@ -220,8 +257,7 @@ def phase_diagram(relative_importances, densities) -> dict[str, torch.Tensor]:
     Returns ``{"losses": [3, R, P] (in the order of REGIMES), "regime": [R, P] long}``
     with ``regime`` the index of the lowest-loss regime.
     """
-    rs = [float(v) for v in relative_importances]
-    ps = [float(v) for v in densities]
+    rs, ps = _numbers("relative_importances", relative_importances), _numbers("densities", densities)
     if not rs or not ps:
         raise ValueError("phase_diagram needs at least one relative importance and one density")
     for r in rs:
@@ -235,13 +271,28 @@ def phase_diagram(relative_importances, densities) -> dict[str, torch.Tensor]:
     return {"losses": losses, "regime": losses.argmin(0)}
 
 
+def _numbers(name: str, values) -> list[float]:
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ValueError(f"{name} must be a list of numbers, got {type(values).__name__}")
+    out = []
+    for v in values:
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            v = v.item()
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise ValueError(f"{name} must be a list of numbers, got an element {v!r} ({type(v).__name__})")
+        out.append(float(v))
+    return out
+
+
 def classify_regime(W: torch.Tensor, threshold: float = 0.1) -> list[str]:
     """The regime of each instance of a 2-feature, 1-dimension model ``W [n_instances, 1, 2]``:
     a feature is represented when ``||W_i||^2 > threshold``; both represented
     (with opposite signs) is ``"superposed"``, only the extra feature (index 1) ``"dedicated"``."""
     if not isinstance(W, torch.Tensor) or W.ndim != 3 or W.shape[1:] != (1, 2):
         raise ValueError("classify_regime needs W of shape [n_instances, 1, 2]")
-    W = W.detach()
+    W = _check_W(W)
+    threshold = check_number("threshold", threshold, positive=True,
+                             meaning="a feature counts as represented when ||W_i||^2 exceeds it")
     out = []
     for w1, w2 in W[:, 0]:
         on1, on2 = float(w1) ** 2 > threshold, float(w2) ** 2 > threshold
@@ -267,20 +318,18 @@ class PlantedFeatures:
     """
 
     def __init__(self, n_features: int, d: int, density: float, seed: int = 0):
-        for name, v in (("n_features", n_features), ("d", d)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if not (isinstance(density, (int, float)) and 0 < density <= 1):
+        n_features, d = check_int("n_features", n_features, minimum=1), check_int("d", d, minimum=1)
+        if isinstance(density, bool) or not (isinstance(density, (int, float)) and 0 < density <= 1):
             raise ValueError(f"density must be in (0, 1], got {density!r}")
         self.n_features, self.d, self.density = n_features, d, float(density)
-        g = torch.Generator().manual_seed(int(seed))
+        g = torch.Generator().manual_seed(check_seed(seed))
         D = torch.randn(n_features, d, generator=g)
         self.dictionary = D / D.norm(dim=1, keepdim=True)
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x [n, d], codes [n, n_features])`` with ``x = codes @ dictionary``."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+        n = check_int("n", n, minimum=1)
+        check_generator(generator)
         codes = torch.rand(n, self.n_features, generator=generator)
         codes = codes * (torch.rand(n, self.n_features, generator=generator) < self.density)
         return codes @ self.dictionary, codes

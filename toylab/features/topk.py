@@ -24,6 +24,7 @@ import math
 
 import torch
 
+from toylab.features.checks import as_int
 from toylab.features.sae import SparseAutoencoder, _check_size
 
 
@@ -33,7 +34,8 @@ class TopKSAE(SparseAutoencoder):
     Args:
         d_in, d_sae, seed: as for :class:`SparseAutoencoder`.
         k: latents kept per input, ``1 <= k <= d_sae``.
-        k_aux: dead latents used by the auxiliary loss (default ``d_in // 2``, at most ``d_sae``).
+        k_aux: dead latents used by the auxiliary loss, ``1 <= k_aux <= d_sae`` (default
+            ``d_in // 2``, lowered to ``d_sae`` when larger).
         aux_coefficient: weight of the AuxK term, finite and >= 0.
         dead_after: a latent is dead after this many training batches without firing.
     """
@@ -43,13 +45,15 @@ class TopKSAE(SparseAutoencoder):
     def __init__(self, d_in: int, d_sae: int, k: int = 1, k_aux: int | None = None,
                  aux_coefficient: float = 1 / 32, dead_after: int = 50, seed: int = 0):
         d_sae = _check_size("d_sae", d_sae)
+        k, k_aux = as_int(k), as_int(k_aux)
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= d_sae:
             raise ValueError(f"k must be an integer with 1 <= k <= d_sae = {d_sae}, got {k!r}: "
                              "it is the number of latents kept per input (the L0)")
         if k_aux is None:
             k_aux = max(1, d_in // 2) if isinstance(d_in, int) else 1
-        if isinstance(k_aux, bool) or not isinstance(k_aux, int) or k_aux < 1:
-            raise ValueError(f"k_aux must be a positive integer, got {k_aux!r}")
+        elif isinstance(k_aux, bool) or not isinstance(k_aux, int) or not 1 <= k_aux <= d_sae:
+            raise ValueError(f"k_aux must be an integer with 1 <= k_aux <= d_sae = {d_sae}, got {k_aux!r}: "
+                             "it is the number of dead latents the AuxK loss may use per input")
         if isinstance(aux_coefficient, bool) or not isinstance(aux_coefficient, (int, float)) \
                 or not math.isfinite(aux_coefficient) or aux_coefficient < 0:
             raise ValueError(f"aux_coefficient must be a finite number >= 0, got {aux_coefficient!r}")
