@@ -18,7 +18,7 @@ import warnings
 import torch
 from torch import nn
 
-from toylab.hooks import HookPoint
+from toylab.hooks import HookPoint, resolve_index
 
 
 def layer_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -287,3 +287,12 @@ def warn_if_not_finite(model: nn.Module, out: torch.Tensor, what: str) -> None:
         "every parameter is finite, so a hook or an overflow produced them"
     warnings.warn(f"the model's {what} hold {n_bad} non-finite values of {out.numel()}: {where}",
                   RuntimeWarning, stacklevel=3)
+
+
+def check_neurons(model, neurons) -> torch.Tensor:
+    """``neurons`` (an int, a sequence or a 1-d tensor of indices into ``d_mlp``; None = all) as a long
+    tensor ``[n]``; negative indices count from the end; anything else is a ``ValueError``."""
+    idx = torch.arange(model.cfg.d_mlp) if neurons is None else torch.as_tensor(neurons).reshape(-1)
+    if idx.dtype.is_floating_point or idx.dtype == torch.bool or idx.numel() == 0:
+        raise ValueError(f"neurons must be integer indices into d_mlp={model.cfg.d_mlp}, got {neurons!r}")
+    return torch.tensor([resolve_index(int(i), model.cfg.d_mlp, "neuron") for i in idx], dtype=torch.long)
