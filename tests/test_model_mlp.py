@@ -282,3 +282,31 @@ def test_head_report_leaves_the_copying_score_out_for_mlp_models():
     model = make(d_mlp=4)
     report = head_report(model, torch.randint(0, 13, (4, 9), generator=torch.Generator().manual_seed(0)))
     assert any("MLP model" in n for n in report.notes)
+
+
+def test_the_mlp_fast_path_is_bit_identical_to_its_hooked_path():
+    for act_fn in ("relu", "gelu"):
+        model = randomise(make(d_mlp=16, act_fn=act_fn, layernorm=True, ln_affine=True))
+        x = torch.randn(3, 9, 8, generator=torch.Generator().manual_seed(0))
+        block = model.blocks[1]
+        assert torch.equal(block.mlp.forward_fast(x), block.mlp(x))
+        assert torch.equal(block.ln2.norm(x), block.ln2(x))
+
+
+def test_shipped_checkpoints_have_no_d_mlp_and_load_attention_only():
+    import json
+    from pathlib import Path
+
+    from toylab.training.presets import load_model
+    meta = json.loads((Path(__file__).resolve().parents[1] / "toylab/models/induction-2l.json").read_text())
+    assert "d_mlp" not in json.dumps(meta)
+    model = load_model("induction-2l")
+    assert model.cfg.d_mlp == 0 and not any("mlp" in n for n in model.hook_names)
+
+
+def test_weight_decay_reaches_the_mlp_matrices_only():
+    from toylab.training.train import is_decayed
+    model = make(d_mlp=4, layernorm=True, ln_affine=True, biases=True)
+    decayed = sorted(n for n, _ in model.named_parameters() if is_decayed(n))
+    assert decayed == sorted(f"blocks.{l}.{m}" for l in range(2) for m in
+                             ("attn.W_Q", "attn.W_K", "attn.W_V", "attn.W_O", "mlp.W_in", "mlp.W_out"))
