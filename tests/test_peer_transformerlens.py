@@ -163,3 +163,34 @@ def test_fold_layer_norm_matches_transformer_lens_processing(name):
                                    msg=lambda s, n=name_: f"{n}: {s}")
     toks = torch.randint(0, m.cfg.d_vocab, (4, m.cfg.n_ctx), generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(theirs(toks), ours(toks), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["mlp-relu", "mlp-ln-learned"])
+def test_decomposition_and_neuron_dla_match_transformer_lens(name):
+    """Our per-layer DLA and neuron DLA against TransformerLens's cache.decompose_resid /
+    stack_neuron_results + logit_attrs (a LayerNorm model is folded first on both sides, since
+    TransformerLens's logit_attrs applies only the final scale, as our folded model does)."""
+    from toylab.causal.attribution import direct_logit_attribution, neuron_dla
+    from toylab.circuits.folding import fold_layer_norm
+    m = mlp_model(name)
+    ht = to_transformer_lens(m)
+    if m.cfg.layernorm:
+        theirs = tl.HookedTransformer(ht.cfg)
+        theirs.load_and_process_state_dict(ht.state_dict(), fold_ln=True, center_writing_weights=False,
+                                           center_unembed=False, fold_value_biases=False)
+        m, ht = fold_layer_norm(m, center_weights=False), theirs
+    toks = torch.randint(0, m.cfg.d_vocab, (3, m.cfg.n_ctx), generator=torch.Generator().manual_seed(1))
+    _, cache = ht.run_with_cache(toks)
+    # TransformerLens scales every position by the cached final scale: give it a target at every
+    # position (the last one is a dummy) and drop the last position afterwards
+    targets = torch.cat([toks[:, 1:], toks[:, :1]], dim=1)
+    resid, labels = cache.decompose_resid(return_labels=True)
+    ours = direct_logit_attribution(m, toks, per="layer")
+    assert ours.labels[:len(labels)] == labels
+    theirs = cache.logit_attrs(resid, tokens=targets, has_batch_dim=True)[..., :-1]
+    torch.testing.assert_close(ours.attrs[:len(labels)], theirs, atol=1e-4, rtol=1e-4)
+    stack, nlabels = cache.stack_neuron_results(m.cfg.n_layers, return_labels=True)
+    theirs = cache.logit_attrs(stack, tokens=targets, has_batch_dim=True)[..., :-1]
+    per_layer = [neuron_dla(m, toks, l) for l in range(m.cfg.n_layers)]
+    assert sum((d.labels[:-1] for d in per_layer), []) == nlabels
+    torch.testing.assert_close(torch.cat([d.attrs[:-1] for d in per_layer]), theirs, atol=1e-4, rtol=1e-4)
