@@ -310,3 +310,9 @@ def test_weight_decay_reaches_the_mlp_matrices_only():
     decayed = sorted(n for n, _ in model.named_parameters() if is_decayed(n))
     assert decayed == sorted(f"blocks.{l}.{m}" for l in range(2) for m in
                              ("attn.W_Q", "attn.W_K", "attn.W_V", "attn.W_O", "mlp.W_in", "mlp.W_out"))
+
+
+def test_meta_tokens_get_a_sentence_that_does_not_suggest_moving_them():
+    with pytest.raises(ValueError, match="tokens are on meta but the model is on cpu: a meta tensor holds "
+                                         "shapes but no values"):
+        make(d_mlp=4)(torch.zeros(1, 3, dtype=torch.long, device="meta"))

@@ -277,10 +277,9 @@ class AttnOnlyTransformer(HookedRootModule):
         if tokens.ndim != 2:
             raise ValueError(f"tokens must have shape [batch, pos] or [pos], got {list(tokens.shape)}")
         if tokens.device != self.W_E.device:
-            raise ValueError(
-                f"tokens are on {tokens.device} but the model is on {self.W_E.device}: "
-                f"move them with tokens.to({str(self.W_E.device)!r})"
-            )
+            fix = ("a meta tensor holds shapes but no values, so pass real token ids" if tokens.is_meta
+                   else f"move them with tokens.to({str(self.W_E.device)!r})")
+            raise ValueError(f"tokens are on {tokens.device} but the model is on {self.W_E.device}: {fix}")
         batch, n_pos = tokens.shape
         if batch == 0 or n_pos == 0:
             raise ValueError(f"tokens is empty (shape {list(tokens.shape)}); expected at least one token")
