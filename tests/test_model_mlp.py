@@ -316,3 +316,25 @@ def test_meta_tokens_get_a_sentence_that_does_not_suggest_moving_them():
     with pytest.raises(ValueError, match="tokens are on meta but the model is on cpu: a meta tensor holds "
                                          "shapes but no values"):
         make(d_mlp=4)(torch.zeros(1, 3, dtype=torch.long, device="meta"))
+
+
+def test_hook_mlp_in_patches_what_the_mlp_reads_and_nothing_else():
+    model = randomise(make(d_mlp=6, layernorm=True, ln_affine=True))
+    tokens = torch.randint(0, 13, (2, 9), generator=torch.Generator().manual_seed(0))
+    names = model.hook_names
+    assert names.index("blocks.0.hook_resid_mid") < names.index("blocks.0.hook_mlp_in") \
+        < names.index("blocks.0.mlp.hook_pre")
+    _, clean = model.run_with_cache(tokens)
+    torch.testing.assert_close(clean["mlp_in", 0], clean["resid_mid", 0])
+    seen = {}
+
+    def spy(act, hook):
+        seen[hook.name] = act.clone()
+    other = torch.randn(2, 9, 8, generator=torch.Generator().manual_seed(1))
+    model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_mlp_in", lambda a, hook: other),
+                                            ("blocks.0.hook_resid_mid", spy), ("blocks.0.hook_mlp_out", spy),
+                                            ("blocks.0.hook_resid_post", spy)])
+    torch.testing.assert_close(seen["blocks.0.hook_resid_mid"], clean["resid_mid", 0])  # the stream is untouched
+    torch.testing.assert_close(seen["blocks.0.hook_mlp_out"], model.blocks[0].mlp(model.blocks[0].ln2(other)))
+    torch.testing.assert_close(seen["blocks.0.hook_resid_post"],
+                               clean["resid_mid", 0] + seen["blocks.0.hook_mlp_out"])

@@ -247,6 +247,7 @@ class Block(nn.Module):
         self.has_mlp = getattr(cfg, "d_mlp", 0) > 0
         if self.has_mlp:
             self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
+            self.hook_mlp_in = HookPoint()  # [batch, pos, d_model], what the MLP (its ln2) reads; only when hooked
             if cfg.layernorm:
                 self.ln2 = LayerNorm(cfg.d_model, affine)
             self.mlp = MLP(cfg)
@@ -260,7 +261,9 @@ class Block(nn.Module):
         if not self.has_mlp:
             return self.hook_resid_post(resid + attn_out)
         mid = self.hook_resid_mid(resid + attn_out)
-        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(mid) if self.cfg.layernorm else mid))
+        # a copy through hook_mlp_in lets the MLP's input be patched without touching the stream (edge patching)
+        mlp_in = self.hook_mlp_in(mid.clone()) if self.hook_mlp_in.has_hooks else mid
+        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(mlp_in) if self.cfg.layernorm else mlp_in))
         return self.hook_resid_post(mid + mlp_out)
 
     def forward_fast(self, resid: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:

@@ -47,7 +47,8 @@ def _resolve_hook(model, hook_name: str, layer: int | None) -> str:
     name = act_name(hook_name, layer)
     if name not in model.hook_dict:
         why = (": this model has no MLPs (d_mlp=0)" if not model.cfg.d_mlp and
-               name.rsplit(".", 1)[-1] in ("hook_resid_mid", "hook_mlp_out", "hook_pre", "hook_post") else "")
+               name.rsplit(".", 1)[-1] in ("hook_resid_mid", "hook_mlp_in", "hook_mlp_out", "hook_pre", "hook_post")
+               else "")
         raise KeyError(f"no hook point named {name!r}{why}; valid names are:\n  " + "\n  ".join(model.hook_names))
     return name
 
