@@ -17,14 +17,16 @@ Prints, for this machine and thread count:
    imports torch._dynamo);
 5. with ``--profile``: where a training step's CPU time goes, by operator;
 6. if transformer_lens is importable: the step time of an equivalent
-   HookedTransformer (attn_only, no normalization, same config, optimiser,
-   batch) and the ratio toylab / TransformerLens.
+   HookedTransformer (same config, optimiser, batch) and the ratio toylab /
+   TransformerLens, on the induction-2l config attention-only, then with an MLP
+   (d_mlp = 4 d_model, ReLU), then with a GELU MLP and learned LayerNorm
+   (``--tl-only`` runs only this part).
 
 Every time is taken twice: wall clock and this thread's CPU time. On a
 machine shared with other jobs the wall times include waiting for a core;
 the CPU times (and the ratios of CPU times) are what the code costs.
 
-    python benchmarks/bench_train.py [--threads N] [--steps N] [--skip-2l] [--profile]
+    python benchmarks/bench_train.py [--threads N] [--steps N] [--skip-2l] [--profile] [--tl-only]
 """
 
 from __future__ import annotations
@@ -269,6 +271,8 @@ def bench_induction_run() -> None:
 
 
 def bench_transformer_lens(n_steps: int) -> None:
+    """toylab against TransformerLens on the induction-2l config, attention-only and with an MLP of
+    width 4 d_model in each layer (ReLU; then GELU with learned LayerNorm), same batch, same optimiser."""
     import warnings
 
     warnings.filterwarnings("ignore", message=".*HookedTransformer is deprecated.*")
@@ -278,21 +282,29 @@ def bench_transformer_lens(n_steps: int) -> None:
         print("\ntransformer_lens is not importable: no comparison (make bench-tl installs it in .venv-tl)")
         return
     preset = PRESETS["induction-2l"]
-    cfg = preset.model
-    tl_cfg = HookedTransformerConfig(
-        n_layers=cfg.n_layers, d_model=cfg.d_model, n_ctx=cfg.n_ctx, d_head=cfg.d_head, n_heads=cfg.n_heads,
-        d_vocab=cfg.d_vocab, attn_only=True, normalization_type=None, positional_embedding_type=cfg.positional,
-        act_fn="relu", device="cpu", seed=0,
-    )
-    tl_model = HookedTransformer(tl_cfg)
     batch = make_dataset(preset.data).sample(preset.train.batch_size, torch.Generator().manual_seed(0))
-    t = interleaved({"toylab": train_step(AttnOnlyTransformer(cfg, seed=0), batch),
-                     "TransformerLens": train_step(tl_model, batch)}, n_steps)
-    print(f"\nstep time on the induction-2l config, batch {batch.shape[0]} x {batch.shape[1]} (interleaved):")
-    for name, d in t.items():
-        print(f"  {name:16s} {d['wall'] * 1e3:7.1f} ms wall {d['cpu'] * 1e3:7.1f} ms cpu")
-    print(f"  ratio toylab / TransformerLens = {t['toylab']['cpu'] / t['TransformerLens']['cpu']:.2f} (cpu), "
-          f"{t['toylab']['wall'] / t['TransformerLens']['wall']:.2f} (wall); below 1: toylab is faster")
+    d = preset.model.d_model
+    variants = {
+        "attention-only": preset.model,
+        f"MLP d_mlp={4 * d} relu": dataclasses.replace(preset.model, d_mlp=4 * d),
+        f"MLP d_mlp={4 * d} gelu + LN": dataclasses.replace(preset.model, d_mlp=4 * d, act_fn="gelu",
+                                                            layernorm=True, ln_affine=True),
+    }
+    for label, cfg in variants.items():
+        norm = ("LN" if cfg.ln_affine else "LNPre") if cfg.layernorm else None
+        tl_cfg = HookedTransformerConfig(
+            n_layers=cfg.n_layers, d_model=cfg.d_model, n_ctx=cfg.n_ctx, d_head=cfg.d_head, n_heads=cfg.n_heads,
+            d_vocab=cfg.d_vocab, attn_only=cfg.d_mlp == 0, d_mlp=cfg.d_mlp or None, normalization_type=norm,
+            positional_embedding_type=cfg.positional, act_fn=cfg.act_fn, device="cpu", seed=0,
+        )
+        t = interleaved({"toylab": train_step(AttnOnlyTransformer(cfg, seed=0), batch),
+                         "TransformerLens": train_step(HookedTransformer(tl_cfg), batch)}, n_steps)
+        print(f"\nstep time on the induction-2l config, {label}, batch {batch.shape[0]} x {batch.shape[1]} "
+              "(interleaved):")
+        for name, r in t.items():
+            print(f"  {name:16s} {r['wall'] * 1e3:7.1f} ms wall {r['cpu'] * 1e3:7.1f} ms cpu")
+        print(f"  ratio toylab / TransformerLens = {t['toylab']['cpu'] / t['TransformerLens']['cpu']:.2f} (cpu), "
+              f"{t['toylab']['wall'] / t['TransformerLens']['wall']:.2f} (wall); below 1: toylab is faster")
 
 
 def main() -> None:
@@ -301,7 +313,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
     parser.add_argument("--skip-2l", action="store_true", help="skip the full induction-2l training run")
     parser.add_argument("--profile", action="store_true", help="also profile a training step by operator")
+    parser.add_argument("--tl-only", action="store_true", help="only the comparison with TransformerLens")
     args = parser.parse_args()
+    if args.tl_only:
+        torch.set_num_threads(args.threads)
+        reuse_freed_memory()
+        bench_transformer_lens(args.steps)
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     first = {}

@@ -108,7 +108,11 @@ def test_act_name():
     with pytest.raises(KeyError, match="give a layer"):
         act_name("pattern")
     with pytest.raises(KeyError, match="unknown activation name"):
-        act_name("mlp_out", 0)
+        act_name("mlp_hidden", 0)
+    # the MLP's hook points (present only in models with d_mlp > 0), TransformerLens's short names
+    assert act_name("mlp_out", 0) == "blocks.0.hook_mlp_out" and act_name("mlp_in", 1) == "blocks.1.hook_mlp_in"
+    assert act_name("resid_mid", 1) == "blocks.1.hook_resid_mid"
+    assert act_name("pre", 0) == "blocks.0.mlp.hook_pre" and act_name("post", 2) == "blocks.2.mlp.hook_post"
 
 
 def test_cache_is_read_only_mapping(model):

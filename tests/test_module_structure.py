@@ -136,6 +136,7 @@ LAYERS = [
     ["toylab.data"],
     ["toylab.circuits"],
     ["toylab.causal"],
+    ["toylab.neurons"],
     ["toylab.training"],
     ["toylab.features"],
     ["toylab.discovery"],

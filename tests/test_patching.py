@@ -141,7 +141,10 @@ def test_patching_bad_input_leaves_no_hooks(model, pair):
                                                                    position=-40)),
         (KeyError, "hook", lambda: patch(model, clean, corr, "blocks.0.attn.hook_mlp", metric)),
         (ValueError, "layer 5 is out of range", lambda: patch(model, clean, corr, "z", metric, layer=5)),
-        (KeyError, "unknown activation", lambda: patch_sweep(model, clean, corr, metric, hook="mlp_out")),
+        (KeyError, "unknown activation", lambda: patch_sweep(model, clean, corr, metric, hook="mlp_hidden")),
+        # a TransformerLens name this attention-only model lacks
+        (KeyError, r"no hook point named 'blocks.0.hook_mlp_out': this model has no MLPs \(d_mlp=0\)",
+         lambda: patch_sweep(model, clean, corr, metric, hook="mlp_out")),
         (ValueError, "unknown metric", lambda: patch(model, clean, corr, "z", "accuracy", layer=0)),
         (ValueError, "head", lambda: patch(model, clean, corr, "z", metric, layer=0, head=2)),
         (ValueError, "no head dimension", lambda: patch(model, clean, corr, "resid_pre", metric, layer=0, head=0)),

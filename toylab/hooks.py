@@ -156,11 +156,11 @@ _SHORT_NAMES: dict[str, tuple[str, bool]] = {
     "q_input": ("blocks.{l}.attn.hook_q_input", True),
     "k_input": ("blocks.{l}.attn.hook_k_input", True),
     "v_input": ("blocks.{l}.attn.hook_v_input", True),
-    "attn_scores": ("blocks.{l}.attn.hook_attn_scores", True),
-    "scores": ("blocks.{l}.attn.hook_attn_scores", True),
-    "pattern": ("blocks.{l}.attn.hook_pattern", True),
-    "attn": ("blocks.{l}.attn.hook_pattern", True),
-    "normalized": ("blocks.{l}.ln1.hook_normalized", True),
+    "attn_scores": ("blocks.{l}.attn.hook_attn_scores", True), "scores": ("blocks.{l}.attn.hook_attn_scores", True),
+    "pattern": ("blocks.{l}.attn.hook_pattern", True), "attn": ("blocks.{l}.attn.hook_pattern", True),
+    "normalized": ("blocks.{l}.ln1.hook_normalized", True), "mlp_in": ("blocks.{l}.hook_mlp_in", True),
+    "resid_mid": ("blocks.{l}.hook_resid_mid", True), "mlp_out": ("blocks.{l}.hook_mlp_out", True),
+    "pre": ("blocks.{l}.mlp.hook_pre", True), "post": ("blocks.{l}.mlp.hook_post", True),
 }
 
 

@@ -9,6 +9,11 @@ Ablation replaces a head's output ``z [batch, pos, d_head]`` (hook
   ``perm[b]`` for a permutation seeded by ``seed`` (when the reference is the
   batch itself, a derangement: no sequence gets its own activation back).
 
+MLPs (:func:`ablate_mlps`): the same three kinds replace a whole layer's MLP output
+(``blocks.{l}.hook_mlp_out [batch, pos, d_model]``, ``b_out`` included) or single
+neurons' activations (``blocks.{l}.mlp.hook_post[..., n]``: the neuron then writes
+``0`` (zero), its mean or a resampled value times ``W_out[n]``; ``b_out`` stays).
+
 ``freeze_patterns=True`` is the *pattern-preserving* ablation of Olsson et al.:
 every attention pattern is overwritten by its value on the clean run, so the
 ablated head can only matter through the values it writes, not through the
@@ -23,6 +28,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from toylab.blocks import check_neurons
 from toylab.hooks import resolve_index
 from toylab.model import next_token_loss
 
@@ -159,16 +165,7 @@ def ablation_hooks(model, tokens: torch.Tensor, heads: Sequence[tuple[int, int]]
                              f"got {ref.shape[1]}")
         names = [_z_name(l, at) for l in by_layer]
         _, cache = model.run_with_cache(ref, names_filter=names)
-        B, R = tokens.shape[0], ref.shape[0]
-        if kind == "resample":
-            g = torch.Generator().manual_seed(int(seed))
-            perm = torch.randperm(R, generator=g)
-            if reference is None and R > 1:  # a derangement: each row gets another row's activation
-                idx = torch.empty(R, dtype=torch.long)
-                idx[perm] = perm.roll(-1)
-            else:
-                idx = perm if R >= B else torch.randint(0, R, (B,), generator=g)
-            idx = idx[:B]
+        idx = _resample_rows(tokens.shape[0], ref.shape[0], reference is None, seed) if kind == "resample" else None
         for l in by_layer:
             act = cache[_z_name(l, at)]
             ref_act[l] = act.mean(0, keepdim=True) if kind == "mean" else act[idx]
@@ -182,6 +179,18 @@ def ablation_hooks(model, tokens: torch.Tensor, heads: Sequence[tuple[int, int]]
         return fn
 
     return [(_z_name(l, at), make(l, hs)) for l, hs in by_layer.items()]
+
+
+def _resample_rows(B: int, R: int, own: bool, seed: int) -> torch.Tensor:
+    """``[B]`` rows of a reference batch of ``R``, seeded; a derangement when the reference is the batch itself."""
+    g = torch.Generator().manual_seed(int(seed))
+    perm = torch.randperm(R, generator=g)
+    if own and R > 1:  # a derangement: each row gets another row's activation
+        idx = torch.empty(R, dtype=torch.long)
+        idx[perm] = perm.roll(-1)
+    else:
+        idx = perm if R >= B else torch.randint(0, R, (B,), generator=g)
+    return idx[:B]
 
 
 @torch.no_grad()
@@ -211,6 +220,71 @@ def ablate_heads(model, tokens: torch.Tensor, heads: Sequence[tuple[int, int]], 
     return (out, cache) if return_cache else out
 
 
+# --------------------------------------------------------------------------- MLPs and neurons
+
+@torch.no_grad()
+def mlp_ablation_hooks(model, tokens: torch.Tensor, layers: Sequence[int] = (), neurons: Sequence = (),
+                       kind: str = "zero", reference: torch.Tensor | None = None, seed: int = 0) -> list:
+    """The ``(name, fn)`` hooks that ablate whole MLP layers and single neurons on a run of ``tokens``.
+
+    ``layers``: MLP layers whose ``hook_mlp_out [batch, pos, d_model]`` is replaced;
+    ``neurons``: ``(layer, neuron)`` pairs (or ``(layer, [neurons])``) whose
+    ``hook_post[..., neuron]`` is replaced. ``kind``, ``reference`` and ``seed`` as for
+    heads (module doc): zero, the reference batch's mean per position, or a resampled row.
+    """
+    if kind not in ABLATIONS:
+        raise ValueError(f"unknown ablation kind {kind!r}; expected one of {ABLATIONS}")
+    if not model.cfg.d_mlp:
+        raise ValueError("this model has no MLPs (d_mlp=0): there is no MLP layer or neuron to ablate")
+    tokens = model.check_tokens(tokens)
+    L = model.cfg.n_layers
+    targets: dict[str, torch.Tensor | None] = {}  # hook name -> neuron indices (None: the whole activation)
+    for l in layers:
+        targets[f"blocks.{resolve_index(l, L, 'layer')}.hook_mlp_out"] = None
+    for item in neurons:
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            raise ValueError(f"a neuron is a (layer, neuron) pair (or (layer, [neurons])), got {item!r}")
+        name = f"blocks.{resolve_index(item[0], L, 'layer')}.mlp.hook_post"
+        old = targets.get(name, torch.zeros(0, dtype=torch.long))
+        targets[name] = torch.cat([old, check_neurons(model, item[1])]).unique()
+    if not targets:
+        raise ValueError("nothing to ablate: give layers and/or neurons")
+    ref_act: dict[str, torch.Tensor] = {}
+    if kind != "zero":
+        ref = tokens if reference is None else model.check_tokens(reference)
+        if ref.shape[1] != tokens.shape[1]:
+            raise ValueError(f"reference must have the same number of positions as tokens ({tokens.shape[1]}), "
+                             f"got {ref.shape[1]}")
+        _, cache = model.run_with_cache(ref, names_filter=list(targets))
+        idx = _resample_rows(tokens.shape[0], ref.shape[0], reference is None, seed) if kind == "resample" else None
+        for name in targets:
+            ref_act[name] = cache[name].mean(0, keepdim=True) if kind == "mean" else cache[name][idx]
+
+    def make(name: str, cols):
+        def fn(act, hook):
+            new = torch.zeros_like(act) if kind == "zero" else ref_act[name].expand_as(act)
+            if cols is None:
+                return new.clone()
+            act = act.clone()
+            act[..., cols] = new[..., cols]
+            return act
+        return fn
+
+    return [(name, make(name, cols)) for name, cols in targets.items()]
+
+
+@torch.no_grad()
+def ablate_mlps(model, tokens: torch.Tensor, layers: Sequence[int] = (), neurons: Sequence = (),
+                kind: str = "zero", reference: torch.Tensor | None = None, seed: int = 0,
+                metric: Callable | None = None):
+    """Run ``tokens [batch, pos]`` with MLP ``layers`` and/or ``neurons = [(layer, n), ...]`` ablated
+    (:func:`mlp_ablation_hooks`). Returns the logits ``[batch, pos, d_vocab]``, or ``metric(logits)``."""
+    tokens = model.check_tokens(tokens)
+    logits = model.run_with_hooks(tokens, fwd_hooks=mlp_ablation_hooks(model, tokens, layers, neurons, kind,
+                                                                       reference, seed))
+    return logits if metric is None else metric(logits)
+
+
 # --------------------------------------------------------------------------- term importance
 
 @torch.no_grad()
@@ -235,6 +309,9 @@ def term_importance(model, tokens: torch.Tensor, positions=None) -> dict[str, fl
     """
     if model.cfg.layernorm:
         raise NotImplementedError("term_importance assumes no LayerNorm (the path expansion is then exact)")
+    if model.cfg.d_mlp:
+        raise NotImplementedError("term_importance assumes an attention-only model: with MLPs the logits do not "
+                                  "expand into direct, single-head and virtual-head terms")
     tokens = model.check_tokens(tokens)
     n = tokens.shape[1] - 1
     if n < 1:

@@ -14,7 +14,9 @@ Scores are a metric ``logits -> scalar`` (see :func:`toylab.causal.interventions
 by default normalised as ``(m_patched - m_corrupted) / (m_clean - m_corrupted)``:
 0 means "like the corrupted run", 1 "like the clean run", in both directions.
 
-A patch is a *cell*: a hook name, optionally one head and one position.
+A patch is a *cell*: a hook name, optionally one head (or, on an MLP's
+``hook_pre``/``hook_post [batch, pos, d_mlp]``, one neuron) and one position.
+Whole MLP layers are patched on ``hook_mlp_out`` (``"mlp_out"``).
 Sweeps batch the cells: the base input is repeated ``G`` times along the
 batch and one forward pass patches cell ``g`` into copy ``g`` (a boolean mask
 picks, per copy, what comes from the source run), so a heads x positions
@@ -29,11 +31,11 @@ import torch
 
 from toylab.hooks import act_name, resolve_index
 from toylab.causal.interventions import check_head, make_metric, normalised_effect
-from toylab.blocks import layer_norm
 
 DIRECTIONS = ("denoise", "noise")
 _HEAD_AXIS_LAST = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_result")  # [b, pos, head, d]
 _HEAD_AXIS_FIRST = ("hook_attn_scores", "hook_pattern")  # [b, head, q, k]
+_NEURON_AXIS = ("hook_pre", "hook_post")  # mlp.hook_pre / mlp.hook_post: [b, pos, d_mlp]
 
 
 def _resolve_hook(model, hook_name: str, layer: int | None) -> str:
@@ -44,14 +46,17 @@ def _resolve_hook(model, hook_name: str, layer: int | None) -> str:
         layer = resolve_index(layer, model.cfg.n_layers, "layer")
     name = act_name(hook_name, layer)
     if name not in model.hook_dict:
-        raise KeyError(f"no hook point named {name!r}; valid names are:\n  " + "\n  ".join(model.hook_names))
+        why = (": this model has no MLPs (d_mlp=0)" if not model.cfg.d_mlp and
+               name.rsplit(".", 1)[-1] in ("hook_resid_mid", "hook_mlp_in", "hook_mlp_out", "hook_pre", "hook_post")
+               else "")
+        raise KeyError(f"no hook point named {name!r}{why}; valid names are:\n  " + "\n  ".join(model.hook_names))
     return name
 
 
 def _axes(name: str) -> tuple[int, int | None]:
     """(position axis, head axis or None) of an activation, batch axis 0."""
     last = name.rsplit(".", 1)[-1]
-    if last in _HEAD_AXIS_LAST:
+    if last in _HEAD_AXIS_LAST or last in _NEURON_AXIS:
         return 1, 2
     if last in _HEAD_AXIS_FIRST:
         return 2, 1
@@ -92,12 +97,17 @@ def _get_metric(metric, clean: torch.Tensor, corrupted: torch.Tensor):
     return metric
 
 
+def _is_neuron_hook(name: str) -> bool:
+    return name.rsplit(".", 1)[-1] in _NEURON_AXIS
+
+
 def _check_cell(model, name: str, head, position, n_pos: int):
     pos_axis, head_axis = _axes(name)
     if head is not None:
         if head_axis is None:
             raise ValueError(f"{name} has no head dimension; pass head=None")
-        head = resolve_index(head, model.cfg.n_heads, "head")
+        neuron = _is_neuron_hook(name)
+        head = resolve_index(head, model.cfg.d_mlp if neuron else model.cfg.n_heads, "neuron" if neuron else "head")
     if position is not None:
         position = resolve_index(position, n_pos, "position")
     return (name, head, position)
@@ -166,7 +176,7 @@ def _prepare(model, clean, corrupted, metric, direction, names):
 
 def patch(model, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor, hook_name: str, metric,
           layer: int | None = None, head: int | None = None, position: int | None = None,
-          direction: str = "denoise", normalise: bool = True) -> float:
+          direction: str = "denoise", normalise: bool = True, neuron: int | None = None) -> float:
     """Patch one activation between the clean and corrupted runs and score the result.
 
     ``clean_tokens, corrupted_tokens [batch, pos]`` (same shape); ``hook_name``
@@ -176,10 +186,18 @@ def patch(model, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor, hoo
     position (the query position for patterns); None = all. ``metric`` is a
     callable ``logits -> scalar`` or a name for :func:`make_metric` scored
     on the clean next tokens (``"logit_diff"`` against the corrupted ones).
+    ``neuron`` restricts a patch of ``"pre"``/``"post"`` (an MLP's
+    ``hook_pre``/``hook_post``) to one neuron; ``"mlp_out"`` patches a whole MLP.
     Returns the normalised effect (0 = corrupted, 1 = clean) or the raw metric.
     """
     clean_tokens, corrupted_tokens = _check_pair(model, clean_tokens, corrupted_tokens)
     name = _resolve_hook(model, hook_name, layer)
+    if neuron is not None:
+        if not _is_neuron_hook(name):
+            raise ValueError(f"neuron= applies to an MLP's hook_pre or hook_post ('pre', 'post'), not {name}")
+        if head is not None:
+            raise ValueError("pass head= or neuron=, not both")
+        head = neuron
     cell = _check_cell(model, name, head, position, clean_tokens.shape[1])
     base, source, metric, m_clean, m_corr = _prepare(model, clean_tokens, corrupted_tokens, metric, direction, [name])
     m = float(run_patched_cells(model, base, source, [cell], metric)[0])
@@ -192,9 +210,10 @@ def patch_sweep(model, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tenso
     """Patch every layer (x head) (x position) of a hook and score each cell.
 
     ``hook`` is a per-layer short name (``"z"``, ``"q"``, ``"pattern"``,
-    ``"resid_pre"``, ``"attn_out"``, ...). Returns ``(values, labels)``:
+    ``"resid_pre"``, ``"attn_out"``, ``"mlp_out"``, ``"post"``, ...). Returns ``(values, labels)``:
     ``values [n_layers * n_heads, n_pos]`` with labels ``"L{l}H{h}"`` when
-    ``per_head``, else ``[n_layers, n_pos]`` with labels ``"L{l}"``; the last
+    ``per_head`` (on ``"pre"``/``"post"``: one row per neuron,
+    ``[n_layers * d_mlp, n_pos]``, labels ``"L{l}N{n}"``), else ``[n_layers, n_pos]`` with labels ``"L{l}"``; the last
     axis is dropped when ``per_position=False``. ``cells_per_pass=1`` runs
     the naive one-forward-per-cell loop (same numbers).
     """
@@ -207,6 +226,8 @@ def patch_sweep(model, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tenso
     names = [_resolve_hook(model, hook, l) for l in range(L)]
     if per_head and names and _axes(names[0])[1] is None:
         raise ValueError(f"hook {hook!r} has no head axis; use per_head=False")
+    unit = "N" if names and _is_neuron_hook(names[0]) else "H"
+    H = model.cfg.d_mlp if unit == "N" else H
     heads = range(H) if per_head else [None]
     positions = range(P) if per_position else [None]
     cells = [(n, h, p) for n in names for h in heads for p in positions]
@@ -214,7 +235,7 @@ def patch_sweep(model, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tenso
     vals = run_patched_cells(model, base, source, cells, metric, cells_per_pass)
     if normalise:
         vals = normalised_effect(vals, m_clean, m_corr)
-    labels = [f"L{l}H{h}" for l in range(L) for h in range(H)] if per_head else [f"L{l}" for l in range(L)]
+    labels = [f"L{l}{unit}{h}" for l in range(L) for h in range(H)] if per_head else [f"L{l}" for l in range(L)]
     return vals.reshape(len(labels), P) if per_position else vals, labels
 
 
@@ -233,7 +254,9 @@ def path_patch(model, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor
         x' = resid_pre[l_recv]_clean - result_sender_clean + result_sender_corrupted
         q' = (x' + W_pos) W_Q^{recv}      (shortformer: W_pos on q and k inputs only)
 
-    (LayerNorm models: ``x'`` is normalised afresh.) Everything else — the
+    (LayerNorm models: ``x'`` is normalised afresh, with ``ln1``'s weights; biases
+    ``b_Q`` etc. are added.) Only the *direct* path is patched: in a model with MLPs
+    the sender's effect through an MLP between the two heads stays clean. Everything else — the
     other heads, the receiver's other inputs, every other path of the sender —
     stays clean; later layers see the receiver's changed output. ``receiver``
     is a ``(layer, head)`` or a list of them (patched together, e.g. two
@@ -260,11 +283,13 @@ def path_patch(model, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor
     def make(lr: int, heads: list[int]):
         x = clean_cache["resid_pre", lr] + delta
         if model.cfg.layernorm:
-            x = layer_norm(x)
+            x = model.blocks[lr].ln1.norm(x)
         if receiver_input != "v" and model.cfg.positional == "shortformer":
             x = x + clean_cache["pos_embed"]
-        W = getattr(model.blocks[lr].attn, "W_" + receiver_input.upper())
-        new = torch.einsum("bpd,hde->bphe", x, W)
+        attn = model.blocks[lr].attn
+        new = torch.einsum("bpd,hde->bphe", x, getattr(attn, "W_" + receiver_input.upper()))
+        bias = attn.biases()["qkv".index(receiver_input)]
+        new = new if bias is None else new + bias
 
         def fn(act, hook):
             act = act.clone()

@@ -9,6 +9,8 @@
                        duplicate-token, induction)
 ``report``             ``head_report``: every head classified by its scores
 ``viewer``             the offline interactive attention viewer
+``folding``            ``fold_layer_norm``, ``center_writing_weights``, ``center_unembed``:
+                       what LayerNorm changes, folded into the weights (exactly)
 =====================  =============================================================
 
 Import the modules themselves, e.g. ``from toylab.circuits.weights import OV, QK``.

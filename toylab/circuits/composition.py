@@ -39,7 +39,7 @@ import math
 import torch
 from torch import Tensor
 
-from toylab.circuits.weights import OV, QK, check_layer, refuse_layernorm
+from toylab.circuits.weights import OV, QK, check_layer, refuse_layernorm, refuse_mlp
 from toylab.factored import FactoredMatrix
 
 KINDS = ("Q", "K", "V")
@@ -92,13 +92,15 @@ def composition_scores(model, kind: str, layer_a: int | None = None, layer_b: in
     ``C(W_OV^{la.ha}, W_B^{lb.hb})`` (``W_B`` per kind, module docstring), NaN
     where ``la >= lb`` (no composition is possible). With both ``layer_a`` and
     ``layer_b`` given (``layer_a < layer_b``): ``[n_heads (layer_a), n_heads (layer_b)]``.
-    Refused for LayerNorm models (:func:`toylab.circuits.weights.refuse_layernorm`).
+    Refused for LayerNorm models (:func:`toylab.circuits.weights.refuse_layernorm`) and
+    models with MLPs (:func:`toylab.circuits.weights.refuse_mlp`).
     """
     _check_kind(kind)
     cfg = model.cfg
     if cfg.n_layers < 2:
         raise ValueError(f"composition needs at least 2 layers, the model has {cfg.n_layers}")
     refuse_layernorm(model, "composition_scores")
+    refuse_mlp(model, "composition_scores")
     W_A, W_B = OV(model), _reader(model, kind)
     if layer_a is not None or layer_b is not None:
         if layer_a is None or layer_b is None:

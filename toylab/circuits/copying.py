@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from toylab.circuits.weights import OV, full_ov, refuse_layernorm
+from toylab.circuits.weights import OV, full_ov, refuse_layernorm, refuse_mlp
 
 __all__ = ["copying_score", "full_ov_eigenvalues", "copying_scores", "direct_copying_scores",
            "random_copying_baseline", "icl_score", "icl_score_on_training_data"]
@@ -74,6 +74,7 @@ def full_ov_eigenvalues(model, chunk: int = 8192) -> Tensor:
     if model.cfg.n_layers == 0:
         raise ValueError("the model has 0 layers: it has no heads and no OV circuits")
     refuse_layernorm(model, "the full-OV copying score")
+    refuse_mlp(model, "the full-OV copying score")
     M = _unembed_embed(model, chunk)
     small = model.W_O.detach().double() @ M @ model.W_V.detach().double()   # [L, H, e, e]
     ev = torch.linalg.eigvals(small)
@@ -96,6 +97,7 @@ def copying_scores(model, circuit: str = "full") -> Tensor:
         if model.cfg.n_layers == 0:
             raise ValueError("the model has 0 layers: it has no heads and no OV circuits")
         refuse_layernorm(model, "the OV copying score")
+        refuse_mlp(model, "the OV copying score")
         return copying_score(OV(model).eigenvalues)
     raise ValueError(f'circuit must be "full" or "ov", got {circuit!r}')
 
@@ -167,6 +169,7 @@ def direct_copying_scores(model, k: int = 1, sources: Tensor | None = None,
     if int(sources.min()) < 0 or int(sources.max()) >= cfg.d_vocab:
         raise ValueError(f"sources must be token ids in [0, {cfg.d_vocab})")
     refuse_layernorm(model, "direct_copying_scores")
+    refuse_mlp(model, "direct_copying_scores")
     fov = full_ov(model)                                                       # [L, H, V, V] factored
     top, z = torch.zeros(cfg.n_layers, cfg.n_heads), torch.zeros(cfg.n_layers, cfg.n_heads)
     for i in range(0, sources.numel(), chunk):

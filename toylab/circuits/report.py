@@ -272,6 +272,10 @@ def head_report(model, tokens: Tensor | None = None, batch: int = 64, seed: int 
         scores["copying"] = torch.full((cfg.n_layers, cfg.n_heads), float("nan"))
         notes.append("LayerNorm model: copying and positional scores read the weights as linear maps, which "
                      "LayerNorm breaks, so they are NaN (see toylab.circuits.weights.refuse_layernorm)")
+    elif getattr(cfg, "d_mlp", 0):
+        scores["copying"] = torch.full((cfg.n_layers, cfg.n_heads), float("nan"))
+        notes.append("MLP model: the copying score reads W_E W_OV W_U, which leaves out every path through an "
+                     "MLP, so it is NaN (see toylab.circuits.weights.refuse_mlp)")
     else:
         scores["copying"] = copying_scores(model, "full")
     scores["positional"] = positional_scores(model, tokens)

@@ -28,7 +28,8 @@ the weights: the circuit matrices here ignore the normalisation (they are the
 weights, which is still what a student may want to look at), but every
 *reading* of them as the model's behaviour -- :func:`path_expansion`,
 :func:`skip_trigram_triples`, the copying and composition scores -- refuses
-such models (:func:`refuse_layernorm` says why).
+such models (:func:`refuse_layernorm` says why), and so does every reading of a model
+with MLPs, whose paths through an MLP no weight product here contains (:func:`refuse_mlp`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ __all__ = [
     "OV", "QK", "full_ov", "full_qk", "positional_qk", "k_composition_circuit",
     "q_composition_circuit", "v_composition_circuit", "virtual_weights", "path_expansion",
     "path_label", "n_paths", "skip_trigram_triples", "check_layer", "check_head", "refuse_layernorm",
+    "refuse_mlp",
 ]
 
 
@@ -70,6 +72,21 @@ def refuse_layernorm(model, what: str) -> None:
             "toylab.causal.patching, toylab.causal.attribution.direct_logit_attribution, which freezes the scale)."
         )
 
+
+def refuse_mlp(model, what: str) -> None:
+    """Raise ``ValueError`` if ``model`` has MLPs (``d_mlp > 0``): ``what`` assumes attention only.
+
+    The products of attention weights (``W_E W_OV W_U``, composition of two heads, the
+    path expansion) are the whole model only when nothing else writes to the residual
+    stream; an MLP reads every head's output through a nonlinearity, so those products
+    leave out every path that passes through an MLP, with no bound on what they miss.
+    """
+    if getattr(model.cfg, "d_mlp", 0):
+        raise ValueError(
+            f"{what} assumes an attention-only model, but this one has MLPs (d_mlp={model.cfg.d_mlp}): "
+            "every path through an MLP passes a nonlinearity, so products of attention weights leave those "
+            "paths out. Use the activation-based tools (toylab.causal.attribution, toylab.causal.patching, "
+            "toylab.neurons) for MLP models.")
 
 
 # ------------------------------------------------------------------ checks
@@ -286,6 +303,7 @@ def path_expansion(model, tokens: Tensor) -> dict[str, Tensor]:
     cfg = model.cfg
     if cfg.layernorm:
         raise ValueError("path_expansion needs a model without LayerNorm: with it the logits are not a sum over paths")
+    refuse_mlp(model, "path_expansion")
     tokens = model.check_tokens(tokens)
     dtype = model.W_E.dtype
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
@@ -345,6 +363,7 @@ def skip_trigram_triples(model, k: int | None = None, layer: int = 0) -> list[tu
     Returns up to ``k`` (all if None) tuples ``(A, B, C, score, head)`` sorted by score.
     """
     refuse_layernorm(model, "skip_trigram_triples")
+    refuse_mlp(model, "skip_trigram_triples")
     if model.cfg.n_layers != 1:
         raise ValueError(
             f"skip_trigram_triples reads a 1-layer model (direct path + one layer of heads); this model has "

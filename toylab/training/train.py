@@ -280,12 +280,21 @@ def _partial_result(result: "TrainResult", dataset, done: int, start: float,
     return result
 
 
+DECAYED = ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_out")
+
+
+def is_decayed(name: str) -> bool:
+    """Whether the parameter ``name`` gets weight decay: the blocks' weight matrices (attention and
+    MLP, :data:`DECAYED`), not the embeddings, the unembedding, biases or LayerNorm weights."""
+    return name.split(".")[-1] in DECAYED
+
+
 def _train_loop(model_cfg, dataset, cfg: TrainConfig, seed, progress, desc, callback, stop_after,
                 off_probe: bool = True) -> TrainResult:
     model = AttnOnlyTransformer(model_cfg, seed=seed)
     data_gen = torch.Generator().manual_seed(seed + 1)
-    decay = [p for n, p in model.named_parameters() if n.split(".")[-1] in ("W_Q", "W_K", "W_V", "W_O")]
-    no_decay = [p for n, p in model.named_parameters() if n.split(".")[-1] not in ("W_Q", "W_K", "W_V", "W_O")]
+    decay = [p for n, p in model.named_parameters() if is_decayed(n)]
+    no_decay = [p for n, p in model.named_parameters() if not is_decayed(n)]
     # fused: one kernel for all parameters (half the optimiser time of the per-tensor loop on CPU)
     opt = AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],

@@ -1,0 +1,15 @@
+"""Neurons (the MLP Part of the book): what single MLP neurons read and write.
+
+=====================  =============================================================
+``kv``                 the key-value view of an MLP layer: input weights as keys
+                       (which tokens and positions fire a neuron, its top activating
+                       inputs over a dataset), output weights as values (which logits
+                       it raises, ``W_out[n] @ W_U``)
+=====================  =============================================================
+
+Neuron DLA (a neuron's activation times its output weights times ``W_U``) is
+:func:`toylab.causal.attribution.neuron_dla`; ablating and patching neurons are
+:func:`toylab.causal.interventions.ablate_mlps` and :func:`toylab.causal.patching.patch`
+(``"post"`` with ``neuron=``). Import the modules themselves, e.g.
+``from toylab.neurons.kv import neuron_values``.
+"""
