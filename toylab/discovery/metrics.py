@@ -179,7 +179,16 @@ def check_metric_value(value, where: str = "metric") -> torch.Tensor:
         raise ValueError(f"the {where} must return a scalar (one number for the whole batch), "
                          f"got a tensor of shape {list(value.shape)}")
     if not bool(torch.isfinite(value.detach()).all()):
-        raise ValueError(f"the {where} returned {float(value)}: a metric must be a finite number (NaN or inf "
+        raise ValueError(f"the {where} returned {float(value.detach())}: a metric must be a finite number (NaN or inf "
                          "cannot be compared with a threshold or ranked; are the logits finite, does the "
                          "metric divide by zero?)")
     return value.reshape(())
+
+
+def check_induction_batch(batch) -> None:
+    """``TypeError`` unless ``batch`` is an InductionBatch (tokens and its ground truth, one row per sequence)."""
+    from toylab.data.induction import InductionBatch
+
+    if not isinstance(batch, InductionBatch):
+        raise TypeError(f"batch must be an InductionBatch (InductionData.sample_batch or copy_random_segment), "
+                        f"got {type(batch).__name__}: the ground truth of the repeats is needed, not only tokens")

@@ -32,6 +32,7 @@ import math
 import torch
 
 from toylab.discovery.graph import Circuit, Graph, check_graph, head_name
+from toylab.discovery.metrics import check_induction_batch
 from toylab.circuits.composition import relative_composition_scores
 from toylab.circuits.scores import head_detector_scores
 
@@ -123,15 +124,6 @@ def induction_hypotheses(model, graph: Graph, tokens: torch.Tensor, threshold: f
 def _check_number(v, name: str) -> None:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise ValueError(f"{name} must be a finite number, got {v!r}")
-
-
-def check_induction_batch(batch) -> None:
-    """``TypeError`` unless ``batch`` is an InductionBatch (tokens and its ground truth, one row per sequence)."""
-    from toylab.data.induction import InductionBatch
-
-    if not isinstance(batch, InductionBatch):
-        raise TypeError(f"batch must be an InductionBatch (InductionData.sample_batch or copy_random_segment), "
-                        f"got {type(batch).__name__}: the ground truth of the repeats is needed, not only tokens")
 
 
 def copied_positions(batch) -> torch.Tensor:

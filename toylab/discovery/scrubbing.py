@@ -105,8 +105,7 @@ class EquivalenceClasses:
         the positions predictable by induction. ``segment [N]`` (optional, e.g. from :func:`redraw_tokens`
         with ``keep="segment"``): sequences with equal labels share their copied tokens; it adds the
         feature ``"segment"`` (same structure and same label)."""
-        from toylab.discovery.metrics import induction_positions
-        from toylab.discovery.reference import check_induction_batch
+        from toylab.discovery.metrics import check_induction_batch, induction_positions
 
         check_induction_batch(batch)
         offset = torch.where(batch.has_repeat, batch.offset, torch.full_like(batch.offset, -1))
@@ -164,7 +163,7 @@ def redraw_tokens(batch, d_vocab: int, n_variants: int, generator: torch.Generat
     sequence ``i`` at row ``i * n_variants + k``) and ``parent [N * n_variants]`` = ``i``.
     """
     from toylab.data.induction import InductionBatch
-    from toylab.discovery.reference import check_induction_batch
+    from toylab.discovery.metrics import check_induction_batch
 
     check_induction_batch(batch)
     _check_generator(generator)

@@ -255,9 +255,10 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
 def _check_data_spec(cfg: ModelConfig, spec: dict, path) -> None:
     """``CheckpointError`` where the data spec contradicts the model config: a different vocabulary
     (``d_vocab``, or an alphabet of another size than ``d_vocab - 1``, id 0 being BOS), sequences
-    longer than the context (``n_ctx``), a kind that is not a name."""
+    longer than the context (``n_ctx``), a kind that is not a name. Fields it lacks are not checked
+    (an older or trimmed record still loads)."""
     kind = spec.get("kind")
-    if not isinstance(kind, str):
+    if kind is not None and not isinstance(kind, str):
         raise CheckpointError(f"{path}: the data spec's kind is {kind!r}, expected the name of a language")
     problems = []
     d_vocab, n_ctx, alphabet = spec.get("d_vocab"), spec.get("n_ctx"), spec.get("alphabet")
