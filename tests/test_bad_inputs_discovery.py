@@ -244,6 +244,10 @@ CASES = [
      "is_repeat must be a bool tensor"),
     ("metric on another batch's logits", lambda: kl()(torch.zeros(2, 15, 128)), ValueError,
      r"expects logits .* = \[4, 15\], got \[2, 15, 128\]"),
+    ("logit_diff metric on a smaller vocabulary", lambda: logit_diff(clean(), corr())(torch.zeros(4, 15, 64)),
+     ValueError, "made for token id 1[0-9][0-9], but these logits have d_vocab = 64"),
+    ("next_token_loss_on on a smaller vocabulary", lambda: next_token_loss_on(clean())(torch.zeros(4, 15, 64)),
+     ValueError, "another vocabulary"),
     ("metric value NaN", lambda: check_metric_value(torch.tensor(NAN)), ValueError, "must be a finite number"),
     ("metric value a string", lambda: check_metric_value("0.5"), TypeError, "must return a real scalar"),
     # --- exact edge patching
@@ -319,6 +323,8 @@ CASES = [
     ("edge_attribution, 0 steps", lambda: edge_attribution(m2(), g2(), clean(), corr(), kl(), method="eap-ig",
                                                            steps=0),
      ValueError, "steps must be a positive integer"),
+    ("edge_attribution, EAP with 10 steps", lambda: edge_attribution(m2(), g2(), clean(), corr(), kl(), steps=10),
+     ValueError, "steps=10 applies to method='eap-ig'"),
     ("edge_attribution, graph of another model", lambda: edge_attribution(m2(), g1(), clean(), corr(), kl()),
      ValueError, "graph was built for another model"),
     # --- ACDC
@@ -388,6 +394,10 @@ CASES = [
     # --- figures (checked before any figure is made)
     ("edge_graph, circuit of another model", lambda: figures.edge_graph(g2(), other_circuit()), ValueError,
      "graph of another model"),
+    ("edge_graph, ax a string", lambda: figures.edge_graph(g2(), ax="left"), TypeError,
+     "ax must be a matplotlib Axes"),
+    ("roc_curves, title a number", lambda: figures.roc_curves({"a": ([0.0, 1.0], [0.0, 1.0], 0.5)}, title=3),
+     TypeError, "title must be a string"),
     ("edge_graph of a model", lambda: figures.edge_graph(m2()), TypeError, "graph must be a toylab.discovery"),
     ("roc_curves of a list", lambda: figures.roc_curves([roc_curve([known()], known())]), TypeError,
      r"curves must be a dict \{label: \(fpr, tpr, auc\)\}"),

@@ -165,19 +165,25 @@ EDGE_METHODS = ("eap", "eap-ig")
 
 
 def edge_attribution(model, graph: Graph, clean, corrupted, metric: Callable, method: str = "eap",
-                     steps: int = 5) -> torch.Tensor:
+                     steps: int | None = None) -> torch.Tensor:
     """Gradient estimate of every edge's noising effect -> ``[n_edges]`` (module doc: EAP, EAP-IG).
 
     ``clean, corrupted [batch, pos]`` (``corrupted`` may be ``"zero"``); ``metric`` as for
     :func:`~toylab.discovery.edge_patching.edge_effects`, whose output this approximates.
-    The ``steps`` interpolated runs of EAP-IG are copies of the batch in one forward pass.
+    The ``steps`` interpolated runs of EAP-IG (default 5) are copies of the batch in one forward pass;
+    EAP takes one gradient, so ``steps`` other than 1 is refused with ``method="eap"``.
     """
     if not isinstance(method, str) or method not in EDGE_METHODS:
         raise ValueError(f"method must be one of {EDGE_METHODS}, got {method!r}")
     check_model_graph(model, graph)
     check_metric(metric)
     if method == "eap":
+        if steps not in (None, 1) or isinstance(steps, bool):
+            raise ValueError(f"steps={steps!r} applies to method='eap-ig' (integrated gradients); EAP takes one "
+                             "gradient, on the clean run: pass method='eap-ig' or leave steps out")
         steps = 1
+    elif steps is None:
+        steps = 5
     if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1):
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     clean, corrupted = check_pair(model, clean, corrupted)

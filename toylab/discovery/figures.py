@@ -40,6 +40,7 @@ def edge_graph(graph: Graph, circuit: Circuit | None = None, title: str = "", ax
     input slots as small dots under it, every edge as a line coloured by its slot. Edges of
     ``circuit`` are drawn thick, the others faint. Returns the figure."""
     check_graph(graph)
+    _check_ax(ax)
     if circuit is not None:
         check_circuit(circuit, graph)
     if not isinstance(title, str):
@@ -86,6 +87,9 @@ def roc_curves(curves: dict[str, tuple], points: dict[str, tuple[float, float]] 
 
     Everything is checked before a figure is made: rates in [0, 1], curves of matching lengths, a finite AUC."""
     _check_curves(curves, points)
+    _check_ax(ax)
+    if not isinstance(title, str):
+        raise TypeError(f"title must be a string, got {type(title).__name__}")
     fig, ax = (plt.subplots(figsize=(5.0, 4.2)) if ax is None else (ax.figure, ax))
     styles = ("-", "--", "-.", ":")
     n = len(curves)
@@ -146,3 +150,8 @@ def _check_curves(curves, points) -> None:
             if not isinstance(p, (tuple, list)) or len(p) != 2:
                 raise ValueError(f"points[{label!r}] must be one (fpr, tpr) pair, got {p!r}")
             _rates(p, f"points[{label!r}]")
+
+
+def _check_ax(ax) -> None:
+    if ax is not None and not (hasattr(ax, "plot") and hasattr(ax, "figure")):
+        raise TypeError(f"ax must be a matplotlib Axes (or None for a new figure), got {type(ax).__name__}")

@@ -60,10 +60,13 @@ def induction_positions(is_repeat: torch.Tensor) -> torch.Tensor:
     return m
 
 
-def _check_logits(logits: torch.Tensor, shape: tuple[int, int], name: str) -> None:
+def _check_logits(logits: torch.Tensor, shape: tuple[int, int], name: str, max_id: int = -1) -> None:
     if not isinstance(logits, torch.Tensor) or logits.ndim != 3 or tuple(logits.shape[:2]) != shape:
         raise ValueError(f"metric {name!r} expects logits [batch, pos, d_vocab] with [batch, pos] = {list(shape)}, "
                          f"got {list(getattr(logits, 'shape', [type(logits).__name__]))}")
+    if max_id >= logits.shape[-1]:
+        raise ValueError(f"metric {name!r} was made for token id {max_id}, but these logits have d_vocab = "
+                         f"{logits.shape[-1]}: the tokens belong to another vocabulary")
 
 
 def _check_tokens_arg(tokens, name: str) -> None:
@@ -121,12 +124,13 @@ def logit_diff(tokens: torch.Tensor, wrong_tokens: torch.Tensor, positions=None)
     right = torch.zeros_like(tokens)
     wrong = torch.zeros_like(tokens)
     right[:, :-1], wrong[:, :-1] = tokens[:, 1:], wrong_tokens[:, 1:]
+    top = int(torch.maximum(right, wrong).max())
     differs = mask & (right != wrong)
     if not differs.any():
         raise ValueError("tokens and wrong_tokens agree at every selected position: the logit difference is 0")
 
     def metric(logits: torch.Tensor) -> torch.Tensor:
-        _check_logits(logits, (B, P), "logit_diff")
+        _check_logits(logits, (B, P), "logit_diff", top)
         lg = logits.float()
         d = lg.gather(-1, right[..., None]) - lg.gather(-1, wrong[..., None])
         return d[..., 0][mask].mean()
@@ -150,9 +154,10 @@ def next_token_loss_on(tokens: torch.Tensor, positions=None) -> Metric:
         raise ValueError("the positions mask selects only the last position, which has no next token")
     nxt = torch.zeros_like(tokens)
     nxt[:, :-1] = tokens[:, 1:]
+    top = int(nxt.max())
 
     def metric(logits: torch.Tensor) -> torch.Tensor:
-        _check_logits(logits, (B, P), "next_token_loss_on")
+        _check_logits(logits, (B, P), "next_token_loss_on", top)
         logq = torch.log_softmax(logits.float(), -1).gather(-1, nxt[..., None])[..., 0]
         return -logq[mask].mean()
 

@@ -49,7 +49,8 @@ class TrainingInterrupted(KeyboardInterrupt):
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimiser and loop settings. ``lr`` peaks after ``warmup_steps`` and
-    decays with a cosine to ``lr * final_lr_frac`` at ``steps``."""
+    decays with a cosine to ``lr * final_lr_frac`` at ``steps``. Every ``eval_every``
+    steps :func:`evaluate` reads ``eval_batch`` sequences per batch (validation, probes)."""
 
     steps: int = 1000
     batch_size: int = 128
