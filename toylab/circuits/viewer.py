@@ -330,7 +330,10 @@ def heads_from_cache(cache, batch_index: int = 0, layers: Sequence[int] | None =
                          "run_with_cache without a names_filter that drops them")
     pats, names = [], []
     for layer in layers:
-        p = cache["pattern", layer]
+        try:
+            p = cache["pattern", layer]
+        except KeyError as e:
+            raise ValueError(f"layers: {e.args[0] if e.args else e}") from None
         if not -p.shape[0] <= batch_index < p.shape[0]:
             raise ValueError(f"batch_index {batch_index} is out of range for a batch of {p.shape[0]}")
         pats.append(p[batch_index])

@@ -98,8 +98,11 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     values share the average of the ranks they occupy (exact effects of 0 tie often).
 
     NaN or inf values and a constant input (whose ranks all tie: the correlation is 0/0) are refused."""
-    a, b = _as_vector(a, "a"), _as_vector(b, "b")
-    if a.shape != b.shape or a.numel() < 2:
+    a, b = _as_vector(a, "a", flat=False), _as_vector(b, "b", flat=False)
+    if a.shape != b.shape:  # [n_layers, n_heads] against [n_layers, n_heads] is fine; [2, 3] against [6] is not
+        raise ValueError(f"spearman needs two tensors of the same length (and shape), got {list(a.shape)} and {list(b.shape)}")
+    a, b = a.double().flatten(), b.double().flatten()
+    if a.numel() < 2:
         raise ValueError(f"spearman needs two tensors of the same length >= 2, got {list(a.shape)} and {list(b.shape)}")
     for name, x in (("a", a), ("b", b)):
         _check_finite(x, name)
