@@ -152,6 +152,13 @@ def ln_model():
                                            layernorm=True), seed=0)
 
 
+def mlp_model():
+    """A model with an MLP module in its first block (the MLP Part's models): not attention-only."""
+    m = AttnOnlyTransformer(ModelConfig(d_vocab=20, n_ctx=16, d_model=16, n_layers=1, n_heads=2), seed=0)
+    m.blocks[0].mlp = torch.nn.Linear(16, 16)
+    return m
+
+
 def short_model():
     return AttnOnlyTransformer(ModelConfig(d_vocab=20, n_ctx=9, d_model=16, n_layers=1, n_heads=2), seed=0)
 
@@ -210,6 +217,7 @@ def _train_args(*argv):
 CASES = [
     # --- the graph: which models it applies to, names
     ("Graph of a LayerNorm model", lambda: Graph(ln_model()), ValueError, "without LayerNorm"),
+    ("Graph of a model with MLPs", lambda: Graph(mlp_model()), ValueError, "attention-only models.*blocks.0.mlp"),
     ("Graph of a preset name", lambda: Graph("induction-2l"), TypeError, "Graph takes a model"),
     ("Graph of a 0-layer model", lambda: Graph(bigram()), ValueError, "at least one layer"),
     ("unknown edge", lambda: g2().edge_index("L9H9->logits"), ValueError, "unknown edge 'L9H9->logits'"),
@@ -415,6 +423,11 @@ CASES = [
      "at least two layers"),
     ("induction_circuit, threshold NaN", lambda: induction_circuit(m2(), g2(), clean(), threshold=NAN), ValueError,
      "threshold must be a finite number"),
+    ("induction_circuit, threshold above 1", lambda: induction_circuit(m2(), g2(), clean(), threshold=1.5),
+     ValueError, r"threshold must be a finite number in \[0, 1\]"),
+    ("induction_circuit, negative min_ratio", lambda: induction_circuit(m2(), g2(), clean(), composition=True,
+                                                                        min_ratio=-1.0),
+     ValueError, "min_ratio must be a finite number in"),
     ("induction_circuit, graph of another model", lambda: induction_circuit(m2(), gtwin(), clean()), ValueError,
      "other weights"),
     ("induction_heads without repeats", lambda: induction_heads(m2(), torch.arange(1, 16)[None]), ValueError,
@@ -497,7 +510,8 @@ CASES = [
     ("heads_from_cache, layer out of range", lambda: heads_from_cache(cache(), 0, [5]), ValueError,
      "layers: bad cache key .* layer 5 is out of range"),
     ("viewer.save into a read-only folder", lambda: _readonly_save(None), SaveError, "is not writable"),
-    ("viewer.save onto a folder", lambda: viewer().save(tmpdir()), SaveError, "is a folder"),
+    ("viewer.save onto a folder", lambda: viewer().save(tmpdir()), SaveError,
+     "is a folder; give a file path such as .*viewer.html"),
     ("viewer.save to None", lambda: viewer().save(None), TypeError, "path must be a file path"),
     # --- the off-probe evaluations
     ("segment_tokens, negative batch", lambda: segment_tokens(64, 32, 4, -1, torch.Generator()), ValueError,

@@ -238,12 +238,13 @@ class AttentionViewer:
         import os
         from pathlib import Path
 
-        from toylab.files import atomic_write
+        from toylab.files import atomic_write, check_writable
 
         if not isinstance(path, (str, os.PathLike)) or str(path) == "":
             raise TypeError(f"path must be a file path (str or pathlib.Path) such as 'viewer.html', got {path!r}")
         page = ('<!DOCTYPE html><html><head><meta charset="utf-8"><title>attention viewer</title></head>'
                 f"<body>{self.to_html()}</body></html>")
+        check_writable(path, example="viewer.html")  # a folder at path: say "such as DIR/viewer.html"
         atomic_write(Path(path), lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
 
     def __repr__(self) -> str:

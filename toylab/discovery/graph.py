@@ -124,6 +124,10 @@ class Graph:
                                      "does not split into one term per upstream component")
         if cfg.n_layers < 1:
             raise ValueError("the edge graph needs a model with at least one layer of attention")
+        mlps = [n for n, _ in model.named_modules() if n.split(".")[-1].startswith("mlp")]
+        if mlps:
+            raise GraphNotApplicable(f"the edge graph is of attention-only models: this one has MLP layers "
+                                     f"({', '.join(mlps[:2])}), whose nodes the graph does not have")
         self.cfg = cfg
         self.model_key = model_fingerprint(model)
         self._model = weakref.ref(model)

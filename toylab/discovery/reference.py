@@ -42,7 +42,7 @@ def induction_heads(model, tokens: torch.Tensor, threshold: float = 0.5) -> tupl
     ``tokens [batch, pos]`` (sequences with repeats); needs at least two layers."""
     if not callable(getattr(model, "check_tokens", None)):
         raise TypeError(f"model must be an AttnOnlyTransformer, got {type(model).__name__}")
-    _check_number(threshold, "threshold")
+    _check_number(threshold, "threshold", 0.0, 1.0)  # an induction score lies in [0, 1]
     if model.cfg.n_layers < 2:
         raise ValueError(f"an induction circuit needs at least two layers; this model has {model.cfg.n_layers}")
     with torch.no_grad():
@@ -121,9 +121,9 @@ def induction_hypotheses(model, graph: Graph, tokens: torch.Tensor, threshold: f
 
 
 
-def _check_number(v, name: str) -> None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ValueError(f"{name} must be a finite number, got {v!r}")
+def _check_number(v, name: str, low: float = 0.0, high: float = math.inf) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not low <= v <= high:
+        raise ValueError(f"{name} must be a finite number in [{low:g}, {high:g}], got {v!r}")
 
 
 def copied_positions(batch) -> torch.Tensor:
