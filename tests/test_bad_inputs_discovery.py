@@ -147,6 +147,14 @@ def nan_model():
     return m
 
 
+@functools.lru_cache(maxsize=None)
+def _baseline_of_another_pool():
+    """A scrub result on a pool of the same size (the same roots) whose tokens differ."""
+    other = make_dataset(get_preset("induction-2l").data).sample_batch(24, torch.Generator().manual_seed(5))
+    pool = EquivalenceClasses(other.tokens, positions=classes().positions)
+    return scrub(m2(), g2(), pool, Hypothesis({}), n_resamples=1, n_boot=10)
+
+
 def ln_model():
     return AttnOnlyTransformer(ModelConfig(d_vocab=20, n_ctx=16, d_model=16, n_layers=2, n_heads=2,
                                            layernorm=True), seed=0)
@@ -475,6 +483,9 @@ CASES = [
      "strictly between 0 and 1"),
     ("scrub, a foreign baseline", lambda: scrub(m2(), g2(), classes(), hyp(), baseline=0.5), ValueError,
      "baseline must be a ScrubResult"),
+    ("scrub, baseline of another pool", lambda: scrub(m2(), g2(), classes(), hyp(), n_resamples=1, n_boot=10,
+                                                      baseline=_baseline_of_another_pool()),
+     ValueError, "same model and the same classes"),
     ("scrub, pool longer than n_ctx", lambda: scrub(m2(), g2(), EquivalenceClasses(torch.ones(3, 40,
                                                                                             dtype=torch.long)),
                                                     Hypothesis({})),

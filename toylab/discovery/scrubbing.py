@@ -44,6 +44,7 @@ per position, to compare by class of position or example by example.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 
@@ -285,11 +286,6 @@ def position_losses(classes: EquivalenceClasses, logits: torch.Tensor, roots: to
     return loss.masked_fill(~mask, float("nan"))
 
 
-def _per_root_loss(classes: EquivalenceClasses, logits: torch.Tensor, roots: torch.Tensor) -> torch.Tensor:
-    """``[B]``: each root's mean next-token loss over its scored positions."""
-    return position_losses(classes, logits, roots).nanmean(1)
-
-
 @dataclass(frozen=True)
 class ScrubResult:
     """``recovered`` and its bootstrap interval ``(low, high)``; the three mean losses (nats).
@@ -308,6 +304,7 @@ class ScrubResult:
     per_root_model: torch.Tensor = field(default=None, repr=False, compare=False)
     per_root_hypothesis: torch.Tensor = field(default=None, repr=False, compare=False)
     per_root_scrubbed: torch.Tensor = field(default=None, repr=False, compare=False)
+    pool: str = field(default="", repr=False, compare=False)  # the model's and the pool's fingerprint
 
 
 def scrubbed_position_losses(model, graph: Graph, classes: EquivalenceClasses, hypothesis: Hypothesis,
@@ -339,13 +336,16 @@ def scrub(model, graph: Graph, classes: EquivalenceClasses, hypothesis: Hypothes
         raise TypeError(f"seed must be an integer, got {seed!r}")
     roots = torch.nonzero(classes.positions.any(1)).flatten()  # sequences with a position to score
     g = torch.Generator().manual_seed(int(seed))
+    pool = graph.model_key + hashlib.sha1(classes.tokens.long().contiguous().numpy().tobytes()
+                                          + classes.positions.contiguous().numpy().tobytes()).hexdigest()[:12]
     if baseline is not None:
-        if not isinstance(baseline, ScrubResult) or baseline.roots is None or not torch.equal(baseline.roots, roots):
-            raise ValueError("baseline must be a ScrubResult of scrub() on the same classes (the same roots)")
+        if not isinstance(baseline, ScrubResult) or baseline.pool != pool or not torch.equal(baseline.roots, roots):
+            raise ValueError("baseline must be a ScrubResult of scrub() on the same model and the same classes "
+                             "(the same pool of sequences and scored positions)")
         l_model, ls = baseline.per_root_model, baseline.per_root_scrubbed
     else:
         with torch.no_grad():
-            l_model = _per_root_loss(classes, model(classes.tokens[roots]), roots)
+            l_model = position_losses(classes, model(classes.tokens[roots]), roots).nanmean(1)  # per root
     lh = scrubbed_position_losses(model, graph, classes, hypothesis, roots, n_resamples, g).nanmean(1)
     if baseline is None:
         ls = scrubbed_position_losses(model, graph, classes, Hypothesis({}), roots, n_resamples, g).nanmean(1)
@@ -363,7 +363,7 @@ def scrub(model, graph: Graph, classes: EquivalenceClasses, hypothesis: Hypothes
     a = (1 - confidence) / 2
     low, high = torch.quantile(boot.double(), torch.tensor([a, 1 - a], dtype=torch.float64)).tolist()
     return ScrubResult(float(ratio(torch.arange(len(roots)))), low, high, float(l_model.mean()), float(lh.mean()),
-                       float(ls.mean()), roots, l_model, lh, ls)
+                       float(ls.mean()), roots, l_model, lh, ls, pool)
 
 
 def _check_count(v, name: str) -> None:
@@ -373,8 +373,7 @@ def _check_count(v, name: str) -> None:
 
 def _check_generator(generator) -> None:
     if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator (torch.Generator().manual_seed(0)), "
-                        f"got {type(generator).__name__}")
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
 
 
 def _check_roots(classes: EquivalenceClasses, roots, name: str = "roots") -> None:
@@ -387,7 +386,6 @@ def _check_roots(classes: EquivalenceClasses, roots, name: str = "roots") -> Non
 
 
 def _check_scrub_args(model, graph, classes, hypothesis) -> None:
-    """The model, its graph, the pool (checked as the model's tokens) and the hypothesis, before any run."""
     from toylab.discovery.edge_patching import check_model_graph
 
     check_model_graph(model, graph)
