@@ -234,6 +234,8 @@ CASES = [
     ("node by number", lambda: g2().node(3), TypeError, "named by a string"),
     ("unknown receiver", lambda: g2().incoming("L5H0.q"), ValueError, "unknown receiver 'L5H0.q'"),
     ("unknown sender", lambda: g2().outgoing("L7H0"), ValueError, "unknown node 'L7H0'"),
+    ("circuit re-made from another model's circuit", lambda: g2().circuit(other_circuit()), ValueError,
+     "edges belongs to the graph of another model"),
     ("Circuit without a graph", lambda: Circuit(None, []), TypeError, "graph must be a toylab.discovery.graph.Graph"),
     ("precision_recall across models", lambda: known().precision_recall(other_circuit()), ValueError,
      "graph of another model"),

@@ -234,7 +234,7 @@ class Graph:
 
     def mask(self, edges: Iterable[str]):
         """Bool tensor ``[n_edges]``: True at the named edges."""
-        edges = _edge_names(edges)
+        edges = _edge_names(edges, self)
         m = torch.zeros(len(self.edges), dtype=torch.bool)
         for name in edges:
             m[self.edge_index(name)] = True
@@ -254,7 +254,7 @@ class Circuit:
 
     def __init__(self, graph: Graph, edges: Iterable[str]):
         check_graph(graph)
-        edges = frozenset(_edge_names(edges))
+        edges = frozenset(_edge_names(edges, graph))
         for e in edges:
             graph.edge_index(e)
         self.graph = graph
@@ -293,11 +293,14 @@ class Circuit:
         return precision, recall
 
 
-def _edge_names(edges) -> list:
-    """``edges`` as a list of edge names; ``TypeError`` for one string or a non-iterable."""
+def _edge_names(edges, graph: "Graph | None" = None) -> list:
+    """``edges`` as a list of edge names; ``TypeError`` for one string or a non-iterable, ``ValueError``
+    for a Circuit of another model's graph than ``graph``."""
     if isinstance(edges, str):
         raise TypeError(f"give an iterable of edge names such as [{edges!r}], not a single string")
     if isinstance(edges, Circuit):
+        if graph is not None:
+            check_circuit(edges, graph, "edges")
         return list(edges.edges)
     try:
         return list(edges)

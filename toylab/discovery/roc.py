@@ -24,7 +24,7 @@ from toylab.discovery.graph import Circuit, Graph, _edge_names, check_circuit, c
 
 def _universe(graph: Graph, reference: Circuit, edges: Iterable[str] | None) -> set[str]:
     check_circuit(reference, graph, "reference")
-    universe = set(graph.edge_names if edges is None else _edge_names(edges))
+    universe = set(graph.edge_names if edges is None else _edge_names(edges, graph))
     for e in universe:
         graph.edge_index(e)
     if not reference.edges <= universe:
