@@ -139,17 +139,25 @@ def train_preset(name: str, out: Path, seed: int | None, steps: int | None, thre
 def cmd_train(args) -> int:
     if args.all == bool(args.preset):
         raise SystemExit("toylab train: give one PRESET or --all")
+    if not args.all and args.jobs is not None:
+        raise ValueError(f"--jobs {args.jobs} applies only with --all (presets trained side by side); one preset "
+                         f"trains in one process: drop --jobs (--threads N gives it more CPU threads)")
+    if not args.all and args.out_dir is not None:
+        raise ValueError(f"--out-dir {args.out_dir} applies only with --all; for one preset give --out PATH")
+    if args.all and args.out:
+        raise ValueError(f"--out {args.out} names one checkpoint; with --all give --out-dir DIR (each preset "
+                         f"is written to DIR/PRESET.pt)")
     names = list(PRESETS) if args.all else [args.preset]
     for name in names:
         get_preset(name)  # fail early on an unknown name
     outs = []
     for name in names:
         if args.all:
-            out = Path(args.out_dir) / f"{name}.pt"
+            out = Path(args.out_dir or "runs") / f"{name}.pt"
         else:
             out = Path(args.out) if args.out else Path("runs") / f"{name}-seed{args.seed or 0}.pt"
         outs.append(check_out_path(out))  # every target checked before minutes of training
-    jobs = min(_n_jobs(args.jobs), len(names))
+    jobs = min(_n_jobs(args.jobs or "1"), len(names))
     if jobs > 1:
         return _train_in_parallel(names, outs, args, jobs)
     for name, out in zip(names, outs):
@@ -247,7 +255,14 @@ def _train_in_parallel(names: list[str], outs: list[Path], args, jobs: int) -> i
 
 
 def _resolve_checkpoint(arg: str) -> Path:
-    return shipped_path(arg) if arg in PRESETS else Path(arg)
+    """A preset's shipped checkpoint, or the file ``arg``; a name that is neither (a preset typo such as
+    ``induction-2L``) is refused with the presets listed."""
+    if arg in PRESETS:
+        return shipped_path(arg)
+    path = Path(arg)
+    if not path.exists() and path.suffix == "" and len(path.parts) == 1:
+        get_preset(arg)  # raises: unknown preset, did you mean ..., the presets are ...
+    return path
 
 
 def cmd_info(args) -> int:
@@ -330,10 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the preset's, 1)")
     p.add_argument("--out", help="checkpoint path (default runs/PRESET-seedN.pt)")
-    p.add_argument("--out-dir", default="runs", help="with --all: where to write the checkpoints")
-    p.add_argument("--jobs", default="1",
+    p.add_argument("--out-dir", default=None, help="with --all: where to write the checkpoints (default runs)")
+    p.add_argument("--jobs", default=None,
                    help="with --all: presets trained at a time, each in its own process without a progress bar "
-                        "(a number, or auto: one per core); the checkpoints are the same as one at a time")
+                        "(a number, or auto: one per core; default 1); the checkpoints are the same as one at a time")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("info", help="describe a checkpoint (a path or a preset name)")

@@ -32,6 +32,11 @@ Leading (batch) dimensions, e.g. ``[n_layers, n_heads]``, broadcast between
 ``A`` and ``B``.  Nothing here mutates its inputs; ``.A`` and ``.B`` may be
 views of the tensors you passed in (broadcast with ``expand``, no copy).
 
+Non-finite factors: ``svd``, ``eigenvalues`` and ``norm`` refuse a factor holding
+NaN or inf (``ValueError`` naming the factor and the count): LAPACK would fail
+deep inside, or return one NaN eigenvalue among plausible ones. Products and
+indexing let NaN propagate, as a matrix product does.
+
 Precision: ``svd``, ``eigenvalues`` and ``norm`` compute in float64 and return
 the input's precision (float32 in -> float32 / complex64 out).  Their inputs
 are only ``O((m + n) k)`` numbers, so the promotion is cheap, and it keeps
@@ -352,6 +357,17 @@ class FactoredMatrix:
         full = idx + (slice(None), slice(None))
         return FactoredMatrix(self._A[full], self._B[full])
 
+    def _finite_factors(self, what: str) -> Tuple[Tensor, Tensor]:
+        """``(A, B)`` in the compute dtype; ``ValueError`` if either holds NaN or inf."""
+        for name, t in (("A", self._A), ("B", self._B)):
+            n_bad = int((~torch.isfinite(t)).sum())
+            if n_bad:
+                raise ValueError(f"FactoredMatrix.{what}: factor {name} {_fmt(t.shape)} holds {n_bad} NaN or inf "
+                                 f"value(s); the {what} of a matrix with non-finite entries is undefined "
+                                 "(are the model's weights finite?)")
+        ct = _compute_dtype()
+        return self._A.to(ct), self._B.to(ct)
+
     # ----------------------------------------------------------------- SVD
     def svd(self) -> Tuple[Tensor, Tensor, Tensor]:
         """Thin SVD of ``AB`` without forming it: ``AB = U diag(S) Vh``.
@@ -368,9 +384,7 @@ class FactoredMatrix:
         Note: singular vectors are defined up to sign (and rotation within
         repeated singular values).
         """
-        ct = _compute_dtype()
-        A = self._A.to(ct)
-        B = self._B.to(ct)
+        A, B = self._finite_factors("svd")
         Q_A, R_A = torch.linalg.qr(A, mode="reduced")          # [.., m, ka], [.., ka, k]
         Q_B, R_B = torch.linalg.qr(B.mT, mode="reduced")       # [.., n, kb], [.., kb, k]
         U_s, S, Vh_s = torch.linalg.svd(R_A @ R_B.mT, full_matrices=False)  # [.., ka, kb]
@@ -425,9 +439,7 @@ class FactoredMatrix:
             raise ValueError(
                 f"eigenvalues need a square matrix, got [m, n] = [{self.ldim}, {self.rdim}]"
             )
-        ct = _compute_dtype()
-        A = self._A.to(ct)
-        B = self._B.to(ct)
+        A, B = self._finite_factors("eigenvalues")
         small = B @ A if self.mdim <= self.ldim else A @ B
         ev = torch.linalg.eigvals(small)
         order = torch.sort(ev.abs(), dim=-1, descending=True, stable=True).indices
@@ -443,9 +455,7 @@ class FactoredMatrix:
         symmetric ``k x k``); tiny negative round-off is clamped to 0.
         Computed in float64, returned in ``dtype``.
         """
-        ct = _compute_dtype()
-        A = self._A.to(ct)
-        B = self._B.to(ct)
+        A, B = self._finite_factors("norm")
         G_A = A.mT @ A                                         # [.., k, k]
         G_B = B @ B.mT                                         # [.., k, k]
         sq = (G_A * G_B).sum(dim=(-2, -1))

@@ -69,10 +69,12 @@ def _accepts_two_args(fn) -> bool | None:
     except (TypeError, ValueError):
         return None
     try:
-        sig.bind(None, None)
+        return sig.bind(None, None) is not None
     except TypeError:
         return False
-    return True
+
+
+MAX_REENTRY = 4  # a hook may run the model (guarded) a few runs deep; deeper is a hook re-triggering itself
 
 
 def _hook_label(fn) -> str:
@@ -91,6 +93,7 @@ class HookPoint(nn.Module):
         super().__init__()
         self.name: str = "<unnamed hook point>"
         self._fwd_hooks: list[HookFn] = []
+        self._running = 0  # hooks of this point running now: > 0 when a hook re-enters the model
 
     @property
     def has_hooks(self) -> bool:
@@ -111,29 +114,29 @@ class HookPoint(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for fn in self._fwd_hooks:
-            out = fn(x, self)
+            where = f"hook {_hook_label(fn)} on {self.name}"
+            if self._running >= MAX_REENTRY:
+                raise ValueError(f"{where} runs the model again from inside itself ({self._running} runs deep): "
+                                 "every run reaches this hook again, without end. Compute what the hook needs "
+                                 "before the run (e.g. with run_with_cache) and let the hook only read it")
+            self._running += 1
+            try:
+                out = fn(x, self)
+            finally:
+                self._running -= 1
             if out is None:
                 continue
             if not isinstance(out, torch.Tensor):
-                raise TypeError(
-                    f"hook {getattr(fn, '__name__', fn)!r} on {self.name} returned "
-                    f"{type(out).__name__}; a hook returns None or a replacement tensor"
-                )
+                raise TypeError(f"{where} returned {type(out).__name__}; a hook returns None or a replacement tensor")
             if out.shape != x.shape:
-                raise ValueError(
-                    f"hook {getattr(fn, '__name__', fn)!r} on {self.name} returned shape "
-                    f"{list(out.shape)}, expected the activation's shape {list(x.shape)}"
-                )
+                raise ValueError(f"{where} returned shape {list(out.shape)}, expected the activation's shape "
+                                 f"{list(x.shape)}")
             if out.dtype != x.dtype:
-                raise TypeError(
-                    f"hook {getattr(fn, '__name__', fn)!r} on {self.name} returned dtype {out.dtype}, "
-                    f"expected the activation's dtype {x.dtype} (convert with .to({x.dtype}))"
-                )
+                raise TypeError(f"{where} returned dtype {out.dtype}, expected the activation's dtype {x.dtype} "
+                                f"(convert with .to({x.dtype}))")
             if out.device != x.device:
-                raise ValueError(
-                    f"hook {getattr(fn, '__name__', fn)!r} on {self.name} returned a tensor on {out.device}, "
-                    f"expected the activation's device {x.device}"
-                )
+                raise ValueError(f"{where} returned a tensor on {out.device}, expected the activation's device "
+                                 f"{x.device}")
             x = out
         return x
 
@@ -272,11 +275,8 @@ class ActivationCache(Mapping):
 
 
 # helper name -> the module that registers it on ActivationCache
-_CACHE_HELPERS_FROM: dict[str, str] = {
-    "decompose_resid": "toylab.causal.attribution",
-    "stack_head_results": "toylab.causal.attribution",
-    "logit_attrs": "toylab.causal.attribution",
-}
+_CACHE_HELPERS_FROM: dict[str, str] = dict.fromkeys(
+    ("decompose_resid", "stack_head_results", "logit_attrs"), "toylab.causal.attribution")
 
 
 def register_cache_method(name: str, fn: Callable) -> None:

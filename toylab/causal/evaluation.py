@@ -20,6 +20,11 @@ and :func:`off_probe_failures` checks them.
 
 Every probe draws its tokens from a generator with a fixed seed
 (:data:`PROBE_SEED`), so the numbers of a model are reproducible.
+
+Non-finite values: a model whose weights hold NaN (a diverged run) gives NaN
+losses here, and they are returned as they are, not refused: the training loop
+records them in its history, and :func:`off_probe_failures` reports every NaN
+number as a failed bound (``NaN <= bound`` is false).
 """
 
 from __future__ import annotations
@@ -35,9 +40,13 @@ from toylab.circuits.scores import induction_score
 PROBE_SEED = 4321  # the off-probe batches are the same for every model and run
 
 
-def _check(model, batch: int) -> None:
+def _check(model, batch: int, seed: int = PROBE_SEED) -> None:
+    if not callable(getattr(model, "run_with_cache", None)) or not hasattr(model, "cfg"):
+        raise TypeError(f"model must be an AttnOnlyTransformer, got {type(model).__name__}")
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if model.cfg.n_ctx < 8 or model.cfg.d_vocab < 3:
         raise ValueError(f"the off-probe evaluations need n_ctx >= 8 and d_vocab >= 3, "
                          f"got n_ctx={model.cfg.n_ctx}, d_vocab={model.cfg.d_vocab}")
@@ -72,7 +81,9 @@ def no_bos_probe(model, random_first: bool = False, batch: int = 256, seed: int 
         ``best_induction``: the best head's :func:`~toylab.circuits.scores.induction_score`
         from the second copy.
     """
-    _check(model, batch)
+    _check(model, batch, seed)
+    if not isinstance(random_first, bool):
+        raise TypeError(f"random_first must be True or False, got {random_first!r}")
     n, V = model.cfg.n_ctx, model.cfg.d_vocab
     h = probe_half_len(n) if random_first else n // 2
     g = torch.Generator().manual_seed(seed)
@@ -100,6 +111,11 @@ def segment_tokens(d_vocab: int, n_ctx: int, seg_len: int, batch: int,
     between, noise after the copy) is uniform over ``a >= 0, g >= 1, t >= 1``,
     ``a + g + t = n_ctx - 1 - 2L``; ``s = 1 + a``, ``d = s + L + g``.
     """
+    for name, v, low in (("d_vocab", d_vocab, 2), ("n_ctx", n_ctx, 1), ("seg_len", seg_len, 1), ("batch", batch, 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ValueError(f"segment_tokens: {name} must be an integer >= {low}, got {v!r}")
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     K = n_ctx - 1 - 2 * seg_len - 2  # a + (g - 1) + (t - 1) = K
     if K < 0:
         raise ValueError(f"seg_len={seg_len} does not fit twice, with noise, in n_ctx={n_ctx}")
@@ -135,7 +151,7 @@ def segment_probe(model, seg_len: int | None = None, batch: int = 256, seed: int
         confident guess at a fresh token is a wrong one).
         ``best_induction``: the best head's induction score from the copy's tokens.
     """
-    _check(model, batch)
+    _check(model, batch, seed)
     n, V = model.cfg.n_ctx, model.cfg.d_vocab
     L = max(3, (n - 1) // 4) if seg_len is None else seg_len
     if not isinstance(L, int) or isinstance(L, bool) or L < 3:
@@ -158,6 +174,8 @@ def segment_probe(model, seg_len: int | None = None, batch: int = 256, seed: int
 def off_probe_applies(model) -> bool:
     """Whether the context fits :func:`segment_probe`'s default layout (``n_ctx >= 11``)
     and the vocabulary has tokens besides BOS (``d_vocab >= 3``)."""
+    if not hasattr(getattr(model, "cfg", None), "n_ctx"):
+        raise TypeError(f"model must be an AttnOnlyTransformer, got {type(model).__name__}")
     return model.cfg.n_ctx >= 11 and model.cfg.d_vocab >= 3
 
 
@@ -165,7 +183,12 @@ def off_probe_metrics(model, batch: int = 256) -> dict:
     """All off-probe numbers, flat (the keys of a training history entry):
     ``nobos_*`` from ``no_bos_probe(model)``, ``randfirst_*`` from
     ``no_bos_probe(model, random_first=True)``, ``segment_*`` from
-    :func:`segment_probe`, and ``uniform_loss = ln(V-1)``."""
+    :func:`segment_probe`, and ``uniform_loss = ln(V-1)``; ``ValueError`` where they do not
+    apply (:func:`off_probe_applies`)."""
+    _check(model, batch)
+    if not off_probe_applies(model):
+        raise ValueError(f"the off-probe evaluations need n_ctx >= 11 and d_vocab >= 3, got "
+                         f"n_ctx={model.cfg.n_ctx}, d_vocab={model.cfg.d_vocab}")
     out = {"uniform_loss": math.log(model.cfg.d_vocab - 1)}
     for prefix, res in (("nobos", no_bos_probe(model, False, batch)),
                         ("randfirst", no_bos_probe(model, True, batch)),
@@ -189,6 +212,7 @@ OFF_PROBE_BOUNDS = (
 def off_probe_failures(metrics: dict) -> list[str]:
     """The bounds of :data:`OFF_PROBE_BOUNDS` that ``metrics`` (from
     :func:`off_probe_metrics`) violates, each as a sentence; ``[]`` if all hold."""
+    _check_metrics(metrics)
     uniform = metrics["uniform_loss"]
     failures = []
     for key, kind, bound in OFF_PROBE_BOUNDS:
@@ -202,9 +226,25 @@ def off_probe_failures(metrics: dict) -> list[str]:
     return failures
 
 
+def _check_metrics(metrics) -> None:
+    if not isinstance(metrics, dict):
+        raise TypeError(f"metrics must be a dict from off_probe_metrics(model), got {type(metrics).__name__}")
+    missing = [k for k in ("uniform_loss",) + tuple(k for k, _, _ in OFF_PROBE_BOUNDS) if k not in metrics]
+    if missing:
+        raise ValueError(f"metrics lacks {missing}: pass the dict off_probe_metrics(model) returns "
+                         "(or a history entry that holds the off-probe numbers)")
+    bad = {k: metrics[k] for k in ["uniform_loss"] + [k for k, _, _ in OFF_PROBE_BOUNDS]
+           if isinstance(metrics[k], bool) or not isinstance(metrics[k], (int, float))}
+    if bad:
+        raise TypeError(f"metrics must hold numbers, got {bad}")
+
+
 def off_probe_lines(metrics: dict) -> list[str]:
     """Human-readable lines of the off-probe numbers in a history entry (``[]`` if absent):
     losses to 2 decimals, each with its bound and whether it holds."""
+    if not isinstance(metrics, dict):
+        raise TypeError(f"metrics must be a dict (a history entry or off_probe_metrics(model)), "
+                        f"got {type(metrics).__name__}")
     if "uniform_loss" not in metrics or any(k not in metrics for k, _, _ in OFF_PROBE_BOUNDS):
         return []
     u = metrics["uniform_loss"]

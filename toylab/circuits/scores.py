@@ -57,6 +57,9 @@ _ZERO_TOL = 1e-6
 def check_causal_pattern(pattern: torch.Tensor) -> None:
     """Raise ``ValueError`` unless ``pattern [..., q, k]`` is a causal attention pattern:
     finite, ``>= 0``, rows summing to 1 (within ``ROW_SUM_TOL``), zero above the diagonal."""
+    if not isinstance(pattern, torch.Tensor) or pattern.ndim < 2:
+        got = list(pattern.shape) if isinstance(pattern, torch.Tensor) else type(pattern).__name__
+        raise ValueError(f"pattern must be a tensor [..., query_pos, key_pos] of attention probabilities, got {got}")
     p = pattern.detach()
     if p.dtype.is_complex or not p.dtype.is_floating_point:
         raise ValueError(f"pattern must be a float tensor of attention probabilities, got dtype {p.dtype}")
@@ -91,6 +94,9 @@ def _check_pattern(pattern: torch.Tensor, tokens: torch.Tensor | None = None) ->
         raise ValueError(f"pattern must have shape [batch, n_heads, query_pos, key_pos] with query_pos == key_pos, got {shape}")
     check_causal_pattern(pattern)
     if tokens is not None:
+        if not isinstance(tokens, torch.Tensor) or tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+            got = tokens.dtype if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+            raise TypeError(f"tokens must be a LongTensor [batch, pos] of token ids, got {got}")
         if tokens.ndim != 2 or tokens.shape[0] != pattern.shape[0] or tokens.shape[1] != pattern.shape[-1]:
             raise ValueError(
                 f"tokens must have shape [batch, pos] = {[pattern.shape[0], pattern.shape[-1]]} "
@@ -117,9 +123,15 @@ def _masked_mean(pattern: torch.Tensor, mask: torch.Tensor, what: str,
     """
     has_target = mask.any(-1)  # [batch, q]
     if destinations is not None:
-        destinations = torch.as_tensor(destinations, dtype=torch.bool)
-        if destinations.shape[-1] != mask.shape[1] or destinations.ndim not in (1, 2):
-            raise ValueError(f"destinations must be a bool mask [pos] or [batch, pos] with pos = {mask.shape[1]}, "
+        try:
+            destinations = torch.as_tensor(destinations, dtype=torch.bool)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"destinations must be a bool mask [pos] or [batch, pos], got "
+                            f"{type(destinations).__name__}") from None
+        batch, n = mask.shape[:2]
+        if destinations.ndim not in (1, 2) or destinations.shape[-1] != n or (
+                destinations.ndim == 2 and destinations.shape[0] != batch):
+            raise ValueError(f"destinations must be a bool mask [pos] = [{n}] or [batch, pos] = [{batch}, {n}], "
                              f"got shape {list(destinations.shape)}")
         has_target = has_target & destinations
     if not has_target.any():
@@ -182,6 +194,8 @@ def head_detector_scores(model, tokens: torch.Tensor, destinations: torch.Tensor
     restricts the duplicate-token and induction scores to those query
     positions. A batch without repeated tokens raises ``ValueError``.
     """
+    if not callable(getattr(model, "run_with_cache", None)):
+        raise TypeError(f"model must be an AttnOnlyTransformer, got {type(model).__name__}")
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
     out: dict[str, list[torch.Tensor]] = {"previous_token": [], "duplicate_token": [], "induction": []}
     toks = model.check_tokens(tokens)

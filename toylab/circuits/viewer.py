@@ -232,12 +232,20 @@ class AttentionViewer:
         return self.to_html()
 
     def save(self, path) -> None:
-        """Write a standalone HTML page holding this viewer (UTF-8)."""
+        """Write a standalone HTML page holding this viewer (UTF-8), atomically: a failed write (a full
+        disk, a read-only folder, a folder at ``path``) raises :class:`toylab.files.SaveError` with a
+        sentence and leaves the page already at ``path`` untouched."""
+        import os
         from pathlib import Path
 
+        from toylab.files import atomic_write, check_writable
+
+        if not isinstance(path, (str, os.PathLike)) or str(path) == "":
+            raise TypeError(f"path must be a file path (str or pathlib.Path) such as 'viewer.html', got {path!r}")
         page = ('<!DOCTYPE html><html><head><meta charset="utf-8"><title>attention viewer</title></head>'
                 f"<body>{self.to_html()}</body></html>")
-        Path(path).write_text(page, encoding="utf-8")
+        check_writable(path, example="viewer.html")  # a folder at path: say "such as DIR/viewer.html"
+        atomic_write(Path(path), lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
 
     def __repr__(self) -> str:
         return (f"AttentionViewer({len(self.head_names)} heads, {len(self.tokens)} tokens; "
@@ -268,7 +276,12 @@ def attention_viewer(tokens: Sequence[str], pattern: Any, head_names: Sequence[s
     if isinstance(tokens, str):
         raise TypeError("tokens must be a sequence of strings, one per position, not one string "
                         "(use list(text) for characters)")
-    tokens = list(tokens)
+    if title is not None and not isinstance(title, str):
+        raise TypeError(f"title must be a string (or None), got {type(title).__name__}")
+    try:
+        tokens = list(tokens)
+    except TypeError:
+        raise TypeError(f"tokens must be a sequence of strings, one per position, got {type(tokens).__name__}") from None
     if not all(isinstance(t, str) for t in tokens):
         bad = next(t for t in tokens if not isinstance(t, str))
         raise TypeError(f"tokens must be strings, got {type(bad).__name__} {bad!r}: convert ids with str() "
@@ -278,8 +291,11 @@ def attention_viewer(tokens: Sequence[str], pattern: Any, head_names: Sequence[s
         head_names = [f"head {h}" for h in range(arr.shape[0])] if arr.ndim == 3 else []
     if isinstance(head_names, str):
         raise TypeError("head_names must be a sequence of strings, one per head, not one string")
-    head_names = [str(h) for h in head_names]
-    if not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
+    try:
+        head_names = [str(h) for h in head_names]
+    except TypeError:
+        raise TypeError(f"head_names must be a sequence of strings, got {type(head_names).__name__}") from None
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
         raise ValueError(f"tol must be a non-negative number, got {tol!r}")
     _check(tokens, arr, head_names, float(tol))
     n = arr.shape[1]
@@ -302,6 +318,12 @@ def heads_from_cache(cache, batch_index: int = 0, layers: Sequence[int] | None =
     """
     import torch
 
+    if not (hasattr(cache, "__getitem__") and hasattr(cache, "__iter__")) or isinstance(cache, (str, torch.Tensor)):
+        raise TypeError(f"cache must be an ActivationCache (model.run_with_cache(tokens)[1]), got {type(cache).__name__}")
+    if isinstance(batch_index, bool) or not isinstance(batch_index, (int, np.integer)):
+        raise TypeError(f"batch_index must be an integer, got {batch_index!r}")
+    if layers is not None and (isinstance(layers, (str, int)) or not hasattr(layers, "__iter__")):
+        raise TypeError(f"layers must be a list of layer indices (e.g. [0, 1]), got {layers!r}")
     if layers is None:
         layers = sorted(int(name.split(".")[1]) for name in cache if name.endswith("attn.hook_pattern"))
     if not layers:
@@ -309,7 +331,10 @@ def heads_from_cache(cache, batch_index: int = 0, layers: Sequence[int] | None =
                          "run_with_cache without a names_filter that drops them")
     pats, names = [], []
     for layer in layers:
-        p = cache["pattern", layer]
+        try:
+            p = cache["pattern", layer]
+        except KeyError as e:
+            raise ValueError(f"layers: {e.args[0] if e.args else e}") from None
         if not -p.shape[0] <= batch_index < p.shape[0]:
             raise ValueError(f"batch_index {batch_index} is out of range for a batch of {p.shape[0]}")
         pats.append(p[batch_index])

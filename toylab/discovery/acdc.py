@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from toylab.discovery.edge_patching import _source_outputs, check_pair, run_with_edges
+from toylab.discovery.edge_patching import _source_outputs, check_model_graph, check_pair, run_with_edges
 from toylab.discovery.graph import Circuit, Graph
-from toylab.discovery.metrics import kl_to_clean
+from toylab.discovery.metrics import check_metric, kl_to_clean
 
 SENDER_ORDERS = ("reverse", "forward")
 
@@ -66,9 +66,14 @@ def _order(graph: Graph, incoming: list[int], sender_order) -> list[int]:
             raise ValueError(f"sender_order must be one of {SENDER_ORDERS} or a list of node names, "
                              f"got {sender_order!r}")
         return incoming[::-1] if sender_order == "reverse" else list(incoming)
+    if not isinstance(sender_order, (list, tuple)):
+        raise TypeError(f"sender_order must be 'reverse', 'forward' or a list of node names, "
+                        f"got {type(sender_order).__name__}")
     rank = {}
     for i, name in enumerate(sender_order):
         graph.node(name)
+        if name in rank:
+            raise ValueError(f"a sender order lists each node once; {name!r} appears twice")
         rank[name] = i
     missing = [n.name for n in graph.nodes if n.name not in rank]
     if missing:
@@ -86,6 +91,15 @@ def acdc(model, graph: Graph, clean, corrupted, tau: float, metric: Callable | N
     (the latest sender first), ``"forward"`` (the embedding first) or a list of every node name.
     """
     tau = check_tau(tau)
+    check_model_graph(model, graph)
+    if not isinstance(skip_dead, bool):
+        raise TypeError(f"skip_dead must be True or False, got {skip_dead!r}")
+    if metric is not None:
+        check_metric(metric)
+        if positions is not None:
+            raise ValueError("positions selects where the default metric (KL to the clean output) is taken; "
+                             "with your own metric, put the positions into the metric instead")
+    _order(graph, graph.incoming("logits"), sender_order)  # a bad order is refused before any forward pass
     clean, corrupted = check_pair(model, clean, corrupted)
     if metric is None:
         with torch.no_grad():
@@ -122,6 +136,9 @@ def acdc(model, graph: Graph, clean, corrupted, tau: float, metric: Callable | N
 
 def acdc_sweep(model, graph: Graph, clean, corrupted, taus: Sequence[float], **kwargs) -> list[AcdcResult]:
     """:func:`acdc` at each threshold of ``taus`` (same arguments otherwise) -> one result per ``tau``."""
+    if isinstance(taus, (int, float, str)) or not hasattr(taus, "__iter__"):
+        raise TypeError(f"taus must be a list of thresholds, got {type(taus).__name__} {taus!r} "
+                        "(for one threshold, call acdc)")
     taus = [check_tau(t) for t in taus]
     if not taus:
         raise ValueError("taus is empty: give at least one threshold")

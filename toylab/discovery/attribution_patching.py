@@ -39,9 +39,10 @@ from collections.abc import Callable
 
 import torch
 
-from toylab.discovery.edge_patching import _source_outputs, check_pair, run_with_edges, sender_outputs
+from toylab.discovery.edge_patching import (_source_outputs, check_model_graph, check_pair, run_with_edges,
+                                            sender_outputs)
 from toylab.discovery.graph import Graph
-from toylab.discovery.metrics import check_metric_value
+from toylab.discovery.metrics import check_metric, check_metric_value
 from toylab.causal.interventions import frozen_pattern_hooks
 from toylab.causal.patching import run_patched_cells
 
@@ -49,12 +50,18 @@ NODES = ("result", "q", "k", "v")
 AROUND = ("clean", "corrupted")
 
 
-def _check_args(model, clean, corrupted, node, around):
-    if node not in NODES:
+def _check_args(model, clean, corrupted, node, around, metric=None, **flags):
+    check_metric(metric)
+    for name, v in flags.items():
+        if not isinstance(v, bool):
+            raise TypeError(f"{name} must be True or False, got {v!r}")
+    if not isinstance(node, str) or node not in NODES:
         raise ValueError(f"node must be one of {NODES}, got {node!r}")
-    if around not in AROUND:
+    if not isinstance(around, str) or around not in AROUND:
         raise ValueError(f"around must be 'clean' or 'corrupted', got {around!r}")
     clean, corrupted = check_pair(model, clean, corrupted)
+    if model.cfg.n_layers < 1:
+        raise ValueError("node attribution needs a model with attention heads; this one has no layers")
     if around == "corrupted" and isinstance(corrupted, str):
         raise ValueError("linearising around the corrupted run needs corrupted tokens, not 'zero'")
     return (clean, corrupted) if around == "clean" else (corrupted, clean)
@@ -76,7 +83,8 @@ def node_attribution(model, clean, corrupted, metric: Callable, node: str = "res
     ``freeze_patterns=True`` holds every attention pattern at its value on the base run (then the
     model is linear in the head outputs, and for a metric linear in the logits the estimate is exact).
     """
-    base, other = _check_args(model, clean, corrupted, node, around)
+    base, other = _check_args(model, clean, corrupted, node, around, metric, qk_fix=qk_fix,
+                              freeze_patterns=freeze_patterns)
     if qk_fix and node not in ("q", "k"):
         raise ValueError(f"the QK fix applies to query and key nodes, not {node!r}")
     L, H = model.cfg.n_layers, model.cfg.n_heads
@@ -133,7 +141,7 @@ def node_effects(model, clean, corrupted, metric: Callable, node: str = "result"
     ``M(corrupted with node := clean) - M(corrupted)``. One head per forward pass (through
     :func:`toylab.causal.patching.run_patched_cells`); ``freeze_patterns`` as in :func:`node_attribution`.
     """
-    base, other = _check_args(model, clean, corrupted, node, around)
+    base, other = _check_args(model, clean, corrupted, node, around, metric, freeze_patterns=freeze_patterns)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     names = [f"blocks.{l}.attn.hook_{node}" for l in range(L)]
     if isinstance(other, str):
@@ -146,6 +154,10 @@ def node_effects(model, clean, corrupted, metric: Callable, node: str = "result"
         m_base = float(metric(model(base)))
         vals = run_patched_cells(model, base, source, [(n, h, None) for n in names for h in range(H)], metric,
                                  cells_per_pass=1 if freeze_patterns else None)
+    n_bad = int((~torch.isfinite(vals)).sum())
+    if n_bad:
+        raise ValueError(f"the metric returned NaN or inf on {n_bad} of the {L * H} patched runs: a metric must be "
+                         "a finite number (are the patched logits finite, does the metric divide by zero?)")
     return vals.reshape(L, H) - m_base
 
 
@@ -153,17 +165,25 @@ EDGE_METHODS = ("eap", "eap-ig")
 
 
 def edge_attribution(model, graph: Graph, clean, corrupted, metric: Callable, method: str = "eap",
-                     steps: int = 5) -> torch.Tensor:
+                     steps: int | None = None) -> torch.Tensor:
     """Gradient estimate of every edge's noising effect -> ``[n_edges]`` (module doc: EAP, EAP-IG).
 
     ``clean, corrupted [batch, pos]`` (``corrupted`` may be ``"zero"``); ``metric`` as for
     :func:`~toylab.discovery.edge_patching.edge_effects`, whose output this approximates.
-    The ``steps`` interpolated runs of EAP-IG are copies of the batch in one forward pass.
+    The ``steps`` interpolated runs of EAP-IG (default 5) are copies of the batch in one forward pass;
+    EAP takes one gradient, so ``steps`` other than 1 is refused with ``method="eap"``.
     """
-    if method not in EDGE_METHODS:
+    if not isinstance(method, str) or method not in EDGE_METHODS:
         raise ValueError(f"method must be one of {EDGE_METHODS}, got {method!r}")
+    check_model_graph(model, graph)
+    check_metric(metric)
     if method == "eap":
+        if steps not in (None, 1) or isinstance(steps, bool):
+            raise ValueError(f"steps={steps!r} applies to method='eap-ig' (integrated gradients); EAP takes one "
+                             "gradient, on the clean run: pass method='eap-ig' or leave steps out")
         steps = 1
+    elif steps is None:
+        steps = 5
     if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1):
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     clean, corrupted = check_pair(model, clean, corrupted)

@@ -29,14 +29,23 @@ from collections.abc import Callable
 
 import torch
 
-from toylab.discovery.graph import SLOTS, Circuit, Graph, head_name
-from toylab.discovery.metrics import check_metric_value
+from toylab.discovery.graph import SLOTS, Circuit, Graph, check_circuit, check_graph, head_name
+from toylab.discovery.metrics import check_metric, check_metric_value
 
 DIRECTIONS = ("noise", "denoise")
 
 
+def check_model_graph(model, graph) -> None:
+    """``TypeError``/``ValueError`` unless ``graph`` is a :class:`Graph` built from ``model``."""
+    if not callable(getattr(model, "check_tokens", None)):
+        raise TypeError(f"model must be an AttnOnlyTransformer, got {type(model).__name__}")
+    check_graph(graph).check_model(model)
+
+
 def check_pair(model, base: torch.Tensor, source) -> tuple[torch.Tensor, torch.Tensor | str]:
     """Validated ``(base [batch, pos], source)``; ``source`` is tokens of the same shape or ``"zero"``."""
+    if not callable(getattr(model, "check_tokens", None)):
+        raise TypeError(f"model must be an AttnOnlyTransformer, got {type(model).__name__}")
     base = model.check_tokens(base)
     if isinstance(source, str):
         if source != "zero":
@@ -54,8 +63,8 @@ def sender_outputs(model, graph: Graph, tokens) -> dict[str, torch.Tensor]:
     """Every sender's output on ``tokens [batch, pos]``: ``{node name: [batch, pos, d_model]}``.
 
     ``embed = W_E[x]``, ``pos = W_pos[p]`` (broadcast over the batch), ``L{l}H{h} = z^h W_O^h``.
-    ``tokens="zero"`` gives zeros (zero ablation) with shapes taken from ``graph``'s model on a later call.
     """
+    check_model_graph(model, graph)
     tokens = model.check_tokens(tokens)
     names = ["hook_embed"] + (["hook_pos_embed"] if graph.positional != "none" else []) + [
         f"blocks.{l}.attn.hook_result" for l in range(graph.cfg.n_layers)]
@@ -82,18 +91,25 @@ def _source_outputs(model, graph: Graph, base: torch.Tensor, source) -> dict[str
 def as_weights(graph: Graph, patched) -> torch.Tensor:
     """Patch weights ``[G, n_edges]`` (float) from edge names, a :class:`Circuit` (its edges are
     patched), a bool/float tensor ``[n_edges]`` or ``[G, n_edges]``."""
+    check_graph(graph)
     if isinstance(patched, Circuit):
-        patched = patched.edges
+        patched = check_circuit(patched, graph, "patched").edges
     if isinstance(patched, str):
         patched = [patched]
     if not isinstance(patched, torch.Tensor):
-        patched = graph.mask(list(patched))
-    w = patched.float() if patched.dtype == torch.bool else patched
+        patched = graph.mask(patched)
+    if patched.dtype.is_complex:
+        raise TypeError(f"patch weights must be real numbers in [0, 1], got dtype {patched.dtype}")
+    w = patched if patched.dtype.is_floating_point else patched.float()  # bool or 0/1 integers
     if w.ndim == 1:
         w = w[None]
-    if w.ndim != 2 or w.shape[1] != len(graph):
+    if w.ndim != 2 or w.shape[1] != len(graph) or w.shape[0] == 0:
         raise ValueError(f"patch weights must have shape [{len(graph)}] or [G, {len(graph)}] (one per edge), "
                          f"got {list(patched.shape)}")
+    n_bad = int((~torch.isfinite(w.detach())).sum())
+    if n_bad:
+        raise ValueError(f"patch weights hold {n_bad} NaN or inf value(s); a weight is a number in [0, 1] "
+                         "(0 = the edge reads the base run, 1 = the source)")
     return w
 
 
@@ -127,8 +143,16 @@ def run_with_edges(model, graph: Graph, base, source, patched, metric: Callable 
     (``[batch, pos, n_heads, d_model]``) where the model has them; ``project_slots=True`` (or a model
     without them) replaces ``hook_q|hook_k|hook_v`` by ``x_r W`` instead (same numbers).
     """
+    check_model_graph(model, graph)
+    if metric is not None:
+        check_metric(metric)
     base, source = check_pair(model, base, source)
     w = as_weights(graph, patched).to(model.W_E.dtype)
+    if embed_override is not None:
+        want = (w.shape[0] * base.shape[0], base.shape[1], graph.cfg.d_model)
+        if not isinstance(embed_override, torch.Tensor) or tuple(embed_override.shape) != want:
+            got = list(embed_override.shape) if isinstance(embed_override, torch.Tensor) else type(embed_override).__name__
+            raise ValueError(f"embed_override must be a tensor [G * batch, pos, d_model] = {list(want)}, got {got}")
     src = source_outputs if source_outputs is not None else _source_outputs(model, graph, base, source)
     G, (B, P) = w.shape[0], base.shape
     H, L = graph.cfg.n_heads, graph.cfg.n_layers
@@ -207,8 +231,9 @@ def run_with_edges(model, graph: Graph, base, source, patched, metric: Callable 
 def run_circuit(model, graph: Graph, circuit: Circuit, clean, corrupted, metric: Callable) -> float:
     """``metric`` of ``clean [batch, pos]`` with every edge *outside* ``circuit`` patched to ``corrupted``
     (tokens or ``"zero"``): how well the circuit alone reproduces the behaviour."""
-    if not isinstance(circuit, Circuit):
-        raise TypeError(f"circuit must be a Circuit, got {type(circuit).__name__}")
+    check_model_graph(model, graph)
+    check_circuit(circuit, graph)
+    check_metric(metric)
     with torch.no_grad():
         return float(run_with_edges(model, graph, clean, corrupted, ~circuit.mask, metric)[0])
 
@@ -225,6 +250,11 @@ def edge_effects(model, graph: Graph, clean, corrupted, metric: Callable, direct
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    if edges_per_pass is not None and (isinstance(edges_per_pass, bool) or not isinstance(edges_per_pass, int)
+                                       or edges_per_pass < 1):
+        raise ValueError(f"edges_per_pass must be a positive integer (or None for the default), got {edges_per_pass!r}")
+    check_model_graph(model, graph)
+    check_metric(metric)
     clean, corrupted = check_pair(model, clean, corrupted)
     if direction == "denoise":
         if isinstance(corrupted, str):

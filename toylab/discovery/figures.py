@@ -11,7 +11,9 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import torch
 
-from toylab.discovery.graph import Circuit, Graph
+import math
+
+from toylab.discovery.graph import Circuit, Graph, check_circuit, check_graph
 
 _SLOT_COLOURS = {"q": "tab:blue", "k": "tab:orange", "v": "tab:green", "logits": "black"}
 
@@ -37,8 +39,12 @@ def edge_graph(graph: Graph, circuit: Circuit | None = None, title: str = "", ax
     """Draw ``graph``: senders as labelled boxes (inputs below, heads by layer), each head's q/k/v
     input slots as small dots under it, every edge as a line coloured by its slot. Edges of
     ``circuit`` are drawn thick, the others faint. Returns the figure."""
-    if circuit is not None and circuit.graph is not graph:
-        raise ValueError("the circuit belongs to another graph")
+    check_graph(graph)
+    _check_ax(ax)
+    if circuit is not None:
+        check_circuit(circuit, graph)
+    if not isinstance(title, str):
+        raise TypeError(f"title must be a string, got {type(title).__name__}")
     fig, ax = (plt.subplots(figsize=(7.0, 4.6)) if ax is None else (ax.figure, ax))
     xy = _positions(graph)
     for e in graph.edges:
@@ -77,7 +83,13 @@ def edge_graph(graph: Graph, circuit: Circuit | None = None, title: str = "", ax
 def roc_curves(curves: dict[str, tuple], points: dict[str, tuple[float, float]] | None = None,
                title: str = "ROC against the reference circuit", ax=None):
     """ROC figure: ``curves`` maps a label to ``(fpr [n], tpr [n], auc)`` (a line each, the AUC in the
-    legend); ``points`` maps a label to one ``(fpr, tpr)`` (a marker each). Returns the figure."""
+    legend); ``points`` maps a label to one ``(fpr, tpr)`` (a marker each). Returns the figure.
+
+    Everything is checked before a figure is made: rates in [0, 1], curves of matching lengths, a finite AUC."""
+    _check_curves(curves, points)
+    _check_ax(ax)
+    if not isinstance(title, str):
+        raise TypeError(f"title must be a string, got {type(title).__name__}")
     fig, ax = (plt.subplots(figsize=(5.0, 4.2)) if ax is None else (ax.figure, ax))
     styles = ("-", "--", "-.", ":")
     n = len(curves)
@@ -88,8 +100,8 @@ def roc_curves(curves: dict[str, tuple], points: dict[str, tuple[float, float]] 
         ax.plot(fpr, tpr, ls=styles[j % len(styles)], lw=1.2 + 2.4 * (n - 1 - j) / max(n - 1, 1),
                 marker=".", label=f"{label} (AUC {auc:.2f})")
     markers: Sequence[str] = ("*", "s", "D", "^")
-    for (label, (x, y)), m in zip((points or {}).items(), markers):
-        ax.scatter([x], [y], marker=m, s=80, zorder=3, label=label)
+    for j, (label, (x, y)) in enumerate((points or {}).items()):  # markers repeat after four points
+        ax.scatter([x], [y], marker=markers[j % len(markers)], s=80, zorder=3, label=label)
     ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
     ax.set_xlabel("false-positive rate (edges kept outside the reference)", fontsize=9)
     ax.set_ylabel("true-positive rate (reference edges kept)", fontsize=9)
@@ -100,3 +112,46 @@ def roc_curves(curves: dict[str, tuple], points: dict[str, tuple[float, float]] 
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def _rates(values, what: str) -> list:
+    if isinstance(values, torch.Tensor):
+        values = values.tolist()
+    try:
+        values = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be a sequence of numbers, got {type(values).__name__}") from None
+    if not all(0.0 <= v <= 1.0 for v in values):  # NaN fails too
+        raise ValueError(f"{what} must be rates in [0, 1], got {values[:6]}{' ...' if len(values) > 6 else ''}")
+    return values
+
+
+def _check_curves(curves, points) -> None:
+    if not isinstance(curves, dict):
+        raise TypeError(f"curves must be a dict {{label: (fpr, tpr, auc)}} (e.g. from roc_curve), got "
+                        f"{type(curves).__name__}")
+    if not curves and not points:
+        raise ValueError("nothing to draw: curves and points are both empty")
+    for label, c in curves.items():
+        if not isinstance(c, (tuple, list)) or len(c) != 3:
+            raise ValueError(f"curves[{label!r}] must be (fpr, tpr, auc) as roc_curve returns it, got "
+                             f"{type(c).__name__}{' of length ' + str(len(c)) if isinstance(c, (tuple, list)) else ''}")
+        fpr, tpr = _rates(c[0], f"curves[{label!r}] fpr"), _rates(c[1], f"curves[{label!r}] tpr")
+        if len(fpr) != len(tpr) or not fpr:
+            raise ValueError(f"curves[{label!r}]: fpr and tpr must have one (equal, non-zero) length, "
+                             f"got {len(fpr)} and {len(tpr)}")
+        auc = c[2]
+        if isinstance(auc, bool) or not isinstance(auc, (int, float)) or not math.isfinite(auc) or not 0 <= auc <= 1:
+            raise ValueError(f"curves[{label!r}]: the AUC must be a number in [0, 1], got {auc!r}")
+    if points is not None:
+        if not isinstance(points, dict):
+            raise TypeError(f"points must be a dict {{label: (fpr, tpr)}}, got {type(points).__name__}")
+        for label, p in points.items():
+            if not isinstance(p, (tuple, list)) or len(p) != 2:
+                raise ValueError(f"points[{label!r}] must be one (fpr, tpr) pair, got {p!r}")
+            _rates(p, f"points[{label!r}]")
+
+
+def _check_ax(ax) -> None:
+    if ax is not None and not (hasattr(ax, "plot") and hasattr(ax, "figure")):
+        raise TypeError(f"ax must be a matplotlib Axes (or None for a new figure), got {type(ax).__name__}")

@@ -20,16 +20,67 @@ With the input of a slot ``r`` written as a sum over its senders,
 computes ``q = x_q W_Q^h``, ``k = x_k W_K^h``, ``v = x_v W_V^h``,
 ``A = softmax*(q k^T / sqrt(d_head))``, ``out = A v W_O^h``, and the logits
 are ``x_logits W_U``. A :class:`Circuit` is a set of kept edges.
+
+**Which model.** Edge names say nothing about the model (every 2-layer, 2-head
+model has an edge ``"L0H0->L1H1.k"``), so a graph remembers the model it was
+built from: its config and a fingerprint of its weights (``Graph.model_key``,
+a hash taken once, when the graph is built). A graph is used only with a model
+of that shape and those weights (:meth:`Graph.check_model`), and circuits are
+compared (ROC, precision and recall, ``==``) only when their graphs were built
+from the same model (:meth:`Graph.same_model`): the same edge name in two
+models is not the same edge.
 """
 
 from __future__ import annotations
 
+import hashlib
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+import torch
 
 from toylab.model import head_name  # noqa: F401 - re-exported: the discovery modules import it from here
 
 SLOTS = ("q", "k", "v")
+
+
+class GraphNotApplicable(ValueError, NotImplementedError):
+    """The edge graph does not apply to this model (LayerNorm: a head's input does not split into terms)."""
+
+
+def model_fingerprint(model) -> str:
+    """A short hash of ``model``'s config and weights (every tensor of its ``state_dict``, byte for byte)."""
+    h = hashlib.sha1(repr(sorted(model.cfg.to_dict().items())).encode())
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        try:
+            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        except (RuntimeError, NotImplementedError, TypeError):  # a meta or exotic tensor: its shape only
+            h.update(repr((t.dtype, tuple(t.shape), id(t))).encode())
+    return h.hexdigest()[:16]
+
+
+def _no_model():
+    return None
+
+
+def check_graph(graph) -> "Graph":
+    """``graph`` itself; ``TypeError`` unless it is a :class:`Graph`."""
+    if not isinstance(graph, Graph):
+        raise TypeError(f"graph must be a toylab.discovery.graph.Graph (Graph(model)), got {type(graph).__name__}")
+    return graph
+
+
+def check_circuit(circuit, graph: "Graph", what: str = "circuit") -> "Circuit":
+    """``circuit`` itself; ``TypeError`` unless it is a :class:`Circuit`, ``ValueError`` unless its graph
+    was built from the same model as ``graph``."""
+    if not isinstance(circuit, Circuit):
+        raise TypeError(f"{what} must be a Circuit (graph.circuit(edge names)), got {type(circuit).__name__}")
+    if not graph.same_model(circuit.graph):
+        raise ValueError(f"{what} belongs to the graph of another model ({circuit.graph.describe()}), not to "
+                         f"this one ({graph.describe()}): the same edge name in two models is not the same edge")
+    return circuit
 
 
 @dataclass(frozen=True)
@@ -65,13 +116,21 @@ class Graph:
     """
 
     def __init__(self, model) -> None:
-        cfg = model.cfg
+        cfg = getattr(model, "cfg", None)
+        if cfg is None or not hasattr(model, "state_dict") or not hasattr(cfg, "n_layers"):
+            raise TypeError(f"Graph takes a model (an AttnOnlyTransformer), got {type(model).__name__}")
         if cfg.layernorm:
-            raise NotImplementedError("the edge graph needs a model without LayerNorm: with it, a head's input "
-                                      "does not split into one term per upstream component")
+            raise GraphNotApplicable("the edge graph needs a model without LayerNorm: with it, a head's input "
+                                     "does not split into one term per upstream component")
         if cfg.n_layers < 1:
             raise ValueError("the edge graph needs a model with at least one layer of attention")
+        mlps = [n for n, _ in model.named_modules() if n.split(".")[-1].startswith("mlp")]
+        if mlps:
+            raise GraphNotApplicable(f"the edge graph is of attention-only models: this one has MLP layers "
+                                     f"({', '.join(mlps[:2])}), whose nodes the graph does not have")
         self.cfg = cfg
+        self.model_key = model_fingerprint(model)
+        self._model = weakref.ref(model)
         self.positional = cfg.positional
         nodes = [Node("embed", "embed")]
         if cfg.positional != "none":
@@ -110,12 +169,45 @@ class Graph:
     def __repr__(self) -> str:
         return f"Graph({len(self.nodes)} nodes, {len(self.receivers)} receivers, {len(self.edges)} edges)"
 
+    def __getstate__(self) -> dict:  # a weak reference does not pickle: the fingerprint travels instead
+        return {k: v for k, v in self.__dict__.items() if k != "_model"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._model = _no_model
+
+    def describe(self) -> str:
+        c = self.cfg
+        return f"{c.n_layers} layers x {c.n_heads} heads, d_vocab {c.d_vocab}, weights {self.model_key}"
+
+    def same_model(self, other: "Graph") -> bool:
+        """Whether ``other`` was built from the same model (the same object, or equal weights and config)."""
+        return other is self or (isinstance(other, Graph) and (
+            other.model_key == self.model_key or (self._model() is not None and other._model() is self._model())))
+
+    def check_model(self, model) -> None:
+        """``ValueError`` unless ``model`` is the model this graph was built from (its shape and weights)."""
+        if model is self._model():
+            return
+        cfg = getattr(model, "cfg", None)
+        if cfg is None or not hasattr(model, "state_dict"):
+            raise TypeError(f"model must be an AttnOnlyTransformer, got {type(model).__name__}")
+        if cfg != self.cfg:
+            raise ValueError(f"the graph was built for another model ({self.describe()}), not this one "
+                             f"({cfg.n_layers} layers x {cfg.n_heads} heads, d_vocab {cfg.d_vocab}): "
+                             f"build Graph(model) for this model")
+        if model_fingerprint(model) != self.model_key:
+            raise ValueError(f"the graph was built from a model with other weights ({self.describe()}): the same "
+                             f"edge name in two models is not the same edge; build Graph(model) for this model")
+
     @property
     def edge_names(self) -> list[str]:
         return [e.name for e in self.edges]
 
     def node(self, name: str) -> Node:
         """The sender called ``name``; ``ValueError`` listing the nodes if there is none."""
+        if not isinstance(name, str):
+            raise TypeError(f"a node is named by a string like 'L0H1' or 'embed', got {type(name).__name__}")
         if name not in self.node_index:
             raise ValueError(f"unknown node {name!r}; this model's nodes are {[n.name for n in self.nodes]}")
         return self.nodes[self.node_index[name]]
@@ -142,8 +234,7 @@ class Graph:
 
     def mask(self, edges: Iterable[str]):
         """Bool tensor ``[n_edges]``: True at the named edges."""
-        import torch
-
+        edges = _edge_names(edges, self)
         m = torch.zeros(len(self.edges), dtype=torch.bool)
         for name in edges:
             m[self.edge_index(name)] = True
@@ -162,9 +253,8 @@ class Circuit:
     """
 
     def __init__(self, graph: Graph, edges: Iterable[str]):
-        if isinstance(edges, str):
-            raise TypeError("a circuit takes an iterable of edge names, not a single string")
-        edges = frozenset(edges)
+        check_graph(graph)
+        edges = frozenset(_edge_names(edges, graph))
         for e in edges:
             graph.edge_index(e)
         self.graph = graph
@@ -185,7 +275,7 @@ class Circuit:
         return edge in self.edges
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, Circuit) and self.edges == other.edges
+        return isinstance(other, Circuit) and self.edges == other.edges and self.graph.same_model(other.graph)
 
     def __hash__(self) -> int:
         return hash(self.edges)
@@ -196,7 +286,23 @@ class Circuit:
 
     def precision_recall(self, reference: "Circuit") -> tuple[float, float]:
         """``(|C & R| / |C|, |C & R| / |R|)`` against a reference circuit ``R`` (precision 1.0 for an empty C)."""
+        check_circuit(reference, self.graph, "reference")
         both = len(self.edges & reference.edges)
         precision = both / len(self.edges) if self.edges else 1.0
         recall = both / len(reference.edges) if reference.edges else 1.0
         return precision, recall
+
+
+def _edge_names(edges, graph: "Graph | None" = None) -> list:
+    """``edges`` as a list of edge names; ``TypeError`` for one string or a non-iterable, ``ValueError``
+    for a Circuit of another model's graph than ``graph``."""
+    if isinstance(edges, str):
+        raise TypeError(f"give an iterable of edge names such as [{edges!r}], not a single string")
+    if isinstance(edges, Circuit):
+        if graph is not None:
+            check_circuit(edges, graph, "edges")
+        return list(edges.edges)
+    try:
+        return list(edges)
+    except TypeError:
+        raise TypeError(f"edges must be an iterable of edge names, got {type(edges).__name__}") from None

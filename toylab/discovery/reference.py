@@ -27,9 +27,12 @@ detectors of :mod:`toylab.circuits.scores`, so no head index is hard-coded.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from toylab.discovery.graph import Circuit, Graph, head_name
+from toylab.discovery.graph import Circuit, Graph, check_graph, head_name
+from toylab.discovery.metrics import check_induction_batch
 from toylab.circuits.composition import relative_composition_scores
 from toylab.circuits.scores import head_detector_scores
 
@@ -37,6 +40,9 @@ from toylab.circuits.scores import head_detector_scores
 def induction_heads(model, tokens: torch.Tensor, threshold: float = 0.5) -> tuple[tuple[int, int], list[tuple[int, int]]]:
     """``(previous-token head, [induction heads])`` as ``(layer, head)`` pairs, from the detectors on
     ``tokens [batch, pos]`` (sequences with repeats); needs at least two layers."""
+    if not callable(getattr(model, "check_tokens", None)):
+        raise TypeError(f"model must be an AttnOnlyTransformer, got {type(model).__name__}")
+    _check_number(threshold, "threshold", 0.0, 1.0)  # an induction score lies in [0, 1]
     if model.cfg.n_layers < 2:
         raise ValueError(f"an induction circuit needs at least two layers; this model has {model.cfg.n_layers}")
     with torch.no_grad():
@@ -58,6 +64,10 @@ def induction_circuit(model, graph: Graph, tokens: torch.Tensor, threshold: floa
     score that makes a last-layer head an induction head; ``composition``/``min_ratio``: add the
     composition edges read off the weights (module doc).
     """
+    check_graph(graph).check_model(model)
+    if not isinstance(composition, bool):
+        raise TypeError(f"composition must be True or False, got {composition!r}")
+    _check_number(min_ratio, "min_ratio")
     prev, heads = induction_heads(model, tokens, threshold)
     p = head_name(*prev)
     edges = [f"embed->{p}.v"]
@@ -90,6 +100,7 @@ def induction_hypotheses(model, graph: Graph, tokens: torch.Tensor, threshold: f
     """
     from toylab.discovery.scrubbing import Hypothesis
 
+    check_graph(graph).check_model(model)
     prev, heads = induction_heads(model, tokens, threshold)
     p = head_name(*prev)
     ind = [head_name(l, h) for l, h in heads]
@@ -110,10 +121,16 @@ def induction_hypotheses(model, graph: Graph, tokens: torch.Tensor, threshold: f
 
 
 
+def _check_number(v, name: str, low: float = 0.0, high: float = math.inf) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not low <= v <= high:
+        raise ValueError(f"{name} must be a finite number in [{low:g}, {high:g}], got {v!r}")
+
+
 def copied_positions(batch) -> torch.Tensor:
     """``[N, pos]`` bool: the positions of the copied segment, its source ``d-o .. d-o+min(L, o)-1`` and the
     copy ``d .. d+L-1`` (every other position is noise drawn independently; ``batch``: an
     :class:`~toylab.data.induction.InductionBatch`)."""
+    check_induction_batch(batch)
     N, n = batch.tokens.shape
     pos = torch.arange(n)[None]
     d, o, L = (t[:, None] for t in (batch.dst_start, batch.offset, batch.length))
@@ -131,6 +148,7 @@ def distractors(batch, within: torch.Tensor | None = None) -> torch.Tensor:
     ``within [N, pos]`` (bool, optional): count only matches whose token ``x_{j-1}`` lies there (e.g.
     ``~copied_positions(batch)``: chance matches in the noise). ``batch``: an InductionBatch.
     """
+    check_induction_batch(batch)
     x = batch.tokens
     N, n = x.shape
     nxt = torch.zeros_like(x)
@@ -144,7 +162,7 @@ def distractors(batch, within: torch.Tensor | None = None) -> torch.Tensor:
     true_key = (p + 1 - batch.offset[:, None, None]) == j
     found = match & wrong & ~true_key
     if within is not None:
-        if within.shape != x.shape or within.dtype != torch.bool:
+        if not isinstance(within, torch.Tensor) or within.shape != x.shape or within.dtype != torch.bool:
             raise ValueError(f"within must be a bool mask {list(x.shape)} over the matched token's position")
         prev_in = torch.zeros_like(within)
         prev_in[:, 1:] = within[:, :-1]

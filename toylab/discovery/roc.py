@@ -19,13 +19,12 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from toylab.discovery.graph import Circuit, Graph
+from toylab.discovery.graph import Circuit, Graph, _edge_names, check_circuit, check_graph
 
 
 def _universe(graph: Graph, reference: Circuit, edges: Iterable[str] | None) -> set[str]:
-    if not isinstance(reference, Circuit):
-        raise TypeError(f"reference must be a Circuit, got {type(reference).__name__}")
-    universe = set(graph.edge_names if edges is None else edges)
+    check_circuit(reference, graph, "reference")
+    universe = set(graph.edge_names if edges is None else _edge_names(edges, graph))
     for e in universe:
         graph.edge_index(e)
     if not reference.edges <= universe:
@@ -36,7 +35,11 @@ def _universe(graph: Graph, reference: Circuit, edges: Iterable[str] | None) -> 
 
 
 def tpr_fpr(circuit: Circuit, reference: Circuit, edges: Iterable[str] | None = None) -> tuple[float, float]:
-    """``(TPR, FPR)`` of ``circuit`` against ``reference`` over ``edges`` (default: the whole graph)."""
+    """``(TPR, FPR)`` of ``circuit`` against ``reference`` over ``edges`` (default: the whole graph).
+
+    Both circuits must come from graphs of the same model (``ValueError`` otherwise)."""
+    if not isinstance(circuit, Circuit):
+        raise TypeError(f"circuit must be a Circuit (graph.circuit(edge names)), got {type(circuit).__name__}")
     universe = _universe(circuit.graph, reference, edges)
     kept = circuit.edges & universe
     tpr = len(kept & reference.edges) / len(reference.edges)
@@ -52,6 +55,10 @@ def _auc(points: list[tuple[float, float]]) -> float:
 def roc_curve(circuits: Sequence[Circuit], reference: Circuit, edges: Iterable[str] | None = None):
     """``(fpr [n], tpr [n], auc)`` for a family of circuits (e.g. one per ACDC threshold), points sorted
     by FPR then TPR, with ``(0, 0)`` and ``(1, 1)`` included."""
+    if isinstance(circuits, Circuit) or not hasattr(circuits, "__iter__"):
+        raise TypeError(f"circuits must be a list of Circuits (e.g. one per ACDC threshold), got "
+                        f"{type(circuits).__name__}")
+    circuits = list(circuits)
     if not circuits:
         raise ValueError("roc_curve needs at least one circuit")
     pts = [tpr_fpr(c, reference, edges)[::-1] for c in circuits]
@@ -66,8 +73,11 @@ def roc_from_scores(graph: Graph, scores: torch.Tensor, reference: Circuit, edge
 
     The AUC is the probability that a reference edge outscores a non-reference edge (ties: 1/2).
     """
+    check_graph(graph)
     if not isinstance(scores, torch.Tensor) or scores.shape != (len(graph),):
-        raise ValueError(f"scores must be a tensor [{len(graph)}] (one per edge), got {getattr(scores, 'shape', scores)}")
+        got = list(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ValueError(f"scores must be a tensor [{len(graph)}] (one per edge), got {got}")
+    _check_finite(scores, "scores")
     universe = _universe(graph, reference, edges)
     s = {e: abs(float(scores[graph.index[e]])) for e in universe}
     pos = [s[e] for e in universe if e in reference.edges]
@@ -85,10 +95,20 @@ def roc_from_scores(graph: Graph, scores: torch.Tensor, reference: Circuit, edge
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     """Spearman rank correlation of ``a, b [n]``: the Pearson correlation of their ranks, where tied
-    values share the average of the ranks they occupy (exact effects of 0 tie often)."""
-    a, b = torch.as_tensor(a).flatten().double(), torch.as_tensor(b).flatten().double()
-    if a.shape != b.shape or a.numel() < 2:
+    values share the average of the ranks they occupy (exact effects of 0 tie often).
+
+    NaN or inf values and a constant input (whose ranks all tie: the correlation is 0/0) are refused."""
+    a, b = _as_vector(a, "a", flat=False), _as_vector(b, "b", flat=False)
+    if a.shape != b.shape:  # [n_layers, n_heads] against [n_layers, n_heads] is fine; [2, 3] against [6] is not
+        raise ValueError(f"spearman needs two tensors of the same length (and shape), got {list(a.shape)} and {list(b.shape)}")
+    a, b = a.double().flatten(), b.double().flatten()
+    if a.numel() < 2:
         raise ValueError(f"spearman needs two tensors of the same length >= 2, got {list(a.shape)} and {list(b.shape)}")
+    for name, x in (("a", a), ("b", b)):
+        _check_finite(x, name)
+        if bool((x == x[0]).all()):
+            raise ValueError(f"{name} is constant ({float(x[0]):.4g} everywhere): its ranks all tie, so the rank "
+                             "correlation is 0/0 and means nothing")
 
     def ranks(x):
         return (x[:, None] > x[None, :]).sum(1) + 0.5 * ((x[:, None] == x[None, :]).sum(1) - 1)
@@ -99,8 +119,31 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 def topk_recall(estimate: torch.Tensor, exact: torch.Tensor, k: int) -> float:
     """Share of the ``k`` entries with the largest exact ``|effect|`` that are among the ``k`` largest
     ``|estimate|`` (``estimate, exact [n]``, ``1 <= k <= n``)."""
+    estimate, exact = _as_vector(estimate, "estimate", flat=False), _as_vector(exact, "exact", flat=False)
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be an integer, got {k!r}")
     if estimate.shape != exact.shape or estimate.ndim != 1 or not 1 <= k <= len(exact):
         raise ValueError(f"topk_recall needs two [n] tensors and 1 <= k <= n, got {list(estimate.shape)}, "
                          f"{list(exact.shape)}, k={k}")
+    _check_finite(estimate, "estimate")
+    _check_finite(exact, "exact")
     top = set(exact.abs().topk(k).indices.tolist())
     return len(top & set(estimate.abs().topk(k).indices.tolist())) / k
+
+
+def _as_vector(x, name: str, flat: bool = True) -> torch.Tensor:
+    """``x`` as a float64 tensor (flattened unless ``flat=False``); ``TypeError`` for non-numbers."""
+    try:
+        t = torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be a tensor of numbers [n], got {type(x).__name__}") from None
+    if t.dtype == torch.bool or t.dtype.is_complex:
+        raise TypeError(f"{name} must hold real numbers, got dtype {t.dtype}")
+    return t.double().flatten() if flat else t  # topk_recall keeps the dtype (its ties break as before)
+
+
+def _check_finite(x: torch.Tensor, name: str) -> None:
+    n_bad = int((~torch.isfinite(x)).sum())
+    if n_bad:
+        raise ValueError(f"{name} holds {n_bad} NaN or inf value(s) of {x.numel()}: NaN has no rank (it would "
+                         "sort anywhere); find where it comes from, or drop those entries")

@@ -44,12 +44,13 @@ per position, to compare by class of position or example by example.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 
 import torch
 
-from toylab.discovery.graph import SLOTS, Circuit, Graph
+from toylab.discovery.graph import SLOTS, Circuit, Graph, check_graph
 
 
 class EquivalenceClasses:
@@ -61,22 +62,34 @@ class EquivalenceClasses:
     """
 
     def __init__(self, tokens: torch.Tensor, features: dict | None = None, positions: torch.Tensor | None = None):
-        if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.shape[0] < 2:
-            raise ValueError("the pool must be a LongTensor [N, pos] of at least 2 sequences")
+        if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.shape[0] < 2 or tokens.shape[1] < 2:
+            got = list(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+            raise ValueError(f"the pool must be a LongTensor [N, pos] of at least 2 sequences of at least 2 "
+                             f"tokens, got {got}")
+        if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+            raise TypeError(f"the pool's tokens must be integer ids, got dtype {tokens.dtype}")
         N, P = tokens.shape
         self.tokens = tokens
         self.features = {"identity": torch.arange(N), "any": torch.zeros(N, dtype=torch.long)}
+        if features is not None and not isinstance(features, dict):
+            raise TypeError(f"features must be a dict {{name: LongTensor [N]}}, got {type(features).__name__}")
         for name, lab in (features or {}).items():
-            lab = torch.as_tensor(lab)
-            if lab.shape != (N,) or lab.dtype.is_floating_point:
+            if not isinstance(name, str) or not isinstance(lab, torch.Tensor):
+                raise TypeError(f"features maps names (str) to LongTensors of labels [{N}], got {name!r}: "
+                                f"{type(lab).__name__}")
+            if lab.shape != (N,) or lab.dtype.is_floating_point or lab.dtype == torch.bool:
                 raise ValueError(f"feature {name!r} needs one integer label per pool sequence, [{N}], "
                                  f"got {list(lab.shape)} {lab.dtype}")
+            if name in ("identity", "any") and not torch.equal(lab.long(), self.features[name]):
+                raise ValueError(f"the feature {name!r} is built in (and fixed); give your feature another name")
             self.features[name] = lab.long()
         if positions is None:
             positions = torch.ones(N, P, dtype=torch.bool)
             positions[:, -1] = False
-        if positions.shape != (N, P) or positions.dtype != torch.bool:
-            raise ValueError(f"positions must be a bool mask [{N}, {P}] of logit positions")
+        if not isinstance(positions, torch.Tensor) or positions.shape != (N, P) or positions.dtype != torch.bool:
+            got = (f"{list(positions.shape)} {positions.dtype}" if isinstance(positions, torch.Tensor)
+                   else type(positions).__name__)
+            raise ValueError(f"positions must be a bool mask [{N}, {P}] of logit positions, got {got}")
         if not positions.any():
             raise ValueError("the positions mask selects nothing: no pool sequence has a position to score")
         self.positions = positions
@@ -93,8 +106,9 @@ class EquivalenceClasses:
         the positions predictable by induction. ``segment [N]`` (optional, e.g. from :func:`redraw_tokens`
         with ``keep="segment"``): sequences with equal labels share their copied tokens; it adds the
         feature ``"segment"`` (same structure and same label)."""
-        from toylab.discovery.metrics import induction_positions
+        from toylab.discovery.metrics import check_induction_batch, induction_positions
 
+        check_induction_batch(batch)
         offset = torch.where(batch.has_repeat, batch.offset, torch.full_like(batch.offset, -1))
         bos = batch.has_bos if getattr(batch, "has_bos", None) is not None else torch.ones_like(batch.has_repeat)
         keys = torch.stack([offset, torch.where(batch.has_repeat, batch.dst_start, -1),
@@ -111,12 +125,15 @@ class EquivalenceClasses:
         return cls(batch.tokens, features, induction_positions(batch.is_repeat))
 
     def check_feature(self, name: str) -> None:
-        if name not in self.features:
+        """``ValueError`` unless ``name`` is one of the features these classes define."""
+        if not isinstance(name, str) or name not in self.features:
             raise ValueError(f"unknown feature {name!r}; these classes define {sorted(self.features)}")
 
     def resample(self, idx: torch.Tensor, feature: str, generator: torch.Generator) -> torch.Tensor:
         """``idx [B]`` pool indices -> ``[B]`` indices drawn uniformly from each one's class under ``feature``."""
         self.check_feature(feature)
+        _check_roots(self, idx, "idx")
+        _check_generator(generator)
         if feature == "identity":
             return idx
         order, lab = self._sorted[feature]
@@ -147,7 +164,12 @@ def redraw_tokens(batch, d_vocab: int, n_variants: int, generator: torch.Generat
     sequence ``i`` at row ``i * n_variants + k``) and ``parent [N * n_variants]`` = ``i``.
     """
     from toylab.data.induction import InductionBatch
+    from toylab.discovery.metrics import check_induction_batch
 
+    check_induction_batch(batch)
+    _check_generator(generator)
+    if isinstance(d_vocab, bool) or not isinstance(d_vocab, int) or d_vocab < 2:
+        raise ValueError(f"d_vocab must be an integer >= 2 (BOS and at least one token), got {d_vocab!r}")
     if keep not in KEEP:
         raise ValueError(f"keep must be one of {KEEP}, got {keep!r}")
     if isinstance(n_variants, bool) or not isinstance(n_variants, int) or n_variants < 1:
@@ -182,10 +204,17 @@ class Hypothesis:
     @classmethod
     def from_circuit(cls, circuit: Circuit, feature: str = "identity") -> "Hypothesis":
         """Every edge of ``circuit`` carries ``feature``."""
+        if not isinstance(circuit, Circuit):
+            raise TypeError(f"circuit must be a Circuit, got {type(circuit).__name__}")
+        if not isinstance(feature, str):
+            raise TypeError(f"feature must be a feature name (a string), got {type(feature).__name__}")
         return cls({e: feature for e in circuit.edges})
 
     def check(self, graph: Graph, classes: EquivalenceClasses) -> None:
         """``ValueError`` for an edge between nodes the model lacks, an unknown edge or feature."""
+        check_graph(graph)
+        if not isinstance(classes, EquivalenceClasses):
+            raise TypeError(f"classes must be EquivalenceClasses, got {type(classes).__name__}")
         if not isinstance(self.edges, dict):
             raise TypeError("Hypothesis.edges must be a dict {edge name: feature}")
         nodes = {n.name for n in graph.nodes}
@@ -215,6 +244,9 @@ def _head_output(attn, h: int, xq, xk, xv) -> torch.Tensor:
 def treeified_logits(model, graph: Graph, classes: EquivalenceClasses, hypothesis: Hypothesis,
                      roots: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Logits ``[B, pos, d_vocab]`` of the treeified, resampled model on pool sequences ``roots [B]`` (module doc)."""
+    _check_scrub_args(model, graph, classes, hypothesis)
+    _check_roots(classes, roots)
+    _check_generator(generator)
     feat = {graph.edges[graph.index[e]].name: f for e, f in hypothesis.edges.items()}
     incoming = {r: [graph.edges[i] for i in graph.incoming(r)] for r in graph.receivers}
     P = classes.tokens.shape[1]
@@ -240,16 +272,18 @@ def treeified_logits(model, graph: Graph, classes: EquivalenceClasses, hypothesi
 def position_losses(classes: EquivalenceClasses, logits: torch.Tensor, roots: torch.Tensor) -> torch.Tensor:
     """``[B, pos]``: next-token loss ``-log softmax(logits)[b, p, x_{p+1}]`` of roots ``roots [B]`` at their
     scored positions (``classes.positions``), NaN elsewhere."""
+    if not isinstance(classes, EquivalenceClasses):
+        raise TypeError(f"classes must be EquivalenceClasses, got {type(classes).__name__}")
+    _check_roots(classes, roots)
+    want = (len(roots), classes.tokens.shape[1])
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 3 or tuple(logits.shape[:2]) != want:
+        got = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"logits must be [B, pos, d_vocab] with [B, pos] = {list(want)} (one row per root), got {got}")
     tokens, mask = classes.tokens[roots], classes.positions[roots]
     nxt = torch.zeros_like(tokens)
     nxt[:, :-1] = tokens[:, 1:]
     loss = -torch.log_softmax(logits.float(), -1).gather(-1, nxt[..., None])[..., 0]
     return loss.masked_fill(~mask, float("nan"))
-
-
-def _per_root_loss(classes: EquivalenceClasses, logits: torch.Tensor, roots: torch.Tensor) -> torch.Tensor:
-    """``[B]``: each root's mean next-token loss over its scored positions."""
-    return position_losses(classes, logits, roots).nanmean(1)
 
 
 @dataclass(frozen=True)
@@ -270,6 +304,7 @@ class ScrubResult:
     per_root_model: torch.Tensor = field(default=None, repr=False, compare=False)
     per_root_hypothesis: torch.Tensor = field(default=None, repr=False, compare=False)
     per_root_scrubbed: torch.Tensor = field(default=None, repr=False, compare=False)
+    pool: str = field(default="", repr=False, compare=False)  # the model's and the pool's fingerprint
 
 
 def scrubbed_position_losses(model, graph: Graph, classes: EquivalenceClasses, hypothesis: Hypothesis,
@@ -277,6 +312,7 @@ def scrubbed_position_losses(model, graph: Graph, classes: EquivalenceClasses, h
                              generator: torch.Generator | None = None) -> torch.Tensor:
     """``[B, pos]``: the loss of the treeified model under ``hypothesis`` at each scored position of
     ``roots [B]``, averaged over ``n_resamples`` runs (NaN at unscored positions, see :func:`position_losses`)."""
+    _check_count(n_resamples, "n_resamples")
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     runs = [position_losses(classes, treeified_logits(model, graph, classes, hypothesis, roots, g), roots)
             for _ in range(n_resamples)]
@@ -292,27 +328,31 @@ def scrub(model, graph: Graph, classes: EquivalenceClasses, hypothesis: Hypothes
     roots for the ``confidence`` interval; ``seed`` fixes every draw. ``baseline``: an earlier result on
     the same ``classes`` whose model and fully scrubbed losses are reused (one scrub costs half as much).
     """
-    if not isinstance(hypothesis, Hypothesis):
-        raise TypeError(f"hypothesis must be a Hypothesis, got {type(hypothesis).__name__}")
-    hypothesis.check(graph, classes)
-    for name, v in (("n_resamples", n_resamples), ("n_boot", n_boot)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    if not 0 < confidence < 1:
+    _check_scrub_args(model, graph, classes, hypothesis)
+    _check_count(n_resamples, "n_resamples"), _check_count(n_boot, "n_boot")
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
         raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence!r}")
-    model.check_tokens(classes.tokens)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an integer, got {seed!r}")
     roots = torch.nonzero(classes.positions.any(1)).flatten()  # sequences with a position to score
     g = torch.Generator().manual_seed(int(seed))
+    pool = graph.model_key + hashlib.sha1(classes.tokens.long().contiguous().numpy().tobytes()
+                                          + classes.positions.contiguous().numpy().tobytes()).hexdigest()[:12]
     if baseline is not None:
-        if not isinstance(baseline, ScrubResult) or baseline.roots is None or not torch.equal(baseline.roots, roots):
-            raise ValueError("baseline must be a ScrubResult of scrub() on the same classes (the same roots)")
+        if not isinstance(baseline, ScrubResult) or baseline.pool != pool or not torch.equal(baseline.roots, roots):
+            raise ValueError("baseline must be a ScrubResult of scrub() on the same model and the same classes "
+                             "(the same pool of sequences and scored positions)")
         l_model, ls = baseline.per_root_model, baseline.per_root_scrubbed
     else:
         with torch.no_grad():
-            l_model = _per_root_loss(classes, model(classes.tokens[roots]), roots)
+            l_model = position_losses(classes, model(classes.tokens[roots]), roots).nanmean(1)  # per root
     lh = scrubbed_position_losses(model, graph, classes, hypothesis, roots, n_resamples, g).nanmean(1)
     if baseline is None:
         ls = scrubbed_position_losses(model, graph, classes, Hypothesis({}), roots, n_resamples, g).nanmean(1)
+    for what, v in (("the model's", l_model), ("the hypothesis's", lh), ("the fully scrubbed", ls)):
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError(f"{what} loss is NaN or inf on {int((~torch.isfinite(v)).sum())} of {len(v)} roots: "
+                             "are the model's weights finite?")
     if float(ls.mean() - l_model.mean()) <= 0:
         raise ValueError("the fully scrubbed model is no worse than the model itself: there is no loss to recover")
 
@@ -323,4 +363,35 @@ def scrub(model, graph: Graph, classes: EquivalenceClasses, hypothesis: Hypothes
     a = (1 - confidence) / 2
     low, high = torch.quantile(boot.double(), torch.tensor([a, 1 - a], dtype=torch.float64)).tolist()
     return ScrubResult(float(ratio(torch.arange(len(roots)))), low, high, float(l_model.mean()), float(lh.mean()),
-                       float(ls.mean()), roots, l_model, lh, ls)
+                       float(ls.mean()), roots, l_model, lh, ls, pool)
+
+
+def _check_count(v, name: str) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+
+def _check_generator(generator) -> None:
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+
+
+def _check_roots(classes: EquivalenceClasses, roots, name: str = "roots") -> None:
+    if not isinstance(roots, torch.Tensor) or roots.ndim != 1 or roots.dtype != torch.long:
+        got = f"{list(roots.shape)} {roots.dtype}" if isinstance(roots, torch.Tensor) else type(roots).__name__
+        raise ValueError(f"{name} must be a LongTensor [B] of pool indices, got {got}")
+    if roots.numel() and (int(roots.min()) < 0 or int(roots.max()) >= len(classes)):
+        raise ValueError(f"{name} must index the pool of {len(classes)} sequences (0..{len(classes) - 1}), "
+                         f"got values {int(roots.min())}..{int(roots.max())}")
+
+
+def _check_scrub_args(model, graph, classes, hypothesis) -> None:
+    from toylab.discovery.edge_patching import check_model_graph
+
+    check_model_graph(model, graph)
+    if not isinstance(classes, EquivalenceClasses):
+        raise TypeError(f"classes must be EquivalenceClasses, got {type(classes).__name__}")
+    if not isinstance(hypothesis, Hypothesis):
+        raise TypeError(f"hypothesis must be a Hypothesis, got {type(hypothesis).__name__}")
+    hypothesis.check(graph, classes)
+    model.check_tokens(classes.tokens)

@@ -24,9 +24,9 @@ from collections.abc import Callable
 
 import torch
 
-from toylab.discovery.edge_patching import _source_outputs, check_pair, run_with_edges
+from toylab.discovery.edge_patching import _source_outputs, check_model_graph, check_pair, run_with_edges
 from toylab.discovery.graph import Circuit, Graph
-from toylab.discovery.metrics import kl_to_clean
+from toylab.discovery.metrics import check_metric, kl_to_clean
 from toylab.training.optim import Adam
 
 BETA, GAMMA, ZETA = 2.0 / 3.0, -0.1, 1.1
@@ -35,6 +35,15 @@ BETA, GAMMA, ZETA = 2.0 / 3.0, -0.1, 1.1
 def gate(log_alpha: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
     """Hard-concrete gates ``z`` (same shape as ``u``, broadcast from ``log_alpha [n_edges]``);
     ``u=None`` gives the deterministic gate used to read off the circuit."""
+    if not isinstance(log_alpha, torch.Tensor) or not log_alpha.dtype.is_floating_point:
+        raise TypeError(f"log_alpha must be a float tensor [n_edges], got "
+                        f"{log_alpha.dtype if isinstance(log_alpha, torch.Tensor) else type(log_alpha).__name__}")
+    if u is not None:
+        if not isinstance(u, torch.Tensor) or not u.dtype.is_floating_point:
+            raise TypeError(f"u must be a float tensor of uniform draws in (0, 1), got {type(u).__name__}")
+        if not bool(((u > 0) & (u < 1)).all()):
+            raise ValueError("u must lie strictly between 0 and 1 (log u and log(1 - u) are taken); "
+                             "clamp the draws, e.g. u.clamp(1e-6, 1 - 1e-6)")
     if u is None:
         s = torch.sigmoid(log_alpha)
     else:
@@ -56,6 +65,13 @@ def subnetwork_probing(model, graph: Graph, clean, corrupted, lam: float, metric
     for name, v in (("steps", steps), ("samples", samples)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an integer, got {seed!r}")
+    check_model_graph(model, graph)
+    if metric is not None:
+        check_metric(metric)
     clean, corrupted = check_pair(model, clean, corrupted)
     if metric is None:
         with torch.no_grad():

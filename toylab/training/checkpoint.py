@@ -125,7 +125,8 @@ def save_checkpoint(
     """Write ``model`` and its training record to ``path`` atomically; returns the path.
 
     The specs, history and metrics must be JSON-like (else ``CheckpointError``
-    now, not a file that cannot be loaded); weights must be finite. With
+    now, not a file that cannot be loaded), the data spec must agree with the model's
+    config (its vocabulary and sequence length); weights must be finite. With
     ``metadata``, also write ``path.with_suffix(".json")`` holding it plus
     ``file`` and ``sha256`` (the hash of the checkpoint bytes written). A
     failed save raises :class:`SaveError` and leaves existing files untouched.
@@ -151,6 +152,7 @@ def save_checkpoint(
         "prefix_state": _plain_state(prefix_state, "save_checkpoint (prefix_state)") if prefix_state is not None
         else None,
     }
+    _check_data_spec(model.cfg, payload["data_spec"], "save_checkpoint")
     if metadata is None:
         return atomic_write(path, lambda tmp: torch.save(payload, tmp))
     meta = json_like(metadata, "metadata")
@@ -191,8 +193,9 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Load a checkpoint written by :func:`save_checkpoint`.
 
     Raises ``FileNotFoundError`` for a missing file and :class:`CheckpointError`
-    for a corrupt, truncated or foreign one, or one with NaN/inf weights,
-    saying what was expected.
+    for a corrupt, truncated or foreign one, one with NaN/inf weights, or one whose
+    data spec contradicts its config (another vocabulary, longer sequences than
+    ``n_ctx``), saying what was expected.
     """
     path = Path(path)
     if path.is_dir():
@@ -225,6 +228,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         cfg = ModelConfig.from_dict(payload["config"])
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path} holds an invalid model config: {e}") from None
+    _check_data_spec(cfg, payload["data_spec"], path)
     model = AttnOnlyTransformer(cfg, seed=None)
     _load_state(model, payload["state_dict"], path)
     prefix = payload.get("prefix_state")
@@ -246,6 +250,28 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         torch_version=payload.get("torch_version", ""),
         path=path,
     )
+
+
+def _check_data_spec(cfg: ModelConfig, spec: dict, path) -> None:
+    """``CheckpointError`` where the data spec contradicts the model config: a different vocabulary
+    (``d_vocab``, or an alphabet of another size than ``d_vocab - 1``, id 0 being BOS), sequences
+    longer than the context (``n_ctx``), a kind that is not a name. Fields it lacks are not checked
+    (an older or trimmed record still loads)."""
+    kind = spec.get("kind")
+    if kind is not None and not isinstance(kind, str):
+        raise CheckpointError(f"{path}: the data spec's kind is {kind!r}, expected the name of a language")
+    problems = []
+    d_vocab, n_ctx, alphabet = spec.get("d_vocab"), spec.get("n_ctx"), spec.get("alphabet")
+    if d_vocab is not None and d_vocab != cfg.d_vocab:
+        problems.append(f"its data has a vocabulary of {d_vocab!r} tokens but the model d_vocab = {cfg.d_vocab}")
+    if isinstance(alphabet, str) and len(alphabet) + 1 != cfg.d_vocab:
+        problems.append(f"its data's alphabet has {len(alphabet)} characters (+ BOS = {len(alphabet) + 1} ids) "
+                        f"but the model d_vocab = {cfg.d_vocab}")
+    if n_ctx is not None and (isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or not 1 <= n_ctx <= cfg.n_ctx):
+        problems.append(f"its data has sequences of {n_ctx!r} tokens but the model reads at most n_ctx = {cfg.n_ctx}")
+    if problems:
+        raise CheckpointError(f"{path}: the data spec contradicts the model config: " + "; ".join(problems)
+                              + " (a hand-edited or mixed-up checkpoint?)")
 
 
 def _load_state(model: AttnOnlyTransformer, state: dict, path: Path) -> None:

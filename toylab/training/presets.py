@@ -17,6 +17,7 @@ seed fixes everything else. ``toylab train PRESET`` trains one; the files in
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,7 +109,8 @@ def get_preset(name: str) -> Preset:
     if not isinstance(name, str):
         raise ValueError(f"a preset name must be a string, got {type(name).__name__}")
     if name not in PRESETS:
-        close = difflib.get_close_matches(name, list(PRESETS), n=1, cutoff=0.5)
+        same_letters = [p for p in PRESETS if p.lower() == name.lower().strip()]  # "induction-2L"
+        close = same_letters or difflib.get_close_matches(name, list(PRESETS), n=1, cutoff=0.5)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise ValueError(f"unknown preset {name!r}; {hint}the presets are {sorted(PRESETS)}")
     return PRESETS[name]
@@ -129,7 +131,16 @@ def load_shipped(name: str) -> Checkpoint:
 
 
 def load_model(name_or_path: str | Path) -> AttnOnlyTransformer:
-    """A trained model, from a preset name (the shipped checkpoint) or a checkpoint path."""
+    """A trained model, from a preset name (the shipped checkpoint) or a checkpoint path.
+
+    A string that is neither a preset nor an existing file, and has no folder or suffix (a preset
+    typo such as ``"induction-2L"``), is refused with the closest preset and the list of them."""
     if isinstance(name_or_path, str) and name_or_path in PRESETS:
         return load_shipped(name_or_path).model
-    return load_checkpoint(name_or_path).model
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"load_model takes a preset name ({', '.join(PRESETS)}) or a checkpoint path, "
+                        f"got {type(name_or_path).__name__}")
+    path = Path(name_or_path)
+    if isinstance(name_or_path, str) and not path.exists() and path.suffix == "" and len(path.parts) == 1:
+        get_preset(name_or_path)  # raises: unknown preset, did you mean ..., the presets are ...
+    return load_checkpoint(path).model

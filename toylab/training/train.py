@@ -49,7 +49,8 @@ class TrainingInterrupted(KeyboardInterrupt):
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimiser and loop settings. ``lr`` peaks after ``warmup_steps`` and
-    decays with a cosine to ``lr * final_lr_frac`` at ``steps``."""
+    decays with a cosine to ``lr * final_lr_frac`` at ``steps``. Every ``eval_every``
+    steps :func:`evaluate` reads ``eval_batch`` sequences per batch (validation, probes)."""
 
     steps: int = 1000
     batch_size: int = 128
@@ -181,7 +182,7 @@ def kl_to_truth(logits: torch.Tensor, true_probs: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: AttnOnlyTransformer, dataset, step: int, *, off_probe: bool = True) -> dict:
+def evaluate(model: AttnOnlyTransformer, dataset, step: int, *, off_probe: bool = True, batch: int = 256) -> dict:
     """Validation loss on a fixed batch of ``dataset`` (and, where the language
     knows its true next-token distribution, the KL from it), and the induction
     probes (at the probe's offset and at a different one, so a positional
@@ -189,19 +190,22 @@ def evaluate(model: AttnOnlyTransformer, dataset, step: int, *, off_probe: bool 
     :func:`toylab.causal.evaluation.off_probe_metrics` (``nobos_*``, ``randfirst_*``,
     ``segment_*``, ``uniform_loss``; left out where the context is too short, or
     when ``off_probe=False``: a third or more of an evaluation's cost, for a live run
-    that does not look at them)."""
+    that does not look at them). Every one of them reads ``batch`` sequences
+    (:attr:`TrainConfig.eval_batch`, 256 in every preset)."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch (TrainConfig.eval_batch) must be a positive integer, got {batch!r}")
     was_training = model.training
     model.eval()
     g = torch.Generator().manual_seed(EVAL_SEED)
-    tokens = dataset.sample(256, g)
+    tokens = dataset.sample(batch, g)
     logits = model(tokens)
     val = next_token_loss(logits, tokens).mean().item()
     truth = true_next_token_probs(dataset, tokens)
     L = probe_half_len(model.cfg.n_ctx)
-    probe = induction_probe(model, L)
+    probe = induction_probe(model, L, batch=batch)
     gap_len = max(L // 2, 1)
-    gapped = induction_probe(model, L - gap_len, gap=gap_len + 1)  # offset L + 1 instead of L
-    extra = off_probe_metrics(model) if off_probe and off_probe_applies(model) else {}
+    gapped = induction_probe(model, L - gap_len, gap=gap_len + 1, batch=batch)  # offset L + 1 instead of L
+    extra = off_probe_metrics(model, batch) if off_probe and off_probe_applies(model) else {}
     model.train(was_training)
     best = lambda rows: max((max(r) for r in rows), default=0.0)  # noqa: E731
     return {
@@ -272,7 +276,7 @@ def _partial_result(result: "TrainResult", dataset, done: int, start: float,
     """``result`` of a loop interrupted after ``done`` completed optimiser steps, with a
     final evaluation at that step marked ``partial``."""
     result.seconds = time.perf_counter() - start
-    entry = evaluate(result.model, dataset, done, off_probe=off_probe)
+    entry = evaluate(result.model, dataset, done, off_probe=off_probe, batch=result.train_cfg.eval_batch)
     entry["partial"] = True
     entry["steps_planned"] = result.train_cfg.steps
     result.history.append(entry)
@@ -322,7 +326,7 @@ def _train_loop(model_cfg, dataset, cfg: TrainConfig, seed, progress, desc, call
                 if step == cfg.prefix_steps:
                     result.prefix_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 if step % cfg.eval_every == 0 or step == last:
-                    entry = evaluate(model, dataset, step, off_probe=off_probe)
+                    entry = evaluate(model, dataset, step, off_probe=off_probe, batch=cfg.eval_batch)
                     entry["train_loss"] = running / n_running
                     entry["seconds"] = time.perf_counter() - start
                     running, n_running = 0.0, 0
