@@ -64,7 +64,8 @@ def cmd_grade(args, select: str | None = None) -> int:
     except (OSError, ValueError, RuntimeError) as e:
         print(f"toylab grade: error: {e}", file=sys.stderr)
         return 2
-    print(f"graded {g.path} ({g.timeout:g} s per test)\n")
+    print(f"graded {g.path} ({g.timeout:g} s per test)")
+    print(f"{g.note}\n")
     print(g.table())
     if json_path is not None:
         data = g.to_gradescope(getattr(args, "visibility", "visible")) if fmt == "gradescope" else g.to_dict()
