@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from toylab.course import commands, grading, sandbox
+from toylab.course import commands, contain, grading
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMITS = "cpu=120,mem=3072,fsize=16,nproc=48"
-needs_root = pytest.mark.skipif(not sandbox.is_root(), reason="the worker drops privileges only when the grader "
+needs_root = pytest.mark.skipif(not contain.is_root(), reason="the worker drops privileges only when the grader "
                                                              "is root (as in CI and Gradescope)")
 pytestmark = needs_root
 
@@ -327,7 +327,7 @@ def test_killing_the_grader_fails(attack_run):
 def test_a_detached_process_cannot_rewrite_the_scores(attack_run):
     _row(attack_run, "forward")
     assert attack_run["results"].read_text() == attack_run["written"]
-    assert not sandbox.uid_processes(int(attack_run["grade"].note.split("uid ")[1].split()[0]))
+    assert not contain.uid_processes(int(attack_run["grade"].note.split("uid ")[1].split()[0]))
 
 
 def test_right_first_then_cheating_fails(attack_run):

@@ -44,11 +44,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from toylab.course.answers import ANSWERS_ENV, ISOLATE_ENV, TIMEOUT_ENV, repo_root
-from toylab.course import sandbox
+from toylab.course import contain
+from toylab.course.scores import Grade, GradedTest
 from toylab.training.progress import Progress
 
 DEFAULT_TIMEOUT = 10.0
@@ -57,7 +57,6 @@ DEFAULT_TIMEOUT = 10.0
 # answer that runs too long; the watchdog is left for a grader that hangs
 WORKER_START_ALLOWANCE = 60.0
 MESSAGE_LIMIT = 2000  # characters of a failure's first line that are kept (hints sit at its end)
-GRADESCOPE_VISIBILITY = ("visible", "hidden", "after_due_date", "after_published")
 _EVENTS_ENV = "TOYLAB_GRADE_EVENTS"
 
 
@@ -131,82 +130,6 @@ def _child_main(events: str, args: list[str]) -> int:  # pragma: no cover - runs
 
 
 # ------------------------------------------------------------------ grading
-@dataclass
-class GradedTest:
-    chapter: int
-    exercise: str
-    nodeid: str
-    points: int
-    passed: bool = False
-    message: str = "not run"
-    hidden: bool = False
-
-
-@dataclass
-class Grade:
-    path: str
-    timeout: float
-    tests: list[GradedTest] = field(default_factory=list)
-    note: str = ""  # how the worker that ran the answers was contained (see sandbox.containment_note)
-
-    def exercises(self) -> list[dict]:
-        """One row per (chapter, exercise): points earned/max, pass or the first failure."""
-        rows: dict[tuple, dict] = {}
-        for t in self.tests:
-            row = rows.setdefault((t.chapter, t.exercise), {"chapter": t.chapter, "exercise": t.exercise,
-                                                            "earned": 0, "max": 0, "passed": True, "message": ""})
-            row["max"] += t.points
-            if t.passed:
-                row["earned"] += t.points
-            else:
-                row["passed"] = False
-                row["message"] = row["message"] or t.message
-        return list(rows.values())
-
-    @property
-    def earned(self) -> int:
-        return sum(t.points for t in self.tests if t.passed)
-
-    @property
-    def max_points(self) -> int:
-        return sum(t.points for t in self.tests)
-
-    def table(self) -> str:
-        rows = self.exercises()
-        w = max([len(r["exercise"]) for r in rows] + [8])
-        lines = [f"{'chapter':>7}  {'exercise':<{w}}  {'points':>6}  result", f"{'-' * 7}  {'-' * w}  {'-' * 6}  {'-' * 40}"]
-        for r in rows:
-            pts = f"{r['earned']}/{r['max']}"
-            lines.append(f"{r['chapter']:>7}  {r['exercise']:<{w}}  {pts:>6}  {'pass' if r['passed'] else r['message']}")
-        lines.append(f"{'-' * 7}  {'-' * w}  {'-' * 6}")
-        lines.append(f"{'total':>7}  {'':<{w}}  {f'{self.earned}/{self.max_points}':>6}")
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict:
-        return {"path": self.path, "timeout_s": self.timeout, "earned": self.earned, "max": self.max_points,
-                "containment": self.note, "exercises": self.exercises(), "tests": [asdict(t) for t in self.tests]}
-
-    def to_gradescope(self, visibility: str = "visible", stdout_visibility: str = "hidden") -> dict:
-        """The Gradescope autograder ``results.json``: one Gradescope test per exercise.
-
-        ``{"score", "output", "visibility", "stdout_visibility", "tests": [{"name",
-        "number", "score", "max_score", "status", "output", "visibility"}]}``, where
-        a test's ``score`` is the points earned on that exercise and ``output`` is
-        "pass" or its first failure message (with its hint).
-        """
-        for name, v in (("visibility", visibility), ("stdout_visibility", stdout_visibility)):
-            if v not in GRADESCOPE_VISIBILITY:
-                raise ValueError(f"Gradescope {name} must be one of {GRADESCOPE_VISIBILITY}, got {v!r}")
-        tests = []
-        for i, r in enumerate(self.exercises(), 1):
-            tests.append({"name": f"ch{r['chapter']:02d} {r['exercise']}", "number": str(i),
-                          "score": r["earned"], "max_score": r["max"],
-                          "status": "passed" if r["passed"] else "failed",
-                          "output": "pass" if r["passed"] else r["message"], "visibility": visibility})
-        return {"score": self.earned, "output": f"toylab grade: {self.earned}/{self.max_points} points",
-                "visibility": visibility, "stdout_visibility": stdout_visibility, "tests": tests}
-
-
 def _read_events(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -249,19 +172,19 @@ def grade(path: str | os.PathLike = "exercises", chapter: int | None = None, tim
         raise FileNotFoundError(f"no answers folder {folder}")
     check_timeout(timeout)
     require_pytest()
-    uid = sandbox.worker_uid(root)
-    result = Grade(path=str(folder), timeout=timeout, note=sandbox.containment_note(uid))
+    uid = contain.worker_uid(root)
+    result = Grade(path=str(folder), timeout=timeout, note=contain.containment_note(uid))
     args = [str(f) for f in graded_test_files(chapter, root)]
     if select:
         args += ["-k", select]
     env = dict(os.environ, **{ANSWERS_ENV: str(folder), TIMEOUT_ENV: str(timeout), "PYTHONDONTWRITEBYTECODE": "1",
                               ISOLATE_ENV: "1",
-                              sandbox.HIDE_ENV: os.pathsep.join([str(folder), *map(str, hide)])})
-    env.pop(sandbox.UID_ENV, None)
+                              contain.HIDE_ENV: os.pathsep.join([str(folder), *map(str, hide)])})
+    env.pop(contain.UID_ENV, None)
     if uid is not None:
-        env[sandbox.UID_ENV] = str(uid)
+        env[contain.UID_ENV] = str(uid)
     if limits is not None:
-        env[sandbox.LIMITS_ENV] = limits
+        env[contain.LIMITS_ENV] = limits
     base = ["-q", "-p", "no:cacheprovider", "-o", "addopts=", "--rootdir", str(root), "-W", "ignore"]
     by_id: dict[str, GradedTest] = {}
     state: dict = {"pending": None}
@@ -281,7 +204,7 @@ def grade(path: str | os.PathLike = "exercises", chapter: int | None = None, tim
         bar.update(finished_before + sum(e["event"] == "result" for e in events) - bar.n)
 
     with tempfile.TemporaryDirectory(prefix="toylab-grade-") as tmp:
-        env[sandbox.PIDS_ENV] = str(Path(tmp) / "workers.txt")
+        env[contain.PIDS_ENV] = str(Path(tmp) / "workers.txt")
         try:
             _run_attempts(state, tmp, root, env, base, args, timeout, startup_timeout, tick, by_id)
         finally:
@@ -297,11 +220,10 @@ def _end_workers(pids_file: Path, uid: int | None) -> None:
     if pids_file.exists():
         for line in pids_file.read_text().split():
             if line.isdigit():
-                sandbox.kill_session(int(line))
+                contain.kill_session(int(line))
     if uid is not None:
-        sandbox.kill_uid(uid)
-        with sandbox._uid_lock:
-            sandbox._uids_taken.discard(uid)
+        contain.kill_uid(uid)
+        contain.release_uid(uid)
 
 
 def _run_attempts(state, tmp, root, env, base, args, timeout, startup_timeout, tick, by_id) -> None:

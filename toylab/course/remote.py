@@ -19,7 +19,8 @@ import stat
 from pathlib import Path
 
 from toylab.course import wire
-from toylab.course.sandbox import Limits, Worker, hidden_paths, worker_uid
+from toylab.course.contain import Limits, hidden_paths, worker_uid
+from toylab.course.sandbox import Worker
 
 MAX_SOURCE = 1 << 20  # a submitted file over 1 MiB is refused
 
@@ -113,7 +114,7 @@ class RemoteFunction:
         reply = w.request(msg)
         if reply[0] == "error":
             if str(reply[2]).startswith("output limit: "):  # its output file is full: a fresh worker for the rest
-                w.stop()
+                w.stop(restart=True)
                 raise AssertionError(str(reply[2])[len("output limit: "):])
             _raise(reply[1], reply[2])
         _, value, changed = reply
@@ -165,11 +166,10 @@ class RemoteModule:
         self.__file__ = str(path)
 
     def _ensure_loaded(self) -> None:
-        if self._loaded_gen == self._worker.generation and self._worker.proc is not None:
+        self._worker.ready()
+        if self._loaded_gen == self._worker.generation:
             return
         source = read_answer_file(self._path)
-        if self._worker.proc is None:
-            self._worker.start()
         reply = self._worker.request(("load", self._name, source, self._path.name))
         if reply[0] == "error":
             raise AssertionError(reply[2])
@@ -207,8 +207,17 @@ def shared_worker() -> Worker:
                          call_timeout=float(os.environ.get(TIMEOUT_ENV, "60")))
         import atexit
 
-        atexit.register(_worker.stop)
+        atexit.register(_worker.close)
     return _worker
+
+
+def prestart(folder: Path) -> None:
+    """Start this process's worker in the background (the graded tests' conftest does, at session
+    start), with the answers ``folder`` hidden from it."""
+    w = shared_worker()
+    if w.hide is not None and str(Path(folder).resolve()) not in w.hide:
+        w.hide.append(str(Path(folder).resolve()))
+    w.prestart()
 
 
 def remote_answers(path: Path, module: str) -> RemoteModule:

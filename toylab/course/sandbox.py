@@ -1,5 +1,7 @@
 """The grader's side of the worker: start it contained, call into it, stop it and all it started.
 
+(What containment means in detail, uids, mount namespace and limits, is :mod:`toylab.course.contain`.)
+
 :func:`remote_answers` returns a :class:`RemoteModule`: its functions send ``(name, args)`` to
 a :class:`Worker`, the only process that imports the student's file (:mod:`toylab.course.worker`),
 and decode the answer as plain data (:mod:`toylab.course.wire`). A worker is started
@@ -22,8 +24,6 @@ starts a fresh worker.
 
 from __future__ import annotations
 
-import ctypes
-import dataclasses
 import os
 import signal
 import subprocess
@@ -34,259 +34,8 @@ import time
 from pathlib import Path
 
 from toylab.course import wire
-
-LIMITS_ENV = "TOYLAB_WORKER_LIMITS"  # e.g. "cpu=60,mem=4096,fsize=16,nproc=64" (s, MiB, MiB, count)
-UID_ENV = "TOYLAB_WORKER_UID"
-HIDE_ENV = "TOYLAB_HIDE"
-PIDS_ENV = "TOYLAB_WORKER_PIDS"  # the grader appends each worker's pid here, so its parent can end its session
-_UID_BASE = 61000
-
-
-@dataclasses.dataclass
-class Limits:
-    cpu_s: int = 900
-    memory_mib: int = 6144
-    fsize_mib: int = 16
-    nproc: int = 64
-    startup_s: float = 120.0
-
-    @classmethod
-    def from_env(cls) -> "Limits":
-        lim = cls()
-        for part in filter(None, os.environ.get(LIMITS_ENV, "").split(",")):
-            key, _, val = part.partition("=")
-            field = {"cpu": "cpu_s", "mem": "memory_mib", "fsize": "fsize_mib", "nproc": "nproc"}.get(key.strip())
-            if field:
-                setattr(lim, field, int(val))
-        return lim
-
-
-# ------------------------------------------------------------ who the worker runs as
-def is_root() -> bool:
-    return hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-def uid_processes(uid: int) -> list[int]:
-    out = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                if os.stat(f"/proc/{name}").st_uid == uid and _state(int(name)) != "Z":
-                    out.append(int(name))
-            except OSError:
-                pass
-    return out
-
-
-def _state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "?"
-
-
-def _session(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[3])
-    except (OSError, IndexError, ValueError):
-        return -1
-
-
-_uid_lock = threading.Lock()
-_uids_taken: set[int] = set()
-
-
-def pick_uid() -> int:
-    """An unused uid (no passwd entry, no running process) for one grading's workers."""
-    import pwd
-
-    with _uid_lock:
-        start = _UID_BASE + (os.getpid() * 7) % 3000
-        for k in range(3000):
-            uid = _UID_BASE + (start - _UID_BASE + k) % 3000
-            if uid in _uids_taken:
-                continue
-            try:
-                pwd.getpwuid(uid)
-                continue
-            except KeyError:
-                pass
-            if uid_processes(uid):
-                continue
-            _uids_taken.add(uid)
-            return uid
-    raise RuntimeError("no free uid for the grading worker")
-
-
-def worker_uid(root: Path) -> int | None:
-    """The uid a grading's workers run as: a fresh unused one when the grader is root (``$TOYLAB_WORKER_UID``
-    if set), ``None`` when it is not, or when the worker could not even start Python as another user
-    (an interpreter in a folder others cannot enter, and no mount namespace to expose it)."""
-    if not is_root():
-        return None
-    if os.environ.get(UID_ENV):
-        return int(os.environ[UID_ENV])
-    if not namespaces_available() and exposures(root):
-        return None
-    return pick_uid()
-
-
-def kill_session(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError, OSError):
-        pass
-
-
-def kill_uid(uid: int, rounds: int = 5) -> None:
-    """SIGKILL every process of ``uid`` (as that uid: ``kill(-1)``), until none is left."""
-    for _ in range(rounds):
-        if not uid_processes(uid):
-            return
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            try:
-                os.setgid(uid)
-                os.setuid(uid)
-                os.kill(-1, signal.SIGKILL)
-            finally:
-                os._exit(0)
-        os.waitpid(pid, 0)
-        time.sleep(0.02)
-
-
-_LIBC = None
-CLONE_NEWNS, MS_RDONLY, MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 0x20000, 1, 2, 4, 4096, 16384, 1 << 18
-
-
-def _libc():
-    global _LIBC
-    if _LIBC is None:
-        _LIBC = ctypes.CDLL(None, use_errno=True)
-    return _LIBC
-
-
-_ns_ok: bool | None = None
-
-
-def namespaces_available() -> bool:
-    """Whether this process may make a mount namespace (root with CAP_SYS_ADMIN; cached)."""
-    global _ns_ok
-    if _ns_ok is None:
-        if not is_root() or not sys.platform.startswith("linux"):
-            _ns_ok = False
-        else:
-            libc = _libc()
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover
-                os._exit(0 if libc.unshare(CLONE_NEWNS) == 0 else 1)
-            _ns_ok = os.waitpid(pid, 0)[1] == 0
-    return _ns_ok
-
-
-def hidden_paths(root: Path, extra=()) -> list[str]:
-    """What the worker must not see: the repository's top-level entries except ``toylab`` and the
-    virtual environment, a worktree's git folder, ``extra`` and ``$TOYLAB_HIDE``."""
-    root = Path(root).resolve()
-    keep = {root / "toylab"}
-    for prefix in {sys.prefix, sys.base_prefix, sys.executable}:
-        p = Path(prefix).resolve()
-        if root in p.parents:
-            keep.add(root / p.relative_to(root).parts[0])
-    out = [str(p) for p in sorted(root.iterdir()) if p not in keep and not p.is_symlink()]
-    git = root / ".git"
-    if git.is_file():
-        text = git.read_text(errors="replace").strip()
-        if text.startswith("gitdir:"):
-            gd = Path(text.split(":", 1)[1].strip())
-            common = gd.parent.parent if gd.parent.name == "worktrees" else gd
-            out.append(str(common.resolve()))
-    out += [str(Path(p).resolve()) for p in extra]
-    out += [p for p in os.environ.get(HIDE_ENV, "").split(os.pathsep) if p]
-    return [p for p in dict.fromkeys(out) if os.path.exists(p)]
-
-
-def exposures(root: Path) -> list[tuple[str, str]]:
-    """``(folder, entry)`` pairs the worker needs through a folder others may not enter (a Python
-    under ``/root``): in its mount namespace each such folder becomes a tmpfs holding only ``entry``."""
-    needed = {os.path.realpath(p) for p in (sys.executable, sys.prefix, sys.base_prefix, str(Path(root) / "toylab"),
-                                            *[q for q in sys.path if q and os.path.isdir(q)])}
-    out = []
-    for p in sorted(needed):
-        parts = Path(p).parts
-        for i in range(1, len(parts)):
-            d = os.path.join(*parts[:i])
-            try:
-                if not os.stat(d).st_mode & 0o001:
-                    out.append((d, parts[i]))
-                    break
-            except OSError:
-                break
-    return list(dict.fromkeys(out))
-
-
-def containment_note(uid: int | None) -> str:
-    """One sentence on what the worker is kept from (printed by ``toylab grade``)."""
-    if uid is None:
-        return ("note: the grader is not root, so the worker running the answers could not drop its privileges: "
-                "it runs as you and can read solutions/ and the hidden tests and write what you can (a session, "
-                "limits and a time limit are all that contain it; grade as root, e.g. in a container, to protect them)")
-    if not namespaces_available():
-        return (f"note: the worker runs as uid {uid} (unprivileged), but no mount namespace could be made, so it "
-                "can read world-readable files, solutions/ and the hidden tests among them")
-    return (f"the worker runs as uid {uid} (unprivileged) in its own mount namespace: solutions/, tests/ and the "
-            "submissions are hidden from it, /tmp is private to it")
-
-
-def _mount(src, target, fstype, flags, data) -> None:
-    libc = _libc()
-    r = libc.mount(src and src.encode(), target.encode(), fstype and fstype.encode(), flags,
-                   data and data.encode())
-    if r != 0:
-        raise OSError(ctypes.get_errno(), f"mount {target}")
-
-
-def _contain(limits: Limits, uid: int | None, hide: list[str], expose: list[tuple[str, str]]):
-    import resource
-
-    def setup():  # pragma: no cover - runs in the forked child, before exec
-        os.umask(0o077)
-        if uid is not None and hide is not None:
-            libc = _libc()
-            if libc.unshare(CLONE_NEWNS) == 0:
-                _mount(None, "/", None, MS_REC | MS_PRIVATE, None)
-                fds = [(d, e, os.open(os.path.join(d, e), os.O_PATH)) for d, e in expose]
-                for d in dict.fromkeys(d for d, _, _ in fds):
-                    _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=755")
-                for d, e, fd in fds:
-                    target = os.path.join(d, e)
-                    if os.path.isdir(f"/proc/self/fd/{fd}"):
-                        os.makedirs(target, exist_ok=True)
-                    else:
-                        open(target, "w").close()
-                    _mount(f"/proc/self/fd/{fd}", target, None, MS_BIND | MS_REC, None)
-                    os.close(fd)
-                for p in hide:
-                    if os.path.isdir(p):
-                        _mount("tmpfs", p, "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "size=4k,mode=755")
-                    else:
-                        _mount("/dev/null", p, None, MS_BIND, None)
-                for p in ("/tmp", "/var/tmp", "/dev/shm"):
-                    if os.path.isdir(p):
-                        _mount("tmpfs", p, "tmpfs", MS_NOSUID | MS_NODEV, "size=64m,mode=1777")
-        mib = 1 << 20
-        for res, val in ((resource.RLIMIT_CPU, limits.cpu_s), (resource.RLIMIT_AS, limits.memory_mib * mib),
-                         (resource.RLIMIT_FSIZE, limits.fsize_mib * mib), (resource.RLIMIT_CORE, 0)):
-            resource.setrlimit(res, (val, val))
-        if uid is not None:
-            resource.setrlimit(resource.RLIMIT_NPROC, (limits.nproc, limits.nproc))
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-    return setup
-
+from toylab.course.contain import (PIDS_ENV, Limits, exposures, kill_uid, namespaces_available, preexec,
+                                   session_of, state_of, uid_processes)
 
 _SIGNALS = {signal.SIGXCPU: "it used up its CPU time ({cpu} s)", signal.SIGXFSZ:
             "it wrote more than {fsize} MiB (printing too much?)", signal.SIGSEGV: "segmentation fault",
@@ -307,18 +56,50 @@ class Worker:
         self.generation = 0
         self.callbacks: dict[int, object] = {}
         self.depth = 0
+        self._thread: threading.Thread | None = None
+        self.closed = False
 
     # ----------------------------------------------------------- life
     def start(self) -> None:
-        """Start a fresh worker; the test's alarm is paused meanwhile (starting is not the student's time)."""
+        """Have a started worker (waiting for one :meth:`prestart` began); the test's alarm is paused
+        meanwhile: starting Python and torch is not the student's time."""
         paused = None
         if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
             paused = signal.setitimer(signal.ITIMER_REAL, 0)[0]
         try:
-            self._start()
+            thread, self._thread = self._thread, None
+            if thread is not None:
+                thread.join()
+            if self.proc is None:
+                self._start()
         finally:
             if paused:
                 signal.setitimer(signal.ITIMER_REAL, paused)
+
+    def ready(self) -> None:
+        """Make sure a worker is started (and no background start is still under way)."""
+        if self._thread is not None or self.proc is None:
+            self.start()
+
+    def prestart(self) -> None:
+        """Start a worker in the background, so that the next call finds it ready."""
+        if self.proc is None and self._thread is None and not self.closed:
+            def run():
+                try:
+                    self._start()
+                except AssertionError:
+                    pass  # the next call starts one itself and reports what goes wrong
+
+            self._thread = threading.Thread(target=run, daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        """Stop for good (no background restart)."""
+        self.closed = True
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.stop()
 
     def _start(self) -> None:
         root = Path(__file__).resolve().parents[2]
@@ -339,7 +120,7 @@ class Worker:
         self.proc = subprocess.Popen([sys.executable, *flags, "-c", code], cwd=self.scratch, env=env,
                                      stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
                                      pass_fds=(req_r, resp_w), start_new_session=True,
-                                     preexec_fn=_contain(self.limits, self.uid, self.hide, self.expose))
+                                     preexec_fn=preexec(self.limits, self.uid, self.hide, self.expose))
         os.close(req_r)
         os.close(resp_w)
         self.generation += 1
@@ -371,8 +152,9 @@ class Worker:
         except (OSError, ValueError):
             return ""
 
-    def stop(self) -> None:
-        """Kill the worker's session (and, as root, every process of its uid); remove its scratch."""
+    def stop(self, restart: bool = False) -> None:
+        """Kill the worker's session (and, as root, every process of its uid); remove its scratch.
+        ``restart``: start the next worker in the background at once."""
         if self.proc is None:
             return
         try:
@@ -393,6 +175,8 @@ class Worker:
         shutil.rmtree(self.scratch, ignore_errors=True)
         self.proc = None
         self.callbacks.clear()
+        if restart:
+            self.prestart()
 
     def _strays(self) -> list[int]:
         if self.proc is None:
@@ -400,8 +184,8 @@ class Worker:
         me = self.proc.pid
         if self.uid is not None:
             return [p for p in uid_processes(self.uid) if p != me]
-        return [int(n) for n in os.listdir("/proc") if n.isdigit() and int(n) != me and _session(int(n)) == me
-                and _state(int(n)) != "Z"]
+        return [int(n) for n in os.listdir("/proc") if n.isdigit() and int(n) != me and session_of(int(n)) == me
+                and state_of(int(n)) != "Z"]
 
     def _death(self) -> str:
         code = self.proc.wait() if self.proc is not None else None
@@ -421,8 +205,7 @@ class Worker:
 
     def request(self, msg):
         """Send ``msg``, serve the worker's callbacks, return its ``("ok", ...)`` or ``("error", ...)``."""
-        if self.proc is None:
-            self.start()
+        self.ready()
         gen = self.generation
         self.depth += 1
         try:
@@ -442,12 +225,12 @@ class Worker:
             if self.depth == 1:
                 strays = self._strays()
                 if strays:
-                    self.stop()
+                    self.stop(restart=True)
                     raise AssertionError("your code started another process that was still running after the "
                                          "call (fork/subprocess), which grading does not allow; it was stopped")
             return reply
         except wire.WorkerLate:
-            self.stop()
+            self.stop(restart=True)
             raise AssertionError(f"timed out after {self.call_timeout:g} s") from None
         except wire.WorkerGone as e:
             if str(e) == "garbage":
@@ -456,13 +239,13 @@ class Worker:
                 why = "the process running your code stopped answering (it closed its pipe to the grader)"
             else:
                 why = self._death()
-            self.stop()
+            self.stop(restart=True)
             raise AssertionError(why) from None
         except AssertionError:
             raise
         except BaseException:  # the test's alarm, Ctrl-C, an undecodable answer: the worker cannot go on
             if gen == self.generation:
-                self.stop()
+                self.stop(restart=True)
             raise
         finally:
             self.depth -= 1
