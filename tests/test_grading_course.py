@@ -57,7 +57,7 @@ def test_release_leaves_out_solutions_and_hidden_tests(tmp_path, capsys):
     for f in GRADED:
         text = (out / "tests" / "exercises" / f.name).read_text()
         compile(text, f.name, "exec")
-        assert "mark.hidden" not in text
+        assert "mark.hidden" not in text and "@pytest.mark.exercise" in text
         for name in _hidden_tests(f):
             assert f"def {name}(" not in text, (f.name, name)
         visible = [n for n in ast.parse(f.read_text()).body if isinstance(n, ast.FunctionDef)
@@ -158,11 +158,13 @@ def test_gradescope_run_autograder_in_an_imitated_layout(tmp_path):
 
 def test_gradescope_run_autograder_reports_a_grader_that_cannot_run(tmp_path):
     ag = tmp_path / "autograder"
-    (ag / "source").mkdir(parents=True)  # no lab in the source folder: toylab grade cannot run there
+    _source_copy(ag / "source")
     (ag / "submission").mkdir()
-    env = dict(os.environ, AUTOGRADER_ROOT=str(ag), TOYLAB_PYTHON=sys.executable, PYTHONPATH="/nonexistent")
+    # a grader that refuses its arguments (exit status 2) stands for one that cannot run at all
+    env = dict(os.environ, AUTOGRADER_ROOT=str(ag), TOYLAB_PYTHON=sys.executable, TOYLAB_GRADE_ARGS="--timeout nan")
     proc = subprocess.run(["bash", str(ROOT / "course" / "gradescope" / "run_autograder")], env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0
     results = json.loads((ag / "results" / "results.json").read_text())
     assert results["score"] == 0 and "could not grade" in results["output"]
+    assert "timeout must be a finite number" in results["output"]

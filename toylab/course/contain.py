@@ -214,23 +214,48 @@ def hidden_paths(root: Path, extra=()) -> list[str]:
     return [p for p in dict.fromkeys(out) if os.path.exists(p)]
 
 
-def exposures(root: Path) -> list[tuple[str, str]]:
-    """``(folder, entry)`` pairs the worker needs through a folder others may not enter (a Python
-    under ``/root``): in its mount namespace each such folder becomes a tmpfs holding only ``entry``."""
+PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+def exposures(root: Path) -> list[str]:
+    """What the worker needs (the interpreter, its prefixes, ``sys.path``, ``toylab/``) that its mount
+    namespace would otherwise hide: paths under the private ``/tmp`` and friends, or under a folder
+    others may not enter (a Python in ``/root``). Each is bound back alone (see :func:`preexec`)."""
     needed = {os.path.realpath(p) for p in (sys.executable, sys.prefix, sys.base_prefix, str(Path(root) / "toylab"),
                                             *[q for q in sys.path if q and os.path.isdir(q)])}
     out = []
     for p in sorted(needed):
+        if any(p == d or p.startswith(d + "/") for d in PRIVATE_DIRS):
+            out.append(p)
+            continue
         parts = Path(p).parts
         for i in range(1, len(parts)):
-            d = os.path.join(*parts[:i])
             try:
-                if not os.stat(d).st_mode & 0o001:
-                    out.append((d, parts[i]))
+                if not os.stat(os.path.join(*parts[:i])).st_mode & 0o001:
+                    out.append(p)
                     break
             except OSError:
                 break
-    return list(dict.fromkeys(out))
+    # a path inside another one already bound needs nothing more
+    return [p for p in out if not any(p != q and p.startswith(q + "/") for q in out)]
+
+
+def _bind_back(path: str, fd: int, covered: set) -> None:
+    """In the namespace: make ``path`` exist (folders others cannot enter become a tmpfs) and bind ``fd`` to it."""
+    parts = Path(path).parts
+    for i in range(2, len(parts)):
+        d = os.path.join(*parts[:i])
+        if not os.path.exists(d):
+            os.mkdir(d)
+            os.chmod(d, 0o755)  # the umask is 077 by now
+        elif d not in covered and not os.stat(d).st_mode & 0o001:
+            _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=755")
+            covered.add(d)
+    if os.path.isdir(f"/proc/self/fd/{fd}"):
+        os.makedirs(path, exist_ok=True)
+    elif not os.path.exists(path):
+        open(path, "w").close()
+    _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC, None)
 
 
 def containment_note(uid: int | None) -> str:
@@ -258,7 +283,7 @@ def _mount(src, target, fstype, flags, data) -> None:
         raise OSError(ctypes.get_errno(), f"mount {target}")
 
 
-def preexec(limits: Limits, uid: int | None, hide: list[str] | None, expose: list[tuple[str, str]]):
+def preexec(limits: Limits, uid: int | None, hide: list[str] | None, expose: list[str]):
     """The function the forked worker runs before ``exec``."""
     import resource
 
@@ -268,25 +293,21 @@ def preexec(limits: Limits, uid: int | None, hide: list[str] | None, expose: lis
             libc = _libc()
             if libc.unshare(CLONE_NEWNS) == 0:
                 _mount(None, "/", None, MS_REC | MS_PRIVATE, None)
-                fds = [(d, e, os.open(os.path.join(d, e), os.O_PATH)) for d, e in expose]
-                for d in dict.fromkeys(d for d, _, _ in fds):
-                    _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=755")
-                for d, e, fd in fds:
-                    target = os.path.join(d, e)
-                    if os.path.isdir(f"/proc/self/fd/{fd}"):
-                        os.makedirs(target, exist_ok=True)
-                    else:
-                        open(target, "w").close()
-                    _mount(f"/proc/self/fd/{fd}", target, None, MS_BIND | MS_REC, None)
+                fds = [(p, os.open(p, os.O_PATH)) for p in expose]
+                for d in PRIVATE_DIRS:
+                    if os.path.isdir(d):
+                        _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, "size=64m,mode=1777")
+                covered: set = set(PRIVATE_DIRS)
+                for p, fd in fds:
+                    _bind_back(p, fd, covered)
                     os.close(fd)
                 for p in hide:
+                    if not os.path.lexists(p):
+                        continue  # under a private folder now: not there at all
                     if os.path.isdir(p):
                         _mount("tmpfs", p, "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "size=4k,mode=755")
                     else:
                         _mount("/dev/null", p, None, MS_BIND, None)
-                for p in ("/tmp", "/var/tmp", "/dev/shm"):
-                    if os.path.isdir(p):
-                        _mount("tmpfs", p, "tmpfs", MS_NOSUID | MS_NODEV, "size=64m,mode=1777")
         mib = 1 << 20
         for res, val in ((resource.RLIMIT_CPU, limits.cpu_s), (resource.RLIMIT_AS, limits.memory_mib * mib),
                          (resource.RLIMIT_FSIZE, limits.fsize_mib * mib), (resource.RLIMIT_CORE, 0)):
