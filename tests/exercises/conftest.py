@@ -42,7 +42,7 @@ torch.set_num_threads(1)
 
 def pytest_sessionstart(session):
     """Untrusted answers run in a worker process: start it now, while pytest collects the tests."""
-    from toylab.course.answers import answers_dir, trusted_answers
+    from toylab.course.answers import answers_dir, call_timeout, repo_root, trusted_answers
 
     try:
         folder = answers_dir()
@@ -51,7 +51,7 @@ def pytest_sessionstart(session):
     if not trusted_answers(folder):
         from toylab.course.remote import prestart
 
-        prestart(folder)
+        prestart(folder, repo_root(), call_timeout())
 
 
 def pytest_configure(config):

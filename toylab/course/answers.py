@@ -50,6 +50,11 @@ def answers_dir() -> Path:
 _loaded: dict[Path, object] = {}
 
 
+def call_timeout() -> float:
+    """Seconds one call into the worker may take: ``$TOYLAB_GRADE_TIMEOUT`` (default 60)."""
+    return float(os.environ.get(TIMEOUT_ENV, "60"))
+
+
 def trusted_answers(folder: Path) -> bool:
     """Whether ``folder`` may be imported in the test process itself: only the repository's own
     ``solutions/``, and only outside ``toylab grade`` (plain pytest: CI, ``make test``)."""
@@ -71,7 +76,7 @@ def load_answers(module: str):
     if not trusted_answers(folder):
         from toylab.course.remote import remote_answers
 
-        return remote_answers(path, module)
+        return remote_answers(path, module, repo_root(), call_timeout())
     if path in _loaded:
         return _loaded[path]
     if not path.is_file():

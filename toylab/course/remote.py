@@ -195,35 +195,38 @@ _worker: Worker | None = None
 _modules: dict[Path, RemoteModule] = {}
 
 
-def shared_worker() -> Worker:
-    """This process's worker (one per grading process; restarted after a crash)."""
+def _handle(worker: Worker, ident: int) -> RemoteFunction:
+    return RemoteFunction(worker, ("handle", ident), f"<a function your code returned (#{ident})>")
+
+
+def shared_worker(root: Path, call_timeout: float) -> Worker:
+    """This process's worker (one per grading process; restarted after a crash); ``root`` is the
+    repository (what the worker must not see), ``call_timeout`` the seconds each call may take."""
     global _worker
     if _worker is None:
-        from toylab.course.answers import TIMEOUT_ENV, repo_root
-
-        uid = worker_uid(repo_root())
-        hide = hidden_paths(repo_root()) if uid is not None else None
-        _worker = Worker(Limits.from_env(), uid=uid, hide=hide,
-                         call_timeout=float(os.environ.get(TIMEOUT_ENV, "60")))
+        uid = worker_uid(root)
+        hide = hidden_paths(root) if uid is not None else None
+        _worker = Worker(Limits.from_env(), uid=uid, hide=hide, call_timeout=call_timeout)
+        _worker.handle_factory = _handle
         import atexit
 
         atexit.register(_worker.close)
     return _worker
 
 
-def prestart(folder: Path) -> None:
+def prestart(folder: Path, root: Path, call_timeout: float) -> None:
     """Start this process's worker in the background (the graded tests' conftest does, at session
     start), with the answers ``folder`` hidden from it."""
-    w = shared_worker()
+    w = shared_worker(root, call_timeout)
     if w.hide is not None and str(Path(folder).resolve()) not in w.hide:
         w.hide.append(str(Path(folder).resolve()))
     w.prestart()
 
 
-def remote_answers(path: Path, module: str) -> RemoteModule:
+def remote_answers(path: Path, module: str, root: Path, call_timeout: float) -> RemoteModule:
     """The proxy for ``path`` (``<answers>/<module>.py``), loaded (an import error raises ``AssertionError``)."""
     path = Path(path)
-    w = shared_worker()
+    w = shared_worker(root, call_timeout)
     if w.hide is not None and str(path.parent.resolve()) not in w.hide:
         w.hide.append(str(path.parent.resolve()))
     mod = _modules.get(path)
