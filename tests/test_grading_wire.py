@@ -115,3 +115,16 @@ def test_limits_from_the_environment(monkeypatch):
     monkeypatch.setenv(contain.LIMITS_ENV, "cpu=5,mem=1024,fsize=2,nproc=9")
     lim = contain.Limits.from_env()
     assert (lim.cpu_s, lim.memory_mib, lim.fsize_mib, lim.nproc) == (5, 1024, 2, 9)
+
+
+def test_a_worker_that_cannot_start_leaves_nothing_behind(monkeypatch, tmp_path):
+    import glob
+
+    from toylab.course import sandbox
+
+    monkeypatch.setattr(sandbox.sys, "executable", str(tmp_path / "no-such-python"))
+    before = set(glob.glob("/tmp/toylab-worker-*"))
+    w = sandbox.Worker(contain.Limits(), uid=None, hide=None)
+    with pytest.raises(AssertionError, match="could not be started"):
+        w.start()
+    assert set(glob.glob("/tmp/toylab-worker-*")) == before and w.proc is None

@@ -118,10 +118,19 @@ class Worker:
         flags = ["-I", "-B"]
         if os.environ.get("PYTHONPYCACHEPREFIX"):
             flags += ["-X", f"pycache_prefix={os.environ['PYTHONPYCACHEPREFIX']}"]
-        self.proc = subprocess.Popen([sys.executable, *flags, "-c", code], cwd=self.scratch, env=env,
-                                     stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
-                                     pass_fds=(req_r, resp_w), start_new_session=True,
-                                     preexec_fn=preexec(self.limits, self.uid, self.hide, self.expose))
+        try:
+            self.proc = subprocess.Popen([sys.executable, *flags, "-c", code], cwd=self.scratch, env=env,
+                                         stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
+                                         pass_fds=(req_r, resp_w), start_new_session=True,
+                                         preexec_fn=preexec(self.limits, self.uid, self.hide, self.expose))
+        except (OSError, subprocess.SubprocessError) as e:  # nothing started: leave nothing behind
+            import shutil
+
+            for fd in (req_r, resp_w, self.req_w, self.resp_r):
+                os.close(fd)
+            self.log.close()
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            raise AssertionError(f"the process that runs your code could not be started: {e}") from None
         os.close(req_r)
         os.close(resp_w)
         self.generation += 1
