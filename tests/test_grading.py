@@ -130,7 +130,7 @@ def test_grader_survives_hanging_and_crashing_answers(tmp_path, capsys):
     rows = {r["exercise"]: r for r in report["exercises"] if r["chapter"] in (0, 1)}
     assert "timed out after 3 s" in rows["conditional_entropy"]["message"]
     assert "timed out after 3 s" in rows["next_token_loss"]["message"]
-    assert "crashed: the test process exited with code 3" in rows["top_k_successors"]["message"]
+    assert "crashed: the process running your code exited with code 3" in rows["top_k_successors"]["message"]
     broken = {"conditional_entropy", "next_token_loss", "top_k_successors"}
     for name, row in rows.items():  # everything else is graded normally
         assert row["passed"] == (name not in broken), (name, row)

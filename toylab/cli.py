@@ -6,6 +6,8 @@
     toylab models            # the shipped models and what they learned
     toylab analyze CHECKPOINT_OR_PRESET                               # head report and composition scores
     toylab grade [--chapter N] [--json [FILE]] [--timeout S] [PATH]   # grade exercises
+    toylab grade-class SUBMISSIONS [--jobs N] [--out DIR]             # a class into gradebook.csv/json
+    toylab release OUT                                                # the students' copy of the course
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from toylab.files import check_writable
 from toylab.training.checkpoint import CheckpointError, check_metadata, load_checkpoint, save_checkpoint
-from toylab.course.commands import add_grade_parser
+from toylab.course.commands import add_course_parsers
 from toylab.training.presets import PRESETS, get_preset, shipped_path
 from toylab.training.train import TrainingInterrupted, TrainResult, train
 
@@ -359,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_analyze)
     p = sub.add_parser("models", help="the shipped models and their final metrics")
     p.set_defaults(func=cmd_models)
-    add_grade_parser(sub)
+    add_course_parsers(sub)
     return parser
 
 

@@ -8,6 +8,9 @@ Each graded test is marked ``@pytest.mark.exercise("name")`` and
     TOYLAB_ANSWERS=exercises python -m pytest tests/exercises     # grade your own answers
     toylab grade                                                  # the same, as a score table
 
+A test marked ``@pytest.mark.hidden`` (at least one per chapter) is graded like the others but
+left out of the students' copy that ``toylab release`` makes.
+
 Every test runs under an alarm of ``TOYLAB_GRADE_TIMEOUT`` seconds (default 60;
 ``toylab grade`` sets its ``--timeout``), so an answer that loops forever fails
 its test instead of hanging the run.
@@ -37,9 +40,24 @@ from toylab.course.answers import TIMEOUT_ENV, alarm
 torch.set_num_threads(1)
 
 
+def pytest_sessionstart(session):
+    """Untrusted answers run in a worker process: start it now, while pytest collects the tests."""
+    from toylab.course.answers import answers_dir, call_timeout, repo_root, trusted_answers
+
+    try:
+        folder = answers_dir()
+    except FileNotFoundError:
+        return
+    if not trusted_answers(folder):
+        from toylab.course.remote import prestart
+
+        prestart(folder, repo_root(), call_timeout())
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "exercise(name): the exercise a graded test grades")
     config.addinivalue_line("markers", "points(n): how many points a graded test is worth")
+    config.addinivalue_line("markers", "hidden: a graded test kept from students (not in `toylab release`)")
 
 
 def _limit() -> float:

@@ -184,6 +184,7 @@ def test_next_token_loss(induction_model, probe):
     assert float(got[:3, 13:].mean()) < 0.5, "the loss on the repeated half of [BOS, r, r] should be small"
 
 
+@pytest.mark.hidden
 @pytest.mark.exercise("predict_initial_loss")
 @pytest.mark.points(1)
 def test_predict_initial_loss():

@@ -167,6 +167,7 @@ def _rank_truth(M, tol):
     return next(r for r in range(len(tail)) if tail[r] <= tol ** 2 * tail[0] + 1e-12), S
 
 
+@pytest.mark.hidden
 @pytest.mark.exercise("rank_needed")
 @pytest.mark.points(2)
 def test_rank_needed(bigram_checkpoint):

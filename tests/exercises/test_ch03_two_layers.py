@@ -244,6 +244,7 @@ def _kind_truth(model, a, b):
     return (best if rel[best] >= 1.5 else None), rel
 
 
+@pytest.mark.hidden
 @pytest.mark.exercise("composition_kind")
 @pytest.mark.points(2)
 def test_composition_kind(induction_model, random_model):

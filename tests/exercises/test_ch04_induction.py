@@ -287,6 +287,7 @@ def _positional_model(prev_head: int, decoy_head: int):
     return m
 
 
+@pytest.mark.hidden
 @pytest.mark.exercise("previous_token_head_from_positions")
 @pytest.mark.points(2)
 def test_previous_token_head_from_positions(induction_model):

@@ -554,6 +554,7 @@ def _no_virtual_loss(model, tokens, freeze=True, with_pos=True, layers=None):
     return float(next_token_loss(model.run_with_hooks(tokens, fwd_hooks=hooks), tokens).mean())
 
 
+@pytest.mark.hidden
 @pytest.mark.exercise("virtual_terms_loss")
 @pytest.mark.points(3)
 def test_virtual_terms_loss(induction_model):

@@ -136,6 +136,7 @@ def test_token_dictionary_hook(induction_model):
                                 or "attn_out" in hook else ""))
 
 
+@pytest.mark.hidden
 @pytest.mark.exercise("choose_k_after_layer_0")
 @pytest.mark.points(2)
 def test_choose_k_after_layer_0(induction_model):

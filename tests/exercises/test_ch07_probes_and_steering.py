@@ -289,6 +289,7 @@ def test_predict_logit_change():
                                  "return None")
 
 
+@pytest.mark.hidden
 @pytest.mark.exercise("probe_verdict")
 @pytest.mark.points(2)
 def test_probe_verdict():

@@ -345,6 +345,7 @@ def test_choose_tau(induction_model):
 
 
 # ----------------------------------------------------------------------------- is_edge_real
+@pytest.mark.hidden
 @pytest.mark.exercise("is_edge_real")
 @pytest.mark.points(2)
 def test_is_edge_real(induction_model):

@@ -287,6 +287,7 @@ def renumbered(model):
     return m
 
 
+@pytest.mark.hidden
 @pytest.mark.exercise("design_hypothesis")
 @pytest.mark.points(3)
 def test_design_hypothesis(induction_model, scored_pool):

@@ -319,6 +319,7 @@ def random_bigram(V: int, seed: int, sharp: float) -> tuple[torch.Tensor, torch.
     return P, w
 
 
+@pytest.mark.hidden
 @pytest.mark.exercise("bigram_lives_in")
 @pytest.mark.points(2)
 def test_bigram_lives_in():

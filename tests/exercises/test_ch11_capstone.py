@@ -320,6 +320,7 @@ def test_rule_by_intervention():
                   hint="the docstring asks for 0.0 when the rule never fires (a mean over nothing is NaN)")
 
 
+@pytest.mark.hidden
 @pytest.mark.exercise("is_rule_learned")
 @pytest.mark.points(2)
 def test_is_rule_learned():

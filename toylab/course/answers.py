@@ -26,6 +26,7 @@ from pathlib import Path
 
 TIMEOUT_ENV = "TOYLAB_GRADE_TIMEOUT"
 ANSWERS_ENV = "TOYLAB_ANSWERS"
+ISOLATE_ENV = "TOYLAB_GRADE_ISOLATE"  # "1": even solutions/ runs in the worker (set by toylab grade)
 
 
 # ----------------------------------------------------------------- locating
@@ -49,13 +50,33 @@ def answers_dir() -> Path:
 _loaded: dict[Path, object] = {}
 
 
-def load_answers(module: str):
-    """Import ``<answers_dir>/<module>.py`` by path (e.g. ``module="ch00_transformer"``).
+def call_timeout() -> float:
+    """Seconds one call into the worker may take: ``$TOYLAB_GRADE_TIMEOUT`` (default 60)."""
+    return float(os.environ.get(TIMEOUT_ENV, "60"))
 
-    Each file is imported once per process; a file that is missing or does not
-    import raises an ``AssertionError`` that says so, which fails the test.
+
+def trusted_answers(folder: Path) -> bool:
+    """Whether ``folder`` may be imported in the test process itself: only the repository's own
+    ``solutions/``, and only outside ``toylab grade`` (plain pytest: CI, ``make test``)."""
+    return folder == repo_root() / "solutions" and os.environ.get(ISOLATE_ENV) != "1"
+
+
+def load_answers(module: str):
+    """The answers of ``<answers_dir>/<module>.py`` (e.g. ``module="ch00_transformer"``).
+
+    Untrusted answers (any folder but the repository's ``solutions/`` in plain pytest, and
+    every folder under ``toylab grade``) are imported only in a contained worker process:
+    this returns a proxy module whose functions run there
+    (:func:`toylab.course.remote.remote_answers`). The trusted ``solutions/`` are imported
+    here, once per process. A file that is missing or does not import raises an
+    ``AssertionError`` that says so, which fails the test.
     """
-    path = answers_dir() / f"{module}.py"
+    folder = answers_dir()
+    path = folder / f"{module}.py"
+    if not trusted_answers(folder):
+        from toylab.course.remote import remote_answers
+
+        return remote_answers(path, module, repo_root(), call_timeout())
     if path in _loaded:
         return _loaded[path]
     if not path.is_file():

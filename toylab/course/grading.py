@@ -44,15 +44,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from toylab.course.answers import ANSWERS_ENV, TIMEOUT_ENV, repo_root
+from toylab.course.answers import ANSWERS_ENV, ISOLATE_ENV, TIMEOUT_ENV, repo_root
+from toylab.course import contain
+from toylab.course.scores import Grade, GradedTest
 from toylab.training.progress import Progress
 
 DEFAULT_TIMEOUT = 10.0
+# seconds the watchdog adds to a test's limit: the test's alarm is paused while a fresh worker starts
+# (importing torch can take tens of seconds on a loaded machine), and the alarm itself stops an
+# answer that runs too long; the watchdog is left for a grader that hangs
+WORKER_START_ALLOWANCE = 60.0
 MESSAGE_LIMIT = 2000  # characters of a failure's first line that are kept (hints sit at its end)
-GRADESCOPE_VISIBILITY = ("visible", "hidden", "after_due_date", "after_published")
 _EVENTS_ENV = "TOYLAB_GRADE_EVENTS"
 
 
@@ -98,7 +102,7 @@ class Recorder:
             m = re.match(r"test_ch(\d+)_", Path(str(item.fspath)).name)
             tests.append({"nodeid": item.nodeid, "chapter": int(m.group(1)) if m else -1,
                           "exercise": ex.args[0] if ex else item.name,
-                          "points": pts.args[0] if pts else 1})
+                          "points": pts.args[0] if pts else 1, "hidden": item.get_closest_marker("hidden") is not None})
         self._write(event="collected", tests=tests)
 
     def pytest_runtest_logstart(self, nodeid, location) -> None:
@@ -126,80 +130,6 @@ def _child_main(events: str, args: list[str]) -> int:  # pragma: no cover - runs
 
 
 # ------------------------------------------------------------------ grading
-@dataclass
-class GradedTest:
-    chapter: int
-    exercise: str
-    nodeid: str
-    points: int
-    passed: bool = False
-    message: str = "not run"
-
-
-@dataclass
-class Grade:
-    path: str
-    timeout: float
-    tests: list[GradedTest] = field(default_factory=list)
-
-    def exercises(self) -> list[dict]:
-        """One row per (chapter, exercise): points earned/max, pass or the first failure."""
-        rows: dict[tuple, dict] = {}
-        for t in self.tests:
-            row = rows.setdefault((t.chapter, t.exercise), {"chapter": t.chapter, "exercise": t.exercise,
-                                                            "earned": 0, "max": 0, "passed": True, "message": ""})
-            row["max"] += t.points
-            if t.passed:
-                row["earned"] += t.points
-            else:
-                row["passed"] = False
-                row["message"] = row["message"] or t.message
-        return list(rows.values())
-
-    @property
-    def earned(self) -> int:
-        return sum(t.points for t in self.tests if t.passed)
-
-    @property
-    def max_points(self) -> int:
-        return sum(t.points for t in self.tests)
-
-    def table(self) -> str:
-        rows = self.exercises()
-        w = max([len(r["exercise"]) for r in rows] + [8])
-        lines = [f"{'chapter':>7}  {'exercise':<{w}}  {'points':>6}  result", f"{'-' * 7}  {'-' * w}  {'-' * 6}  {'-' * 40}"]
-        for r in rows:
-            pts = f"{r['earned']}/{r['max']}"
-            lines.append(f"{r['chapter']:>7}  {r['exercise']:<{w}}  {pts:>6}  {'pass' if r['passed'] else r['message']}")
-        lines.append(f"{'-' * 7}  {'-' * w}  {'-' * 6}")
-        lines.append(f"{'total':>7}  {'':<{w}}  {f'{self.earned}/{self.max_points}':>6}")
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict:
-        return {"path": self.path, "timeout_s": self.timeout, "earned": self.earned, "max": self.max_points,
-                "exercises": self.exercises(), "tests": [asdict(t) for t in self.tests]}
-
-    def to_gradescope(self, visibility: str = "visible", stdout_visibility: str = "hidden") -> dict:
-        """The Gradescope autograder ``results.json``: one Gradescope test per exercise.
-
-        ``{"score", "output", "visibility", "stdout_visibility", "tests": [{"name",
-        "number", "score", "max_score", "status", "output", "visibility"}]}``, where
-        a test's ``score`` is the points earned on that exercise and ``output`` is
-        "pass" or its first failure message (with its hint).
-        """
-        for name, v in (("visibility", visibility), ("stdout_visibility", stdout_visibility)):
-            if v not in GRADESCOPE_VISIBILITY:
-                raise ValueError(f"Gradescope {name} must be one of {GRADESCOPE_VISIBILITY}, got {v!r}")
-        tests = []
-        for i, r in enumerate(self.exercises(), 1):
-            tests.append({"name": f"ch{r['chapter']:02d} {r['exercise']}", "number": str(i),
-                          "score": r["earned"], "max_score": r["max"],
-                          "status": "passed" if r["passed"] else "failed",
-                          "output": "pass" if r["passed"] else r["message"], "visibility": visibility})
-        return {"score": self.earned, "output": f"toylab grade: {self.earned}/{self.max_points} points",
-                "visibility": visibility, "stdout_visibility": stdout_visibility, "tests": tests}
-
-
 def _read_events(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -223,13 +153,18 @@ def graded_test_files(chapter: int | None = None, root: Path | None = None) -> l
 
 
 def grade(path: str | os.PathLike = "exercises", chapter: int | None = None, timeout: float = DEFAULT_TIMEOUT,
-          select: str | None = None, startup_timeout: float = 120.0, progress: bool = False) -> Grade:
+          select: str | None = None, startup_timeout: float = 120.0, progress: bool = False,
+          hide: tuple = (), limits: str | None = None) -> Grade:
     """Run the graded tests against the answers in folder ``path``; returns a :class:`Grade`.
 
     ``select``: a pytest ``-k`` expression (e.g. one exercise's name).
     ``progress``: show a progress bar on stderr while the tests run.
+    ``hide``: more folders the worker must not see (``grade-class`` passes the submissions).
+    ``limits``: the worker's resource limits, ``"cpu=S,mem=MiB,fsize=MiB,nproc=N"``.
     Every test gets ``timeout`` seconds; a hanging or crashing answer fails its
-    own test and the others are still graded.
+    own test and the others are still graded. The answers run only in a contained worker
+    (:mod:`toylab.course.sandbox`), never in the process that decides the verdict; when
+    grading ends, the worker's session and (as root) every process of its uid are killed.
     """
     root = repo_root()
     folder = Path(path).expanduser().resolve()
@@ -237,14 +172,22 @@ def grade(path: str | os.PathLike = "exercises", chapter: int | None = None, tim
         raise FileNotFoundError(f"no answers folder {folder}")
     check_timeout(timeout)
     require_pytest()
-    result = Grade(path=str(folder), timeout=timeout)
+    uid = contain.worker_uid(root)
+    result = Grade(path=str(folder), timeout=timeout, note=contain.containment_note(uid))
     args = [str(f) for f in graded_test_files(chapter, root)]
     if select:
         args += ["-k", select]
-    env = dict(os.environ, **{ANSWERS_ENV: str(folder), TIMEOUT_ENV: str(timeout), "PYTHONDONTWRITEBYTECODE": "1"})
+    env = dict(os.environ, **{ANSWERS_ENV: str(folder), TIMEOUT_ENV: str(timeout), "PYTHONDONTWRITEBYTECODE": "1",
+                              ISOLATE_ENV: "1",
+                              contain.HIDE_ENV: os.pathsep.join([str(folder), *map(str, hide)])})
+    env.pop(contain.UID_ENV, None)
+    if uid is not None:
+        env[contain.UID_ENV] = str(uid)
+    if limits is not None:
+        env[contain.LIMITS_ENV] = limits
     base = ["-q", "-p", "no:cacheprovider", "-o", "addopts=", "--rootdir", str(root), "-W", "ignore"]
     by_id: dict[str, GradedTest] = {}
-    pending: list[str] | None = None  # None: not collected yet
+    state: dict = {"pending": None}
     bar: Progress | None = None
 
     def tick(events: list[dict]) -> None:  # called by the watchdog as the child reports
@@ -256,58 +199,81 @@ def grade(path: str | os.PathLike = "exercises", chapter: int | None = None, tim
             if not (by_id or collected):
                 return
             bar = Progress(len(by_id) or len(collected[0]["tests"]), "grading", stream=sys.stderr)
+        pending = state["pending"]
         finished_before = len(by_id) - len(pending) if pending is not None else 0
         bar.update(finished_before + sum(e["event"] == "result" for e in events) - bar.n)
 
     with tempfile.TemporaryDirectory(prefix="toylab-grade-") as tmp:
-        for attempt in range(1000):
-            events_path = Path(tmp) / f"events{attempt}.jsonl"
-            run_args = base + (args if pending is None else pending)
-            code = ("import sys, toylab.course.grading as g; "
-                    f"sys.exit(g._child_main({str(events_path)!r}, {run_args!r}))")
-            proc = subprocess.Popen([sys.executable, "-c", code], cwd=root, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-            out = _watch(proc, events_path, timeout, startup_timeout, tick)
-            events = _read_events(events_path)
-            killed_at = out["killed"]
-            running = None
-            for ev in events:
-                if ev["event"] == "collected":
-                    for t in ev["tests"]:
-                        by_id.setdefault(t["nodeid"], GradedTest(t["chapter"], t["exercise"], t["nodeid"], t["points"]))
-                    if pending is None:
-                        pending = [t["nodeid"] for t in ev["tests"]]
-                elif ev["event"] == "start":
-                    running = ev["nodeid"]
-                elif ev["event"] == "result":
-                    t = by_id[ev["nodeid"]]
-                    t.passed, t.message = ev["passed"], ev["message"]
-                    if ev["nodeid"] in pending:
-                        pending.remove(ev["nodeid"])
-                    running = None
-            if pending is None:  # never got as far as collecting the tests
-                if "No module named 'pytest'" in out["output"]:
-                    raise RuntimeError(PYTEST_MISSING.format(exe=sys.executable))
-                tail = out["output"].strip().splitlines()[-5:]
-                raise RuntimeError("the graded tests could not be collected:\n" + "\n".join(tail))
-            if running is not None:  # the child died or was killed inside this test
-                t = by_id[running]
-                t.passed = False
-                if killed_at == "timeout":
-                    t.message = f"timed out after {timeout:g} s"
-                else:
-                    t.message = f"crashed: the test process exited with code {proc.returncode} while running it"
-                pending.remove(running)
-            elif pending and killed_at == "startup":
-                for nodeid in pending:
-                    by_id[nodeid].message = "the test process did not start in time"
-                break
-            if not pending or running is None:
-                break
+        env[contain.PIDS_ENV] = str(Path(tmp) / "workers.txt")
+        try:
+            _run_attempts(state, tmp, root, env, base, args, timeout, startup_timeout, tick, by_id)
+        finally:
+            _end_workers(Path(tmp) / "workers.txt", uid)
     if bar is not None:
         bar.__exit__()
     result.tests = list(by_id.values())
     return result
+
+
+def _end_workers(pids_file: Path, uid: int | None) -> None:
+    """Kill every worker session the grading started and, as root, every process of its uid."""
+    if pids_file.exists():
+        for line in pids_file.read_text().split():
+            if line.isdigit():
+                contain.kill_session(int(line))
+    if uid is not None:
+        contain.kill_uid(uid)
+        contain.release_uid(uid)
+
+
+def _run_attempts(state, tmp, root, env, base, args, timeout, startup_timeout, tick, by_id) -> None:
+    """Run pytest children until every collected test has a result (a child that dies is replaced)."""
+    pending: list[str] | None = None  # None: not collected yet
+    for attempt in range(1000):
+        events_path = Path(tmp) / f"events{attempt}.jsonl"
+        run_args = base + (args if pending is None else pending)
+        code = ("import sys, toylab.course.grading as g; "
+                f"sys.exit(g._child_main({str(events_path)!r}, {run_args!r}))")
+        proc = subprocess.Popen([sys.executable, "-c", code], cwd=root, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        out = _watch(proc, events_path, timeout, startup_timeout, tick)
+        events = _read_events(events_path)
+        killed_at = out["killed"]
+        running = None
+        for ev in events:
+            if ev["event"] == "collected":
+                for t in ev["tests"]:
+                    by_id.setdefault(t["nodeid"], GradedTest(t["chapter"], t["exercise"], t["nodeid"], t["points"],
+                                                             hidden=bool(t.get("hidden"))))
+                if pending is None:
+                    pending = state["pending"] = [t["nodeid"] for t in ev["tests"]]
+            elif ev["event"] == "start":
+                running = ev["nodeid"]
+            elif ev["event"] == "result":
+                t = by_id[ev["nodeid"]]
+                t.passed, t.message = ev["passed"], ev["message"]
+                if ev["nodeid"] in pending:
+                    pending.remove(ev["nodeid"])
+                running = None
+        if pending is None:  # never got as far as collecting the tests
+            if "No module named 'pytest'" in out["output"]:
+                raise RuntimeError(PYTEST_MISSING.format(exe=sys.executable))
+            tail = out["output"].strip().splitlines()[-5:]
+            raise RuntimeError("the graded tests could not be collected:\n" + "\n".join(tail))
+        if running is not None:  # the child died or was killed inside this test
+            t = by_id[running]
+            t.passed = False
+            if killed_at == "timeout":
+                t.message = f"timed out after {timeout:g} s"
+            else:
+                t.message = f"crashed: the test process exited with code {proc.returncode} while running it"
+            pending.remove(running)
+        elif pending and killed_at == "startup":
+            for nodeid in pending:
+                by_id[nodeid].message = "the test process did not start in time"
+            break
+        if not pending or running is None:
+            break
 
 
 def check_timeout(timeout) -> float:
@@ -340,7 +306,7 @@ def _watch(proc: subprocess.Popen, events_path: Path, timeout: float, startup_ti
     chunks: list[bytes] = []
     reader = threading.Thread(target=lambda: chunks.append(proc.stdout.read()), daemon=True)
     reader.start()
-    grace = max(1.0, 0.25 * timeout)
+    grace = max(1.0, 0.25 * timeout) + WORKER_START_ALLOWANCE
     started = time.time()
     killed = None
     while proc.poll() is None:
