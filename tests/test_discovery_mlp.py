@@ -11,7 +11,8 @@ from toylab.discovery.attribution_patching import edge_attribution
 from toylab.discovery.edge_patching import edge_effects, run_with_edges, sender_outputs
 from toylab.discovery.figures import edge_graph
 from toylab.discovery.graph import Graph, GraphNotApplicable
-from toylab.discovery.scrubbing import EquivalenceClasses, Hypothesis, treeified_logits
+from toylab.discovery.scrubbing import EquivalenceClasses, Hypothesis, scrub, treeified_logits
+from toylab.causal.patching import path_patch
 from toylab.model import AttnOnlyTransformer, ModelConfig
 from toylab.training.presets import load_model
 
@@ -109,9 +110,9 @@ def test_a_graph_refuses_mlp_modules_its_config_does_not_declare():
     m.blocks[0].mlp = torch.nn.Linear(16, 16)
     with pytest.raises(GraphNotApplicable, match="d_mlp = 0"):
         Graph(m)
-    with pytest.raises(GraphNotApplicable, match="LayerNorm"):
+    with pytest.raises(GraphNotApplicable, match="shortformer positions join"):
         Graph(AttnOnlyTransformer(ModelConfig(d_vocab=8, n_ctx=6, d_model=8, n_layers=1, d_mlp=8,
-                                              layernorm=True)))
+                                              layernorm=True, positional="shortformer")))
 
 
 def test_sender_outputs_sum_to_the_final_residual_stream():
@@ -266,6 +267,64 @@ def test_acdc_keeps_the_fact_mlp_and_drops_the_zeroed_one():
         m2.blocks[0].mlp.b_out.zero_()
     kept2 = acdc(m2, Graph(m2), clean, corr, tau=1e-3, positions=last).circuit
     assert "MLP1" in kept2.nodes and "MLP1->logits" in kept2 and "MLP0" not in kept2.nodes
+
+
+# --- LayerNorm: each receiver normalises its patched input afresh ---------------------------------------
+
+def ln_model(d_mlp, affine):
+    cfg = ModelConfig(d_vocab=12, n_ctx=8, d_model=16, n_layers=2, n_heads=2, d_mlp=d_mlp, layernorm=True,
+                      ln_affine=affine, biases=True)
+    m = AttnOnlyTransformer(cfg, seed=0).double().eval()
+    with torch.no_grad():  # biases and LayerNorm weights away from their initial 0 and 1
+        for p in m.parameters():
+            if p.ndim == 1:
+                p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel()),
+                                         dtype=p.dtype))
+    return m
+
+
+@pytest.mark.parametrize("d_mlp", [0, 24])
+@pytest.mark.parametrize("affine", [False, True])
+def test_layernorm_edges_are_exact_patches(d_mlp, affine):
+    m = ln_model(d_mlp, affine)
+    g = Graph(m)
+    a, b = pair(seed=4)
+    la, lb = m(a), m(b)
+    for project in (False, True):  # the per-head input hooks, or hook_q|k|v = ln1(x) W + b
+        assert torch.allclose(run_with_edges(m, g, a, b, torch.ones(len(g)), project_slots=project)[0], lb,
+                              atol=1e-12, rtol=0)
+        assert torch.allclose(run_with_edges(m, g, a, b, torch.zeros(len(g)), project_slots=project)[0], la,
+                              atol=1e-12, rtol=0)
+    tgt = torch.tensor([1, 2, 3])
+
+    def metric(logits):
+        return logits[torch.arange(3), -1, tgt].mean()
+    effects = edge_effects(m, g, a, b, metric)
+    m_clean = float(metric(la.detach()))
+    # a head's q/k/v edge against path patching (toylab.causal, its own code: x' through ln1 afresh)
+    for sender, receiver in (((0, 0), (1, 1)), ((0, 1), (1, 0))):
+        for slot in "qkv":
+            name = f"L{sender[0]}H{sender[1]}->L{receiver[0]}H{receiver[1]}.{slot}"
+            want = path_patch(m, a, b, sender, receiver, slot, metric, normalise=False) - m_clean
+            assert float(effects[g.edge_index(name)]) == pytest.approx(want, abs=1e-6), name  # edge_effects is float32
+    if d_mlp:  # an MLP's edge: its input (before ln2) with one sender's output swapped, by hand
+        _, ca = m.run_with_cache(a)
+        _, cb = m.run_with_cache(b)
+        h = 1
+        swap = cb["blocks.0.attn.hook_result"][:, :, h] - ca["blocks.0.attn.hook_result"][:, :, h]
+        by_hand = m.run_with_hooks(a, [("blocks.0.hook_mlp_in", lambda act, hp: act + swap)])
+        assert float(effects[g.edge_index("L0H1->MLP0")]) == pytest.approx(float(metric(by_hand.detach())) - m_clean,
+                                                                             abs=1e-6)
+        assert abs(float(effects[g.edge_index("L0H1->MLP0")])) > 1e-4
+    eap = edge_attribution(m, g, a, b, metric)
+    assert eap.shape == (len(g),) and bool(torch.isfinite(eap).all())
+
+
+def test_scrub_refuses_layernorm():
+    m = ln_model(24, False)
+    pool, _ = pair(shape=(6, 8), seed=2)
+    with pytest.raises(ValueError, match="without LayerNorm"):
+        scrub(m, Graph(m), EquivalenceClasses(pool), Hypothesis({}), n_resamples=1, n_boot=10)
 
 
 # --- scrubbing and the figure follow --------------------------------------------------------------------

@@ -12,7 +12,9 @@ edges upstream of it were patched) and ``src_s`` its output on the source
 (0 for zero ablation). With one edge patched and ``w_e = 1`` this is
 ``x_r = x_r^clean - out_s^clean + out_s^corrupted``. Weights between 0 and 1
 interpolate (used by the gradient methods); ``w = 1`` everywhere gives the
-source's logits.
+source's logits. With LayerNorm, ``x_r`` is normalised afresh by the receiver's
+LayerNorm (``ln1`` before a head's ``W_Q, W_K, W_V``; ``ln2`` and ``ln_final``
+sit after ``hook_mlp_in`` and the last ``hook_resid_post``, so the model applies them).
 
 The run is the model's own forward pass with hooks: ``hook_embed``,
 ``hook_pos_embed``, ``blocks.{l}.attn.hook_result`` and ``blocks.{l}.hook_mlp_out`` record the senders,
@@ -146,7 +148,8 @@ def run_with_edges(model, graph: Graph, base, source, patched, metric: Callable 
     Returns logits ``[G, batch, pos, d_vocab]``, or with ``metric`` (``logits [batch, pos, d_vocab] ->
     scalar``) the values ``[G]``. ``input_deltas`` (a dict, filled in) receives zero tensors added to
     every slot's input, ``(l, slot) -> [G, batch, pos, n_heads, d_model]``, ``(l, "mlp")`` (an MLP's
-    input) and ``"logits" -> [G, batch, pos, d_model]``, with ``requires_grad`` (their gradients are ``dM/dx_r``); ``embed_override
+    input) and ``"logits" -> [G, batch, pos, d_model]``, with ``requires_grad`` (their gradients are
+    ``dM/dx_r``, ``x_r`` before any LayerNorm); ``embed_override
     [G * batch, pos, d_model]`` replaces the token embedding. Gradients flow when grad mode is on.
     The slot inputs replace the model's per-head input hooks ``hook_q_input|hook_k_input|hook_v_input``
     (``[batch, pos, n_heads, d_model]``) where the model has them; ``project_slots=True`` (or a model
@@ -201,14 +204,21 @@ def run_with_edges(model, graph: Graph, base, source, patched, metric: Callable 
 
     def replace_slot(l, slot, project: bool):
         senders, idx = tables[l, slot]
-        W = getattr(model.blocks[l].attn, "W_" + slot.upper())
+        attn = model.blocks[l].attn
+        W = getattr(attn, "W_" + slot.upper())
+        b = attn.biases()[SLOTS.index(slot)]
+        ln = model.blocks[l].ln1 if graph.cfg.layernorm else None
 
         def fn(act, hook):
             x = slot_input(senders, w[:, idx])  # [G, B, P, H, d]
             if input_deltas is not None:
                 d = input_deltas.setdefault((l, slot), torch.zeros_like(x, requires_grad=True))
                 x = x + d
-            return (torch.einsum("gbphd,hde->gbphe", x, W) if project else x).reshape(act.shape)
+            if ln is not None:  # the receiver's LayerNorm, on its patched input
+                x = ln.norm(x)
+            if project:
+                x = torch.einsum("gbphd,hde->gbphe", x, W) + (0 if b is None else b)
+            return x.reshape(act.shape)
         return fn
 
     def replace_stream(key):

@@ -40,7 +40,8 @@ def _positions(graph: Graph) -> dict[str, tuple[float, float]]:
 
 def edge_graph(graph: Graph, circuit: Circuit | None = None, title: str = "", ax=None):
     """Draw ``graph``: senders as labelled boxes (inputs below, heads by layer, each MLP right of its
-    layer's heads), each head's q/k/v input slots and each MLP's input as small dots under it, every edge as a line coloured by its slot. Edges of
+    layer's heads), each head's q/k/v input slots and each MLP's input as small dots under it,
+    every edge as a line coloured by its slot. Edges of
     ``circuit`` are drawn thick, the others faint. Returns the figure."""
     check_graph(graph)
     _check_ax(ax)

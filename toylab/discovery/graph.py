@@ -1,8 +1,8 @@
-"""The computational graph of a transformer without LayerNorm, at the level of edges.
+"""The computational graph of a transformer, at the level of edges.
 
-Without LayerNorm the residual stream is a plain sum of what every earlier
-component wrote, so every input a head or an MLP reads splits exactly into one
-term per upstream component. That makes the model a graph:
+The residual stream is a plain sum of what every earlier component wrote, so
+every input a head or an MLP reads splits exactly into one term per upstream
+component. That makes the model a graph:
 
 - **sender nodes** (in topological order): ``embed`` (the token embedding
   ``W_E[x]``, hook ``hook_embed``), ``pos`` (the positional embedding
@@ -25,7 +25,17 @@ With the input of a slot ``r`` written as a sum over its senders,
 computes ``q = x_q W_Q^h``, ``k = x_k W_K^h``, ``v = x_v W_V^h``,
 ``A = softmax*(q k^T / sqrt(d_head))``, ``out = A v W_O^h``, an MLP
 ``out = act(x_r W_in + b_in) W_out + b_out``, and the logits are
-``x_logits W_U``. A :class:`Circuit` is a set of kept edges. An attention-only
+``x_logits W_U``. A :class:`Circuit` is a set of kept edges.
+
+**LayerNorm.** With ``cfg.layernorm`` the slot input ``x_r`` is still the sum
+above, taken *before* the receiver's own LayerNorm, which is applied to it
+afresh (``ln1`` for a head's q/k/v, ``ln2`` for an MLP, ``ln_final`` for the
+logits), with its scale recomputed from the patched sum. Patching stays exact
+(the receiver reads exactly the stream it would read had only those senders
+changed), but a receiver is no longer affine in its input: effects of edges
+into one receiver do not add up after the normalisation. A LayerNorm model with
+``positional="shortformer"`` is refused: its positions join the queries and
+keys after ``ln1``, outside the normalised sum. An attention-only
 model's graph has no MLP nodes and no MLP slots: its nodes, slots and edges are
 those of the graph before MLPs existed, in the same order.
 
@@ -59,7 +69,8 @@ def mlp_name(layer: int) -> str:
 
 
 class GraphNotApplicable(ValueError, NotImplementedError):
-    """The edge graph does not apply to this model (LayerNorm: a head's input does not split into terms)."""
+    """The edge graph does not apply to this model (MLP modules its config does not declare; LayerNorm with
+    shortformer positions, which join the queries and keys after the normalisation)."""
 
 
 def model_fingerprint(model) -> str:
@@ -120,8 +131,8 @@ class Edge:
 
 
 class Graph:
-    """The edge graph of ``model`` (an :class:`~toylab.model.AttnOnlyTransformer` without LayerNorm,
-    with or without MLPs).
+    """The edge graph of ``model`` (an :class:`~toylab.model.AttnOnlyTransformer`, with or without MLPs
+    and LayerNorm; not LayerNorm with shortformer positions).
 
     Attributes:
         nodes: senders in topological order (``embed``, ``pos``, then per layer its heads and its MLP).
@@ -135,9 +146,10 @@ class Graph:
         cfg = getattr(model, "cfg", None)
         if cfg is None or not hasattr(model, "state_dict") or not hasattr(cfg, "n_layers"):
             raise TypeError(f"Graph takes a model (an AttnOnlyTransformer), got {type(model).__name__}")
-        if cfg.layernorm:
-            raise GraphNotApplicable("the edge graph needs a model without LayerNorm: with it, a head's input "
-                                     "does not split into one term per upstream component")
+        if cfg.layernorm and cfg.positional == "shortformer":
+            raise GraphNotApplicable("the edge graph needs a model without LayerNorm, or with positional='learned' "
+                                     "or 'none': shortformer positions join the queries and keys after ln1, so "
+                                     "a head's input is not one normalised sum of upstream terms")
         if cfg.n_layers < 1:
             raise ValueError("the edge graph needs a model with at least one layer of attention")
         d_mlp = getattr(cfg, "d_mlp", 0)

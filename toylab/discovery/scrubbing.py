@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from toylab.discovery.edge_patching import check_model_graph
 from toylab.discovery.graph import SLOTS, Circuit, Graph, check_graph
 
 
@@ -388,9 +389,9 @@ def _check_roots(classes: EquivalenceClasses, roots, name: str = "roots") -> Non
 
 
 def _check_scrub_args(model, graph, classes, hypothesis) -> None:
-    from toylab.discovery.edge_patching import check_model_graph
-
     check_model_graph(model, graph)
+    if graph.cfg.layernorm:
+        raise ValueError("scrub needs a model without LayerNorm (it sums sender outputs unnormalised); ACDC handles it")
     if not isinstance(classes, EquivalenceClasses):
         raise TypeError(f"classes must be EquivalenceClasses, got {type(classes).__name__}")
     if not isinstance(hypothesis, Hypothesis):
