@@ -10,6 +10,7 @@ from toylab.discovery.acdc import acdc
 from toylab.discovery.attribution_patching import edge_attribution
 from toylab.discovery.edge_patching import edge_effects, run_with_edges, sender_outputs
 from toylab.discovery.figures import edge_graph
+from toylab.discovery.subnetwork_probing import subnetwork_probing
 from toylab.discovery.graph import Graph, GraphNotApplicable
 from toylab.discovery.scrubbing import EquivalenceClasses, Hypothesis, scrub, treeified_logits
 from toylab.causal.patching import path_patch
@@ -267,6 +268,17 @@ def test_acdc_keeps_the_fact_mlp_and_drops_the_zeroed_one():
         m2.blocks[0].mlp.b_out.zero_()
     kept2 = acdc(m2, Graph(m2), clean, corr, tau=1e-3, positions=last).circuit
     assert "MLP1" in kept2.nodes and "MLP1->logits" in kept2 and "MLP0" not in kept2.nodes
+
+
+def test_subnetwork_probing_learns_to_keep_the_fact_mlps_edges():
+    m = fact_model()
+    g = Graph(m)
+    clean, corr, _ = fact_task()
+    circuit, log_alpha = subnetwork_probing(m, g, clean, corr, lam=0.05, positions=torch.arange(6) == 5,
+                                            steps=60, samples=2, lr=0.1)
+    assert log_alpha.shape == (len(g),)
+    assert "MLP0->logits" in circuit and "embed->MLP0" in circuit
+    assert float(log_alpha[g.edge_index("MLP0->logits")]) > float(log_alpha[g.edge_index("MLP1->logits")])
 
 
 # --- LayerNorm: each receiver normalises its patched input afresh ---------------------------------------
