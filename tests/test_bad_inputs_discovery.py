@@ -156,8 +156,9 @@ def _baseline_of_another_pool():
 
 
 def ln_model():
+    """LayerNorm with shortformer positions (they join q and k after ln1): the one LayerNorm case refused."""
     return AttnOnlyTransformer(ModelConfig(d_vocab=20, n_ctx=16, d_model=16, n_layers=2, n_heads=2,
-                                           layernorm=True), seed=0)
+                                           layernorm=True, positional="shortformer"), seed=0)
 
 
 def mlp_model():
@@ -224,7 +225,7 @@ def _train_args(*argv):
 
 CASES = [
     # --- the graph: which models it applies to, names
-    ("Graph of a LayerNorm model", lambda: Graph(ln_model()), ValueError, "without LayerNorm"),
+    ("Graph of a LayerNorm shortformer model", lambda: Graph(ln_model()), ValueError, "without LayerNorm"),
     ("Graph of a model with MLPs", lambda: Graph(mlp_model()), ValueError, "attention-only models.*blocks.0.mlp"),
     ("Graph of a preset name", lambda: Graph("induction-2l"), TypeError, "Graph takes a model"),
     ("Graph of a 0-layer model", lambda: Graph(bigram()), ValueError, "at least one layer"),

@@ -53,8 +53,9 @@ def test_graph_errors(setup):
         g.node("L5H0")
     with pytest.raises(ValueError, match="unknown edge"):
         g.circuit(["embed->L1H0.q", "nope"])
-    with pytest.raises(NotImplementedError, match="LayerNorm"):
-        Graph(AttnOnlyTransformer(ModelConfig(d_vocab=8, n_ctx=6, d_model=8, n_layers=1, layernorm=True)))
+    with pytest.raises(NotImplementedError, match="LayerNorm"):  # shortformer positions join q, k after ln1
+        Graph(AttnOnlyTransformer(ModelConfig(d_vocab=8, n_ctx=6, d_model=8, n_layers=1, layernorm=True,
+                                              positional="shortformer")))
 
 
 def test_nothing_patched_is_the_model_and_everything_patched_is_the_source(setup):

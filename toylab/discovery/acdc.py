@@ -1,15 +1,15 @@
 """ACDC: automated circuit discovery by recursive edge patching (Conmy et al. 2023).
 
 Start from the full graph (nothing patched). Visit the receivers in reverse
-topological order (the logits first, then the last layer's heads' ``v, k, q``
-inputs, down to layer 0). For each incoming edge ``e`` of the receiver, in
+topological order (the logits first, then the last layer's MLP input if the
+model has MLPs, its heads' ``v, k, q`` inputs, down to layer 0). For each incoming edge ``e`` of the receiver, in
 ``sender_order``, patch ``e`` on top of everything removed so far and
 measure ``M``; if
 
     M(G without e) - M(G) < tau
 
 the edge is removed for good (``M(G) <- M(G without e)``), else it is kept.
-A head none of whose outgoing edges survived cannot affect the output, so
+A head (or an MLP) none of whose outgoing edges survived cannot affect the output, so
 its incoming edges are removed without a test (``skip_dead=True``).
 
 ``M`` defaults to the KL divergence of the patched output from the clean
@@ -116,8 +116,8 @@ def acdc(model, graph: Graph, clean, corrupted, tau: float, metric: Callable | N
         for receiver in reversed(graph.receivers):
             incoming = _order(graph, graph.incoming(receiver), sender_order)
             if skip_dead and receiver != "logits":
-                head = receiver.split(".")[0]
-                if all(w[i] == 1 for i in graph.outgoing(head)):
+                node = receiver.split(".")[0]  # "L1H0.k" -> its head; "MLP0" is its own node
+                if all(w[i] == 1 for i in graph.outgoing(node)):
                     w[incoming] = 1.0
                     continue
             for i in incoming:

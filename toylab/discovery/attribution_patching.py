@@ -24,7 +24,8 @@ linearised: ``(A' - A) . dM/dA``.
 **Edge attribution patching** (:func:`edge_attribution`), always noising:
 for edge ``s -> r`` the estimate of the exact edge effect
 (:func:`~toylab.discovery.edge_patching.edge_effects`) is
-``(out_s^corr - out_s^clean) . dM/dx_r``, with ``x_r`` the receiver's input.
+``(out_s^corr - out_s^clean) . dM/dx_r``, with ``x_r`` the receiver's input (a head's
+query, key or value input, an MLP's input ``hook_mlp_in``, or the logits' input).
 ``"eap"`` takes the gradient on the clean run (one backward pass for every
 edge); ``"eap-ig"`` averages it over ``steps`` runs whose token embeddings
 are ``e_corr + alpha_k (e_clean - e_corr)``, ``alpha_k = k / steps``,
@@ -205,6 +206,8 @@ def edge_attribution(model, graph: Graph, clean, corrupted, metric: Callable, me
         diff = src[e.sender] - clean_out[e.sender]  # [b, pos, d]
         if e.receiver == "logits":
             g = grads["logits"].sum(0)
+        elif e.receiver.startswith("MLP"):  # an MLP's one input, "MLP{l}"
+            g = grads[(int(e.receiver[3:]), "mlp")].sum(0)
         else:
             head, slot = e.receiver.split(".")
             l, h = (int(x) for x in head[1:].split("H"))

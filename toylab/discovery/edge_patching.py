@@ -12,13 +12,16 @@ edges upstream of it were patched) and ``src_s`` its output on the source
 (0 for zero ablation). With one edge patched and ``w_e = 1`` this is
 ``x_r = x_r^clean - out_s^clean + out_s^corrupted``. Weights between 0 and 1
 interpolate (used by the gradient methods); ``w = 1`` everywhere gives the
-source's logits.
+source's logits. With LayerNorm, ``x_r`` is normalised afresh by the receiver's
+LayerNorm (``ln1`` before a head's ``W_Q, W_K, W_V``; ``ln2`` and ``ln_final``
+sit after ``hook_mlp_in`` and the last ``hook_resid_post``, so the model applies them).
 
 The run is the model's own forward pass with hooks: ``hook_embed``,
-``hook_pos_embed`` and ``blocks.{l}.attn.hook_result`` record the senders,
+``hook_pos_embed``, ``blocks.{l}.attn.hook_result`` and ``blocks.{l}.hook_mlp_out`` record the senders,
 the per-head inputs ``blocks.{l}.attn.hook_q_input|hook_k_input|hook_v_input``
 are replaced by ``x_r`` (or, for a model without them, ``hook_q|hook_k|hook_v``
-by ``x_r W_Q^h``, ``W_K``, ``W_V``) and the last ``hook_resid_post`` by ``x_logits``. ``G``
+by ``x_r W_Q^h``, ``W_K``, ``W_V``), an MLP's input ``blocks.{l}.hook_mlp_in`` (a copy of
+``hook_resid_mid`` that only the MLP reads) by ``x_MLP{l}``, and the last ``hook_resid_post`` by ``x_logits``. ``G``
 weight vectors run in one forward pass on ``G`` copies of the base batch.
 Hooks are removed when the call returns, also when it raises.
 """
@@ -29,7 +32,7 @@ from collections.abc import Callable
 
 import torch
 
-from toylab.discovery.graph import SLOTS, Circuit, Graph, check_circuit, check_graph, head_name
+from toylab.discovery.graph import SLOTS, Circuit, Graph, check_circuit, check_graph, head_name, mlp_name
 from toylab.discovery.metrics import check_metric, check_metric_value
 
 DIRECTIONS = ("noise", "denoise")
@@ -62,12 +65,14 @@ def check_pair(model, base: torch.Tensor, source) -> tuple[torch.Tensor, torch.T
 def sender_outputs(model, graph: Graph, tokens) -> dict[str, torch.Tensor]:
     """Every sender's output on ``tokens [batch, pos]``: ``{node name: [batch, pos, d_model]}``.
 
-    ``embed = W_E[x]``, ``pos = W_pos[p]`` (broadcast over the batch), ``L{l}H{h} = z^h W_O^h``.
+    ``embed = W_E[x]``, ``pos = W_pos[p]`` (broadcast over the batch), ``L{l}H{h} = z^h W_O^h``,
+    ``MLP{l}`` = the MLP's output (``hook_mlp_out``, in a model with MLPs).
     """
     check_model_graph(model, graph)
     tokens = model.check_tokens(tokens)
     names = ["hook_embed"] + (["hook_pos_embed"] if graph.positional != "none" else []) + [
-        f"blocks.{l}.attn.hook_result" for l in range(graph.cfg.n_layers)]
+        f"blocks.{l}.attn.hook_result" for l in range(graph.cfg.n_layers)] + (
+        [f"blocks.{l}.hook_mlp_out" for l in range(graph.cfg.n_layers)] if graph.has_mlps else [])
     _, cache = model.run_with_cache(tokens, names_filter=names)
     out = {"embed": cache["hook_embed"]}
     if graph.positional != "none":
@@ -75,6 +80,8 @@ def sender_outputs(model, graph: Graph, tokens) -> dict[str, torch.Tensor]:
     for l in range(graph.cfg.n_layers):
         for h in range(graph.cfg.n_heads):
             out[head_name(l, h)] = cache[f"blocks.{l}.attn.hook_result"][:, :, h]
+        if graph.has_mlps:
+            out[mlp_name(l)] = cache[f"blocks.{l}.hook_mlp_out"]
     return out
 
 
@@ -114,7 +121,8 @@ def as_weights(graph: Graph, patched) -> torch.Tensor:
 
 
 def _slot_tables(graph: Graph):
-    """For each (layer, slot): sender names ``[S]`` and the edge index matrix ``[n_heads, S]``."""
+    """For each (layer, slot): sender names ``[S]`` and the edge index matrix ``[n_heads, S]``; for
+    ``(layer, "mlp")`` and ``"logits"`` the names and the edge indices ``[S]``."""
     tables = {}
     H = graph.cfg.n_heads
     for l in range(graph.cfg.n_layers):
@@ -122,6 +130,9 @@ def _slot_tables(graph: Graph):
             senders = [graph.edges[i].sender for i in graph.incoming(f"{head_name(l, 0)}.{slot}")]
             idx = torch.tensor([[graph.index[f"{s}->{head_name(l, h)}.{slot}"] for s in senders] for h in range(H)])
             tables[l, slot] = (senders, idx)
+        if graph.has_mlps:
+            incoming = graph.incoming(mlp_name(l))
+            tables[l, "mlp"] = ([graph.edges[i].sender for i in incoming], torch.tensor(incoming))
     senders = [graph.edges[i].sender for i in graph.incoming("logits")]
     tables["logits"] = (senders, torch.tensor(graph.incoming("logits")))
     return tables
@@ -136,8 +147,9 @@ def run_with_edges(model, graph: Graph, base, source, patched, metric: Callable 
     (see the module doc for the formula; ``G`` weight rows run as ``G`` copies of the batch in one pass).
     Returns logits ``[G, batch, pos, d_vocab]``, or with ``metric`` (``logits [batch, pos, d_vocab] ->
     scalar``) the values ``[G]``. ``input_deltas`` (a dict, filled in) receives zero tensors added to
-    every slot's input, ``(l, slot) -> [G, batch, pos, n_heads, d_model]`` and ``"logits" -> [G, batch,
-    pos, d_model]``, with ``requires_grad`` (their gradients are ``dM/dx_r``); ``embed_override
+    every slot's input, ``(l, slot) -> [G, batch, pos, n_heads, d_model]``, ``(l, "mlp")`` (an MLP's
+    input) and ``"logits" -> [G, batch, pos, d_model]``, with ``requires_grad`` (their gradients are
+    ``dM/dx_r``, ``x_r`` before any LayerNorm); ``embed_override
     [G * batch, pos, d_model]`` replaces the token embedding. Gradients flow when grad mode is on.
     The slot inputs replace the model's per-head input hooks ``hook_q_input|hook_k_input|hook_v_input``
     (``[batch, pos, n_heads, d_model]``) where the model has them; ``project_slots=True`` (or a model
@@ -192,23 +204,38 @@ def run_with_edges(model, graph: Graph, base, source, patched, metric: Callable 
 
     def replace_slot(l, slot, project: bool):
         senders, idx = tables[l, slot]
-        W = getattr(model.blocks[l].attn, "W_" + slot.upper())
+        attn = model.blocks[l].attn
+        W = getattr(attn, "W_" + slot.upper())
+        b = attn.biases()[SLOTS.index(slot)]
+        ln = model.blocks[l].ln1 if graph.cfg.layernorm else None
 
         def fn(act, hook):
             x = slot_input(senders, w[:, idx])  # [G, B, P, H, d]
             if input_deltas is not None:
                 d = input_deltas.setdefault((l, slot), torch.zeros_like(x, requires_grad=True))
                 x = x + d
-            return (torch.einsum("gbphd,hde->gbphe", x, W) if project else x).reshape(act.shape)
+            if ln is not None:  # the receiver's LayerNorm, on its patched input
+                x = ln.norm(x)
+            if project:
+                x = torch.einsum("gbphd,hde->gbphe", x, W) + (0 if b is None else b)
+            return x.reshape(act.shape)
         return fn
 
-    def replace_final(act, hook):
-        senders, idx = tables["logits"]
-        x = slot_input(senders, w[:, idx])  # [G, B, P, d]
-        if input_deltas is not None:
-            d = input_deltas.setdefault("logits", torch.zeros_like(x, requires_grad=True))
-            x = x + d
-        return x.reshape(act.shape)
+    def replace_stream(key):
+        """The input of an MLP (``key = (l, "mlp")``) or of the logits (``"logits"``): ``[G, B, P, d]``."""
+        def fn(act, hook):
+            senders, idx = tables[key]
+            x = slot_input(senders, w[:, idx])  # [G, B, P, d]
+            if input_deltas is not None:
+                d = input_deltas.setdefault(key, torch.zeros_like(x, requires_grad=True))
+                x = x + d
+            return x.reshape(act.shape)
+        return fn
+
+    def capture_mlp(l):
+        def fn(act, hook):
+            cur[mlp_name(l)] = act
+        return fn
 
     hooks = [("hook_embed", capture("embed"))]
     if graph.positional != "none":
@@ -221,7 +248,10 @@ def run_with_edges(model, graph: Graph, base, source, patched, metric: Callable 
             else:
                 hooks.append((f"blocks.{l}.attn.hook_{slot}", replace_slot(l, slot, True)))
         hooks.append((f"blocks.{l}.attn.hook_result", capture_heads(l)))
-    hooks.append((f"blocks.{L - 1}.hook_resid_post", replace_final))
+        if graph.has_mlps:
+            hooks += [(f"blocks.{l}.hook_mlp_in", replace_stream((l, "mlp"))),
+                      (f"blocks.{l}.hook_mlp_out", capture_mlp(l))]
+    hooks.append((f"blocks.{L - 1}.hook_resid_post", replace_stream("logits")))
     logits = model.run_with_hooks(base.repeat(G, 1), fwd_hooks=hooks).reshape(G, B, P, -1)
     if metric is None:
         return logits

@@ -15,13 +15,13 @@ import math
 
 from toylab.discovery.graph import Circuit, Graph, check_circuit, check_graph
 
-_SLOT_COLOURS = {"q": "tab:blue", "k": "tab:orange", "v": "tab:green", "logits": "black"}
+_SLOT_COLOURS = {"q": "tab:blue", "k": "tab:orange", "v": "tab:green", "mlp": "tab:purple", "logits": "black"}
 
 
 def _positions(graph: Graph) -> dict[str, tuple[float, float]]:
     """Node and slot coordinates: inputs at the bottom, one row per layer, the logits on top."""
     xy = {}
-    inputs = [n.name for n in graph.nodes if n.kind != "head"]
+    inputs = [n.name for n in graph.nodes if n.kind in ("embed", "pos")]
     for i, name in enumerate(inputs):
         xy[name] = (i - (len(inputs) - 1) / 2, 0.0)
     H = graph.cfg.n_heads
@@ -31,13 +31,17 @@ def _positions(graph: Graph) -> dict[str, tuple[float, float]]:
             xy[n.name] = (x, 1.0 + n.layer)
             for j, slot in enumerate("qkv"):
                 xy[f"{n.name}.{slot}"] = (x + 0.45 * (j - 1), 0.72 + n.layer)
+        elif n.kind == "mlp":  # right of the heads, half a row up; its input dot just below it
+            xy[n.name] = (2.2 * (H + 1) / 2, 1.45 + n.layer)
+            xy[f"{n.name}.in"] = (2.2 * (H + 1) / 2, 1.25 + n.layer)
     xy["logits"] = (0.0, 1.0 + graph.cfg.n_layers)
     return xy
 
 
 def edge_graph(graph: Graph, circuit: Circuit | None = None, title: str = "", ax=None):
-    """Draw ``graph``: senders as labelled boxes (inputs below, heads by layer), each head's q/k/v
-    input slots as small dots under it, every edge as a line coloured by its slot. Edges of
+    """Draw ``graph``: senders as labelled boxes (inputs below, heads by layer, each MLP right of its
+    layer's heads), each head's q/k/v input slots and each MLP's input as small dots under it,
+    every edge as a line coloured by its slot. Edges of
     ``circuit`` are drawn thick, the others faint. Returns the figure."""
     check_graph(graph)
     _check_ax(ax)
@@ -48,8 +52,9 @@ def edge_graph(graph: Graph, circuit: Circuit | None = None, title: str = "", ax
     fig, ax = (plt.subplots(figsize=(7.0, 4.6)) if ax is None else (ax.figure, ax))
     xy = _positions(graph)
     for e in graph.edges:
-        slot = "logits" if e.receiver == "logits" else e.receiver.split(".")[1]
-        (x0, y0), (x1, y1) = xy[e.sender], xy[e.receiver]
+        mlp_in = e.receiver.startswith("MLP")
+        slot = "logits" if e.receiver == "logits" else "mlp" if mlp_in else e.receiver.split(".")[1]
+        (x0, y0), (x1, y1) = xy[e.sender], xy[f"{e.receiver}.in" if mlp_in else e.receiver]
         kept = circuit is None or e.name in circuit.edges
         ax.plot([x0, x1], [y0 + 0.08, y1 - 0.02], color=_SLOT_COLOURS[slot],
                 lw=2.4 if (kept and circuit is not None) else 0.9,
@@ -62,17 +67,20 @@ def edge_graph(graph: Graph, circuit: Circuit | None = None, title: str = "", ax
             for slot in "qkv":
                 sx, sy = xy[f"{n.name}.{slot}"]
                 ax.scatter([sx], [sy], s=18, color=_SLOT_COLOURS[slot], zorder=2)
+        if n.kind == "mlp":
+            ax.scatter(*xy[f"{n.name}.in"], s=18, color=_SLOT_COLOURS["mlp"], zorder=2)
     x, y = xy["logits"]
     ax.text(x, y, "logits", ha="center", va="center", fontsize=9, zorder=3,
             bbox=dict(boxstyle="round", fc="lightgrey", ec="grey"))
     for slot, colour in _SLOT_COLOURS.items():
-        ax.plot([], [], color=colour, label=f"into {slot}" if slot != "logits" else "into logits")
+        if slot != "mlp" or graph.has_mlps:  # an attention-only graph's legend as before
+            ax.plot([], [], color=colour, label=f"into {slot}" if slot != "logits" else "into logits")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     ax.set_yticks(range(graph.cfg.n_layers + 2))
     ax.set_yticklabels(["inputs"] + [f"layer {l}" for l in range(graph.cfg.n_layers)] + ["output"],
                        fontsize=9)
     ax.set_xticks([])
-    ax.set_xlim(-3.0, 3.0)
+    ax.set_xlim(-3.0, max(3.0, 2.2 * (graph.cfg.n_heads + 1) / 2 + 0.8) if graph.has_mlps else 3.0)
     for side in ("top", "right", "bottom"):
         ax.spines[side].set_visible(False)
     ax.set_title(title or f"{len(graph)} edges", fontsize=10)

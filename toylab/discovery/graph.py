@@ -1,25 +1,43 @@
-"""The computational graph of an attention-only transformer, at the level of edges.
+"""The computational graph of a transformer, at the level of edges.
 
-Without MLPs and without LayerNorm the residual stream is a plain sum of what
-every earlier component wrote, so every input a head reads splits exactly
-into one term per upstream component. That makes the model a graph:
+The residual stream is a plain sum of what every earlier component wrote, so
+every input a head or an MLP reads splits exactly into one term per upstream
+component. That makes the model a graph:
 
 - **sender nodes** (in topological order): ``embed`` (the token embedding
   ``W_E[x]``, hook ``hook_embed``), ``pos`` (the positional embedding
   ``W_pos[p]``, where it enters: only the query and key inputs for
   ``positional="shortformer"``, the whole residual stream for ``"learned"``,
-  absent for ``"none"``), then every head ``L{l}H{h}`` (its output
-  ``z^h W_O^h``, hook ``blocks.{l}.attn.hook_result``);
+  absent for ``"none"``), then layer by layer every head ``L{l}H{h}`` (its
+  output ``z^h W_O^h``, hook ``blocks.{l}.attn.hook_result``) and, in a model
+  with MLPs (``d_mlp > 0``), the layer's MLP ``MLP{l}`` (its output
+  ``act(x W_in + b_in) W_out + b_out``, hook ``blocks.{l}.hook_mlp_out``);
 - **receiver slots**: each head's query, key and value input
-  (``"L{l}H{h}.q"``, ``.k``, ``.v``) and the ``logits``;
+  (``"L{l}H{h}.q"``, ``.k``, ``.v``), each MLP's one input (``"MLP{l}"``, the
+  same name as the node: hook ``blocks.{l}.hook_mlp_in``) and the ``logits``;
 - an **edge** ``sender -> slot`` for every sender upstream of the slot, named
-  ``"L0H0->L1H1.k"``, ``"embed->logits"``.
+  ``"L0H0->L1H1.k"``, ``"L0H1->MLP0"``, ``"MLP0->logits"``. A head of layer
+  ``l`` reads the heads and MLPs of layers ``< l``; the MLP of layer ``l``
+  reads the heads of layers ``<= l`` and the MLPs of layers ``< l``.
 
 With the input of a slot ``r`` written as a sum over its senders,
 ``x_r = sum_{s -> r} out_s`` (``+ W_pos`` where it enters), a receiver head
 computes ``q = x_q W_Q^h``, ``k = x_k W_K^h``, ``v = x_v W_V^h``,
-``A = softmax*(q k^T / sqrt(d_head))``, ``out = A v W_O^h``, and the logits
-are ``x_logits W_U``. A :class:`Circuit` is a set of kept edges.
+``A = softmax*(q k^T / sqrt(d_head))``, ``out = A v W_O^h``, an MLP
+``out = act(x_r W_in + b_in) W_out + b_out``, and the logits are
+``x_logits W_U``. A :class:`Circuit` is a set of kept edges.
+
+**LayerNorm.** With ``cfg.layernorm`` the slot input ``x_r`` is still the sum
+above, taken *before* the receiver's own LayerNorm, which is applied to it
+afresh (``ln1`` for a head's q/k/v, ``ln2`` for an MLP, ``ln_final`` for the
+logits), with its scale recomputed from the patched sum. Patching stays exact
+(the receiver reads exactly the stream it would read had only those senders
+changed), but a receiver is no longer affine in its input: effects of edges
+into one receiver do not add up after the normalisation. A LayerNorm model with
+``positional="shortformer"`` is refused: its positions join the queries and
+keys after ``ln1``, outside the normalised sum. An attention-only
+model's graph has no MLP nodes and no MLP slots: its nodes, slots and edges are
+those of the graph before MLPs existed, in the same order.
 
 **Which model.** Edge names say nothing about the model (every 2-layer, 2-head
 model has an edge ``"L0H0->L1H1.k"``), so a graph remembers the model it was
@@ -45,8 +63,14 @@ from toylab.model import head_name  # noqa: F401 - re-exported: the discovery mo
 SLOTS = ("q", "k", "v")
 
 
+def mlp_name(layer: int) -> str:
+    """``"MLP{layer}"``: the name of layer ``layer``'s MLP, as a node and as a receiver slot."""
+    return f"MLP{layer}"
+
+
 class GraphNotApplicable(ValueError, NotImplementedError):
-    """The edge graph does not apply to this model (LayerNorm: a head's input does not split into terms)."""
+    """The edge graph does not apply to this model (MLP modules its config does not declare; LayerNorm with
+    shortformer positions, which join the queries and keys after the normalisation)."""
 
 
 def model_fingerprint(model) -> str:
@@ -85,7 +109,8 @@ def check_circuit(circuit, graph: "Graph", what: str = "circuit") -> "Circuit":
 
 @dataclass(frozen=True)
 class Node:
-    """A sender: ``kind`` is ``"embed"``, ``"pos"`` or ``"head"`` (with ``layer`` and ``head``)."""
+    """A sender: ``kind`` is ``"embed"``, ``"pos"``, ``"head"`` (with ``layer`` and ``head``) or ``"mlp"``
+    (with ``layer``)."""
 
     name: str
     kind: str
@@ -95,7 +120,7 @@ class Node:
 
 @dataclass(frozen=True)
 class Edge:
-    """``sender -> receiver``: ``receiver`` is a slot name (``"L1H0.k"``) or ``"logits"``."""
+    """``sender -> receiver``: ``receiver`` is a slot name (``"L1H0.k"``, ``"MLP0"``) or ``"logits"``."""
 
     sender: str
     receiver: str
@@ -106,11 +131,13 @@ class Edge:
 
 
 class Graph:
-    """The edge graph of ``model`` (an :class:`~toylab.model.AttnOnlyTransformer` without LayerNorm).
+    """The edge graph of ``model`` (an :class:`~toylab.model.AttnOnlyTransformer`, with or without MLPs
+    and LayerNorm; not LayerNorm with shortformer positions).
 
     Attributes:
-        nodes: senders in topological order (``embed``, ``pos``, heads by layer then head).
-        receivers: slots in topological order (layer by layer, head by head, ``q, k, v``; ``logits`` last).
+        nodes: senders in topological order (``embed``, ``pos``, then per layer its heads and its MLP).
+        receivers: slots in topological order (layer by layer: head by head ``q, k, v``, then the MLP's
+            input; ``logits`` last).
         edges: every edge, ordered by receiver, then by sender (topological order).
         index: edge name -> position in ``edges`` (the axis of every per-edge tensor).
     """
@@ -119,15 +146,18 @@ class Graph:
         cfg = getattr(model, "cfg", None)
         if cfg is None or not hasattr(model, "state_dict") or not hasattr(cfg, "n_layers"):
             raise TypeError(f"Graph takes a model (an AttnOnlyTransformer), got {type(model).__name__}")
-        if cfg.layernorm:
-            raise GraphNotApplicable("the edge graph needs a model without LayerNorm: with it, a head's input "
-                                     "does not split into one term per upstream component")
+        if cfg.layernorm and cfg.positional == "shortformer":
+            raise GraphNotApplicable("the edge graph needs a model without LayerNorm, or with positional='learned' "
+                                     "or 'none': shortformer positions join the queries and keys after ln1, so "
+                                     "a head's input is not one normalised sum of upstream terms")
         if cfg.n_layers < 1:
             raise ValueError("the edge graph needs a model with at least one layer of attention")
+        d_mlp = getattr(cfg, "d_mlp", 0)
         mlps = [n for n, _ in model.named_modules() if n.split(".")[-1].startswith("mlp")]
-        if mlps:
-            raise GraphNotApplicable(f"the edge graph is of attention-only models: this one has MLP layers "
-                                     f"({', '.join(mlps[:2])}), whose nodes the graph does not have")
+        if mlps and not d_mlp:
+            raise GraphNotApplicable(f"the edge graph is of attention-only models and of the MLPs a "
+                                     f"ModelConfig declares (d_mlp > 0): this model has MLP modules "
+                                     f"({', '.join(mlps[:2])}) but d_mlp = 0, so they would be left out of it")
         self.cfg = cfg
         self.model_key = model_fingerprint(model)
         self._model = weakref.ref(model)
@@ -135,9 +165,12 @@ class Graph:
         nodes = [Node("embed", "embed")]
         if cfg.positional != "none":
             nodes.append(Node("pos", "pos"))
+        self.has_mlps = bool(d_mlp)
         for l in range(cfg.n_layers):
             for h in range(cfg.n_heads):
                 nodes.append(Node(head_name(l, h), "head", l, h))
+            if self.has_mlps:
+                nodes.append(Node(mlp_name(l), "mlp", l))
         self.nodes: list[Node] = nodes
         self.node_index = {n.name: i for i, n in enumerate(nodes)}
         receivers, edges = [], []
@@ -147,6 +180,9 @@ class Graph:
                     r = f"{head_name(l, h)}.{slot}"
                     receivers.append(r)
                     edges += [Edge(s.name, r) for s in self._senders(l, slot)]
+            if self.has_mlps:
+                receivers.append(mlp_name(l))
+                edges += [Edge(s.name, mlp_name(l)) for s in self._senders(l, "mlp")]
         receivers.append("logits")
         edges += [Edge(s.name, "logits") for s in self._senders(cfg.n_layers, "v")]
         self.receivers: list[str] = receivers
@@ -154,11 +190,14 @@ class Graph:
         self.index = {e.name: i for i, e in enumerate(edges)}
 
     def _senders(self, layer: int, slot: str) -> list[Node]:
+        """The senders upstream of ``slot`` (``q, k, v`` of a head or ``"mlp"``) of layer ``layer``."""
         out = []
         for n in self.nodes:
-            if n.kind == "pos" and slot == "v" and self.positional == "shortformer":
-                continue  # shortformer: positions enter queries and keys only (and not the logits)
-            if n.kind == "head" and n.layer >= layer:
+            if n.kind == "pos" and slot in ("v", "mlp") and self.positional == "shortformer":
+                continue  # shortformer: positions enter queries and keys only (not values, MLPs or the logits)
+            if n.kind == "head" and (n.layer > layer if slot == "mlp" else n.layer >= layer):
+                continue  # an MLP reads the heads of its own layer too
+            if n.kind == "mlp" and n.layer >= layer:
                 continue
             out.append(n)
         return out
@@ -174,11 +213,13 @@ class Graph:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("has_mlps", False)  # a graph pickled before MLP nodes existed
         self._model = _no_model
 
     def describe(self) -> str:
         c = self.cfg
-        return f"{c.n_layers} layers x {c.n_heads} heads, d_vocab {c.d_vocab}, weights {self.model_key}"
+        mlp = f", d_mlp {c.d_mlp}" if self.has_mlps else ""
+        return f"{c.n_layers} layers x {c.n_heads} heads{mlp}, d_vocab {c.d_vocab}, weights {self.model_key}"
 
     def same_model(self, other: "Graph") -> bool:
         """Whether ``other`` was built from the same model (the same object, or equal weights and config)."""
@@ -207,7 +248,7 @@ class Graph:
     def node(self, name: str) -> Node:
         """The sender called ``name``; ``ValueError`` listing the nodes if there is none."""
         if not isinstance(name, str):
-            raise TypeError(f"a node is named by a string like 'L0H1' or 'embed', got {type(name).__name__}")
+            raise TypeError(f"a node is named by a string like 'L0H1', 'MLP0' or 'embed', got {type(name).__name__}")
         if name not in self.node_index:
             raise ValueError(f"unknown node {name!r}; this model's nodes are {[n.name for n in self.nodes]}")
         return self.nodes[self.node_index[name]]

@@ -22,7 +22,7 @@ input ``x'`` drawn uniformly from the class of ``x`` under ``e``'s feature
     x_r(x)   = sum_{e = s -> r} out_s(x'_e),   x'_e ~ Uniform{ y : f_e(y) = f_e(x) }
     logits(x) = x_logits(x) W_U
 
-with heads computed from their three inputs as in :mod:`toylab.discovery.graph`.
+with heads computed from their three inputs, an MLP from its one, as in :mod:`toylab.discovery.graph`.
 Every branch draws its own ``x'`` (the tree is not collapsed back into a
 graph), so an interpretation cannot borrow the correlations between branches.
 
@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from toylab.discovery.edge_patching import check_model_graph
 from toylab.discovery.graph import SLOTS, Circuit, Graph, check_graph
 
 
@@ -257,6 +258,8 @@ def treeified_logits(model, graph: Graph, classes: EquivalenceClasses, hypothesi
             return model.W_E[classes.tokens[idx]]
         if node.kind == "pos":
             return model.W_pos[:P].expand(len(idx), -1, -1)
+        if node.kind == "mlp":
+            return model.blocks[node.layer].mlp.forward_fast(slot_input(name, idx))
         xs = [slot_input(f"{name}.{slot}", idx) for slot in SLOTS]
         return _head_output(model.blocks[node.layer].attn, node.head, *xs)
 
@@ -386,9 +389,9 @@ def _check_roots(classes: EquivalenceClasses, roots, name: str = "roots") -> Non
 
 
 def _check_scrub_args(model, graph, classes, hypothesis) -> None:
-    from toylab.discovery.edge_patching import check_model_graph
-
     check_model_graph(model, graph)
+    if graph.cfg.layernorm:
+        raise ValueError("scrub needs a model without LayerNorm (it sums sender outputs unnormalised); ACDC handles it")
     if not isinstance(classes, EquivalenceClasses):
         raise TypeError(f"classes must be EquivalenceClasses, got {type(classes).__name__}")
     if not isinstance(hypothesis, Hypothesis):

@@ -13,6 +13,11 @@ weight-matrix products of token embeddings:
   ``W_E W_OV^h`` per head (for a previous-token head, ``W_E[t_{p-1}] W_OV^h`` times its
   attention to ``p - 1``).
 
+In a model with MLPs the same holds up to ``blocks.0.hook_resid_mid`` (token family
+plus ``W_E W_OV^h``); the MLP's own hooks (``mlp.hook_post``, ``hook_mlp_out``) and
+every stream after it hold ``act(x W_in + b_in)``, a nonlinear function of the
+stream, so they have no fixed dictionary of weight products and are refused.
+
 Later layers compose (their inputs already hold layer-0 outputs), so their
 dictionaries are not a small known family; :func:`true_features` refuses them, and
 refuses LayerNorm models (the normalisation rescales every direction per position)
@@ -59,6 +64,12 @@ def true_features(model: AttnOnlyTransformer, hook: str, head: int | None = None
     W_E = model.W_E.detach().clone()
     if hook == "hook_embed":
         return {"token": W_E}
+    has_mlp = getattr(cfg, "d_mlp", 0) > 0
+    if has_mlp and (hook.endswith(("mlp.hook_post", "hook_mlp_out")) or hook in (
+            "blocks.0.hook_resid_post", "blocks.1.hook_resid_pre")):
+        _refuse(f"{hook!r} holds the output of an MLP, act(x W_in + b_in) W_out, a nonlinear function of the "
+                "stream: no fixed dictionary of weight products describes it (blocks.0.hook_resid_mid, before "
+                "the MLP, has one)")
     if cfg.positional == "learned":
         _refuse(f"with learned positions {hook!r} also holds W_pos[p] at every position; "
                 "only hook_embed is a pure token dictionary in this model")
@@ -79,7 +90,8 @@ def true_features(model: AttnOnlyTransformer, hook: str, head: int | None = None
         raise ValueError(f"head={head} is only meaningful at blocks.0.attn.hook_z, not {hook!r}")
     if hook == "blocks.0.hook_attn_out":
         return ov
-    if hook == "blocks.0.hook_resid_post" or (cfg.n_layers > 1 and hook == "blocks.1.hook_resid_pre"):
+    if hook in ("blocks.0.hook_resid_post", "blocks.0.hook_resid_mid") or (
+            cfg.n_layers > 1 and hook == "blocks.1.hook_resid_pre"):
         return {"token": W_E, **ov}
     _refuse(f"no exact known dictionary at {hook!r}: after layer 0 the heads compose, and only "
             "hook_embed, blocks.0.hook_resid_pre, blocks.0.attn.hook_z, blocks.0.hook_attn_out, "

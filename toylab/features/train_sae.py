@@ -27,9 +27,12 @@ from toylab.features.topk import TopKSAE
 from toylab.training.optim import Adam
 from toylab.training.progress import Progress
 
-#: hook-name endings an SAE can be trained on (``[batch, pos, d]`` or ``[batch, pos, head, d_head]``)
+#: hook-name endings an SAE can be trained on (``[batch, pos, d]`` or ``[batch, pos, head, d_head]``);
+#: in a model with MLPs also ``hook_resid_mid``, ``hook_mlp_out`` (``d_model``) and the neurons ``mlp.hook_post``
+#: (``d_mlp``, after the nonlinearity)
 SAE_HOOKS = ("hook_embed", "hook_resid_pre", "hook_resid_post", "hook_attn_out", "attn.hook_z",
-             "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_result", "hook_normalized")
+             "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_result", "hook_normalized",
+             "hook_resid_mid", "hook_mlp_out", "mlp.hook_post")
 _PER_HEAD = ("attn.hook_z", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_result")
 SAE_KINDS = {cls.kind: cls for cls in (ReluSAE, TopKSAE)}
 FORMAT = "toylab-sae"
@@ -54,13 +57,14 @@ def check_hook(model, hook: str, head: int | None = None, who: str = "check_hook
 
 def hook_width(model, hook: str, head: int | None = None) -> int:
     """Size of one activation row at ``hook``: ``d_head`` for one head, ``n_heads * d_head``
-    for a flattened per-head hook (``d_model`` for ``hook_result``), ``d_model`` otherwise."""
+    for a flattened per-head hook (``d_model`` for ``hook_result``), ``d_mlp`` for the neurons
+    (``mlp.hook_post``), ``d_model`` otherwise."""
     check_hook(model, hook, head, "hook_width")
     cfg = model.cfg
     if hook.endswith(_PER_HEAD):
         per = cfg.d_model if hook.endswith("hook_result") else cfg.d_head
         return per if head is not None else per * cfg.n_heads
-    return cfg.d_model
+    return cfg.d_mlp if hook.endswith("mlp.hook_post") else cfg.d_model
 
 
 def flatten_activation(act: torch.Tensor, hook: str, head: int | None = None) -> torch.Tensor:
