@@ -26,6 +26,7 @@ from toylab.model import AttnOnlyTransformer, ModelConfig  # noqa: E402
 from toylab.causal.patching import patch, patch_sweep  # noqa: E402
 from toylab.training.presets import load_model  # noqa: E402
 from toylab.circuits.scores import induction_score, previous_token_score  # noqa: E402
+from _helpers import raises_a_sentence  # noqa: E402
 
 
 @functools.lru_cache(maxsize=None)
@@ -162,14 +163,8 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_gets_a_sentence(case):
-    _, fn, exc, match = case
     plt.close("all")
-    with pytest.raises(exc, match=match) as info:
-        fn()
-    message = str(info.value)
-    assert "Traceback" not in message and len(message) > 20
-    print(f"\n{case[0]}: {type(info.value).__name__}: {message}")
-    assert all(not hp.has_hooks for hp in m2().hook_dict.values())
+    raises_a_sentence(case, [m2()])
 
 
 def test_a_plotting_function_that_raises_closes_its_half_drawn_figure(monkeypatch):

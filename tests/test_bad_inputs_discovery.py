@@ -44,6 +44,7 @@ from toylab.model import AttnOnlyTransformer, ModelConfig  # noqa: E402
 from toylab.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
 from toylab.training.presets import get_preset, load_model  # noqa: E402
 from toylab.training.train import evaluate  # noqa: E402
+from _helpers import raises_a_sentence  # noqa: E402
 
 torch.set_num_threads(1)
 NAN = float("nan")
@@ -597,15 +598,8 @@ def _hooked_models():
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_gets_a_sentence(case):
-    _, fn, exc, match = case
     plt.close("all")
-    with pytest.raises(exc, match=match) as info:
-        fn()
-    message = str(info.value)
-    assert "Traceback" not in message and len(message) > 20
-    print(f"\n{case[0]}: {type(info.value).__name__}: {message}")
-    for m in _hooked_models():
-        assert not m.any_hooks()
+    raises_a_sentence(case, _hooked_models())
     assert plt.get_fignums() == []
 
 

@@ -11,17 +11,10 @@ from toylab.features.metrics import (ce_loss_recovered, cosine_matrix, dead_and_
                                      fraction_variance_explained, hungarian, l0, mcc, mmcs)
 from toylab.features.sae import ReluSAE
 from toylab.training.presets import load_model
+from _helpers import identity_sae  # noqa: E402
 
 torch.set_num_threads(1)
 
-
-def identity_sae(d):
-    sae = ReluSAE(d, 2 * d, l1_coefficient=0.0)
-    eye = torch.eye(d)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye], 1))
-        sae.W_dec.copy_(torch.cat([eye, -eye], 0))
-    return sae
 
 
 @pytest.mark.parametrize("n,m", [(1, 1), (3, 3), (4, 6), (5, 5), (6, 7), (2, 8)])

@@ -9,6 +9,7 @@ from toylab.features.metrics import ce_loss_recovered, fraction_variance_explain
 from toylab.features.sae import ReluSAE
 from toylab.features.train_sae import gather_activations, hook_width, train_sae
 from toylab.model import AttnOnlyTransformer, ModelConfig
+from _helpers import identity_sae  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -21,15 +22,6 @@ def mlp_model(d_mlp=24, seed=0):
 def tokens(n=32, d_vocab=16, seed=1):
     return torch.randint(0, d_vocab, (n, 8), generator=torch.Generator().manual_seed(seed))
 
-
-def identity_sae(d):
-    """An SAE that reconstructs its input exactly: latents ``relu(x)``, ``relu(-x)``, decoded as ``+x``, ``-x``."""
-    sae = ReluSAE(d, 2 * d, l1_coefficient=0.0)
-    eye = torch.eye(d)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye], 1))
-        sae.W_dec.copy_(torch.cat([eye, -eye], 0))
-    return sae
 
 
 @pytest.mark.parametrize("hook,width", [("blocks.1.mlp.hook_post", 24), ("blocks.0.hook_mlp_out", 16),

@@ -10,6 +10,7 @@ from toylab.features.topk import TopKSAE
 from toylab.features.train_sae import gather_activations, hook_width, load_sae, save_sae, train_sae
 from toylab.training.optim import Adam
 from toylab.training.presets import load_model
+from _helpers import identity_sae  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -30,15 +31,6 @@ def sparse_data(n=4096, d=16, n_feat=32, p=0.05, seed=0):
     x, _ = planted.sample(n, torch.Generator().manual_seed(seed + 100))
     return x, planted.dictionary
 
-
-def identity_sae(d):
-    """x = ReLU(x) - ReLU(-x): an exact two-sided dictionary."""
-    sae = ReluSAE(d, 2 * d, l1_coefficient=0.0)
-    eye = torch.eye(d)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye], 1))
-        sae.W_dec.copy_(torch.cat([eye, -eye], 0))
-    return sae
 
 
 def test_maps_follow_the_formula():

@@ -293,6 +293,24 @@ def test_no_attack_earns_a_point_and_the_repository_is_untouched(attack_run):
     assert "uid" in g.note and "mount namespace" in g.note
 
 
+# Attacks whose failure the grader reports with a sentence of its own:
+# (the attack, the exercise whose answer carries it, what the failure message must say).
+SENTENCES = [
+    ("importing_solutions", "project", "solutions"),
+    ("monkeypatching_comparisons", "attention_scores", "expected shape"),
+    ("killing_the_grader", "attention_layer", "could not kill the grader"),
+    ("printing_megabytes", "frequency_weighted_kl", "wrote more than 16 MiB"),
+    ("exiting_early", "top_k_successors", "exited with code 0"),
+    ("burning_cpu", "conditional_entropy", "timed out after 6 s"),
+    ("forged_tags_name_no_class_outside_the_lab", "rank_needed", "reserved tag"),
+]
+
+
+@pytest.mark.parametrize("attack, exercise, sentence", SENTENCES, ids=[a for a, _, _ in SENTENCES])
+def test_the_attack_fails_with_the_graders_sentence(attack_run, attack, exercise, sentence):
+    assert sentence in _row(attack_run, exercise)
+
+
 def test_patching_pytest_at_import_earns_nothing(attack_run):
     # the two-line attack and the sys.modules fakes run at import, in the worker only
     for name in CH00:
@@ -303,14 +321,6 @@ def test_reading_solutions_by_path_fails(attack_run):
     assert "No such file" in _row(attack_run, "embed") or "could not" in _row(attack_run, "embed")
 
 
-def test_importing_solutions_fails(attack_run):
-    assert "solutions" in _row(attack_run, "project")
-
-
-def test_monkeypatching_comparisons_fails(attack_run):
-    assert "expected shape" in _row(attack_run, "attention_scores")
-
-
 def test_forged_events_are_ignored(attack_run):
     _row(attack_run, "attention_pattern")
 
@@ -318,10 +328,6 @@ def test_forged_events_are_ignored(attack_run):
 def test_rewriting_the_tests_fails(attack_run):
     _row(attack_run, "head_outputs")
     assert not (ROOT / "PWNED.txt").exists() and not (ROOT / "solutions" / "PWNED.txt").exists()
-
-
-def test_killing_the_grader_fails(attack_run):
-    assert "could not kill the grader" in _row(attack_run, "attention_layer")
 
 
 def test_a_detached_process_cannot_rewrite_the_scores(attack_run):
@@ -348,25 +354,9 @@ def test_a_fork_bomb_fails_with_a_sentence(attack_run):
     assert "another process" in msg or "forked" in msg, msg
 
 
-def test_printing_megabytes_fails_with_a_sentence(attack_run):
-    assert "wrote more than 16 MiB" in _row(attack_run, "frequency_weighted_kl")
-
-
-def test_exiting_early_fails(attack_run):
-    assert "exited with code 0" in _row(attack_run, "top_k_successors")
-
-
-def test_burning_cpu_times_out(attack_run):
-    assert "timed out after 6 s" in _row(attack_run, "conditional_entropy")
-
-
 def test_a_pickle_written_to_the_pipe_runs_no_code(attack_run):
     _row(attack_run, "best_rank_r_approximation")
     assert not attack_run["marker"].exists()
-
-
-def test_forged_tags_name_no_class_outside_the_lab(attack_run):
-    assert "reserved tag" in _row(attack_run, "rank_needed")
 
 
 def test_symlinks_out_of_the_submission_earn_nothing(tmp_path):

@@ -16,6 +16,7 @@ from toylab.circuits.composition import composition_scores  # noqa: E402
 from toylab.circuits.copying import copying_scores  # noqa: E402
 from toylab.model import AttnOnlyTransformer, ModelConfig  # noqa: E402
 from toylab.training.presets import load_model  # noqa: E402
+from _helpers import randomise_norms_and_biases  # noqa: E402
 
 
 TL_POSITIONAL = {"learned": "standard", "shortformer": "shortformer"}
@@ -106,15 +107,6 @@ def test_same_composition_scores(pair, kind):
 
 
 # ---------------------------------------------------------------- MLP models
-def _randomise(model, seed):
-    """Every parameter (LayerNorm weights, biases included) set to random values, so none is trivially 1 or 0."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith((".w", ".b", "b_in", "b_out", "b_Q", "b_K", "b_V", "b_U")):
-                p.copy_((1.0 if name.endswith(".w") else 0.0) + 0.5 * torch.randn(p.shape, generator=g))
-    return model
-
 
 MLP_CONFIGS = {
     "mlp-relu": dict(d_mlp=64, act_fn="relu"),
@@ -128,7 +120,7 @@ MLP_CONFIGS = {
 def mlp_model(name):
     kw = dict(d_vocab=40, n_ctx=12, d_model=32, n_layers=2, n_heads=4, positional="learned")
     kw.update(MLP_CONFIGS[name])
-    return _randomise(AttnOnlyTransformer(ModelConfig(**kw), seed=5), seed=6)
+    return randomise_norms_and_biases(AttnOnlyTransformer(ModelConfig(**kw), seed=5), seed=6)
 
 
 @pytest.mark.parametrize("name", sorted(MLP_CONFIGS))

@@ -159,16 +159,8 @@ def ablation_hooks(model, tokens: torch.Tensor, heads: Sequence[tuple[int, int]]
         by_layer.setdefault(l, []).append(h)
     ref_act: dict[int, torch.Tensor] = {}
     if kind != "zero":
-        ref = tokens if reference is None else model.check_tokens(reference)
-        if ref.shape[1] != tokens.shape[1]:
-            raise ValueError(f"reference must have the same number of positions as tokens ({tokens.shape[1]}), "
-                             f"got {ref.shape[1]}")
-        names = [_z_name(l, at) for l in by_layer]
-        _, cache = model.run_with_cache(ref, names_filter=names)
-        idx = _resample_rows(tokens.shape[0], ref.shape[0], reference is None, seed) if kind == "resample" else None
-        for l in by_layer:
-            act = cache[_z_name(l, at)]
-            ref_act[l] = act.mean(0, keepdim=True) if kind == "mean" else act[idx]
+        acts = reference_activations(model, tokens, reference, [_z_name(l, at) for l in by_layer], kind, seed)
+        ref_act = {l: acts[_z_name(l, at)] for l in by_layer}
 
     def make(l: int, hs: list[int]):
         def fn(act, hook):
@@ -179,6 +171,25 @@ def ablation_hooks(model, tokens: torch.Tensor, heads: Sequence[tuple[int, int]]
         return fn
 
     return [(_z_name(l, at), make(l, hs)) for l, hs in by_layer.items()]
+
+
+def reference_activations(model, tokens: torch.Tensor, reference, names: list[str], kind: str,
+                          seed) -> dict[str, torch.Tensor]:
+    """What a mean or resample ablation writes at each hook of ``names``.
+
+    The reference batch is ``reference [n_ref, pos]`` (``None``: ``tokens [batch, pos]`` itself).
+    ``kind="mean"``: the reference's mean over the batch, ``[1, ...]``; ``kind="resample"``: the
+    activation of a reference sequence drawn for each row of ``tokens`` (seeded), ``[batch, ...]``.
+    """
+    ref = tokens if reference is None else model.check_tokens(reference)
+    if ref.shape[1] != tokens.shape[1]:
+        raise ValueError(f"reference must have the same number of positions as tokens ({tokens.shape[1]}), "
+                         f"got {ref.shape[1]}")
+    _, cache = model.run_with_cache(ref, names_filter=names)
+    if kind == "mean":
+        return {n: cache[n].mean(0, keepdim=True) for n in names}
+    idx = _resample_rows(tokens.shape[0], ref.shape[0], reference is None, seed)
+    return {n: cache[n][idx] for n in names}
 
 
 def _resample_rows(B: int, R: int, own: bool, seed: int) -> torch.Tensor:
@@ -251,14 +262,7 @@ def mlp_ablation_hooks(model, tokens: torch.Tensor, layers: Sequence[int] = (), 
         raise ValueError("nothing to ablate: give layers and/or neurons")
     ref_act: dict[str, torch.Tensor] = {}
     if kind != "zero":
-        ref = tokens if reference is None else model.check_tokens(reference)
-        if ref.shape[1] != tokens.shape[1]:
-            raise ValueError(f"reference must have the same number of positions as tokens ({tokens.shape[1]}), "
-                             f"got {ref.shape[1]}")
-        _, cache = model.run_with_cache(ref, names_filter=list(targets))
-        idx = _resample_rows(tokens.shape[0], ref.shape[0], reference is None, seed) if kind == "resample" else None
-        for name in targets:
-            ref_act[name] = cache[name].mean(0, keepdim=True) if kind == "mean" else cache[name][idx]
+        ref_act = reference_activations(model, tokens, reference, list(targets), kind, seed)
 
     def make(name: str, cols):
         def fn(act, hook):
