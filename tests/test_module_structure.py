@@ -138,6 +138,7 @@ LAYERS = [
     ["toylab.causal"],
     ["toylab.training"],
     ["toylab.features"],
+    ["toylab.neurons"],
     ["toylab.discovery"],
     ["toylab.course"],
     ["toylab.cli"],
