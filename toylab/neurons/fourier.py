@@ -115,14 +115,15 @@ def frequency_shares(spectrum: torch.Tensor) -> torch.Tensor:
     return e / e.sum()
 
 
-def key_frequencies(spectrum: torch.Tensor, ratio: float = 3.0) -> list[int]:
+def key_frequencies(spectrum: torch.Tensor, ratio: float = 2.0) -> list[int]:
     """The key frequencies: those whose energy share is over ``ratio`` times the even share.
 
     Rule: ``k`` is key iff ``s_k > ratio / K`` (``s`` from :func:`frequency_shares``,
     ``K`` the number of frequencies), i.e. frequency ``k`` holds more than ``ratio`` times
     the ``1 / K`` it would hold if the energy were spread evenly. Returned strongest first.
-    A random embedding spreads its energy about evenly (each share ``1/K`` give or take
-    ``1/(K sqrt(d_model / 2))``), so no frequency passes the default ``ratio = 3``.
+    A random embedding spreads its energy about evenly (each share is ``1/K`` give or take
+    a relative ``1 / sqrt(d_model)``: the energy is a sum of ``2 d_model`` squared normal
+    numbers), so for ``d_model`` of 32 or more no frequency passes the default ``ratio = 2``.
     """
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not (1.0 <= ratio < math.inf):
         raise ValueError(f"ratio must be a finite number >= 1, got {ratio!r}")
