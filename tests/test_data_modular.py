@@ -33,6 +33,16 @@ def test_split_is_disjoint_covers_the_grid_and_has_the_asked_size():
     assert torch.equal(d.split("all")[1], d.answers)
 
 
+def test_fresh_test_pairs_are_those_whose_swap_is_unseen():
+    d = ModularAddition(p=13, train_frac=0.4, seed=2)
+    train = set(map(tuple, d.split("train")[0][:, :2].tolist()))
+    test = d.split("test")[0][:, :2].tolist()
+    want = [(a, b) for a, b in test if (b, a) not in train]
+    assert [tuple(r) for r in d.split("fresh_test")[0][:, :2].tolist()] == want
+    assert 0 < len(want) < len(test)
+    assert set(d.fresh_test_idx.tolist()) <= set(d.test_idx.tolist())
+
+
 def test_split_depends_on_the_seed_only():
     a, b = ModularAddition(p=23, train_frac=0.4, seed=1), ModularAddition(p=23, train_frac=0.4, seed=1)
     c = ModularAddition(p=23, train_frac=0.4, seed=2)
@@ -92,7 +102,7 @@ def test_bad_arguments_raise_sentences(kwargs, message):
     (lambda d: d.answer(torch.zeros(2, 4, dtype=torch.long)), r"shape \[batch, 3\]"),
     (lambda d: d.answer(torch.tensor([[0, 7, 7]])), "residues 0..6"),
     (lambda d: d.answer(torch.tensor([[0, 1, 2]])), "'=' token 7"),
-    (lambda d: d.split("val"), "'train', 'test' or 'all'"),
+    (lambda d: d.split("val"), "'train', 'test', 'fresh_test' or 'all'"),
     (lambda d: d.sample(0, torch.Generator()), "batch_size"),
     (lambda d: d.sample(4, None), "torch.Generator"),
     (lambda d: make_dataset({"kind": "modular_addition", "p": 7}), "must have the fields"),

@@ -46,6 +46,10 @@ class ModularAddition:
         answers: ``[p^2]`` LongTensor, ``(a + b) mod p``.
         train_idx, test_idx: ``[n_train]`` and ``[p^2 - n_train]`` LongTensors of grid
             indices, each sorted ascending.
+        fresh_test_idx: the test pairs ``(a, b)`` whose swap ``(b, a)`` is a test pair too
+            (sorted). Addition commutes, so a model that only memorised the training pairs
+            and reads ``a`` and ``b`` alike already answers many test pairs whose swap it
+            saw; on the fresh ones, memorising alone is at chance.
     """
 
     kind = "modular_addition"
@@ -73,6 +77,10 @@ class ModularAddition:
         perm = torch.randperm(n, generator=derive_generator(self.seed, "modular_split"))
         self.train_idx = perm[:self.n_train].sort().values
         self.test_idx = perm[self.n_train:].sort().values
+        in_test = torch.zeros(n, dtype=torch.bool)
+        in_test[self.test_idx] = True
+        swap = b * self.p + a
+        self.fresh_test_idx = self.test_idx[in_test[swap[self.test_idx]]]
 
     @property
     def d_vocab(self) -> int:
@@ -107,12 +115,13 @@ class ModularAddition:
         return (ab[:, 0] + ab[:, 1]) % self.p
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(tokens [n, 3], answers [n])`` of ``name``: ``"train"``, ``"test"`` or ``"all"``."""
+        """``(tokens [n, 3], answers [n])`` of ``name``: ``"train"``, ``"test"``, ``"fresh_test"``
+        (see :attr:`fresh_test_idx`) or ``"all"``."""
         if name == "all":
             return self.tokens.clone(), self.answers.clone()
-        if name not in ("train", "test"):
-            raise ValueError(f"split name must be 'train', 'test' or 'all', got {name!r}")
-        idx = self.train_idx if name == "train" else self.test_idx
+        idx = {"train": self.train_idx, "test": self.test_idx, "fresh_test": self.fresh_test_idx}.get(name)
+        if idx is None:
+            raise ValueError(f"split name must be 'train', 'test', 'fresh_test' or 'all', got {name!r}")
         return self.tokens[idx], self.answers[idx]
 
     def sample(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
