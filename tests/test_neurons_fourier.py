@@ -138,6 +138,8 @@ def test_restricted_and_excluded_loss():
     assert restricted_loss(L, P, [5]) == pytest.approx(math.log(P), abs=0.05)
     assert excluded_loss(L, P, [5]) == pytest.approx(ce, abs=0.05)
     rows = torch.tensor([0, 5, 100])
+    # the key waves depend on a + b - c only: every pair has the same restricted loss
+    assert restricted_loss(L, P, [3, 7], rows) == pytest.approx(full, abs=1e-9)
     assert restricted_loss(L, P, [3, 7], rows) == pytest.approx(
         float(torch.nn.functional.cross_entropy(_planted_logits({3: 6.0, 7: 6.0})[rows], answers[rows])), abs=0.05)
 

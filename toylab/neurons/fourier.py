@@ -287,6 +287,8 @@ def restricted_loss(logits: torch.Tensor, p: int, keys: Sequence[int], rows: Any
     ``cos(w_k (a + b - c))`` and ``sin(w_k (a + b - c))`` for ``k`` in ``keys``.
     The loss is ``mean -log softmax(R(a, b, .))[(a + b) mod p]`` over ``rows`` (grid
     indices; default every pair). Low restricted loss means the key waves alone do the task.
+    The key-wave part depends on ``a + b - c`` only, so every pair has the same restricted
+    loss, training and test pairs alike: ``rows`` changes nothing but the cost.
     """
     p = _check_p(p)
     return _loss(_split_logits(logits, p, keys)[0], p, rows)
