@@ -2,8 +2,8 @@
 
 Every dataset has ``d_vocab``, ``n_ctx``, ``sample(batch_size, generator) -> [batch, n_ctx]``
 (token 0 = BOS, at position 0 only; ``InductionData`` with ``p_bos < 1`` starts some
-sequences with an ordinary token instead) and a JSON-able ``spec`` that :func:`make_dataset`
-turns back into an identical dataset.
+sequences with an ordinary token instead; ``ModularAddition``'s ``[a, b, =]`` has no BOS)
+and a JSON-able ``spec`` that :func:`make_dataset` turns back into an identical dataset.
 
 =========================  ================================================================
 ``BigramLanguage``         sparse random Markov chain (``kind = "bigram"``)
@@ -11,6 +11,7 @@ turns back into an identical dataset.
 ``InductionData``          random tokens that repeat, with or without BOS (``"induction"``)
 ``TextData``               character windows of stdlib docstrings (``"text"``)
 ``TextWithRepeatsData``    text windows with a copied segment (``"text_repeats"``)
+``ModularAddition``        every pair ``[a, b, =]`` -> ``(a + b) mod p``, no BOS (``"modular_addition"``)
 =========================  ================================================================
 """
 
@@ -21,17 +22,18 @@ from typing import Any, Union
 from toylab.data.bigram import BOS, BigramLanguage
 from toylab.data.induction import (InductionBatch, InductionData, induction_targets, probe_half_len,
                                    repeated_tokens, repeated_tokens_with_gap)
+from toylab.data.modular import ModularAddition
 from toylab.data.skip_trigram import SkipTrigramLanguage
 from toylab.data.text import CharTokenizer, TextData, corpus_fingerprint, load_corpus
 from toylab.data.text_repeats import TextWithRepeatsData
 
 Dataset = Union[BigramLanguage, SkipTrigramLanguage, InductionData, TextData,
-                TextWithRepeatsData]
+                TextWithRepeatsData, ModularAddition]
 
 #: ``spec["kind"]`` -> dataset class.
 DATASETS: dict[str, type] = {
     cls.kind: cls for cls in (BigramLanguage, SkipTrigramLanguage, InductionData, TextData,
-                              TextWithRepeatsData)
+                              TextWithRepeatsData, ModularAddition)
 }
 
 
@@ -52,7 +54,7 @@ def make_dataset(spec: dict[str, Any]) -> Dataset:
 
 __all__ = [
     "BOS", "BigramLanguage", "CharTokenizer", "DATASETS", "Dataset", "InductionBatch",
-    "InductionData", "SkipTrigramLanguage", "TextData", "TextWithRepeatsData", "corpus_fingerprint",
+    "InductionData", "ModularAddition", "SkipTrigramLanguage", "TextData", "TextWithRepeatsData", "corpus_fingerprint",
     "induction_targets", "load_corpus", "make_dataset", "probe_half_len", "repeated_tokens",
     "repeated_tokens_with_gap",
 ]

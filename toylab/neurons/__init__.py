@@ -1,10 +1,14 @@
-"""Neurons (the MLP Part of the book): what single MLP neurons read and write.
+"""Neurons (the MLP Part of the book): what single MLP neurons read, write and compute.
 
 =====================  =============================================================
 ``kv``                 the key-value view of an MLP layer: input weights as keys
                        (which tokens and positions fire a neuron, its top activating
                        inputs over a dataset), output weights as values (which logits
                        it raises, ``W_out[n] @ W_U``)
+``fourier``            the Fourier analysis of modular addition: the basis of Z_p, the
+                       embedding's spectrum and key frequencies, neurons clustered by
+                       frequency, logits explained by cos(w(a + b - c)), and the
+                       progress measures (restricted and excluded loss, sparsity)
 =====================  =============================================================
 
 Neuron DLA (a neuron's activation times its output weights times ``W_U``) is
