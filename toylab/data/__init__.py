@@ -11,6 +11,7 @@ turns back into an identical dataset.
 ``InductionData``          random tokens that repeat, with or without BOS (``"induction"``)
 ``TextData``               character windows of stdlib docstrings (``"text"``)
 ``TextWithRepeatsData``    text windows with a copied segment (``"text_repeats"``)
+``FactLanguage``           filler with planted fact pairs ``subject -> attribute`` (``"facts"``)
 =========================  ================================================================
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 from typing import Any, Union
 
 from toylab.data.bigram import BOS, BigramLanguage
+from toylab.data.facts import FactLanguage
 from toylab.data.induction import (InductionBatch, InductionData, induction_targets, probe_half_len,
                                    repeated_tokens, repeated_tokens_with_gap)
 from toylab.data.skip_trigram import SkipTrigramLanguage
@@ -26,12 +28,12 @@ from toylab.data.text import CharTokenizer, TextData, corpus_fingerprint, load_c
 from toylab.data.text_repeats import TextWithRepeatsData
 
 Dataset = Union[BigramLanguage, SkipTrigramLanguage, InductionData, TextData,
-                TextWithRepeatsData]
+                TextWithRepeatsData, FactLanguage]
 
 #: ``spec["kind"]`` -> dataset class.
 DATASETS: dict[str, type] = {
     cls.kind: cls for cls in (BigramLanguage, SkipTrigramLanguage, InductionData, TextData,
-                              TextWithRepeatsData)
+                              TextWithRepeatsData, FactLanguage)
 }
 
 
@@ -51,7 +53,7 @@ def make_dataset(spec: dict[str, Any]) -> Dataset:
 
 
 __all__ = [
-    "BOS", "BigramLanguage", "CharTokenizer", "DATASETS", "Dataset", "InductionBatch",
+    "BOS", "BigramLanguage", "CharTokenizer", "DATASETS", "Dataset", "FactLanguage", "InductionBatch",
     "InductionData", "SkipTrigramLanguage", "TextData", "TextWithRepeatsData", "corpus_fingerprint",
     "induction_targets", "load_corpus", "make_dataset", "probe_half_len", "repeated_tokens",
     "repeated_tokens_with_gap",
