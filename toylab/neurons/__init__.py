@@ -5,6 +5,9 @@
                        (which tokens and positions fire a neuron, its top activating
                        inputs over a dataset), output weights as values (which logits
                        it raises, ``W_out[n] @ W_U``)
+``facts``              which neurons store which facts of a planted fact table
+                       (:class:`toylab.data.facts.FactLanguage`): keys, values,
+                       per-fact contributions, facts per neuron, the ablation check
 =====================  =============================================================
 
 Neuron DLA (a neuron's activation times its output weights times ``W_U``) is
