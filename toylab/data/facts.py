@@ -84,7 +84,7 @@ class FactLanguage:
     def fact_positions(self, tokens: torch.Tensor) -> torch.Tensor:
         """``[batch, n]`` bool: positions ``t < n - 1`` holding a subject, where the next token
         is that subject's attribute (the positions where a model recalls a fact)."""
-        tokens = self._check_tokens(tokens)
+        tokens = self.check_tokens(tokens)
         mask = self.is_subject(tokens)
         mask[:, -1] = False
         return mask
@@ -104,7 +104,7 @@ class FactLanguage:
         Args:
             tokens: ``[batch, n]`` LongTensor starting with BOS, ``n <= n_ctx``.
         """
-        tokens = self._check_tokens(tokens)
+        tokens = self.check_tokens(tokens)
         b, n = tokens.shape
         S, F = self.n_subjects, self.n_filler
         probs = torch.zeros(b, n, self.d_vocab, dtype=torch.float64)
@@ -117,7 +117,9 @@ class FactLanguage:
         probs[fact, nxt[fact]] = 1.0
         return probs
 
-    def _check_tokens(self, tokens: Any) -> torch.Tensor:
+    def check_tokens(self, tokens: Any) -> torch.Tensor:
+        """``tokens`` if it is a ``[batch, n]`` LongTensor of this language's ids starting with BOS,
+        ``n <= n_ctx``; otherwise a ``ValueError`` saying what is wrong."""
         if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long:
             raise ValueError("tokens must be a LongTensor [batch, n], got " + (
                 f"a tensor of dtype {tokens.dtype}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__))

@@ -40,13 +40,15 @@ from toylab.data.facts import FactLanguage
 from toylab.hooks import resolve_index
 from toylab.neurons.kv import neuron_values
 
-__all__ = ["FACT_SEED", "fact_batch", "fact_accuracy", "subject_activations", "neuron_attributes",
-           "fact_contributions", "fact_neurons", "facts_per_neuron", "ablation_check"]
+__all__ = ["FACT_SEED", "check_fact_model", "fact_batch", "fact_tokens", "fact_accuracy", "subject_activations",
+           "neuron_attributes", "fact_contributions", "fact_neurons", "facts_per_neuron", "ablation_check"]
 
 FACT_SEED = 2024  # the analysis batch is the same for every model and call
 
 
-def _check(model, lang) -> None:
+def check_fact_model(model, lang) -> None:
+    """Refuse, with a sentence, a ``lang`` that is no FactLanguage, a model without MLPs, or a model whose
+    vocabulary or context does not fit the language."""
     if not isinstance(lang, FactLanguage):
         raise TypeError(f"lang must be a FactLanguage (toylab.data.facts), got {type(lang).__name__}")
     if not getattr(model.cfg, "d_mlp", 0):
@@ -68,8 +70,12 @@ def fact_batch(lang: FactLanguage, batch: int = 1024, seed: int = FACT_SEED) -> 
     return lang.sample(batch, torch.Generator().manual_seed(seed))
 
 
-def _tokens(lang, tokens):
-    tokens = fact_batch(lang) if tokens is None else lang._check_tokens(tokens)
+def fact_tokens(lang: FactLanguage, tokens: torch.Tensor | None = None):
+    """``(tokens [batch, n], mask [batch, n], idx [m])``: ``tokens`` (default :func:`fact_batch`), its fact
+    positions and the fact index at each of them; refuses tokens in which some fact never occurs."""
+    if not isinstance(lang, FactLanguage):
+        raise TypeError(f"lang must be a FactLanguage (toylab.data.facts), got {type(lang).__name__}")
+    tokens = fact_batch(lang) if tokens is None else lang.check_tokens(tokens)
     mask = lang.fact_positions(tokens)
     idx = lang.subject_index(tokens)[mask]  # [m] fact index of each fact position
     missing = torch.bincount(idx, minlength=lang.n_subjects) == 0
@@ -91,8 +97,8 @@ def fact_accuracy(model, lang: FactLanguage, tokens: torch.Tensor | None = None,
     """``[S]`` float: for each fact, the fraction of its fact positions in ``tokens`` (default
     :func:`fact_batch`) where the model's argmax is the planted attribute, run with ``fwd_hooks``
     (``(name, fn)`` pairs, e.g. :func:`toylab.causal.interventions.mlp_ablation_hooks`)."""
-    _check(model, lang)
-    tokens, mask, idx = _tokens(lang, tokens)
+    check_fact_model(model, lang)
+    tokens, mask, idx = fact_tokens(lang, tokens)
     logits = model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks))
     correct = (logits.argmax(-1)[mask] == lang.attribute_of[idx]).double()
     return _per_fact_mean(correct, idx, lang.n_subjects)
@@ -102,9 +108,9 @@ def fact_accuracy(model, lang: FactLanguage, tokens: torch.Tensor | None = None,
 def subject_activations(model, lang: FactLanguage, tokens: torch.Tensor | None = None, layer: int = 0) -> torch.Tensor:
     """``[S, d_mlp]``: ``act[f, n]``, the mean of ``blocks.{layer}.mlp.hook_post[..., n]`` over the
     fact positions of subject ``s_f`` in ``tokens`` (default :func:`fact_batch`): the keys."""
-    _check(model, lang)
+    check_fact_model(model, lang)
     layer = resolve_index(layer, model.cfg.n_layers, "layer")
-    tokens, mask, idx = _tokens(lang, tokens)
+    tokens, mask, idx = fact_tokens(lang, tokens)
     name = f"blocks.{layer}.mlp.hook_post"
     _, cache = model.run_with_cache(tokens, names_filter=name)
     return _per_fact_mean(cache[name][mask].double(), idx, lang.n_subjects)
@@ -118,7 +124,7 @@ def _attribute_values(model, lang, layer) -> torch.Tensor:
 
 def neuron_attributes(model, lang: FactLanguage, layer: int = 0) -> torch.Tensor:
     """``[d_mlp]`` LongTensor: the attribute token each neuron raises most, ``argmax_a v[n, a]``."""
-    _check(model, lang)
+    check_fact_model(model, lang)
     return lang.attributes[_attribute_values(model, lang, layer).argmax(-1)]
 
 
@@ -176,9 +182,9 @@ def ablation_check(model, lang: FactLanguage, tokens: torch.Tensor | None = None
     mean accuracy of the other facts then), ``random_own`` and ``random_others`` (the same with
     random neurons).
     """
-    _check(model, lang)
+    check_fact_model(model, lang)
     layer = resolve_index(layer, model.cfg.n_layers, "layer")
-    tokens, _, _ = _tokens(lang, tokens)
+    tokens, _, _ = fact_tokens(lang, tokens)
     S, d_mlp = lang.n_subjects, model.cfg.d_mlp
     facts = torch.arange(S) if facts is None else torch.as_tensor(facts, dtype=torch.long).reshape(-1)
     if facts.numel() == 0 or int(facts.min()) < 0 or int(facts.max()) >= S:
