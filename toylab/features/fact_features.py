@@ -140,7 +140,7 @@ def fact_report(seed: int = 0, coverage: float = 0.8, sae_seed: int = 0, sae_ste
     return {"seed": seed, **out}
 
 
-def facts_sweep(table_sizes=(16, 32, 64, 128), d_mlp: int = 32, seeds=(0, 1, 2), *, d_model: int = 16,
+def facts_sweep(table_sizes=(16, 32, 64, 128), d_mlp: int = 32, seeds=(0, 1, 2), *, d_model: int = 4,
                 n_attributes: int = 8, steps: int = 600, coverage: float = 0.8) -> list[dict]:
     """Facts per neuron as the table outgrows the MLP: for each table size ``N`` and seed, train a
     1-layer model (``d_model``, ``d_mlp`` ReLU neurons, one head, ``steps`` steps of the facts-1l
@@ -150,7 +150,11 @@ def facts_sweep(table_sizes=(16, 32, 64, 128), d_mlp: int = 32, seeds=(0, 1, 2),
     One dict per run: ``n_facts``, ``seed``, :func:`fact_report`'s ``accuracy``..``monosemantic_neurons``,
     and ``pigeonhole = N / d_mlp`` and ``analytic = N_learned * neurons_per_fact / d_mlp`` (the counts of
     :mod:`toylab.neurons.facts`: the second equals ``facts_per_neuron`` by the counting identity, the
-    first bounds it from below once every fact has a neuron)."""
+    first bounds it from below once every fact has a neuron).
+
+    ``d_model = 4`` by default so that the facts must live in the MLP: at ``d_model = 16`` (8
+    attributes) the direct path ``W_E W_U`` alone kept 76-85% of the facts with the MLP ablated,
+    at ``d_model = 4`` 10-28% (seeds 0-2, N = 16..128)."""
     base = PRESETS["facts-1l"].train
     tcfg = dataclasses.replace(base, steps=steps, eval_every=steps)
     rows = []
