@@ -12,6 +12,7 @@ and a JSON-able ``spec`` that :func:`make_dataset` turns back into an identical 
 ``TextData``               character windows of stdlib docstrings (``"text"``)
 ``TextWithRepeatsData``    text windows with a copied segment (``"text_repeats"``)
 ``ModularAddition``        every pair ``[a, b, =]`` -> ``(a + b) mod p``, no BOS (``"modular_addition"``)
+``FactLanguage``           filler with planted fact pairs ``subject -> attribute`` (``"facts"``)
 =========================  ================================================================
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 from typing import Any, Union
 
 from toylab.data.bigram import BOS, BigramLanguage
+from toylab.data.facts import FactLanguage
 from toylab.data.induction import (InductionBatch, InductionData, induction_targets, probe_half_len,
                                    repeated_tokens, repeated_tokens_with_gap)
 from toylab.data.modular import ModularAddition
@@ -28,12 +30,14 @@ from toylab.data.text import CharTokenizer, TextData, corpus_fingerprint, load_c
 from toylab.data.text_repeats import TextWithRepeatsData
 
 Dataset = Union[BigramLanguage, SkipTrigramLanguage, InductionData, TextData,
-                TextWithRepeatsData, ModularAddition]
+                TextWithRepeatsData, ModularAddition,
+                FactLanguage]
 
 #: ``spec["kind"]`` -> dataset class.
 DATASETS: dict[str, type] = {
     cls.kind: cls for cls in (BigramLanguage, SkipTrigramLanguage, InductionData, TextData,
-                              TextWithRepeatsData, ModularAddition)
+                              TextWithRepeatsData, ModularAddition,
+                              FactLanguage)
 }
 
 
@@ -53,7 +57,7 @@ def make_dataset(spec: dict[str, Any]) -> Dataset:
 
 
 __all__ = [
-    "BOS", "BigramLanguage", "CharTokenizer", "DATASETS", "Dataset", "InductionBatch",
+    "BOS", "BigramLanguage", "CharTokenizer", "DATASETS", "Dataset", "FactLanguage", "InductionBatch",
     "InductionData", "ModularAddition", "SkipTrigramLanguage", "TextData", "TextWithRepeatsData", "corpus_fingerprint",
     "induction_targets", "load_corpus", "make_dataset", "probe_half_len", "repeated_tokens",
     "repeated_tokens_with_gap",

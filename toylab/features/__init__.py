@@ -7,6 +7,9 @@
 ``train_sae``          gather activations at a hook, train, save and load SAEs
 ``metrics``            L0, variance explained, CE loss recovered, dead/dense, MMCS, MCC
 ``ground_truth``       the known feature directions inside the lab's models
+``fact_features``      planted fact directions in neuron space (a FactLanguage model), the
+                       MCC of single neurons and of an SAE against them, the facts-per-neuron
+                       sweep and the key-value memory task's report
 ``probes``             linear (softmax) probes, control tasks and selectivity
 ``steering``           activation addition and its exact logit effect
 ``checks``             the argument checks the modules above share (one sentence per mistake)

@@ -9,6 +9,9 @@
                        embedding's spectrum and key frequencies, neurons clustered by
                        frequency, logits explained by cos(w(a + b - c)), and the
                        progress measures (restricted and excluded loss, sparsity)
+``facts``              which neurons store which facts of a planted fact table
+                       (:class:`toylab.data.facts.FactLanguage`): keys, values,
+                       per-fact contributions, facts per neuron, the ablation check
 =====================  =============================================================
 
 Neuron DLA (a neuron's activation times its output weights times ``W_U``) is

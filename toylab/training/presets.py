@@ -11,6 +11,7 @@ seed fixes everything else. ``toylab train PRESET`` trains one; the files in
 ``induction-1l``       the one-layer control, trained the same way: it cannot form induction heads
 ``text-2l``            two layers on characters of the standard library's docstrings
 ``text-induction-2l``  the same model on docstring windows with a copied span: induction heads on text
+``facts-1l``           one layer with an MLP on a planted fact table: neurons as key-value memories
 =====================  ==========================================================
 """
 
@@ -98,6 +99,18 @@ PRESETS: dict[str, Preset] = {
             ModelConfig(d_vocab=97, n_ctx=64, d_model=96, n_layers=2, n_heads=3, positional="shortformer"),
             {"kind": "text_repeats", "n_ctx": 64, "seed": 0, "min_len": 8, "max_len": 24, "p_repeat": 1.0},
             TrainConfig(steps=2000, batch_size=64, lr=1e-2, warmup_steps=50, weight_decay=0.0, eval_every=100),
+        ),
+        # 96 facts in a 16-dimensional residual stream, 128 ReLU neurons (d_mlp >= n_subjects, so
+        # single neurons can be matched one-to-one against the facts). 800 steps already gave fact
+        # accuracy 1.0 at seed 0 (toylab.neurons.facts.fact_accuracy); 1000 leave a margin.
+        Preset(
+            "facts-1l",
+            "1-layer model with 128 ReLU neurons on a table of 96 planted facts (subject -> attribute)",
+            ModelConfig(d_vocab=128, n_ctx=16, d_model=16, n_layers=1, n_heads=1, positional="shortformer",
+                        d_mlp=128),
+            {"kind": "facts", "n_subjects": 96, "n_attributes": 16, "n_filler": 15, "n_ctx": 16, "seed": 0,
+             "p_fact": 0.5},
+            TrainConfig(steps=1000, batch_size=128, lr=1e-2, warmup_steps=50, weight_decay=0.0, eval_every=100),
         ),
     ]
 }
