@@ -121,16 +121,9 @@ def encode(value, register, depth: int = 0):
         raise TypeError("the value is nested more than 60 levels deep")
     if value is None or type(value) in (bool, int, float, complex, str, bytes):
         return value
-    if isinstance(value, bool):
-        return bool(value)
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return float(value)
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, bytes):
-        return bytes(value)
+    for plain in (bool, int, float, str, bytes):  # a subclass (an IntEnum, a str subclass) goes as its plain type
+        if isinstance(value, plain):
+            return plain(value)
     if isinstance(value, torch.Tensor):
         t = _plain_tensor(value)
         if isinstance(value, torch.nn.Parameter):
