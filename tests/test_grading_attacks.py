@@ -228,14 +228,26 @@ def rank_needed(M, max_rel_error):  # forge a tagged value naming a class outsid
 }
 
 
+def _skipped(rel: tuple[str, ...]) -> bool:
+    """Paths that trusted processes write while the attacks run: bytecode caches (the Makefile's
+    PYTHONPYCACHEPREFIX is ``.venv/pycache``; the other pytest workers and notebook kernels fill it)
+    and ``.venv-tl``, which CI installs in the background while ``make test`` runs."""
+    return ("__pycache__" in rel or ".pytest_cache" in rel or rel[:2] == (".venv", "pycache")
+            or rel[0].startswith(".venv-tl"))
+
+
 def _tree(root: Path) -> dict:
-    """Every file under ``root`` (no caches): size, mtime and, for small files, a hash."""
+    """Every file under ``root`` but the caches of ``_skipped``: size, mtime and, for small files
+    outside the virtual environment, a hash (inside it size and mtime, which a process of the
+    worker's uid cannot set on root's files, keep the snapshot quick)."""
     out = {}
     for p in sorted(root.rglob("*")):
-        if "__pycache__" in p.parts or ".pytest_cache" in p.parts or not p.is_file() or p.is_symlink():
+        rel = p.relative_to(root).parts
+        if _skipped(rel) or not p.is_file() or p.is_symlink():
             continue
         st = p.stat()
-        digest = hashlib.sha256(p.read_bytes()).hexdigest() if st.st_size < 2_000_000 else ""
+        small = st.st_size < 2_000_000 and not rel[0].startswith(".venv")
+        digest = hashlib.sha256(p.read_bytes()).hexdigest() if small else ""
         out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns, digest)
     return out
 
