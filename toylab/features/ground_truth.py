@@ -38,9 +38,14 @@ def _refuse(msg: str):
 
 
 @torch.no_grad()
-def true_features(model: AttnOnlyTransformer, hook: str, head: int | None = None) -> dict[str, torch.Tensor]:
+def true_features(model: AttnOnlyTransformer, hook: str, head: int | None = None,
+                  include_bos: bool = True) -> dict[str, torch.Tensor]:
     """The known feature families at ``hook``, as ``{name: directions [d_vocab, width]}``
     (row ``t`` belongs to token ``t``; rows are not normalised).
+
+    ``include_bos=False`` drops row 0 (the BOS token, which occurs only at position 0,
+    a row :func:`~toylab.features.train_sae.gather_activations` skips by default):
+    then every family is ``[d_vocab - 1, width]`` and row ``t`` is token ``t + 1``.
 
     Names: ``"token"`` (``W_E``), ``"ov_L0Hh"`` (``W_E W_V^{0,h} W_O^{0,h}``), ``"v_L0Hh"``
     (``W_E W_V^{0,h}``, at ``blocks.0.attn.hook_z`` with ``head=h``).
@@ -48,6 +53,13 @@ def true_features(model: AttnOnlyTransformer, hook: str, head: int | None = None
     Raises ``ValueError`` where no such exact dictionary exists (LayerNorm, learned
     positions in the residual stream, hooks after layer 0 composes, non-vector hooks).
     """
+    if not isinstance(include_bos, bool):
+        raise TypeError(f"true_features: include_bos must be True or False, got {include_bos!r}")
+    families = _families(model, hook, head)
+    return families if include_bos else {k: v[1:] for k, v in families.items()}
+
+
+def _families(model, hook: str, head) -> dict[str, torch.Tensor]:
     if not isinstance(model, AttnOnlyTransformer):
         raise TypeError(f"true_features needs an AttnOnlyTransformer, got {type(model).__name__}")
     cfg = model.cfg

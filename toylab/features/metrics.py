@@ -75,15 +75,18 @@ def dead_and_dense(sae: SparseAutoencoder, x: torch.Tensor, dense_threshold: flo
 
 @torch.no_grad()
 def ce_loss_recovered(model, sae: SparseAutoencoder, hook: str, tokens: torch.Tensor,
-                      head: int | None = None) -> dict[str, float]:
+                      head: int | None = None, skip_first: bool = False) -> dict[str, float]:
     """Splice the SAE's reconstruction into the forward pass at ``hook`` (one head's slice
     if ``head`` is given) and compare next-token losses.
 
     Returns ``{"clean", "sae", "ablated", "recovered"}`` with
     ``recovered = (ablated - sae) / (ablated - clean)`` (mean CE in nats over
-    ``tokens [batch, pos]``). Position 0 is spliced too (it is the same BOS vector
-    everywhere, reconstructed like any other row). A non-finite loss (a model or SAE
-    with NaN weights) is refused, not returned.
+    ``tokens [batch, pos]``). By default position 0 is spliced too (it is the same BOS
+    vector everywhere, reconstructed like any other row). With ``skip_first=True``
+    position 0 keeps its clean activation in both the splice and the ablation, which
+    matches an SAE trained on :func:`gather_activations`'s default rows (BOS dropped,
+    so the SAE never saw it). A non-finite loss (a model or SAE with NaN weights) is
+    refused, not returned.
     """
     _check_sae(sae, "ce_loss_recovered")
     check_hook(model, hook, head, "ce_loss_recovered")
@@ -92,9 +95,17 @@ def ce_loss_recovered(model, sae: SparseAutoencoder, hook: str, tokens: torch.Te
         raise ValueError(f"the SAE has d_in = {sae.d_in} but {hook!r}"
                          f"{'' if head is None else f' head {head}'} has width {width}")
     tokens = model.check_tokens(tokens)
+    if not isinstance(skip_first, bool):
+        raise TypeError(f"ce_loss_recovered: skip_first must be True or False, got {skip_first!r}")
     per_head = hook.endswith(_PER_HEAD)
 
     def replace(act, mode):
+        out = _replace(act, mode)
+        if skip_first:
+            out[:, 0] = act[:, 0]   # position 0 keeps its clean activation
+        return out
+
+    def _replace(act, mode):
         out = act.clone()
         if per_head and head is not None:
             sl = act[:, :, head]
@@ -146,9 +157,23 @@ def cosine_matrix(learned: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
     return A @ B.T
 
 
-def mmcs(learned: torch.Tensor, true: torch.Tensor) -> float:
-    """Mean max cosine similarity ``mean_j max_i cos(learned_i, true_j)``, in [-1, 1]."""
-    return float(cosine_matrix(learned, true).max(0).values.mean())
+def _check_absolute(absolute, who: str) -> bool:
+    if not isinstance(absolute, bool):
+        raise TypeError(f"{who}: absolute must be True or False, got {absolute!r}")
+    return absolute
+
+
+def mmcs(learned: torch.Tensor, true: torch.Tensor, absolute: bool = False) -> float:
+    """Mean max cosine similarity ``mean_j max_i cos(learned_i, true_j)``, in [-1, 1].
+
+    ``absolute=True`` scores ``|cos|`` instead (a latent pointing against a true
+    feature counts as a match, as in most papers), in [0, 1]; the default keeps
+    the signed cosine.
+    """
+    C = cosine_matrix(learned, true)
+    if _check_absolute(absolute, "mmcs"):
+        C = C.abs()
+    return float(C.max(0).values.mean())
 
 
 def hungarian(cost) -> np.ndarray:
@@ -211,10 +236,15 @@ def hungarian(cost) -> np.ndarray:
     return col
 
 
-def mcc(learned: torch.Tensor, true: torch.Tensor) -> float:
+def mcc(learned: torch.Tensor, true: torch.Tensor, absolute: bool = False) -> float:
     """Hungarian-matched mean cosine: ``max_pi mean_j cos(learned_pi(j), true_j)`` over
-    one-to-one ``pi``; needs ``n_learned >= n_true``. In [-1, 1]."""
+    one-to-one ``pi``; needs ``n_learned >= n_true``. In [-1, 1].
+
+    ``absolute=True`` matches and scores ``|cos|`` instead (sign-blind, as in
+    most papers), in [0, 1]; the default keeps the signed cosine."""
     C = cosine_matrix(learned, true)
+    if _check_absolute(absolute, "mcc"):
+        C = C.abs()
     if C.shape[0] < C.shape[1]:
         raise ValueError(f"MCC matches each of the {C.shape[1]} true features to a distinct latent, "
                          f"but there are only {C.shape[0]} latents")
