@@ -11,6 +11,9 @@ per variant, wall and CPU time per seed-step and the fraction of the matmul-peak
 * ``vmap-fast``: batched, the model's fused fast path (``scaled_dot_product_attention``, which
   vmap runs slice by slice: torch has no batching rule for it on CPU);
 * ``vmap-ref``: batched, the model's reference attention path (einsums, which vmap batches);
+* ``seed-dim``: batched without vmap, a hand-written forward pass whose every tensor has a
+  leading seed axis (``bmm`` per projection, one attention call over ``S * batch`` sequences;
+  attention-only shortformer models without biases or LayerNorm; with ``--seed-dim``);
 * ``2-procs``: the seeds split over two forked processes, each one by one (with ``--procs``).
 
 The bound: the step's FLOPs (``--step-gflop``, default the issue's 1.21 GFLOP for a batch-128
@@ -21,7 +24,7 @@ change in the machine's load hits them alike; the spread over repeats is printed
 batched results are from the one-by-one ones: max |difference| of every parameter after N steps
 and of the loss curves. Batching needs the forward pass to run under vmap (tests/test_model_vmap.py).
 
-    python benchmarks/bench_seeds.py [--preset induction-2l] [--seeds 3 6] [--steps 30] [--repeats 3] [--procs]
+    python benchmarks/bench_seeds.py [--preset induction-2l] [--seeds 3 6] [--steps 30] [--repeats 3] [--procs] [--seed-dim]
 """
 
 from __future__ import annotations
@@ -123,6 +126,58 @@ def train_batched(preset, seeds, steps, fast: bool = True):
     return {s: ({n: params[n][i].detach().clone() for n in names}, curve[:, i]) for i, s in enumerate(seeds)}
 
 
+def seed_dim_losses(P: dict, tokens: torch.Tensor, cfg) -> torch.Tensor:
+    """A hand-written forward pass with a leading seed axis, for attention-only shortformer models
+    without biases or LayerNorm (induction-2l): ``P[name] [S, ...]``, ``tokens [S, batch, pos]``
+    -> mean next-token loss per seed ``[S]``. The same map as the model's fast path; every
+    projection is one ``bmm`` over the seeds, attention one ``scaled_dot_product_attention``
+    over ``S * batch`` sequences."""
+    S, B, n = tokens.shape
+    h, e, d = cfg.n_heads, cfg.d_head, cfg.d_model
+    x = torch.stack([P["W_E"][i][tokens[i]] for i in range(S)]).view(S, B * n, d)
+    pos = P["W_pos"][:, :n].repeat(1, B, 1)  # [S, B * n, d]
+
+    def heads(inp, W):  # W [S, h, d, e] -> [S * B, h, n, e]
+        return torch.bmm(inp, W.transpose(1, 2).reshape(S, d, h * e)).view(S * B, n, h, e).transpose(1, 2)
+
+    for l in range(cfg.n_layers):
+        a = f"blocks.{l}.attn."
+        qk = x + pos
+        z = torch.nn.functional.scaled_dot_product_attention(
+            heads(qk, P[a + "W_Q"]), heads(qk, P[a + "W_K"]), heads(x, P[a + "W_V"]), is_causal=True)
+        x = x + torch.bmm(z.transpose(1, 2).reshape(S, B * n, h * e), P[a + "W_O"].flatten(1, 2))
+    logits = torch.bmm(x.view(S, B, n, d)[:, :, :-1].reshape(S, B * (n - 1), d), P["W_U"])
+    logp = torch.log_softmax(logits, dim=-1)
+    return -logp.gather(-1, tokens[:, :, 1:].reshape(S, -1, 1)).squeeze(-1).mean(1)
+
+
+def train_seed_dim(preset, seeds, steps):
+    """:func:`train_batched` with :func:`seed_dim_losses` in place of vmap."""
+    mc = preset.model
+    if mc.positional != "shortformer" or mc.biases or mc.layernorm or mc.d_mlp:
+        raise ValueError("seed-dim: only attention-only shortformer models without biases or LayerNorm")
+    cfg, dataset = preset.train, make_dataset(preset.data)
+    models = [AttnOnlyTransformer(mc, seed=s) for s in seeds]
+    gens = [torch.Generator().manual_seed(s + 1) for s in seeds]
+    params, _ = stack_module_state(models)
+    names = list(params)
+    opt = adamw([(n, params[n]) for n in names], cfg)
+    curve = []
+    for step in range(1, steps + 1):
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr_at(step)
+        loss = seed_dim_losses(params, torch.stack([dataset.sample(cfg.batch_size, g) for g in gens]), mc)
+        opt.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        if cfg.grad_clip:
+            with torch.no_grad():
+                clip_per_seed([params[n].grad for n in names], cfg.grad_clip)
+        opt.step()
+        curve.append(loss.detach())
+    curve = torch.stack(curve)
+    return {s: ({n: params[n][i].detach().clone() for n in names}, curve[:, i]) for i, s in enumerate(seeds)}
+
+
 def _worker(args):
     torch.set_num_threads(1)
     name, seeds, steps = args
@@ -165,6 +220,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--procs", action="store_true", help="also the seeds in two forked processes")
+    ap.add_argument("--seed-dim", action="store_true",
+                    help="also a hand-written forward with a leading seed axis (attention-only shortformer only)")
     ap.add_argument("--step-gflop", type=float, default=1.21, help="FLOPs of one step, GFLOP (the issue's count)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -186,6 +243,8 @@ def main() -> None:
 
     variants = {"one-by-one": train_one_by_one, "vmap-fast": lambda p, s, n: train_batched(p, s, n, True),
                 "vmap-ref": lambda p, s, n: train_batched(p, s, n, False)}
+    if args.seed_dim:
+        variants["seed-dim"] = train_seed_dim
     if args.procs:
         variants["2-procs"] = train_two_procs
     for S in args.seeds:
