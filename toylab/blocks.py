@@ -27,6 +27,23 @@ def layer_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
 
 
+def plain(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with any ``torch.func`` wrappers (``vmap``'s batched tensor, ``grad``'s tracking
+    tensor) peeled off: the ordinary tensor underneath, holding the values of every vmapped
+    slice; an ordinary tensor is returned as it is.
+
+    A check that reads values (``int(t.min())``, ``bool(t.any())``) cannot run on a batched
+    tensor, whose ``.item()`` is refused; run on ``plain(t)`` it checks all the slices at once,
+    so the forward pass keeps its checks under ``torch.vmap`` (over seeds, say).
+    """
+    f = getattr(torch._C, "_functorch", None)
+    if f is None:
+        return t
+    while f.is_functorch_wrapped_tensor(t):
+        t = f.get_unwrapped(t)
+    return t
+
+
 ACT_FNS = ("relu", "gelu")
 
 
@@ -221,7 +238,7 @@ def masked_pattern_times_v(pattern: torch.Tensor, v: torch.Tensor) -> torch.Tens
     """
     z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)
     bad = ~torch.isfinite(v)
-    if not bool(bad.any()):
+    if not bool(plain(bad).any()):  # under vmap: any slice; where none is bad, torch.where keeps z there
         return z
     reached = bad.cummax(dim=1).values  # a non-finite key at or before this query
     clean = torch.einsum("bhqk,bkhe->bqhe", pattern, v.masked_fill(bad, 0.0))
@@ -278,12 +295,14 @@ class Block(nn.Module):
 def warn_if_not_finite(model: nn.Module, out: torch.Tensor, what: str) -> None:
     """Warn when a forward pass's ``out`` (logits or loss) holds NaN/inf, naming ``model``'s
     parameters that hold non-finite values (and how many), or saying that none does."""
-    if bool(torch.isfinite(out.detach().sum())) or bool(torch.isfinite(out.detach()).all()):
+    out = plain(out.detach())  # under torch.vmap: every slice at once
+    if bool(torch.isfinite(out.sum())) or bool(torch.isfinite(out).all()):
         return
-    n_bad = int((~torch.isfinite(out.detach())).sum())
+    n_bad = int((~torch.isfinite(out)).sum())
     bad = []
     for name, p in model.named_parameters():
-        k = int((~torch.isfinite(p.detach())).sum())
+        p = plain(p.detach())
+        k = int((~torch.isfinite(p)).sum())
         if k:
             bad.append(f"{name} ({k} of {p.numel()} values)")
     where = ("non-finite values in " + ", ".join(bad)) if bad else \

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from toylab.blocks import ACT_FNS, Block, LayerNorm, warn_if_not_finite
+from toylab.blocks import ACT_FNS, Block, LayerNorm, plain, warn_if_not_finite
 from toylab.hooks import HookedRootModule, HookPoint
 
 POSITIONAL_MODES = ("none", "learned", "shortformer")
@@ -285,7 +285,7 @@ class AttnOnlyTransformer(HookedRootModule):
             raise ValueError(f"tokens is empty (shape {list(tokens.shape)}); expected at least one token")
         if n_pos > self.cfg.n_ctx:
             raise ValueError(f"sequence of length {n_pos} is longer than the model's n_ctx = {self.cfg.n_ctx}")
-        lo, hi = int(tokens.min()), int(tokens.max())
+        lo, hi = int(plain(tokens).min()), int(plain(tokens).max())  # plain: every slice under torch.vmap
         if lo < 0 or hi >= self.cfg.d_vocab:
             bad = lo if lo < 0 else hi
             raise ValueError(f"token id {bad} is out of range: ids must be in [0, {self.cfg.d_vocab})")
@@ -347,7 +347,7 @@ class AttnOnlyTransformer(HookedRootModule):
             pos = self.W_pos[:n_pos]
         for block in self.blocks:
             resid = block.forward_fast(resid, pos)
-        if self.cfg.n_layers and not torch.isfinite(resid.detach().sum()):
+        if self.cfg.n_layers and not torch.isfinite(plain(resid.detach()).sum()):  # under vmap: any slice
             return None
         return self.ln_final.norm(resid) if self.cfg.layernorm else resid
 
