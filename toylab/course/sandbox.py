@@ -153,6 +153,17 @@ class Worker:
     def _alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def _still_running(self, grace_s: float = 2.0) -> bool:
+        """Whether the worker is alive ``grace_s`` after its pipe closed (a process that is
+        exiting closes its pipes a moment before it can be reaped: wait for that moment)."""
+        if self.proc is None:
+            return False
+        try:
+            self.proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            return True
+        return False
+
     def _log_tail(self) -> str:
         try:
             self.log.seek(0, 2)
@@ -245,7 +256,7 @@ class Worker:
         except wire.WorkerGone as e:
             if str(e) == "garbage":
                 why = "the process running your code sent an answer the grader cannot read"
-            elif self._alive():
+            elif self._still_running():
                 why = "the process running your code stopped answering (it closed its pipe to the grader)"
             else:
                 why = self._death()
