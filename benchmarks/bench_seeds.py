@@ -48,20 +48,11 @@ from bench_train import matmul_peak, train_flops_per_token  # noqa: E402
 from toylab.data import make_dataset  # noqa: E402
 from toylab.model import AttnOnlyTransformer  # noqa: E402
 from toylab.training.allocator import reuse_freed_memory  # noqa: E402
-from toylab.training.optim import AdamW  # noqa: E402
 from toylab.training.presets import get_preset  # noqa: E402
-from toylab.training.train import is_decayed, train  # noqa: E402
+from toylab.training.train import make_optimizer, optimizer_step, train  # noqa: E402
 
 # vmap's slice-by-slice fallback for scaled_dot_product_attention warns once per call site
 warnings.filterwarnings("ignore", "There is a performance drop", UserWarning)
-
-
-def adamw(named, cfg) -> AdamW:
-    """AdamW as ``train`` builds it, on ``(name, tensor)`` pairs."""
-    decay = [p for n, p in named if is_decayed(n)]
-    no_decay = [p for n, p in named if not is_decayed(n)]
-    return AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                 lr=cfg.lr_at(1), betas=cfg.betas, fused=True)
 
 
 def train_one_by_one(preset, seeds, steps):
@@ -70,18 +61,12 @@ def train_one_by_one(preset, seeds, steps):
     for s in seeds:
         model = AttnOnlyTransformer(preset.model, seed=s)
         gen = torch.Generator().manual_seed(s + 1)
-        opt = adamw(list(model.named_parameters()), cfg)
+        opt = make_optimizer(list(model.named_parameters()), cfg)
         model.train()
         losses = []
         for step in range(1, steps + 1):
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr_at(step)
-            loss = model(dataset.sample(cfg.batch_size, gen), return_type="loss")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
+            loss = optimizer_step(opt, cfg, step, lambda: model(dataset.sample(cfg.batch_size, gen), return_type="loss"),
+                                  lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
             losses.append(loss.detach())
         out[s] = ({n: p.detach().clone() for n, p in model.named_parameters()}, torch.stack(losses))
     return out
@@ -96,6 +81,17 @@ def clip_per_seed(grads, max_norm: float) -> None:
         g.mul_(coef.view(-1, *([1] * (g.ndim - 1))))
 
 
+def sample_stack(dataset, cfg, gens) -> torch.Tensor:
+    """One training batch per seed, ``[S, batch, pos]``, each from its seed's own generator."""
+    return torch.stack([dataset.sample(cfg.batch_size, g) for g in gens])
+
+
+def clip_stacked(params: dict, names: list[str], cfg) -> None:
+    """:func:`clip_per_seed` on the stacked parameters' gradients."""
+    with torch.no_grad():
+        clip_per_seed([params[n].grad for n in names], cfg.grad_clip)
+
+
 def train_batched(preset, seeds, steps, fast: bool = True):
     """The same result as :func:`train_one_by_one`, all seeds in one vmapped step: parameters
     ``[S, ...]``, tokens ``[S, batch, pos]``, losses ``[S]``; ``d(sum_s loss_s)/d params_s`` is
@@ -105,22 +101,15 @@ def train_batched(preset, seeds, steps, fast: bool = True):
     gens = [torch.Generator().manual_seed(s + 1) for s in seeds]
     params, buffers = stack_module_state(models)
     names = list(params)
-    opt = adamw([(n, params[n]) for n in names], cfg)
+    opt = make_optimizer([(n, params[n]) for n in names], cfg)
     base = models[0]
     base.train()
     base.fast_path = fast
     losses_of = torch.vmap(lambda p, b, t: functional_call(base, (p, b), (t,), {"return_type": "loss"}))
     curve = []
     for step in range(1, steps + 1):
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr_at(step)
-        loss = losses_of(params, buffers, torch.stack([dataset.sample(cfg.batch_size, g) for g in gens]))
-        opt.zero_grad(set_to_none=True)
-        loss.sum().backward()
-        if cfg.grad_clip:
-            with torch.no_grad():
-                clip_per_seed([params[n].grad for n in names], cfg.grad_clip)
-        opt.step()
+        loss = optimizer_step(opt, cfg, step, lambda: losses_of(params, buffers, sample_stack(dataset, cfg, gens)),
+                              lambda: clip_stacked(params, names, cfg))
         curve.append(loss.detach())
     curve = torch.stack(curve)  # [steps, S]
     return {s: ({n: params[n][i].detach().clone() for n in names}, curve[:, i]) for i, s in enumerate(seeds)}
@@ -161,18 +150,11 @@ def train_seed_dim(preset, seeds, steps):
     gens = [torch.Generator().manual_seed(s + 1) for s in seeds]
     params, _ = stack_module_state(models)
     names = list(params)
-    opt = adamw([(n, params[n]) for n in names], cfg)
+    opt = make_optimizer([(n, params[n]) for n in names], cfg)
     curve = []
     for step in range(1, steps + 1):
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr_at(step)
-        loss = seed_dim_losses(params, torch.stack([dataset.sample(cfg.batch_size, g) for g in gens]), mc)
-        opt.zero_grad(set_to_none=True)
-        loss.sum().backward()
-        if cfg.grad_clip:
-            with torch.no_grad():
-                clip_per_seed([params[n].grad for n in names], cfg.grad_clip)
-        opt.step()
+        loss = optimizer_step(opt, cfg, step, lambda: seed_dim_losses(params, sample_stack(dataset, cfg, gens), mc),
+                              lambda: clip_stacked(params, names, cfg))
         curve.append(loss.detach())
     curve = torch.stack(curve)
     return {s: ({n: params[n][i].detach().clone() for n in names}, curve[:, i]) for i, s in enumerate(seeds)}

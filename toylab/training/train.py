@@ -293,17 +293,37 @@ def is_decayed(name: str) -> bool:
     return name.split(".")[-1] in DECAYED
 
 
+def make_optimizer(named: list[tuple[str, torch.Tensor]], cfg: TrainConfig) -> AdamW:
+    """AdamW as every training run builds it, on ``(name, parameter)`` pairs: weight decay on the
+    parameters :func:`is_decayed` names, none on the others, the learning rate of step 1, and the
+    fused update (one kernel for all parameters: half the optimiser time of the per-tensor loop)."""
+    decay = [p for n, p in named if is_decayed(n)]
+    no_decay = [p for n, p in named if not is_decayed(n)]
+    return AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                 lr=cfg.lr_at(1), betas=cfg.betas, fused=True)
+
+
+def optimizer_step(opt: AdamW, cfg: TrainConfig, step: int, compute_loss: Callable[[], torch.Tensor],
+                   clip: Callable[[], object]) -> torch.Tensor:
+    """One training step at ``step``'s learning rate: ``loss = compute_loss()`` (a scalar, or one
+    loss per seed ``[S]``, whose sum is differentiated), the gradient, ``clip()`` when
+    ``cfg.grad_clip`` is set, the update. Returns the loss."""
+    for group in opt.param_groups:
+        group["lr"] = cfg.lr_at(step)
+    loss = compute_loss()
+    opt.zero_grad(set_to_none=True)
+    (loss if loss.dim() == 0 else loss.sum()).backward()
+    if cfg.grad_clip:
+        clip()
+    opt.step()
+    return loss
+
+
 def _train_loop(model_cfg, dataset, cfg: TrainConfig, seed, progress, desc, callback, stop_after,
                 off_probe: bool = True) -> TrainResult:
     model = AttnOnlyTransformer(model_cfg, seed=seed)
     data_gen = torch.Generator().manual_seed(seed + 1)
-    decay = [p for n, p in model.named_parameters() if is_decayed(n)]
-    no_decay = [p for n, p in model.named_parameters() if not is_decayed(n)]
-    # fused: one kernel for all parameters (half the optimiser time of the per-tensor loop on CPU)
-    opt = AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr_at(1), betas=cfg.betas, fused=True,
-    )
+    opt = make_optimizer(list(model.named_parameters()), cfg)
     result = TrainResult(model, dataset.spec, cfg, seed)
     start = time.perf_counter()
     running, n_running = 0.0, 0
@@ -313,14 +333,9 @@ def _train_loop(model_cfg, dataset, cfg: TrainConfig, seed, progress, desc, call
     try:
         with Progress(last, desc, enabled=progress) as bar:
             for step in range(1, last + 1):
-                for group in opt.param_groups:
-                    group["lr"] = cfg.lr_at(step)
-                loss = model(dataset.sample(cfg.batch_size, data_gen), return_type="loss")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
+                loss = optimizer_step(opt, cfg, step, lambda: model(dataset.sample(cfg.batch_size, data_gen),
+                                                                    return_type="loss"),
+                                      lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
                 done = step
                 running, n_running = running + loss.item(), n_running + 1
                 if step == cfg.prefix_steps:
