@@ -81,7 +81,7 @@ def _check_tokens_arg(tokens, name: str) -> None:
 
 def kl_to_clean(clean_logits: torch.Tensor, positions=None) -> Metric:
     """``M(logits) = mean_{(b, p) in mask} sum_v P(v) (log P(v) - log Q(v))`` with ``P = softmax(clean_logits)``,
-    ``Q = softmax(logits)``. ``clean_logits [batch, pos, d_vocab]``; 0 for the clean run, >= 0 always."""
+    ``Q = softmax(logits)``. ``clean_logits [batch, pos, d_vocab]``; 0 for the clean run, >= 0 up to rounding."""
     if not isinstance(clean_logits, torch.Tensor) or clean_logits.ndim != 3 or not clean_logits.dtype.is_floating_point:
         got = (f"{list(clean_logits.shape)} {clean_logits.dtype}" if isinstance(clean_logits, torch.Tensor)
                else type(clean_logits).__name__)
