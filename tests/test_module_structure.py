@@ -140,6 +140,8 @@ LAYERS = [
     ["toylab.training"],
     ["toylab.features"],
     ["toylab.discovery"],
+    ["toylab.interop"],
+    ["toylab.suite"],
     ["toylab.course"],
     ["toylab.cli"],
 ]
