@@ -5,15 +5,18 @@ Every dataset has ``d_vocab``, ``n_ctx``, ``sample(batch_size, generator) -> [ba
 sequences with an ordinary token instead; ``ModularAddition``'s ``[a, b, =]`` has no BOS)
 and a JSON-able ``spec`` that :func:`make_dataset` turns back into an identical dataset.
 
-=========================  ================================================================
-``BigramLanguage``         sparse random Markov chain (``kind = "bigram"``)
-``SkipTrigramLanguage``    bigram background + planted rules ``A ... B -> C`` (``"skip_trigram"``)
-``InductionData``          random tokens that repeat, with or without BOS (``"induction"``)
-``TextData``               character windows of stdlib docstrings (``"text"``)
-``TextWithRepeatsData``    text windows with a copied segment (``"text_repeats"``)
-``ModularAddition``        every pair ``[a, b, =]`` -> ``(a + b) mod p``, no BOS (``"modular_addition"``)
-``FactLanguage``           filler with planted fact pairs ``subject -> attribute`` (``"facts"``)
-=========================  ================================================================
+=================================  ================================================================
+``BigramLanguage``                sparse random Markov chain (``kind = "bigram"``)
+``SkipTrigramLanguage``           bigram background + planted rules ``A ... B -> C`` (``"skip_trigram"``)
+``InductionData``                 random tokens that repeat, with or without BOS (``"induction"``)
+``TextData``                      character windows of stdlib docstrings (``"text"``)
+``TextWithRepeatsData``           text windows with a copied segment (``"text_repeats"``)
+``ModularAddition``               every pair ``[a, b, =]`` -> ``(a + b) mod p``, no BOS (``"modular_addition"``)
+``FactLanguage``                  filler with planted fact pairs ``subject -> attribute`` (``"facts"``)
+``TopicInductionData``            induction under a topic token that biases the noise (``"topic_induction"``)
+``InductionSkipTrigramMixture``   induction rows and skip-trigram rows mixed (``"induction_skiptrigram"``)
+``MajorityData``                  each sequence favours one token; only all counts tell which (``"majority"``)
+=================================  ================================================================
 """
 
 from __future__ import annotations
@@ -22,22 +25,25 @@ from typing import Any, Union
 
 from toylab.data.bigram import BOS, BigramLanguage
 from toylab.data.facts import FactLanguage
+from toylab.data.majority import MajorityData
+from toylab.data.mixture import InductionSkipTrigramMixture
 from toylab.data.induction import (InductionBatch, InductionData, induction_targets, probe_half_len,
                                    repeated_tokens, repeated_tokens_with_gap)
 from toylab.data.modular import ModularAddition
 from toylab.data.skip_trigram import SkipTrigramLanguage
 from toylab.data.text import CharTokenizer, TextData, corpus_fingerprint, load_corpus
 from toylab.data.text_repeats import TextWithRepeatsData
+from toylab.data.topic_induction import TopicInductionData
 
 Dataset = Union[BigramLanguage, SkipTrigramLanguage, InductionData, TextData,
                 TextWithRepeatsData, ModularAddition,
-                FactLanguage]
+                FactLanguage, TopicInductionData, InductionSkipTrigramMixture, MajorityData]
 
 #: ``spec["kind"]`` -> dataset class.
 DATASETS: dict[str, type] = {
     cls.kind: cls for cls in (BigramLanguage, SkipTrigramLanguage, InductionData, TextData,
                               TextWithRepeatsData, ModularAddition,
-                              FactLanguage)
+                              FactLanguage, TopicInductionData, InductionSkipTrigramMixture, MajorityData)
 }
 
 

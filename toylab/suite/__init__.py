@@ -8,4 +8,10 @@ Modules:
 
 - :mod:`toylab.suite.spec`: the records a suite model is described by (:class:`Task`,
   :class:`PlantedCircuit`).
+- :mod:`toylab.suite.planted`: the planted-truth models (``PLANTED``), their tasks, truths, the
+  intended-structure checks (``INTENDED``) and the negative controls (``NEGATIVE_CONTROLS``).
+- :mod:`toylab.suite.readers`: which head plays which part, read off attention at the positions the
+  generator labels (the truths' only reading of the model).
+- :mod:`toylab.suite.truth`: the intervention check of a truth (``check_truth``: kept and removed
+  fractions of the behaviour) and of a dense behaviour (``check_dense``).
 """

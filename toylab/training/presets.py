@@ -13,10 +13,24 @@ seed fixes everything else. ``toylab train PRESET`` trains one; the files in
 ``text-induction-2l``  the same model on docstring windows with a copied span: induction heads on text
 ``facts-1l``           one layer with an MLP on a planted fact table: neurons as key-value memories
 =====================  ==========================================================
+
+The methods suite's planted-truth models (:mod:`toylab.suite.planted`) are presets too, in
+:data:`SUITE_PRESETS`: ``toylab train NAME --seed N`` trains one, :func:`get_preset` finds them,
+but they are not shipped and ``toylab train --all`` (``make models``) leaves them out; the suite
+trains them at its seeds.
+
+=====================  ==========================================================
+``redundant-2l``       induction trained with head dropout in layer 1: two heads that can each do it
+``distractor-2l``      induction under a topic token: topic-reading heads the induction metric never needs
+``mixture-2l``         induction rows and skip-trigram rows in one model: two circuits, shared heads
+``layernorm-2l``       induction with LayerNorm and learned positions
+``majority-1l``        the negative control: each sequence favours a token only all the counts reveal
+=====================  ==========================================================
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 from dataclasses import dataclass
@@ -116,16 +130,73 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+# The suite's models (issue 23): each trains in well under a minute on one thread. Their
+# evaluations run every 500 steps (the induction probes cost a step's time each).
+_SUITE_TRAIN = TrainConfig(steps=1500, batch_size=128, lr=1e-2, warmup_steps=50, weight_decay=0.0, eval_every=500)
+
+SUITE_PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in [
+        # Head dropout 0.5: in half the sequences one of the two layer-1 heads is zeroed, so each must
+        # predict the copy alone; ablating one of them at test time then costs little.
+        Preset(
+            "redundant-2l",
+            "2-layer, 2-head induction model trained with head dropout in layer 1: redundant induction heads",
+            ModelConfig(d_vocab=128, n_ctx=32, d_model=64, n_layers=2, n_heads=2, positional="shortformer"),
+            dict(_INDUCTION_DATA),
+            dataclasses.replace(_SUITE_TRAIN, head_dropout=0.5),
+        ),
+        Preset(
+            "distractor-2l",
+            "2-layer, 4-head model of induction under a topic token: heads that read the topic are distractors",
+            ModelConfig(d_vocab=128, n_ctx=32, d_model=64, n_layers=2, n_heads=4, positional="shortformer"),
+            {"kind": "topic_induction", "d_vocab": 128, "n_ctx": 32, "seed": 0, "n_topics": 8, "topic_size": 12,
+             "p_topic": 0.4, "min_offset": 2, "max_offset": 14, "p_periodic": 0.5},
+            _SUITE_TRAIN,
+        ),
+        Preset(
+            "mixture-2l",
+            "2-layer, 2-head model of induction rows and skip-trigram rows: two circuits in shared heads",
+            ModelConfig(d_vocab=64, n_ctx=32, d_model=64, n_layers=2, n_heads=2, positional="shortformer"),
+            {"kind": "induction_skiptrigram", "d_vocab": 64, "n_ctx": 32, "seed": 0, "p_induction": 0.5,
+             "min_offset": 2, "max_offset": 20, "p_periodic": 0.5, "p_end": 0.1, "n_rules": 12,
+             "n_triggers": 4, "p_rule": 0.8, "p_boost": 0.4},
+            _SUITE_TRAIN,
+        ),
+        Preset(
+            "layernorm-2l",
+            "2-layer, 2-head induction model with LayerNorm and learned positions",
+            ModelConfig(d_vocab=128, n_ctx=32, d_model=64, n_layers=2, n_heads=2, positional="learned",
+                        layernorm=True),
+            dict(_INDUCTION_DATA),
+            _SUITE_TRAIN,
+        ),
+        # d_head = 2: four heads of two dimensions each must share the 8-token histogram between them.
+        Preset(
+            "majority-1l",
+            "1-layer, 4-head model (d_head 2) of the majority language: a dense behaviour, no sparse circuit",
+            ModelConfig(d_vocab=9, n_ctx=24, d_model=8, n_layers=1, n_heads=4, positional="none"),
+            {"kind": "majority", "d_vocab": 9, "n_ctx": 24, "seed": 0, "p_major": 0.3},
+            dataclasses.replace(_SUITE_TRAIN, steps=1000),
+        ),
+    ]
+}
+
+
 def get_preset(name: str) -> Preset:
-    """The preset called ``name``; an unknown name suggests the closest known one
-    (``difflib.get_close_matches``) and lists them all."""
+    """The preset called ``name`` (a shipped one, or one of :data:`SUITE_PRESETS`); an unknown name
+    suggests the closest known one (``difflib.get_close_matches``) and lists them all."""
     if not isinstance(name, str):
         raise ValueError(f"a preset name must be a string, got {type(name).__name__}")
+    if name in SUITE_PRESETS:
+        return SUITE_PRESETS[name]
     if name not in PRESETS:
-        same_letters = [p for p in PRESETS if p.lower() == name.lower().strip()]  # "induction-2L"
-        close = same_letters or difflib.get_close_matches(name, list(PRESETS), n=1, cutoff=0.5)
+        known = [*PRESETS, *SUITE_PRESETS]
+        same_letters = [p for p in known if p.lower() == name.lower().strip()]  # "induction-2L"
+        close = same_letters or difflib.get_close_matches(name, known, n=1, cutoff=0.5)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ValueError(f"unknown preset {name!r}; {hint}the presets are {sorted(PRESETS)}")
+        raise ValueError(f"unknown preset {name!r}; {hint}the presets are {sorted(PRESETS)} "
+                         f"(and the suite's {sorted(SUITE_PRESETS)})")
     return PRESETS[name]
 
 

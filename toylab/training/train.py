@@ -50,7 +50,12 @@ class TrainingInterrupted(KeyboardInterrupt):
 class TrainConfig:
     """Optimiser and loop settings. ``lr`` peaks after ``warmup_steps`` and
     decays with a cosine to ``lr * final_lr_frac`` at ``steps``. Every ``eval_every``
-    steps :func:`evaluate` reads ``eval_batch`` sequences per batch (validation, probes)."""
+    steps :func:`evaluate` reads ``eval_batch`` sequences per batch (validation, probes).
+
+    ``head_dropout = p`` (0: off): in each training sequence, with probability ``p`` one
+    uniformly chosen head of the last layer has its output zeroed (``hook_z``), so that every
+    head there must be able to do its job alone (the suite's redundant-paths model). The draws
+    come from their own generator (seeded ``seed + 2``): the training batches are unchanged."""
 
     steps: int = 1000
     batch_size: int = 128
@@ -64,6 +69,7 @@ class TrainConfig:
     eval_batch: int = 256
     prefix_steps: int = 20
     threads: int = 1
+    head_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         def number(name: str, v) -> float:
@@ -85,6 +91,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.grad_clip must be finite and >= 0 (0 = no clipping), got {self.grad_clip!r}")
         if not 0 <= number("final_lr_frac", self.final_lr_frac) <= 1:
             raise ValueError(f"TrainConfig.final_lr_frac must be in [0, 1], got {self.final_lr_frac!r}")
+        if not 0 <= number("head_dropout", self.head_dropout) < 1:
+            raise ValueError(f"TrainConfig.head_dropout must be in [0, 1), got {self.head_dropout!r}")
         if number("weight_decay", self.weight_decay) < 0:
             raise ValueError(f"TrainConfig.weight_decay must be finite and >= 0, got {self.weight_decay!r}")
         if isinstance(self.betas, (str, bytes)) or not hasattr(self.betas, "__len__") or len(self.betas) != 2:
@@ -95,8 +103,12 @@ class TrainConfig:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
 
     def to_dict(self) -> dict:
+        """The fields as JSON-able values; ``head_dropout`` only where it is on, so the configs of
+        runs without it save as before it existed."""
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
+        if not self.head_dropout:
+            del d["head_dropout"]
         return d
 
     @classmethod
@@ -319,10 +331,35 @@ def optimizer_step(opt: AdamW, cfg: TrainConfig, step: int, compute_loss: Callab
     return loss
 
 
+def head_dropout_hook(p: float, n_heads: int, generator: torch.Generator):
+    """A ``hook_z`` hook (``z [batch, pos, n_heads, d_head]``) that, per sequence, with probability ``p``
+    zeroes one uniformly chosen head (``TrainConfig.head_dropout``); returns a new tensor."""
+    def fn(z, hook):
+        b = z.shape[0]
+        drop = torch.rand(b, generator=generator) < p
+        which = torch.randint(0, n_heads, (b,), generator=generator)
+        keep = torch.ones(b, n_heads, dtype=z.dtype)
+        keep[drop, which[drop]] = 0.0
+        return z * keep[:, None, :, None]
+    return fn
+
+
 def _train_loop(model_cfg, dataset, cfg: TrainConfig, seed, progress, desc, callback, stop_after,
                 off_probe: bool = True) -> TrainResult:
     model = AttnOnlyTransformer(model_cfg, seed=seed)
     data_gen = torch.Generator().manual_seed(seed + 1)
+    dropout_hooks = []
+    if cfg.head_dropout and model_cfg.n_layers:
+        drop_gen = torch.Generator().manual_seed(seed + 2)
+        dropout_hooks = [(f"blocks.{model_cfg.n_layers - 1}.attn.hook_z",
+                          head_dropout_hook(cfg.head_dropout, model_cfg.n_heads, drop_gen))]
+
+    def step_loss():
+        tokens = dataset.sample(cfg.batch_size, data_gen)
+        if not dropout_hooks:
+            return model(tokens, return_type="loss")
+        with model.hooks(dropout_hooks):
+            return model(tokens, return_type="loss")
     opt = make_optimizer(list(model.named_parameters()), cfg)
     result = TrainResult(model, dataset.spec, cfg, seed)
     start = time.perf_counter()
@@ -333,8 +370,7 @@ def _train_loop(model_cfg, dataset, cfg: TrainConfig, seed, progress, desc, call
     try:
         with Progress(last, desc, enabled=progress) as bar:
             for step in range(1, last + 1):
-                loss = optimizer_step(opt, cfg, step, lambda: model(dataset.sample(cfg.batch_size, data_gen),
-                                                                    return_type="loss"),
+                loss = optimizer_step(opt, cfg, step, step_loss,
                                       lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
                 done = step
                 running, n_running = running + loss.item(), n_running + 1

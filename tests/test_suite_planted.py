@@ -1,0 +1,327 @@
+"""The suite's planted models (issue 23): generators and their labels, truths, the intervention check.
+
+Fast tests only, except the recipe tests at the end (marked ``recipes``: each trains a suite preset
+whole, about a minute, and checks its truth by intervention at seed 0).
+"""
+
+import math
+
+import pytest
+import torch
+
+from toylab.data import make_dataset
+from toylab.data.majority import MajorityData
+from toylab.data.mixture import InductionSkipTrigramMixture, remove_rule_sources
+from toylab.data.topic_induction import TopicInductionData
+from toylab.discovery.graph import Graph
+from toylab.model import AttnOnlyTransformer, ModelConfig
+from toylab.suite.planted import INTENDED, NEGATIVE_CONTROLS, PLANTED, rule_source_triples
+from toylab.suite.readers import attention_scores, heads_of, induction_edges, induction_scores
+from toylab.suite.spec import PlantedCircuit, Task
+from toylab.suite.truth import check_dense, check_truth, heads_circuit
+from toylab.training.presets import PRESETS, SUITE_PRESETS, get_preset
+from toylab.training.train import TrainConfig, head_dropout_hook, train
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- generators
+def test_topic_induction_labels():
+    ds = TopicInductionData(d_vocab=128, n_ctx=32, n_topics=8, topic_size=12, p_topic=0.4, max_offset=14)
+    b = ds.sample_batch(512, gen(1))
+    x = b.tokens
+    assert (x[:, 0] == 0).all() and (x[:, 1] == 1 + b.topic).all(), "BOS, then the topic marker T_k = 1 + k"
+    assert (x[:, 2:] >= ds.first_content).all(), "noise and copies use content tokens only"
+    for i in range(64):
+        d, o = int(b.dst_start[i]), int(b.offset[i])
+        assert 2 + o <= d <= 30
+        assert all(x[i, p] == x[i, p - o] for p in range(d, 32)), "the copy reads x_p = x_{p-o}"
+        assert b.is_repeat[i].tolist() == [p > d for p in range(32)]
+    # noise before the copy follows the topic: P(x in S_k) = p_topic + (1 - p_topic) m / |C|
+    pos = torch.arange(32)[None]
+    noise = (pos >= 2) & (pos < b.dst_start[:, None])
+    in_topic = (x - ds.first_content) // ds.topic_size == b.topic[:, None]
+    want = 0.4 + 0.6 * 12 / (128 - 9)
+    got = float(in_topic[noise].double().mean())
+    assert abs(got - want) < 0.03, f"topic share {got:.3f}, the rule says {want:.3f}"
+    p = ds.noise_probs(b.topic[:5])
+    assert torch.allclose(p.sum(1), torch.ones(5, dtype=torch.float64))
+    assert make_dataset(ds.spec).spec == ds.spec
+
+
+def test_topic_corrupt_keeps_topic_and_prefix_and_breaks_the_copy():
+    ds = TopicInductionData()
+    b = ds.sample_batch(256, gen(2))
+    c = ds.corrupt(b, gen(3))
+    before = torch.arange(ds.n_ctx)[None] < b.dst_start[:, None]
+    assert torch.equal(c[before], b.tokens[before]), "tokens before the copy are kept"
+    assert torch.equal(c[:, 1], b.tokens[:, 1]), "the topic marker is kept"
+    assert float((c[b.is_repeat] == b.tokens[b.is_repeat]).double().mean()) < 0.2, "the copy is redrawn"
+
+
+def test_mixture_labels_and_rule_removal():
+    ds = InductionSkipTrigramMixture(d_vocab=64, n_ctx=32)
+    b = ds.sample_batch(256, gen(4))
+    skip = b.task == 1
+    assert 0.35 < float(skip.double().mean()) < 0.65
+    assert not b.is_repeat[skip].any() and (b.rule[~skip] == -1).all()
+    assert torch.equal(b.rule[skip], ds.skip_trigram.active_rules(b.tokens[skip]))
+    assert (b.rule[skip] >= 0).any() and b.is_repeat[~skip].any()
+    toks = b.tokens[skip]
+    clean = toks.clone()
+    c = remove_rule_sources(ds.skip_trigram, toks, gen(5))
+    assert torch.equal(toks, clean), "the input is not modified"
+    assert (ds.skip_trigram.active_rules(c) == -1).all(), "no rule fires once every A is gone"
+    is_a = (toks[..., None] == ds.skip_trigram._A).any(-1)
+    assert torch.equal(c[~is_a], toks[~is_a]), "only the A tokens change"
+    assert make_dataset(ds.spec).spec == ds.spec
+
+
+def test_rule_source_triples_point_at_the_latest_A():
+    lang = InductionSkipTrigramMixture().skip_trigram
+    a, bb, _ = lang.rules[0]
+    filler = next(t for t in range(1, 64) if all(t not in r for r in lang.rules))
+    toks = torch.tensor([[0, a, filler, a, filler, bb, filler, filler]])
+    b, q, k = rule_source_triples(lang, toks)
+    assert (b.tolist(), q.tolist(), k.tolist()) == ([0], [5], [3]), "at B (pos 5) the rule reads the A at pos 3"
+
+
+def brute_majority_probs(ds, seq):
+    """P(next | seq) by enumerating the favoured token m (Bayes with the likelihood of every token)."""
+    k, p = ds.k, ds.p_major
+    like = torch.tensor([math.prod(p * (x == m) + (1 - p) / k for x in seq[1:]) for m in range(1, k + 1)],
+                        dtype=torch.float64)
+    post = like / like.sum()
+    out = torch.zeros(ds.d_vocab, dtype=torch.float64)
+    out[1:] = p * post + (1 - p) / k
+    return out
+
+
+def test_majority_truth_is_bayes():
+    ds = MajorityData(d_vocab=6, n_ctx=10, p_major=0.3)
+    b = ds.sample_batch(4, gen(6))
+    probs = ds.next_token_probs(b.tokens)
+    assert torch.allclose(probs.sum(-1), torch.ones(4, 10, dtype=torch.float64))
+    for i in range(4):
+        for t in (0, 3, 9):
+            want = brute_majority_probs(ds, b.tokens[i, :t + 1].tolist())
+            assert torch.allclose(probs[i, t], want, atol=1e-12), (i, t)
+    big = ds.sample_batch(2000, gen(7))
+    counts = torch.nn.functional.one_hot(big.tokens[:, 1:], 6).sum(1)
+    assert float((counts.argmax(1) == big.majority).double().mean()) > 0.6, "the favoured token is the most frequent"
+    assert make_dataset(ds.spec).spec == ds.spec
+    with pytest.raises(ValueError, match="p_major"):
+        MajorityData(p_major=1.0)
+
+
+# ----------------------------------------------------------------------------- presets, head dropout
+def test_suite_presets_are_found_but_not_shipped():
+    assert not set(SUITE_PRESETS) & set(PRESETS), "suite presets are not in the shipped PRESETS"
+    for name in SUITE_PRESETS:
+        assert get_preset(name) is SUITE_PRESETS[name]
+        make_dataset(get_preset(name).data)
+    with pytest.raises(ValueError, match="redundant-2l"):
+        get_preset("redundant-2L")
+
+
+def test_head_dropout_config_and_hook():
+    assert "head_dropout" not in TrainConfig().to_dict(), "configs without it save as before"
+    cfg = TrainConfig(head_dropout=0.5)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="head_dropout"):
+        TrainConfig(head_dropout=1.0)
+    z = torch.ones(1000, 3, 2, 4)
+    out = head_dropout_hook(0.5, 2, gen(8))(z, None)
+    assert torch.equal(z, torch.ones(1000, 3, 2, 4)), "the input is not modified"
+    zeroed = (out == 0).all(-1).all(1)  # [batch, heads]: a head zeroed at every position
+    assert (zeroed.sum(1) <= 1).all(), "at most one head is dropped per sequence"
+    assert 0.4 < float(zeroed.any(1).double().mean()) < 0.6
+    kept = out.permute(0, 2, 1, 3)[~zeroed]  # [kept (row, head) pairs, pos, d_head]
+    assert torch.equal(kept, torch.ones_like(kept)), "the other heads pass unchanged"
+
+
+def test_head_dropout_changes_training_but_not_the_data():
+    mc = ModelConfig(d_vocab=16, n_ctx=8, d_model=8, n_layers=1, n_heads=2, positional="shortformer")
+    data = {"kind": "induction", "d_vocab": 16, "n_ctx": 8, "seed": 0, "min_offset": 2, "max_offset": 5,
+            "p_repeat": 1.0, "p_periodic": 0.5}
+    base = TrainConfig(steps=3, batch_size=8, eval_every=3, eval_batch=8, warmup_steps=1)
+    a = train(mc, data, base, seed=0, off_probe=False)
+    b = train(mc, data, TrainConfig(**{**base.to_dict(), "head_dropout": 0.9}), seed=0, off_probe=False)
+    again = train(mc, data, base, seed=0, off_probe=False)
+    assert all(torch.equal(a.model.state_dict()[k], again.model.state_dict()[k]) for k in a.model.state_dict())
+    assert not torch.equal(a.model.W_E, b.model.W_E), "dropping heads changes the gradients"
+
+
+# ----------------------------------------------------------------------------- readers and truths
+def uniform_model(n_layers=2, n_heads=2, positional="shortformer", d_vocab=16, n_ctx=12):
+    m = AttnOnlyTransformer(ModelConfig(d_vocab=d_vocab, n_ctx=n_ctx, d_model=8, n_layers=n_layers,
+                                        n_heads=n_heads, positional=positional), seed=0)
+    with torch.no_grad():
+        for blk in m.blocks:
+            blk.attn.W_Q.zero_()  # q = 0: every head attends uniformly to positions 0..q
+    return m
+
+
+def test_attention_scores_on_uniform_attention():
+    m = uniform_model()
+    toks = torch.randint(1, 16, (3, 12), generator=gen(9))
+    b = torch.tensor([0, 1, 2, 2])
+    q = torch.tensor([1, 3, 4, 9])
+    k = torch.tensor([0, 2, 0, 9])
+    want = float(sum(1 / (qq + 1) for qq in q.tolist()) / 4)
+    got = attention_scores(m, toks, b, q, k)
+    assert got.shape == (2, 2) and torch.allclose(got, torch.full((2, 2), want), atol=1e-6)
+    with pytest.raises(ValueError, match="no labelled"):
+        attention_scores(m, toks, b[:0], q[:0], k[:0])
+
+
+def prev_token_model():
+    """Head L0H0 attends from every position p >= 1 to p - 1 (built by hand, through the positions)."""
+    m = AttnOnlyTransformer(ModelConfig(d_vocab=16, n_ctx=8, d_model=16, n_layers=2, n_heads=2,
+                                        positional="shortformer"), seed=0)
+    with torch.no_grad():
+        m.W_pos.zero_()
+        m.W_pos[:, :8] = torch.eye(8)
+        m.W_E.mul_(0.0)
+        a = m.blocks[0].attn
+        a.W_Q.zero_(), a.W_K.zero_()
+        for p in range(8):
+            a.W_Q[0, p, p] = 30.0  # query of position p: e_p
+            if p + 1 < 8:
+                a.W_K[0, p, p + 1] = 30.0  # key of position j: e_{j+1}, so q_p . k_j is large iff j = p - 1
+    return m
+
+
+def test_induction_scores_find_the_previous_token_head():
+    m = prev_token_model()
+    toks = torch.randint(1, 16, (4, 8), generator=gen(10))
+    positions = torch.zeros(4, 8, dtype=torch.bool)
+    positions[:, 4:7] = True
+    offset = torch.full((4,), 3)
+    ind, prev = induction_scores(m, toks, positions, offset)
+    assert float(prev[0, 0]) > 0.99, "L0H0 attends to the previous position at the labelled keys"
+    assert float(prev[0, 1]) < 0.5
+
+
+def test_induction_edges_from_scores():
+    m = uniform_model()
+    ind = torch.tensor([[0.0, 0.0], [0.8, 0.1]])
+    prev = torch.tensor([[0.1, 0.9], [0.0, 0.0]])
+    want = {"embed->L0H1.v", "pos->L0H1.q", "pos->L0H1.k", "L0H1->L1H0.k", "embed->L1H0.q", "embed->L1H0.v",
+            "L1H0->logits"}
+    assert induction_edges(m, ind, prev) == want
+    assert induction_edges(m, ind, prev, pos_edges=False) == want - {"pos->L0H1.q", "pos->L0H1.k"}
+    assert induction_edges(m, ind, torch.zeros(2, 2)) == frozenset(), "no previous-token head: no truth"
+    assert heads_of(want) == ["L0H1", "L1H0"]
+    assert want <= set(Graph(m).edge_names)
+
+
+def test_truths_of_an_untrained_model_are_empty_or_every_edge():
+    """An untrained, uniform-attention model has no planted circuit: the truths say so (empty)."""
+    for name, pc in PLANTED.items():
+        cfg = get_preset(pc.preset).model
+        m = AttnOnlyTransformer(cfg, seed=0)
+        with torch.no_grad():
+            for blk in m.blocks:
+                blk.attn.W_Q.zero_()
+        g = Graph(m)
+        t = pc.truth(m, g)
+        if name in NEGATIVE_CONTROLS:
+            assert t == frozenset(g.edge_names)
+        else:
+            assert t == frozenset(), name
+        ok, why = INTENDED[name](m, g)
+        assert isinstance(why, str) and (ok is (name in NEGATIVE_CONTROLS)), (name, why)
+
+
+def test_planted_records_and_tasks():
+    assert len({pc.preset for pc in PLANTED.values()} - {"induction-2l"}) >= 5
+    for name, pc in PLANTED.items():
+        assert isinstance(pc, PlantedCircuit) and pc.name == name and len(pc.seeds) >= 3 and pc.trap
+        m = AttnOnlyTransformer(get_preset(pc.preset).model, seed=0)
+        task = pc.make_task(m, 0, 16)
+        assert isinstance(task, Task) and task.clean.shape[0] == 16
+        assert not torch.equal(task.clean, task.corrupted)
+        again = pc.make_task(m, 0, 16)
+        assert torch.equal(task.clean, again.clean) and torch.equal(task.corrupted, again.corrupted)
+        assert not torch.equal(pc.make_task(m, 1, 16).clean, task.clean), "the seed fixes the draw"
+
+
+# ----------------------------------------------------------------------------- the check's arithmetic
+def dead_head_model():
+    """One layer whose heads write nothing (W_O = 0): the behaviour is all in embed -> logits."""
+    m = AttnOnlyTransformer(ModelConfig(d_vocab=12, n_ctx=8, d_model=8, n_layers=1, n_heads=2,
+                                        positional="shortformer"), seed=0)
+    with torch.no_grad():
+        m.blocks[0].attn.W_O.zero_()
+    toks = torch.randint(1, 12, (8, 8), generator=gen(11))
+    task = Task(toks, torch.randint(1, 12, (8, 8), generator=gen(12)), None, "random tokens")
+    return m, Graph(m), task
+
+
+def test_check_truth_arithmetic_on_a_known_model():
+    m, g, task = dead_head_model()
+    for source in ("corrupted", "zero"):
+        exact = check_truth(m, g, {"embed->logits"}, task, source)
+        assert exact.passed and abs(exact.kept - 1) < 1e-6 and abs(exact.removed - 1) < 1e-6, exact
+        dead = check_truth(m, g, {"L0H0->logits", "L0H1->logits"}, task, source)
+        assert not dead.passed and abs(dead.kept) < 1e-6 and abs(dead.removed) < 1e-6, dead
+        everything = check_truth(m, g, g.edge_names, task, source)
+        assert abs(everything.kept - 1) < 1e-6 and abs(everything.removed - 1) < 1e-6
+        assert everything.gap > 0 and everything.n_edges == len(g)
+
+
+def test_check_truth_thresholds_are_the_issues():
+    m, g, task = dead_head_model()
+    r = check_truth(m, g, {"embed->logits"}, task, min_kept=1.0, min_removed=1.0)
+    assert r.passed == (r.kept >= 1.0 and r.removed >= 1.0)
+    with pytest.raises(ValueError, match="source"):
+        check_truth(m, g, {"embed->logits"}, task, "mean")
+    with pytest.raises(TypeError, match="Task"):
+        check_truth(m, g, {"embed->logits"}, (task.clean, task.corrupted))
+    with pytest.raises(TypeError, match="one string"):
+        check_truth(m, g, "embed->logits", task)
+    with pytest.raises(ValueError, match="min_kept"):
+        check_truth(m, g, {"embed->logits"}, task, min_kept=90)
+    same = Task(task.clean, task.clean, None, "no corruption")
+    with pytest.raises(ValueError, match="changes nothing"):
+        check_truth(m, g, {"embed->logits"}, same)
+
+
+def test_check_dense_flags_a_sparse_model():
+    m, g, task = dead_head_model()
+    assert heads_circuit(g, ["L0H0", "L0H1"]) == frozenset(g.edge_names)
+    r = check_dense(m, g, task)
+    assert r.max_heads == 1 and abs(r.best_kept - 1) < 1e-6 and not r.passed, "embed -> logits alone keeps it all"
+    assert all(abs(v) < 1e-6 for v in r.removed_by_head.values()), "a dead head's removal destroys nothing"
+
+
+# ----------------------------------------------------------------------------- recipes (slow)
+# Measured with benchmarks/suite_truths.py (seeds 0-2): these recipes do not yet plant a truth that
+# passes the check at seed 0 (distractor: the truth keeps 0.79 of the behaviour; mixture: seed 0 grew
+# no skip-trigram head; layernorm: no previous-token/induction pair above 0.3), so they are expected
+# to fail until the recipes are fixed (the suite excludes those seeds).
+_NOT_YET = {"distractor", "mixture-induction", "mixture-skiptrigram", "layernorm"}
+
+
+@pytest.mark.recipes
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason="recipe not yet planting its "
+                                               "truth at seed 0 (see _NOT_YET)", strict=False))
+                                  if n in _NOT_YET else n for n in PLANTED if n != "induction"])
+def test_suite_recipe_at_seed_0_plants_its_truth(name):
+    pc = PLANTED[name]
+    p = get_preset(pc.preset)
+    model = train(p.model, p.data, p.train, seed=0, off_probe=False).model
+    g = Graph(model)
+    ok, why = INTENDED[name](model, g)
+    assert ok, f"{name}: training did not produce the intended structure: {why}"
+    task = pc.make_task(model, 0, 128)
+    if name in NEGATIVE_CONTROLS:
+        r = check_dense(model, g, task)
+        assert r.passed, f"{name}: a circuit of heads {r.best_heads} keeps {r.best_kept:.2f} of the behaviour"
+    else:
+        r = check_truth(model, g, pc.truth(model, g), task)
+        assert r.passed, f"{name}: the truth keeps {r.kept:.2f} and removing it destroys {r.removed:.2f}"

@@ -1,0 +1,246 @@
+"""The suite's planted-truth models: each a preset, a task from its generator and a truth.
+
+:data:`PLANTED` maps a suite name to its :class:`~toylab.suite.spec.PlantedCircuit`. Every truth is
+read from the generator's labels (:mod:`toylab.suite.readers`: attention at labelled positions),
+never from a method under test, and checked by intervention (:func:`toylab.suite.truth.check_truth`).
+
+=======================  ==================  ==================================================
+suite name               preset              what can trip a method
+=======================  ==================  ==================================================
+``induction``            ``induction-2l``    the clean baseline (one circuit, no traps)
+``redundant``            ``redundant-2l``    two induction heads that can each do the job
+``distractor``           ``distractor-2l``   high-norm topic heads the induction metric never needs
+``mixture-induction``    ``mixture-2l``      the induction half of a two-task model
+``mixture-skiptrigram``  ``mixture-2l``      the skip-trigram half of the same model
+``layernorm``            ``layernorm-2l``    LayerNorm and learned positions (pos edges matter)
+``majority``             ``majority-1l``     the negative control: dense, no small circuit
+=======================  ==================  ==================================================
+
+:data:`INTENDED` holds, per suite name, ``intended(model, graph) -> (bool, str)``: whether training
+produced the structure the model is built for (two induction heads, a topic head outside the
+truth, ...), with the numbers in a sentence; a seed where it did not is reported and excluded.
+:data:`NEGATIVE_CONTROLS` names the models with no sparse truth: their ``truth`` is every edge, and
+what a method *should* return there is low confidence (:func:`toylab.suite.truth.check_dense`: no
+circuit of at most half the heads keeps 90 % of the behaviour); a small circuit returned with high
+faithfulness claimed is a confident wrong answer.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from toylab.data import make_dataset
+from toylab.data.mixture import remove_rule_sources
+from toylab.discovery.metrics import induction_positions
+from toylab.suite.readers import attention_scores, heads_of, induction_edges, induction_scores
+from toylab.suite.spec import PlantedCircuit, Task
+from toylab.training.presets import get_preset
+
+TASK_SEED = 50_000  # task draws: TASK_SEED + seed (never the training stream, seed + 1)
+TRUTH_SEED = 60_000  # the labelled batch the truth is read on
+N_TRUTH = 256
+SEEDS = (0, 1, 2)
+
+
+def _data(preset: str):
+    return make_dataset(get_preset(preset).data)
+
+
+def _copy_task(batch, vocab_low: int, vocab_high: int, g: torch.Generator, what: str) -> Task:
+    """Clean: the batch; corrupted: its copied span (``is_repeat`` and the copy's first token) redrawn
+    uniformly in ``vocab_low..vocab_high-1``; positions: the logit positions inside the copy."""
+    tokens = batch.tokens
+    pos = torch.arange(tokens.shape[1])[None]
+    in_copy = pos >= batch.dst_start[:, None]
+    if hasattr(batch, "length"):
+        in_copy &= pos < (batch.dst_start + batch.length)[:, None]
+    fresh = torch.randint(vocab_low, vocab_high, tokens.shape, generator=g)
+    return Task(tokens, torch.where(in_copy, fresh, tokens), induction_positions(batch.is_repeat),
+                f"{what}; corrupted: the copied span redrawn at random (no repeat); metric at the copy's positions")
+
+
+def _induction_component(ds):
+    return ds.induction if hasattr(ds, "induction") else ds
+
+
+def induction_task(preset: str):
+    """``make_task`` of an induction-type preset (InductionData, TopicInductionData or the mixture's
+    induction rows)."""
+    ds = _data(preset)
+
+    def make_task(model, seed: int, n: int = 128) -> Task:
+        g = torch.Generator().manual_seed(TASK_SEED + seed)
+        comp = _induction_component(ds)
+        batch = comp.sample_batch(n, g)
+        if hasattr(comp, "corrupt"):  # the topic data: the copy redrawn as noise of the same topic
+            return Task(batch.tokens, comp.corrupt(batch, g), induction_positions(batch.is_repeat),
+                        "topic sequences with a copy; corrupted: the copy redrawn as noise of the same topic; "
+                        "metric at the copy's positions")
+        return _copy_task(batch, 1, comp.d_vocab, g, "random tokens with a copied span")
+    return make_task
+
+
+def induction_truth(preset: str, pos_edges: bool = True):
+    """``truth`` of an induction-type preset: :func:`~toylab.suite.readers.induction_edges` of the heads
+    read on a labelled batch of its generator."""
+    ds = _data(preset)
+
+    def truth(model, graph) -> frozenset:
+        graph.check_model(model)
+        batch = _induction_component(ds).sample_batch(N_TRUTH, torch.Generator().manual_seed(TRUTH_SEED))
+        ind, prev = induction_scores(model, batch.tokens, induction_positions(batch.is_repeat), batch.offset)
+        return induction_edges(model, ind, prev, pos_edges=pos_edges)
+    return truth
+
+
+def skip_trigram_task(preset: str):
+    lang = _data(preset).skip_trigram
+
+    def make_task(model, seed: int, n: int = 128) -> Task:
+        g = torch.Generator().manual_seed(TASK_SEED + seed)
+        tokens = lang.sample(n, g)
+        positions = lang.active_rules(tokens) >= 0
+        positions[:, -1] = False
+        return Task(tokens, remove_rule_sources(lang, tokens, g), positions,
+                    "skip-trigram sequences; corrupted: every rule's A replaced by a neutral token (no rule "
+                    "fires); metric where a rule fires")
+    return make_task
+
+
+def rule_source_triples(lang, tokens: torch.Tensor):
+    """``(b, q, k)``: at every position ``q`` where a rule fires, the position ``k`` of that rule's most
+    recent ``A`` (the generator's label; the token the rule's head must read)."""
+    rule = lang.active_rules(tokens)
+    rule[:, -1] = -1
+    b, q = (rule >= 0).nonzero(as_tuple=True)
+    a_tok = lang._A[rule[b, q]]
+    n = tokens.shape[1]
+    at = (tokens[b] == a_tok[:, None]) & (torch.arange(n)[None] <= q[:, None])
+    k = torch.where(at, torch.arange(n)[None], -1).max(1).values
+    return b, q, k
+
+
+def skip_trigram_truth(preset: str, min_attention: float = 0.3):
+    """Heads that attend from a firing ``B`` to its rule's ``A`` (mean ``>= min_attention``), with the edges
+    ``embed -> H.q`` (the ``B``), ``embed -> H.k`` and ``embed -> H.v`` (the ``A``) and ``H -> logits``."""
+    lang = _data(preset).skip_trigram
+
+    def truth(model, graph) -> frozenset:
+        graph.check_model(model)
+        tokens = lang.sample(N_TRUTH, torch.Generator().manual_seed(TRUTH_SEED))
+        score = attention_scores(model, tokens, *rule_source_triples(lang, tokens))
+        edges = set()
+        for l in range(model.cfg.n_layers):
+            for h in range(model.cfg.n_heads):
+                if float(score[l, h]) >= min_attention:
+                    name = f"L{l}H{h}"
+                    edges |= {f"embed->{name}.q", f"embed->{name}.k", f"embed->{name}.v", f"{name}->logits"}
+        return frozenset(edges)
+    return truth
+
+
+def majority_task(preset: str):
+    ds = _data(preset)
+
+    def make_task(model, seed: int, n: int = 128) -> Task:
+        g = torch.Generator().manual_seed(TASK_SEED + seed)
+        clean, corrupted = ds.sample(n, g), ds.sample(n, g)
+        positions = torch.zeros_like(clean, dtype=torch.bool)
+        positions[:, 8:-1] = True  # after 8 tokens the counts say something
+        return Task(clean, corrupted, positions, "majority sequences; corrupted: other sequences (another "
+                    "favoured token, mostly); metric from position 8 on")
+    return make_task
+
+
+def every_edge(model, graph) -> frozenset:
+    """The negative control's truth: every edge matters a little."""
+    graph.check_model(model)
+    return frozenset(graph.edge_names)
+
+
+def _n_induction_heads(preset: str, minimum: int):
+    truth = induction_truth(preset)
+
+    def intended(model, graph):
+        last = model.cfg.n_layers - 1
+        heads = [h for h in heads_of(truth(model, graph)) if h.startswith(f"L{last}")]
+        return len(heads) >= minimum, f"induction heads {heads or 'none'} (needs {minimum})"
+    return intended
+
+
+def _topic_head(preset: str, min_attention: float = 0.3):
+    ds, truth = _data(preset), induction_truth(preset)
+
+    def intended(model, graph):
+        batch = ds.sample_batch(N_TRUTH, torch.Generator().manual_seed(TRUTH_SEED))
+        noise = ~batch.is_repeat
+        noise[:, :2] = False
+        b, q = noise.nonzero(as_tuple=True)
+        score = attention_scores(model, batch.tokens, b, q, torch.ones_like(q))  # to the topic marker
+        inside = set(heads_of(truth(model, graph)))
+        topic = [f"L{l}H{h}" for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)
+                 if float(score[l, h]) >= min_attention and f"L{l}H{h}" not in inside]
+        return bool(topic) and bool(inside), (f"topic heads outside the truth {topic or 'none'} (attention to the "
+                                              f"marker >= {min_attention}); truth heads {sorted(inside) or 'none'}")
+    return intended
+
+
+def _two_circuits(preset: str):
+    t_ind, t_skip = induction_truth(preset), skip_trigram_truth(preset)
+
+    def intended(model, graph):
+        a, b = t_ind(model, graph), t_skip(model, graph)
+        return bool(a) and bool(b) and a != b, (f"induction heads {heads_of(a) or 'none'}, skip-trigram heads "
+                                                f"{heads_of(b) or 'none'}")
+    return intended
+
+
+def _nonempty(preset: str):
+    truth = induction_truth(preset)
+
+    def intended(model, graph):
+        t = truth(model, graph)
+        return bool(t), f"heads {heads_of(t) or 'none'}"
+    return intended
+
+
+def _dense(model, graph):
+    return True, "no sparse truth (checked by check_dense)"
+
+
+PLANTED: dict[str, PlantedCircuit] = {p.name: p for p in [
+    PlantedCircuit("induction", "induction-2l", SEEDS, induction_task("induction-2l"), induction_truth("induction-2l"),
+                   "none by design: the clean baseline every method should get right"),
+    PlantedCircuit("redundant", "redundant-2l", SEEDS, induction_task("redundant-2l"), induction_truth("redundant-2l"),
+                   "ablation one edge at a time (ACDC, exact edge patching, AtP) under-reports each of the two "
+                   "induction heads, since the other one covers for it"),
+    PlantedCircuit("distractor", "distractor-2l", SEEDS, induction_task("distractor-2l"),
+                   induction_truth("distractor-2l"),
+                   "heads that read the topic marker are active and write strongly everywhere; a reading by "
+                   "activation norm, or zero/mean ablation, can take them for part of the induction circuit"),
+    PlantedCircuit("mixture-induction", "mixture-2l", SEEDS, induction_task("mixture-2l"),
+                   induction_truth("mixture-2l"),
+                   "the heads are shared with a second task, so a method must keep the edges of this task's "
+                   "circuit only"),
+    PlantedCircuit("mixture-skiptrigram", "mixture-2l", SEEDS, skip_trigram_task("mixture-2l"),
+                   skip_trigram_truth("mixture-2l"),
+                   "the skip-trigram rules live in heads that also serve induction; their edges differ"),
+    PlantedCircuit("layernorm", "layernorm-2l", SEEDS, induction_task("layernorm-2l"), induction_truth("layernorm-2l"),
+                   "LayerNorm makes edge effects non-additive (EAP's linearisation) and the previous-token head "
+                   "needs its pos edges, which resample ablation cannot see"),
+    PlantedCircuit("majority", "majority-1l", SEEDS, majority_task("majority-1l"), every_edge,
+                   "a dense behaviour: every head carries part of the token counts; a method should report low "
+                   "confidence, not a small circuit"),
+]}
+
+INTENDED = {
+    "induction": _nonempty("induction-2l"),
+    "redundant": _n_induction_heads("redundant-2l", 2),
+    "distractor": _topic_head("distractor-2l"),
+    "mixture-induction": _two_circuits("mixture-2l"),
+    "mixture-skiptrigram": _two_circuits("mixture-2l"),
+    "layernorm": _nonempty("layernorm-2l"),
+    "majority": _dense,
+}
+
+NEGATIVE_CONTROLS = frozenset({"majority"})
