@@ -41,6 +41,7 @@ import time
 import torch
 
 from toylab.training.allocator import reuse_freed_memory
+from toylab.training.full_batch import is_full_batch
 from toylab.data import make_dataset
 from toylab.model import AttnOnlyTransformer, ModelConfig
 from toylab.training.optim import AdamW
@@ -152,12 +153,13 @@ def bench_presets(n_steps: int, peak: dict[str, float]) -> None:
     for name, preset in PRESETS.items():
         cfg, tcfg = preset.model, preset.train
         data = make_dataset(preset.data)
-        batch = data.sample(tcfg.batch_size, torch.Generator().manual_seed(0))
+        full = is_full_batch(data)  # grokking-1l: every training pair at every step
+        batch = data.split("train")[0] if full else data.sample(tcfg.batch_size, torch.Generator().manual_seed(0))
         model = AttnOnlyTransformer(cfg, seed=0)
         sec = time_steps_both(train_step(model, batch), n_steps)
         tokens = batch.numel()
         flop = train_flops_per_token(cfg, batch.shape[1]) * tokens
-        print(f"{name:16s} {tcfg.batch_size:5d} x {batch.shape[1]:3d} {sec['wall'] * 1e3:8.1f} {sec['cpu'] * 1e3:7.1f} "
+        print(f"{name:16s} {batch.shape[0]:5d} x {batch.shape[1]:3d} {sec['wall'] * 1e3:8.1f} {sec['cpu'] * 1e3:7.1f} "
               f"{tokens / sec['wall']:10.0f} {flop / sec['wall'] / 1e9:8.1f} {flop / sec['wall'] / peak['wall']:8.0%} "
               f"{flop / sec['cpu'] / peak['cpu']:6.0%}")
 

@@ -54,6 +54,9 @@ def summary_lines(metrics: dict, data_kind: str) -> list[str]:
         lines.append(f"  PARTIAL: training was interrupted at step {metrics.get('step')} "
                      f"of {metrics.get('steps_planned', '?')}")
     lines.append(f"  validation loss        {_num(metrics, 'val_loss')} nats (train {_num(metrics, 'train_loss')})")
+    if "fresh_acc" in metrics:  # a full-batch task (modular addition): accuracy on each split
+        lines.append(f"  accuracy               train {_num(metrics, 'train_acc', '.4f')}, test "
+                     f"{_num(metrics, 'test_acc', '.4f')}, fresh test {_num(metrics, 'fresh_acc', '.4f')}")
     if metrics.get("kl_to_truth") is not None:
         lines.append(f"  KL(truth || model)     {_num(metrics, 'kl_to_truth', '.4f')} nats per token, on held-out samples")
     if data_kind not in PROBED_KINDS or not metrics.get("induction"):
@@ -185,8 +188,13 @@ def _n_jobs(value: str) -> int:
 
 def _train_cost(name: str) -> int:
     """A rough size of preset ``name``'s training run (steps x tokens x width x depth), to start the longest first."""
+    from toylab.training.full_batch import FULL_BATCH_KINDS
     p = get_preset(name)
-    return p.train.steps * p.train.batch_size * p.data["n_ctx"] * p.model.d_model * (p.model.n_layers + 1)
+    if p.data["kind"] in FULL_BATCH_KINDS:  # every training pair [a, b, =] at every step
+        tokens = round(p.data["train_frac"] * p.data["p"] ** 2) * 3
+    else:
+        tokens = p.train.batch_size * p.data["n_ctx"]
+    return p.train.steps * tokens * p.model.d_model * (p.model.n_layers + 1)
 
 
 _STOP = None  # in a worker of _train_in_parallel: the event set on Ctrl-C
@@ -278,7 +286,9 @@ def cmd_info(args) -> int:
           f"layernorm {'on' if cfg.layernorm else 'off'}; {n_params:,} parameters")
     print(f"  data     {json.dumps({k: v for k, v in ckpt.data_spec.items() if k != 'alphabet'}, default=str)}")
     t = ckpt.train_spec
-    print(f"  training {t.get('steps')} steps, batch {t.get('batch_size')}, lr {t.get('lr')}, seed {ckpt.seed}, "
+    from toylab.training.full_batch import FULL_BATCH_KINDS
+    batch = "full" if ckpt.data_spec.get("kind") in FULL_BATCH_KINDS else t.get("batch_size")
+    print(f"  training {t.get('steps')} steps, batch {batch}, lr {t.get('lr')}, seed {ckpt.seed}, "
           f"{t.get('threads')} thread(s); toylab {ckpt.toylab_version}, torch {ckpt.torch_version}")
     for line in summary_lines(ckpt.metrics, ckpt.data_spec.get("kind", "?")):
         print(line)

@@ -3,7 +3,9 @@
 ``train(model_cfg, data_spec, train_cfg)`` builds the model and the data from
 their specs, trains with AdamW (linear warm-up, then cosine decay), evaluates
 every ``eval_every`` steps and returns a :class:`TrainResult` that
-:meth:`TrainResult.save` writes as a checkpoint.
+:meth:`TrainResult.save` writes as a checkpoint. A finite task (modular
+addition) trains full-batch instead, on all its training pairs at every step,
+with its own loss and evaluations (:mod:`toylab.training.full_batch`).
 
 Determinism: the seed fixes the initial weights (``seed``), the training
 batches (a generator seeded with ``seed + 1``) and the evaluation batches
@@ -24,6 +26,7 @@ from typing import Callable
 import torch
 
 from toylab.training.allocator import reuse_freed_memory
+from toylab.training.full_batch import add_progress_measures, evaluate_full_batch, is_full_batch, training_loss
 from toylab.training.checkpoint import save_checkpoint
 from toylab.data import make_dataset, probe_half_len, repeated_tokens, repeated_tokens_with_gap
 from toylab.causal.evaluation import off_probe_applies, off_probe_metrics
@@ -55,7 +58,13 @@ class TrainConfig:
     ``head_dropout = p`` (0: off): in each training sequence, with probability ``p`` one
     uniformly chosen head of the last layer has its output zeroed (``hook_z``), so that every
     head there must be able to do its job alone (the suite's redundant-paths model). The draws
-    come from their own generator (seeded ``seed + 2``): the training batches are unchanged."""
+    come from their own generator (seeded ``seed + 2``): the training batches are unchanged.
+
+    Weight decay applies to the blocks' weight matrices (:func:`is_decayed`), or, with
+    ``decay_all=True``, to every parameter; ``decay_all`` is left out of :meth:`to_dict`
+    at its default, so the configs saved before it existed read back unchanged. A
+    full-batch data kind (:mod:`toylab.training.full_batch`) ignores ``batch_size``:
+    each step reads every training pair."""
 
     steps: int = 1000
     batch_size: int = 128
@@ -70,6 +79,7 @@ class TrainConfig:
     prefix_steps: int = 20
     threads: int = 1
     head_dropout: float = 0.0
+    decay_all: bool = False
 
     def __post_init__(self) -> None:
         def number(name: str, v) -> float:
@@ -101,14 +111,18 @@ class TrainConfig:
             if not 0 <= number(f"betas[{i}]", b) < 1:
                 raise ValueError(f"TrainConfig.betas[{i}] must be in [0, 1), got {b!r}")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        if not isinstance(self.decay_all, bool):
+            raise ValueError(f"TrainConfig.decay_all must be True or False, got {self.decay_all!r}")
 
     def to_dict(self) -> dict:
-        """The fields as JSON-able values; ``head_dropout`` only where it is on, so the configs of
-        runs without it save as before it existed."""
+        """The fields as JSON-able values; ``head_dropout`` and ``decay_all`` only where they are
+        on, so the configs of runs without them save as before they existed."""
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
         if not self.head_dropout:
             del d["head_dropout"]
+        if not self.decay_all:
+            del d["decay_all"]
         return d
 
     @classmethod
@@ -288,7 +302,8 @@ def _partial_result(result: "TrainResult", dataset, done: int, start: float,
     """``result`` of a loop interrupted after ``done`` completed optimiser steps, with a
     final evaluation at that step marked ``partial``."""
     result.seconds = time.perf_counter() - start
-    entry = evaluate(result.model, dataset, done, off_probe=off_probe, batch=result.train_cfg.eval_batch)
+    entry = (evaluate_full_batch(result.model, dataset, done) if is_full_batch(dataset) else
+             evaluate(result.model, dataset, done, off_probe=off_probe, batch=result.train_cfg.eval_batch))
     entry["partial"] = True
     entry["steps_planned"] = result.train_cfg.steps
     result.history.append(entry)
@@ -307,12 +322,13 @@ def is_decayed(name: str) -> bool:
 
 def make_optimizer(named: list[tuple[str, torch.Tensor]], cfg: TrainConfig) -> AdamW:
     """AdamW as every training run builds it, on ``(name, parameter)`` pairs: weight decay on the
-    parameters :func:`is_decayed` names, none on the others, the learning rate of step 1, and the
-    fused update (one kernel for all parameters: half the optimiser time of the per-tensor loop)."""
-    decay = [p for n, p in named if is_decayed(n)]
-    no_decay = [p for n, p in named if not is_decayed(n)]
-    return AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                 lr=cfg.lr_at(1), betas=cfg.betas, fused=True)
+    parameters :func:`is_decayed` names (on all of them with ``cfg.decay_all``), none on the
+    others, the learning rate of step 1, and the fused update (one kernel for all parameters:
+    half the optimiser time of the per-tensor loop)."""
+    decayed = lambda n: cfg.decay_all or is_decayed(n)  # noqa: E731
+    groups = [{"params": [p for n, p in named if decayed(n)], "weight_decay": cfg.weight_decay},
+              {"params": [p for n, p in named if not decayed(n)], "weight_decay": 0.0}]
+    return AdamW(groups, lr=cfg.lr_at(1), betas=cfg.betas, fused=True)
 
 
 def optimizer_step(opt: AdamW, cfg: TrainConfig, step: int, compute_loss: Callable[[], torch.Tensor],
@@ -362,6 +378,9 @@ def _train_loop(model_cfg, dataset, cfg: TrainConfig, seed, progress, desc, call
             return model(tokens, return_type="loss")
     opt = make_optimizer(list(model.named_parameters()), cfg)
     result = TrainResult(model, dataset.spec, cfg, seed)
+    full = is_full_batch(dataset)  # every training pair at every step (toylab.training.full_batch)
+    loss_fn = training_loss(model, dataset) if full else step_loss
+    states = []  # full batch: the weights at each evaluation, for the progress measures
     start = time.perf_counter()
     running, n_running = 0.0, 0
     model.train()
@@ -370,26 +389,33 @@ def _train_loop(model_cfg, dataset, cfg: TrainConfig, seed, progress, desc, call
     try:
         with Progress(last, desc, enabled=progress) as bar:
             for step in range(1, last + 1):
-                loss = optimizer_step(opt, cfg, step, step_loss,
+                loss = optimizer_step(opt, cfg, step, loss_fn,
                                       lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
                 done = step
                 running, n_running = running + loss.item(), n_running + 1
                 if step == cfg.prefix_steps:
                     result.prefix_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 if step % cfg.eval_every == 0 or step == last:
-                    entry = evaluate(model, dataset, step, off_probe=off_probe, batch=cfg.eval_batch)
-                    entry["train_loss"] = running / n_running
+                    if full:  # train_loss: on every training pair after this step
+                        entry = evaluate_full_batch(model, dataset, step)
+                        states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+                    else:
+                        entry = evaluate(model, dataset, step, off_probe=off_probe, batch=cfg.eval_batch)
+                        entry["train_loss"] = running / n_running
                     entry["seconds"] = time.perf_counter() - start
                     running, n_running = 0.0, 0
                     result.history.append(entry)
                     if callback is not None:
                         callback(entry)
-                    bar.update(0, loss=entry["train_loss"], induction=entry["best_induction"])
+                    shown = {"test_acc": entry["test_acc"]} if full else {"induction": entry["best_induction"]}
+                    bar.update(0, loss=entry["train_loss"], **shown)
                 bar.update(1)
     except KeyboardInterrupt:
         if done < 1:
             raise
         raise TrainingInterrupted(_partial_result(result, dataset, done, start, off_probe)) from None
     result.seconds = time.perf_counter() - start
+    if full:
+        add_progress_measures(model, dataset, result.history, states)
     model.eval()
     return result
