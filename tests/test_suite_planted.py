@@ -20,7 +20,8 @@ from toylab.suite.readers import attention_scores, heads_of, induction_edges, in
 from toylab.suite.spec import PlantedCircuit, Task
 from toylab.suite.truth import check_dense, check_truth, heads_circuit
 from toylab.training.presets import PRESETS, SUITE_PRESETS, get_preset
-from toylab.training.train import TrainConfig, head_dropout_hook, train
+from toylab.training.head_dropout import head_dropout_hook
+from toylab.training.train import TrainConfig, train
 
 
 def gen(seed=0):

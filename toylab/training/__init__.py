@@ -3,6 +3,7 @@
 =====================  =============================================================
 ``train``              ``TrainConfig``, ``train``: seeded, deterministic training runs
 ``full_batch``         full-batch training (modular addition), progress measures
+``head_dropout``       one last-layer head zeroed per sequence: heads that can each do the job
 ``optim``              torch's Adam/AdamW/LBFGS without the one-off compiler import
 ``allocator``          ``reuse_freed_memory``: keep glibc from faulting in fresh pages every step
 ``checkpoint``         self-checking checkpoints, loaded with ``weights_only=True``

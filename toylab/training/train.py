@@ -25,6 +25,7 @@ from typing import Callable
 
 import torch
 
+from toylab.training.head_dropout import last_layer_dropout
 from toylab.training.allocator import reuse_freed_memory
 from toylab.training.full_batch import add_progress_measures, evaluate_full_batch, is_full_batch, training_loss
 from toylab.training.checkpoint import save_checkpoint
@@ -55,11 +56,7 @@ class TrainConfig:
     decays with a cosine to ``lr * final_lr_frac`` at ``steps``. Every ``eval_every``
     steps :func:`evaluate` reads ``eval_batch`` sequences per batch (validation, probes).
 
-    ``head_dropout = p`` (0: off): in each training sequence, with probability ``p`` one
-    uniformly chosen head of the last layer has its output zeroed (``hook_z``), so that every
-    head there must be able to do its job alone (the suite's redundant-paths model). The draws
-    come from their own generator (seeded ``seed + 2``): the training batches are unchanged.
-
+    ``head_dropout = p`` (0: off): see :mod:`toylab.training.head_dropout`.
     Weight decay applies to the blocks' weight matrices (:func:`is_decayed`), or, with
     ``decay_all=True``, to every parameter; ``decay_all`` is left out of :meth:`to_dict`
     at its default, so the configs saved before it existed read back unchanged. A
@@ -119,10 +116,9 @@ class TrainConfig:
         on, so the configs of runs without them save as before they existed."""
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
-        if not self.head_dropout:
-            del d["head_dropout"]
-        if not self.decay_all:
-            del d["decay_all"]
+        for name in ("head_dropout", "decay_all"):  # left out at their defaults
+            if not d[name]:
+                del d[name]
         return d
 
     @classmethod
@@ -347,28 +343,11 @@ def optimizer_step(opt: AdamW, cfg: TrainConfig, step: int, compute_loss: Callab
     return loss
 
 
-def head_dropout_hook(p: float, n_heads: int, generator: torch.Generator):
-    """A ``hook_z`` hook (``z [batch, pos, n_heads, d_head]``) that, per sequence, with probability ``p``
-    zeroes one uniformly chosen head (``TrainConfig.head_dropout``); returns a new tensor."""
-    def fn(z, hook):
-        b = z.shape[0]
-        drop = torch.rand(b, generator=generator) < p
-        which = torch.randint(0, n_heads, (b,), generator=generator)
-        keep = torch.ones(b, n_heads, dtype=z.dtype)
-        keep[drop, which[drop]] = 0.0
-        return z * keep[:, None, :, None]
-    return fn
-
-
 def _train_loop(model_cfg, dataset, cfg: TrainConfig, seed, progress, desc, callback, stop_after,
                 off_probe: bool = True) -> TrainResult:
     model = AttnOnlyTransformer(model_cfg, seed=seed)
     data_gen = torch.Generator().manual_seed(seed + 1)
-    dropout_hooks = []
-    if cfg.head_dropout and model_cfg.n_layers:
-        drop_gen = torch.Generator().manual_seed(seed + 2)
-        dropout_hooks = [(f"blocks.{model_cfg.n_layers - 1}.attn.hook_z",
-                          head_dropout_hook(cfg.head_dropout, model_cfg.n_heads, drop_gen))]
+    dropout_hooks = last_layer_dropout(model_cfg, cfg.head_dropout, seed)
 
     def step_loss():
         tokens = dataset.sample(cfg.batch_size, data_gen)
