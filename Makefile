@@ -5,7 +5,8 @@
 #   make test-recipes - the induction recipes retrained whole at other seeds (minutes; CI runs it)
 #   make models - retrain every canonical model into toylab/models (minutes; one preset per core at a time)
 #   make bench  - the benchmarks (with the TransformerLens comparison: make bench-tl)
-#   make test-peer - cross-check against TransformerLens 3.9.0, in its own environment .venv-tl
+#   make test-peer - cross-check against TransformerLens 3.9.0, in its own environment .venv-tl,
+#                 and the chapter that crosses over to it (TL_NOTEBOOKS) under nbval there
 #   make lab    - JupyterLab on chapters/ with the .venv kernel, for self-study (LAB_ARGS=--no-browser ...)
 
 PYTHON ?= python3
@@ -62,14 +63,18 @@ $(VENV)/.book: $(VENV)/.test
 	$(call install,-e ".[book$(comma)test]",-e ".[book$(comma)test]")
 	touch $@
 
-book: $(VENV)/.book
+# The chapters in TL_NOTEBOOKS name the kernel "toylab-tl": .ci/book.sh registers it for .venv-tl
+book: $(VENV)/.book $(VENV_TL)/.installed
 	$(PY) -m toylab.cli models
 	$(PY) .ci/check_text.py   # no project jargon, no stale toylab names, no dead page links
-	bash .ci/book.sh $(PY)
+	TL_PYTHON=$(abspath $(PY_TL)) bash .ci/book.sh $(PY)
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 	$(PY) .ci/check_book.py chapters/_build/html chapters/_build/screenshots
 
-NOTEBOOKS := $(wildcard chapters/ch*.ipynb)
+# The chapters that need TransformerLens run in .venv-tl (make test-peer, and the book's
+# "toylab-tl" kernel), not in .venv: `make test` and test-kernels leave them out.
+TL_NOTEBOOKS := chapters/ch14_crossing_over.ipynb
+NOTEBOOKS := $(filter-out $(TL_NOTEBOOKS),$(wildcard chapters/ch*.ipynb))
 # pytest-xdist workers: one per core (JOBS=1 runs everything in one process). Notebooks are
 # distributed whole (--dist loadfile): a notebook's cells run in order in one kernel.
 JOBS   ?= auto
@@ -143,19 +148,26 @@ models: $(VENV)/.torch $(VENV)/.test
 bench: $(VENV)/.test
 	$(PY) benchmarks/bench_train.py
 
-# TransformerLens 3.9.0 (the 4.x line dropped HookedTransformer), with torch pinned first; ~0.8 GB.
+# TransformerLens 3.9.0 (the 4.x line dropped HookedTransformer), with torch pinned first; ~1.3 GB.
+# toylab's own dependencies that TransformerLens does not bring (matplotlib), and nbval, ipykernel
+# and nbclient for the chapters that run here (TL_NOTEBOOKS).
 $(VENV_TL)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV_TL)
-	$(VENV_TL)/bin/pip -q --disable-pip-version-check install torch==2.13.0
-	$(VENV_TL)/bin/pip -q --disable-pip-version-check install transformer-lens==3.9.0 pytest
+	$(VENV_TL)/bin/pip -q --disable-pip-version-check install torch==$(TORCH_VERSION)
+	$(VENV_TL)/bin/pip -q --disable-pip-version-check install transformer-lens==3.9.0 pytest \
+	    "matplotlib>=3.7" "nbval>=0.11" "ipykernel>=6" "nbclient>=0.8"
 	$(VENV_TL)/bin/pip -q --disable-pip-version-check install --no-deps -e .
 	touch $@
 
 bench-tl: $(VENV_TL)/.installed
 	$(PY_TL) benchmarks/bench_train.py
 
+# The peer tests, then the TransformerLens chapters under nbval with this CPU's kernels and
+# with torch's generic ones (the other chapters get both passes in test and test-kernels).
 test-peer: $(VENV_TL)/.installed
 	$(PY_TL) -m pytest -p no:cacheprovider tests/test_peer_transformerlens.py
+	$(PY_TL) -m pytest -p no:cacheprovider $(NBVAL_OPTS) $(TL_NOTEBOOKS)
+	ATEN_CPU_CAPABILITY=default $(PY_TL) -m pytest -p no:cacheprovider $(NBVAL_OPTS) $(TL_NOTEBOOKS)
 
 clean:
 	rm -rf $(VENV) $(VENV_TL) chapters/_build

@@ -16,6 +16,9 @@
 #   MATHJAX_VERSION  npm version spec (default: 3, i.e. the newest 3.x)
 #   BOOK_CLEAN=1     remove the HTML and doctrees first (keeps the notebook cache)
 #   BOOK_JOBS=N      notebooks executed at a time before the build (default: all CPUs)
+#   TL_PYTHON        the interpreter of the TransformerLens environment (.venv-tl, with
+#                    ipykernel): the chapters whose kernelspec is "toylab-tl" run there.
+#                    `make book` sets it; without it such a chapter is an error.
 #   BOOK_CLEAN=all   also drop the notebook execution cache. The cache is keyed
 #                    on the notebooks' code cells only: after a change to the
 #                    toylab library, use BOOK_CLEAN=all to re-execute everything.
@@ -84,6 +87,18 @@ esac
 # that points at PYTHON.
 export JUPYTER_DATA_DIR="$BUILD/jupyter_data"
 "$PYTHON" -m ipykernel install --user --name python3 --display-name "Python 3 (toylab)" >/dev/null
+# The chapters that need TransformerLens name the kernel "toylab-tl": it runs TL_PYTHON.
+TL_CHAPTERS=$(grep -l '"name": "toylab-tl"' "$BOOK"/*.ipynb || true)
+if [[ -n "$TL_CHAPTERS" ]]; then
+    if [[ -z "${TL_PYTHON:-}" ]] || ! "$TL_PYTHON" -c 'import importlib.util as u, ipykernel, toylab
+assert u.find_spec("transformer_lens")' >/dev/null 2>&1; then
+        echo "error: $(echo $TL_CHAPTERS | xargs -n1 basename | tr '\n' ' ')need the TransformerLens kernel:" >&2
+        echo "       set TL_PYTHON to the .venv-tl interpreter (make .venv-tl/.installed; make book does both)" >&2
+        exit 1
+    fi
+    "$TL_PYTHON" -m ipykernel install --user --name toylab-tl \
+        --display-name "Python 3 (toylab + TransformerLens)" >/dev/null
+fi
 start=$(date +%s)
 # the notebooks that the cache lacks, executed in parallel (BOOK_JOBS at a time, default: all CPUs);
 # the build below then takes them from the cache (see .ci/book_execute.py)

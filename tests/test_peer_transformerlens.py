@@ -1,8 +1,9 @@
 """Cross-check against TransformerLens: the same weights loaded into a
-HookedTransformer give the same logits, OV/QK spectra and composition scores.
+HookedTransformer (by :func:`toylab.interop.transformer_lens.to_transformer_lens`) give
+the same logits, OV/QK spectra, composition scores, folding and attributions, and
+:func:`~toylab.interop.transformer_lens.from_transformer_lens` brings them back.
 
-Runs only where ``transformer_lens`` is importable, e.g.
-``/tmp/venv/tl/bin/python -m pytest tests/test_peer_transformerlens.py``.
+Runs only where ``transformer_lens`` is importable: ``make test-peer`` (``.venv-tl``).
 """
 
 import pytest
@@ -14,51 +15,10 @@ tl = pytest.importorskip("transformer_lens", reason="transformer_lens is not ins
 from toylab.circuits.weights import OV, QK, full_ov  # noqa: E402
 from toylab.circuits.composition import composition_scores  # noqa: E402
 from toylab.circuits.copying import copying_scores  # noqa: E402
+from toylab.interop.transformer_lens import from_transformer_lens, to_transformer_lens  # noqa: E402
 from toylab.model import AttnOnlyTransformer, ModelConfig  # noqa: E402
 from toylab.training.presets import load_model  # noqa: E402
 from _helpers import randomise_norms_and_biases  # noqa: E402
-
-
-TL_POSITIONAL = {"learned": "standard", "shortformer": "shortformer"}
-
-
-def to_transformer_lens(model):
-    """A HookedTransformer holding ``model``'s weights (zero where toylab has no bias)."""
-    c = model.cfg
-    if c.positional not in TL_POSITIONAL or (c.layernorm and c.positional != "learned"):
-        raise ValueError("only learned/shortformer positions (learned only with LayerNorm) map onto "
-                         "TransformerLens here")
-    norm = ("LN" if c.ln_affine else "LNPre") if c.layernorm else None
-    cfg = tl.HookedTransformerConfig(
-        n_layers=c.n_layers, d_model=c.d_model, n_ctx=c.n_ctx, d_head=c.d_head, n_heads=c.n_heads,
-        d_vocab=c.d_vocab, attn_only=c.d_mlp == 0, d_mlp=c.d_mlp or None, normalization_type=norm,
-        positional_embedding_type=TL_POSITIONAL[c.positional], act_fn=c.act_fn, device="cpu", seed=0)
-    ht = tl.HookedTransformer(cfg)
-    ours = dict(model.named_parameters())
-    state = {"embed.W_E": model.W_E, "pos_embed.W_pos": model.W_pos, "unembed.W_U": model.W_U,
-             "unembed.b_U": ours.get("b_U", torch.zeros(c.d_vocab))}
-    if c.ln_affine:
-        state["ln_final.w"], state["ln_final.b"] = model.ln_final.w, model.ln_final.b
-    for layer, block in enumerate(model.blocks):
-        for name in ("W_Q", "W_K", "W_V", "W_O"):
-            state[f"blocks.{layer}.attn.{name}"] = getattr(block.attn, name)
-        for name in ("b_Q", "b_K", "b_V"):
-            state[f"blocks.{layer}.attn.{name}"] = ours.get(f"blocks.{layer}.attn.{name}",
-                                                            torch.zeros(c.n_heads, c.d_head))
-        state[f"blocks.{layer}.attn.b_O"] = torch.zeros(c.d_model)
-        if c.d_mlp:
-            for name in ("W_in", "b_in", "W_out", "b_out"):
-                state[f"blocks.{layer}.mlp.{name}"] = getattr(block.mlp, name)
-        if c.ln_affine:
-            for ln in ("ln1", "ln2") if c.d_mlp else ("ln1",):
-                state[f"blocks.{layer}.{ln}.w"] = getattr(block, ln).w
-                state[f"blocks.{layer}.{ln}.b"] = getattr(block, ln).b
-    missing, unexpected = ht.load_state_dict({k: v.detach().clone() for k, v in state.items()}, strict=False)
-    assert not unexpected, unexpected
-    # what is left are TransformerLens's buffers (causal mask, IGNORE value), not weights
-    assert all(k.endswith(("mask", "IGNORE")) for k in missing), missing
-    ht.eval()
-    return ht
 
 
 def models():
@@ -186,3 +146,88 @@ def test_decomposition_and_neuron_dla_match_transformer_lens(name):
     per_layer = [neuron_dla(m, toks, l) for l in range(m.cfg.n_layers)]
     assert sum((d.labels[:-1] for d in per_layer), []) == nlabels
     torch.testing.assert_close(torch.cat([d.attrs[:-1] for d in per_layer]), theirs, atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- the round trip, and what is refused
+
+ROUND_TRIP = {
+    "attn-only-none": dict(positional="none"),
+    "attn-only-shortformer": dict(positional="shortformer"),
+    "shortformer-ln-mlp": dict(positional="shortformer", layernorm=True, ln_affine=True, d_mlp=24),
+    "lnpre-mlp-gelu": dict(layernorm=True, d_mlp=24, act_fn="gelu"),
+    "ln-biases-mlp": dict(layernorm=True, ln_affine=True, biases=True, d_mlp=24),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROUND_TRIP))
+def test_round_trip_through_transformer_lens(name):
+    kw = dict(d_vocab=30, n_ctx=10, d_model=24, n_layers=2, n_heads=3, **ROUND_TRIP[name])
+    m = randomise_norms_and_biases(AttnOnlyTransformer(ModelConfig(**kw), seed=3), seed=4)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    ht = to_transformer_lens(m)
+    toks = torch.randint(0, 30, (5, 10), generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(ht(toks), m(toks), atol=1e-4, rtol=1e-4)
+    back = from_transformer_lens(ht)
+    # positional="none" comes back as learned positions that are all zero: the same map
+    positional = kw.get("positional", "learned")
+    assert back.cfg == ModelConfig(**dict(kw, positional="learned" if positional == "none" else positional))
+    torch.testing.assert_close(back(toks), m(toks), atol=0, rtol=0)
+    for k, v in m.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), f"{k} changed on the way back"
+        assert torch.equal(v, before[k]), "to_transformer_lens changed its input"
+
+
+def test_a_transformer_lens_model_without_biases_comes_back_without_them():
+    ht = to_transformer_lens(load_model("induction-2l"))
+    back = from_transformer_lens(ht)
+    assert back.cfg == load_model("induction-2l").cfg
+
+
+def _tl(**kw):
+    base = dict(n_layers=1, d_model=16, n_ctx=8, d_head=8, n_heads=2, d_vocab=20, act_fn="relu", d_mlp=32)
+    base.update(kw)
+    return tl.HookedTransformer(tl.HookedTransformerConfig(**base))
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(positional_embedding_type="rotary", rotary_dim=8), "rotary"),
+    (dict(normalization_type="RMS"), "normalization_type='RMS'"),
+    (dict(act_fn="gelu_new"), "act_fn='gelu_new'"),
+    (dict(gated_mlp=True), "gated MLP"),
+    (dict(n_key_value_heads=1), "grouped-query"),
+    (dict(use_attn_scale=False), "attention scale"),
+])
+def test_from_transformer_lens_refuses_what_the_lab_cannot_compute(kw, match):
+    with pytest.raises(ValueError, match=match):
+        from_transformer_lens(_tl(**kw))
+
+
+def test_from_transformer_lens_refuses_an_output_bias_and_a_foreign_object():
+    ht = _tl()
+    with torch.no_grad():
+        ht.blocks[0].attn.b_O.fill_(0.1)
+    with pytest.raises(ValueError, match="fold_value_biases=False"):
+        from_transformer_lens(ht)
+    with pytest.raises(TypeError, match="HookedTransformer"):
+        from_transformer_lens(load_model("induction-2l"))
+
+
+def test_our_safetensors_files_match_the_safetensors_package(tmp_path):
+    """The lab writes and reads safetensors itself; the package (a TransformerLens dependency)
+    reads what the lab writes and writes what the lab reads."""
+    st = pytest.importorskip("safetensors.torch")
+    from toylab.features.topk import TopKSAE
+    from toylab.interop.saelens import WEIGHTS_FILENAME, read_safetensors, save_saelens
+    sae = TopKSAE(8, 24, k=3)
+    with torch.no_grad():
+        sae.input_scale.fill_(1.7)
+    folder = save_saelens(sae, tmp_path / "sae")
+    theirs = st.load_file(str(folder / WEIGHTS_FILENAME))
+    ours, _ = read_safetensors(folder / WEIGHTS_FILENAME)
+    assert sorted(theirs) == ["W_dec", "W_enc", "b_dec", "b_enc"]
+    for k in theirs:
+        assert torch.equal(theirs[k], ours[k])
+    mixed = {"x": torch.randn(3, 5), "y": torch.arange(4), "z": torch.randn(2).to(torch.bfloat16)}
+    st.save_file(mixed, str(tmp_path / "m.safetensors"), metadata={"a": "b"})
+    back, meta = read_safetensors(tmp_path / "m.safetensors")
+    assert meta == {"a": "b"} and all(torch.equal(back[k], mixed[k]) for k in mixed)
