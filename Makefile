@@ -7,6 +7,7 @@
 #   make bench  - the benchmarks (with the TransformerLens comparison: make bench-tl)
 #   make test-peer - cross-check against TransformerLens 3.9.0, in its own environment .venv-tl,
 #                 and the chapter that crosses over to it (TL_NOTEBOOKS) under nbval there
+#   make test-mutants - plausible wrong answers (tools/mutants/) against the graded tests: caught %, named %
 #   make lab    - JupyterLab on chapters/ with the .venv kernel, for self-study (LAB_ARGS=--no-browser ...)
 
 PYTHON ?= python3
@@ -17,7 +18,7 @@ PIP    := $(VENV)/bin/pip -q --disable-pip-version-check
 VENV_TL := .venv-tl
 PY_TL   := $(VENV_TL)/bin/python
 
-.PHONY: book test test-recipes test-kernels models bench bench-tl test-peer clean lab test-lab
+.PHONY: book test test-mutants test-recipes test-kernels models bench bench-tl test-peer clean lab test-lab
 
 # Compiled bytecode is cached, in one folder inside the venv. uv installs no .pyc files, and where
 # PYTHONDONTWRITEBYTECODE is set (as on CI machines) none would ever be written: every Python process
@@ -94,6 +95,12 @@ NBVAL   = $(NBVAL_OPTS) -n $(JOBS) --dist loadfile
 # longest units, and a long unit started last keeps one core busy alone at the end.
 test: $(VENV)/.test
 	$(PY) -m pytest -n $(JOBS) --dist loadscope -m "not recipes" $(if $(NOTEBOOKS),$(NBVAL_OPTS) $(NOTEBOOKS)) tests
+
+# The mutant harness: each chapter's graded tests on the solutions with one function replaced by a
+# plausible wrong answer (tools/mutants/chNN_*.py); prints per chapter the share caught and the share
+# of failure messages that name the mistake. One pytest process per chapter, single-threaded.
+test-mutants: $(VENV)/.test
+	$(PY) tools/mutants/run.py --min-caught 0.97 --min-named 0.80
 
 # The recipe checks: the induction presets retrained whole at other seeds still meet their bounds
 # (minutes of training; CI runs them after `make test`). They matter when a recipe or the training

@@ -291,6 +291,27 @@ def test_classify_head(induction_model):
         elif got == "uniform":
             msg += f": compare the mean weight on each key with 1/2, and average over the destinations q >= 1"
         raise AssertionError(msg)
+    # the boundaries: exactly half is not "more than half", and position 0 is not a destination
+    half = 0.5 * _template("previous", n) + 0.5 * _template("uniform", n)
+    half[1:, :] = 0.0
+    for q in range(1, n):
+        half[q, q - 1] = 0.5
+        others = [k for k in range(q + 1) if k != q - 1]
+        half[q, others] = 0.5 / len(others)
+    half[0, 0] = 1.0
+    got = f(half[None].repeat(2, 1, 1).double())
+    assert got == "uniform", (f"a head that puts exactly 0.5 of its attention on the previous key: you said {got!r}, "
+                              "but 'previous' needs MORE than half (> 0.5, not >= 0.5): the boundary belongs to 'uniform'")
+    m = 4
+    selfish = torch.zeros(m, m, dtype=torch.float64)
+    selfish[0, 0] = 1.0
+    for q in range(1, m):
+        selfish[q, q] = 0.45
+        selfish[q, :q] = 0.55 / q
+    got = f(selfish[None])
+    assert got == "uniform", (f"a head that puts 0.45 on itself at every destination q >= 1: you said {got!r}; "
+                              "position 0 (which can only attend to itself) is not a destination: average over "
+                              "q >= 1 only")
     # the shipped model's layer-0 heads: the truth from the library's detectors
     toks = repeated_tokens(induction_model.cfg.d_vocab, 8, 8, g)
     _, cache = induction_model.run_with_cache(toks, names_filter="blocks.0.attn.hook_pattern")

@@ -85,6 +85,11 @@ def test_mean_ablation_hook(induction_model, pair):
     fn = answers().mean_ablation_hook(ref_z, 0)
     got = model.run_with_hooks(clean, fwd_hooks=[(name, fn)])
     assert torch.equal(ref_z, ref_before), "your hook changed reference_z; never modify the inputs"
+    z_in = ref_z[:4].clone()
+    z_copy = z_in.clone()
+    fn(z_in, None)
+    assert torch.equal(z_in, z_copy), ("your hook edited the activation z in place (it changed the tensor it was "
+                                       "given): clone z first and return the copy")
     want = ablate_heads(model, clean, [(0, 0)], kind="mean", reference=ref)
     # a typical mistake: one mean over the batch *and* the positions
     flat = ref_z[:, :, 0].mean((0, 1))

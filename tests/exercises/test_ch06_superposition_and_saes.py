@@ -72,6 +72,9 @@ def test_sae_forward():
     with torch.no_grad():
         sae.b_dec.copy_(torch.randn(6, generator=g))
         sae.b_enc.copy_(torch.randn(10, generator=g))
+        # a decoder that is not the encoder's transpose (a fresh SAE starts with W_dec = W_enc.T)
+        W_dec = sae.W_dec + 0.5 * torch.randn(sae.W_dec.shape, generator=g)
+        sae.W_dec.copy_(W_dec / W_dec.norm(dim=1, keepdim=True))
     x = torch.randn(8, 6, generator=g)
     params = [p.detach().clone() for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)]
     out = answers().sae_forward(x, *params)
@@ -80,9 +83,13 @@ def test_sae_forward():
     with torch.no_grad():
         want_f = sae.encode(x)
         no_bpre = torch.relu(x @ params[0] + params[1])
-    expect_tensor(f, want_f, "f", "batch, d_sae", hints=[(no_bpre, "subtract b_dec from x before encoding")])
+        no_relu = (x - params[3]) @ params[0] + params[1]
+    expect_tensor(f, want_f, "f", "batch, d_sae", hints=[(no_bpre, "subtract b_dec from x before encoding"),
+                                                        (no_relu, "apply the ReLU: feature activations are >= 0")])
     expect_tensor(x_hat, sae(x).detach(), "x_hat", "batch, d_in",
-                  hints=[(want_f @ params[2], "add b_dec back after decoding")])
+                  hints=[(want_f @ params[2], "add b_dec back after decoding"),
+                         (want_f @ params[0].T + params[3], "you decoded with W_enc transposed; decode with W_dec "
+                          "(here it is not the encoder's transpose)")])
 
 
 @pytest.mark.exercise("remove_parallel_grad")

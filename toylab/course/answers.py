@@ -125,11 +125,56 @@ def expect_tensor(actual, expected, what: str, dims: str = "", *, atol: float = 
         if c.shape == a.shape and _close(a, c, atol, rtol) and not _close(a, e, atol, rtol):
             raise AssertionError(f"{what}: wrong values. {message}")
     if not _close(a, e, atol, rtol):
+        guess = _diagnose(a, e, atol, rtol)
+        if guess:
+            raise AssertionError(f"{what}: wrong values. {guess}")
         diff = (a - e).abs().nan_to_num(float("inf"))
         diff[torch.isinf(a) & torch.isinf(e) & (torch.sign(a) == torch.sign(e))] = 0
         idx = tuple(int(i) for i in torch.nonzero(diff == diff.max())[0])
         raise AssertionError(f"{what}: wrong values; at index {list(idx)} you have {a[idx].item():.4g}, "
                              f"expected {e[idx].item():.4g} (max |difference| {diff.max().item():.3g})")
+
+
+def _diagnose(a, e, atol: float, rtol: float) -> str:
+    """A sentence naming the relation between a wrong tensor ``a`` and the truth ``e``, when it is a
+    common one (a flipped sign, a constant factor, a transpose, a shift by one position, rows that
+    are not normalised, logs for probabilities, a different mask); else ``""``."""
+    import torch
+
+    if a.numel() == 0 or not bool(torch.isfinite(e).all()) and not torch.equal(torch.isinf(a), torch.isinf(e)):
+        if bool(torch.isinf(e).any()):
+            return ("The -inf (masked) entries are not where they should be: check the mask "
+                    "(the future keys j > i are masked, a position may attend to itself).")
+        return ""
+    fin = torch.isfinite(e) & torch.isfinite(a)
+    if not bool(fin.all()):
+        return ""
+    if float(e.abs().max()) > atol and _close(-a, e, atol, rtol):
+        return "Your values have the opposite sign of the expected ones (a flipped sign or a reversed difference)."
+    ee = float((e * e).sum())
+    if ee > 0:
+        k = float((a * e).sum()) / ee
+        if abs(k - 1) > 1e-3 and abs(k) > 1e-6 and _close(a, k * e, atol * max(1.0, abs(k)), rtol):
+            return (f"Your values are the expected ones times {k:.4g}: a missing or extra scale or normalisation "
+                    "(a sqrt(d_head), a mean for a sum, a log base, a count for a share).")
+    if a.ndim >= 2 and a.shape[-1] == a.shape[-2] and _close(a.transpose(-1, -2), e, atol, rtol):
+        return "Your result is the transpose of the expected one: rows and columns (the last two dims) are swapped."
+    for d in range(a.ndim):
+        n = a.shape[d]
+        if n < 3:
+            continue
+        for s, word in ((1, "later"), (-1, "earlier")):
+            lo, hi = (a.narrow(d, s, n - 1), e.narrow(d, 0, n - 1)) if s == 1 else (a.narrow(d, 0, n - 1), e.narrow(d, 1, n - 1))
+            if _close(lo, hi, atol, rtol):
+                return (f"Your values are the expected ones shifted by one along dim {d} (yours sit one index {word}): "
+                        "an off-by-one position, a missing or doubled shift to the next token.")
+    if bool((e >= 0).all()) and e.ndim >= 1 and bool(torch.allclose(e.sum(-1), torch.ones_like(e.sum(-1)), atol=1e-3)):
+        if bool((a <= 1e-9).all()) and _close(a.exp(), e, atol, rtol):
+            return "Those are log-probabilities: the expected values are probabilities (exp of yours)."
+        if not bool(torch.allclose(a.sum(-1), torch.ones_like(a.sum(-1)), atol=1e-3)):
+            return ("Each row of the expected result is a probability distribution over the last dim (sums to 1); "
+                    "yours do not sum to 1: normalise (softmax) over the last dim.")
+    return ""
 
 
 def _close(a, e, atol: float, rtol: float) -> bool:
@@ -150,7 +195,12 @@ def expect_number(actual, expected: float, what: str, *, tol: float, hint: str =
     except (TypeError, ValueError, RuntimeError):
         raise AssertionError(f"{what}: expected a number (float), got {type(actual).__name__}") from None
     if not (abs(value - expected) <= tol or (math.isinf(value) and value == expected)):
-        raise AssertionError(f"your value for {what} is {value:.4g}, expected about {expected:.4g}"
+        why = ""
+        if abs(expected) > tol and abs(value + expected) <= tol:
+            why = " (the opposite sign: a flipped sign or a reversed difference)"
+        elif math.isfinite(value) and abs(expected) > tol and abs(value * math.log(2) - expected) <= tol:
+            why = " (in bits: the expected value is in nats, natural logs)"
+        raise AssertionError(f"your value for {what} is {value:.4g}, expected about {expected:.4g}{why}"
                              + (f": {hint}" if hint else ""))
 
 
