@@ -113,6 +113,8 @@ def count_facts_per_neuron(neuron_sets: list[torch.Tensor], d_mlp: int) -> torch
     Returns:
         ``[d_mlp]`` LongTensor: for each neuron, the number of sets it is in.
         Neurons in no set count 0.
+
+    Hint: start from zeros and add one for every index of every set.
     """
     raise NotImplementedError
 
@@ -134,6 +136,9 @@ def predict_facts_per_neuron(fpn: torch.Tensor, n_facts: int, n_new: int) -> tup
         implied by the counts, and ``predicted`` the mean facts per neuron (over
         all ``d_mlp`` neurons) at ``N'`` facts if ``kbar`` stays the same:
         ``N' kbar / d_mlp``.
+
+    Hint: the sum of ``fpn`` counts every (neuron, fact) pair; divide by the
+    facts for ``kbar``, and average over all the neurons, used or not.
     """
     raise NotImplementedError
 
@@ -163,8 +168,8 @@ def ablating_neuron_breaks(contributions: torch.Tensor, margins: torch.Tensor,
           ``margins[f] > 0`` (``0.0`` if ``n`` serves none of them);
         * ``breaks``: ``ratio >= 1`` (the margin would drop to zero or below).
 
-    The neuron's largest contribution does not decide it: a fact it helps a lot
-    may have margin to spare, one it helps a little may not.
+    Hint: the neuron's largest contribution does not decide it: a fact it helps
+    a lot may have margin to spare, one it helps a little may not.
     """
     raise NotImplementedError
 
@@ -184,7 +189,7 @@ def better_unit(planted: torch.Tensor, W_dec: torch.Tensor) -> tuple[str, float,
         ``W_dec`` against ``planted``; ``choice`` is ``"sae"`` if the SAE's MCC is
         higher, else ``"neurons"`` (a tie goes to the simpler unit, the neurons).
 
-    An SAE is not better by construction: when the model's facts are aligned
-    with its neurons (a privileged basis), neurons win.
+    Hint: an SAE is not better by construction: when the model's facts are
+    aligned with its neurons (a privileged basis), neurons win.
     """
     raise NotImplementedError
