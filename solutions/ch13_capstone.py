@@ -1,4 +1,4 @@
-"""Capstone — plant a rule, train a model, and get the rule back.  Exercises.
+"""Capstone — plant a rule, train a model, and get the rule back.  Reference answers.
 
 You design a skip-trigram language (rules ``A ... B -> C`` planted in a
 bigram background), train a one-layer attention-only model on it with the
@@ -7,15 +7,8 @@ which source ``A`` the trigger ``B`` attends to, the OV circuit what attending
 to ``A`` predicts) and by intervention (replace ``A`` and watch the
 probability of ``C`` fall). The grader trains your model with your choices,
 then checks every answer against the rules your language planted, and against
-a second model it trains on a language of its own choosing.
-Fill in every function whose body raises ``NotImplementedError``, then check
-your work with
-
-    toylab grade --chapter 11
-
-or, in a notebook, ``toylab.course.grading.check("ch11", "rule_from_weights")``.
-The reference answers are in ``solutions/ch11_capstone.py``: try first.
-The project brief is the book page ``chapters/ch11_capstone.md``.
+a second model it trains on a language of its own choosing. Grade your own
+answers in ``exercises/ch13_capstone.py`` with ``toylab grade --chapter 13``.
 """
 
 from __future__ import annotations
@@ -52,7 +45,8 @@ def design_language() -> dict:
     Hint: build a candidate, sample a few hundred sequences from it and
     measure how often a rule fires before you commit to it.
     """
-    raise NotImplementedError
+    return {"kind": "skip_trigram", "d_vocab": 24, "n_ctx": 16, "seed": 3, "n_rules": 2, "p_rule": 0.9,
+            "n_triggers": 2, "p_boost": 0.5, "zipf_exponent": 1.0, "n_successors": 4}
 
 
 def train_config(spec: dict) -> tuple[ModelConfig, TrainConfig, int]:
@@ -81,7 +75,11 @@ def train_config(spec: dict) -> tuple[ModelConfig, TrainConfig, int]:
     above the default and a short warm-up use the budget best. Measure a run
     before returning it.
     """
-    raise NotImplementedError
+    model_cfg = ModelConfig(d_vocab=spec["d_vocab"], n_ctx=spec["n_ctx"], d_model=32, n_layers=1, n_heads=2,
+                            positional="shortformer")
+    train_cfg = TrainConfig(steps=300, batch_size=64, lr=3e-2, warmup_steps=20, weight_decay=0.0,
+                            eval_every=10**6, eval_batch=64, prefix_steps=0)
+    return model_cfg, train_cfg, 0
 
 
 def rule_firing_mask(tokens: torch.Tensor, rule: tuple[int, int, int]) -> torch.Tensor:
@@ -105,7 +103,11 @@ def rule_firing_mask(tokens: torch.Tensor, rule: tuple[int, int, int]) -> torch.
     Hint: "A occurred before t" is a running OR along the position axis;
     mind which position the mask marks — the trigger's, not the target's.
     """
-    raise NotImplementedError
+    A, B, _ = rule
+    seen = (tokens == A).long().cummax(dim=1).values.bool()    # A at some position <= t
+    seen_before = torch.zeros_like(seen)
+    seen_before[:, 1:] = seen[:, :-1]
+    return (tokens == B) & seen_before
 
 
 def rule_from_weights(model, n_rules: int) -> list[tuple[int, int, int]]:
@@ -134,7 +136,35 @@ def rule_from_weights(model, n_rules: int) -> list[tuple[int, int, int]]:
     alone; score every ``(A, B)`` pair by attention times boost, and do not
     let one strong source fill every slot.
     """
-    raise NotImplementedError
+    W_E, W_U = model.W_E.detach(), model.W_U.detach()
+    W_Q, W_K = model.W_Q.detach()[0], model.W_K.detach()[0]
+    W_V, W_O = model.W_V.detach()[0], model.W_O.detach()[0]
+    qk = (W_E @ W_Q) @ (W_E @ W_K).transpose(-1, -2)            # [h, B, A]
+    ov = (W_E @ W_V) @ (W_O @ W_U)                              # [h, A, C]
+    att = qk - qk.mean(-1, keepdim=True)
+    boost = ov - ov.mean(-1, keepdim=True)
+    direct = W_E @ W_U                                          # [B, C]
+    V = W_E.shape[0]
+    candidates = []
+    for h in range(qk.shape[0]):
+        # what the model predicts at B when this head attends to A: direct path + boost
+        c_star = (direct[None, :, :] + boost[h][:, None, :]).argmax(-1)       # [A, B]
+        score = att[h].T * boost[h].gather(1, c_star)                         # [A, B]
+        for a in range(1, V):
+            for b in range(1, V):
+                c = int(c_star[a, b])
+                if len({a, b, c}) == 3 and c != 0:
+                    candidates.append((float(score[a, b]), a, b, c))
+    candidates.sort(reverse=True)
+    out, used = [], set()
+    for s, a, b, c in candidates:
+        if a in used or b in used:
+            continue
+        out.append((a, b, c))
+        used.update((a, b))
+        if len(out) == n_rules:
+            break
+    return out
 
 
 def rule_by_intervention(model, tokens: torch.Tensor, rule: tuple[int, int, int], replacement: int) -> float:
@@ -161,7 +191,15 @@ def rule_by_intervention(model, tokens: torch.Tensor, rule: tuple[int, int, int]
     Hint: probabilities, not logits or log-probabilities; the logits at
     position ``t`` are the prediction for ``t + 1``; corrupt a copy.
     """
-    raise NotImplementedError
+    A, _, C = rule
+    mask = rule_firing_mask(tokens, rule)
+    if not mask.any():
+        return 0.0
+    corrupted = torch.where(tokens == A, torch.full_like(tokens, replacement), tokens)
+    with torch.no_grad():
+        p_clean = model(tokens).softmax(-1)[..., C]
+        p_corr = model(corrupted).softmax(-1)[..., C]
+    return float((p_clean - p_corr)[mask].mean())
 
 
 def is_rule_learned(model, language, rule: tuple[int, int, int]) -> bool:
@@ -187,4 +225,13 @@ def is_rule_learned(model, language, rule: tuple[int, int, int]) -> bool:
     rule fires and stops predicting it when ``A`` is taken away; a rule that
     never fires in the language cannot have been learned.
     """
-    raise NotImplementedError
+    tokens = language.sample(256, torch.Generator().manual_seed(0))
+    mask = rule_firing_mask(tokens, rule)
+    if int(mask.sum()) < 10:
+        return False
+    in_rules = {t for r in language.rules for t in r}
+    replacement = next(t for t in range(1, language.d_vocab) if t not in in_rules)
+    with torch.no_grad():
+        p_c = float(model(tokens).softmax(-1)[..., rule[2]][mask].mean())
+    drop = rule_by_intervention(model, tokens, rule, replacement)
+    return p_c > 0.3 and drop > 0.15
