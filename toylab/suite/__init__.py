@@ -8,4 +8,12 @@ Modules:
 
 - :mod:`toylab.suite.spec`: the records a suite model is described by (:class:`Task`,
   :class:`PlantedCircuit`).
+- :mod:`toylab.suite.truth`: the behaviour (KL to the clean run at the task's positions) and
+  :func:`~toylab.suite.truth.check_truth`, the kept and removed fractions of a truth.
+- :mod:`toylab.suite.entries`: the suite's models that exist today (``induction-2l``,
+  ``skiptrigram-1l``, features of ``facts-1l``), their tasks and truths, and the registry that takes in
+  :mod:`toylab.suite.planted` where it exists.
+- :mod:`toylab.suite.scores`: every discovery and feature method scored against a truth at one seed.
+- :mod:`toylab.suite.runner`: models trained or loaded per seed, jobs over processes, ``toylab suite``.
+- :mod:`toylab.suite.report`: means and spreads over seeds, ``suite.md``, ``suite.json``, ``suite.png``.
 """
