@@ -28,7 +28,7 @@ from toylab.suite.truth import SOURCES
 
 QUICK = {"seeds": (0,), "sources": ("resample",), "n_sweep": 4, "sp_steps": 20, "n_task": 32, "sae_steps": 300,
          "methods": ("patching", "eap", "eap-ig", "atp", "atp*", "acdc", "sp")}
-FULL = {"seeds": (0, 1, 2), "sources": SOURCES, "n_sweep": 20, "sp_steps": 40, "n_task": 64, "sae_steps": 1500,
+FULL = {"seeds": (0, 1, 2), "sources": SOURCES, "n_sweep": 20, "sp_steps": 30, "n_task": 64, "sae_steps": 1500,
         "methods": ("patching", "eap", "eap-ig", "atp", "atp*", "acdc", "sp")}
 
 
