@@ -87,22 +87,22 @@ def row(name: str, seed: int, cache: Path, n: int) -> dict:
     out = {"name": name, "preset": pc.preset, "seed": seed, "wall_s": wall, "cpu_s": cpu,
            "task_loss": task_loss(model, task), "chance": math.log(model.cfg.d_vocab), "intended": ok, "why": why}
     if name in NEGATIVE_CONTROLS:
-        for src in ("corrupted", "zero"):
+        for src in ("resample", "zero"):
             d = check_dense(model, graph, task, src)
             out[src] = {"best_small_kept": d.best_kept, "best_heads": list(d.best_heads),
                         "removed_by_head": d.removed_by_head, "passed": d.passed}
-        out["included"] = ok and out["corrupted"]["passed"]
+        out["included"] = ok and out["resample"]["passed"]
         return out
     truth = pc.truth(model, graph)
     out["n_edges"] = len(truth)
     if not truth:
         out["included"] = False
         return out
-    for src in ("corrupted", "zero"):
+    for src in ("resample", "zero"):
         c = check_truth(model, graph, truth, task, src)
         out[src] = {"kept": c.kept, "removed": c.removed, "gap": c.gap, "passed": c.passed}
     out["single_head"] = single_head_removal(model, graph, truth, task)
-    out["included"] = bool(ok and out["corrupted"]["passed"])
+    out["included"] = bool(ok and out["resample"]["passed"])
     return out
 
 
@@ -118,7 +118,7 @@ def reference_rows(seeds, cache: Path, n: int) -> list[dict]:
         p = head_name(*induction_heads(model, probe)[0])
         for label, edges in (("reference", ref), (f"reference + pos->{p}.q/k", ref | {f"pos->{p}.q", f"pos->{p}.k"})):
             r = {"seed": seed, "truth": label, "n_edges": len(edges)}
-            for src in ("corrupted", "zero"):
+            for src in ("resample", "zero"):
                 c = check_truth(model, graph, edges, task, src)
                 r[src] = {"kept": c.kept, "removed": c.removed, "passed": c.passed}
             rows.append(r)
@@ -153,13 +153,13 @@ def main() -> None:
             t = f"{fmt(r['wall_s'], '.0f')} / {fmt(r['cpu_s'], '.0f')}"
             perf = f"{r['task_loss']:.2f} ({r['chance']:.2f})"
             if name in NEGATIVE_CONTROLS:
-                c, z = r["corrupted"], r["zero"]
+                c, z = r["resample"], r["zero"]
                 kr = f"best <=half-heads circuit keeps {c['best_small_kept']:.2f} ({'+'.join(c['best_heads'])})"
                 kz = f"best keeps {z['best_small_kept']:.2f}"
                 one = "removes " + ", ".join(f"{h} {v:.2f}" for h, v in c["removed_by_head"].items())
                 edges = "every edge"
-            elif "corrupted" in r:
-                c, z = r["corrupted"], r["zero"]
+            elif "resample" in r:
+                c, z = r["resample"], r["zero"]
                 kr, kz = f"{c['kept']:.3f} / {c['removed']:.3f}", f"{z['kept']:.3f} / {z['removed']:.3f}"
                 one, edges = f"{r['single_head'][0]} {r['single_head'][1]:.2f}", str(r["n_edges"])
             else:
@@ -174,7 +174,7 @@ def main() -> None:
         print("|---|---|---|---|---|---|")
         for r in reference_rows(seeds, cache, args.n):
             rows.append(r)
-            c, z = r["corrupted"], r["zero"]
+            c, z = r["resample"], r["zero"]
             print(f"| {r['seed']} | {r['truth']} | {r['n_edges']} | {c['kept']:.3f} / {c['removed']:.3f} | "
                   f"{z['kept']:.3f} / {z['removed']:.3f} | {c['passed']}, {z['passed']} |", flush=True)
     if args.json:

@@ -153,7 +153,7 @@ def test_bad_input_is_a_clear_error_and_leaves_no_hook(setup):
     with pytest.raises(ValueError, match=r"expects logits \[batch, pos, d_vocab\]"):
         kl(torch.zeros(3, 4, 5))
     with pytest.raises(ValueError, match="'zero'"):
-        run_with_edges(model, g, clean.tokens, "mean", [])
+        run_with_edges(model, g, clean.tokens, "average", [])
     def boom(logits):
         raise RuntimeError("metric failed")
     with pytest.raises(RuntimeError, match="metric failed"):

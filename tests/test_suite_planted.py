@@ -264,7 +264,7 @@ def dead_head_model():
 
 def test_check_truth_arithmetic_on_a_known_model():
     m, g, task = dead_head_model()
-    for source in ("corrupted", "zero"):
+    for source in ("resample", "zero"):
         exact = check_truth(m, g, {"embed->logits"}, task, source)
         assert exact.passed and abs(exact.kept - 1) < 1e-6 and abs(exact.removed - 1) < 1e-6, exact
         dead = check_truth(m, g, {"L0H0->logits", "L0H1->logits"}, task, source)
@@ -279,7 +279,7 @@ def test_check_truth_thresholds_are_the_issues():
     r = check_truth(m, g, {"embed->logits"}, task, min_kept=1.0, min_removed=1.0)
     assert r.passed == (r.kept >= 1.0 and r.removed >= 1.0)
     with pytest.raises(ValueError, match="source"):
-        check_truth(m, g, {"embed->logits"}, task, "mean")
+        check_truth(m, g, {"embed->logits"}, task, "average")
     with pytest.raises(TypeError, match="Task"):
         check_truth(m, g, {"embed->logits"}, (task.clean, task.corrupted))
     with pytest.raises(TypeError, match="one string"):

@@ -8,6 +8,7 @@
     toylab grade [--chapter N] [--json [FILE]] [--timeout S] [PATH]   # grade exercises
     toylab grade-class SUBMISSIONS [--jobs N] [--out DIR]             # a class into gradebook.csv/json
     toylab release OUT                                                # the students' copy of the course
+    toylab suite [--quick] [--jobs N] [--out DIR] [--models ...]      # every method against planted truth
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from toylab.files import check_writable
 from toylab.training.checkpoint import CheckpointError, check_metadata, load_checkpoint, save_checkpoint
 from toylab.course.commands import add_course_parsers
+from toylab.suite.runner import add_suite_parser
 from toylab.training.presets import PRESETS, get_preset, shipped_path
 from toylab.training.train import TrainingInterrupted, TrainResult, train
 
@@ -372,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="the shipped models and their final metrics")
     p.set_defaults(func=cmd_models)
     add_course_parsers(sub)
+    add_suite_parser(sub)
     return parser
 
 

@@ -15,7 +15,7 @@ its incoming edges are removed without a test (``skip_dead=True``).
 ``M`` defaults to the KL divergence of the patched output from the clean
 output (:func:`~toylab.discovery.metrics.kl_to_clean`, ``M = 0`` for the full
 graph). Patching reads the sender's output on the corrupted tokens, or 0
-(``corrupted="zero"``, zero ablation). Each test is one forward pass.
+(``corrupted="zero"``, zero ablation), or its mean over the clean batch (``"mean"``). Each test is one forward pass.
 :func:`acdc_sweep` runs several thresholds; score the circuits with
 :mod:`toylab.discovery.roc`.
 """
@@ -85,7 +85,7 @@ def acdc(model, graph: Graph, clean, corrupted, tau: float, metric: Callable | N
          sender_order: str | Sequence[str] = "reverse", skip_dead: bool = True) -> AcdcResult:
     """Run ACDC at threshold ``tau`` (see the module doc) -> :class:`AcdcResult`.
 
-    ``clean [batch, pos]``, ``corrupted`` tokens of the same shape or ``"zero"``; ``metric``
+    ``clean [batch, pos]``, ``corrupted`` tokens of the same shape, ``"zero"`` or ``"mean"``; ``metric``
     ``logits [batch, pos, d_vocab] -> scalar`` (default: KL to the clean output on ``positions``, a
     bool mask ``[pos]`` or ``[batch, pos]`` of logit positions); ``sender_order``: ``"reverse"``
     (the latest sender first), ``"forward"`` (the embedding first) or a list of every node name.

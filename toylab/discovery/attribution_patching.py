@@ -64,7 +64,7 @@ def _check_args(model, clean, corrupted, node, around, metric=None, **flags):
     if model.cfg.n_layers < 1:
         raise ValueError("node attribution needs a model with attention heads; this one has no layers")
     if around == "corrupted" and isinstance(corrupted, str):
-        raise ValueError("linearising around the corrupted run needs corrupted tokens, not 'zero'")
+        raise ValueError(f"linearising around the corrupted run needs corrupted tokens, not {corrupted!r}")
     return (clean, corrupted) if around == "clean" else (corrupted, clean)
 
 
@@ -75,12 +75,19 @@ def _acts(model, tokens, names):
     return {n: cache[n] for n in names}
 
 
+def _ablated(acts: dict, kind: str) -> dict:
+    """``"zero"``: zeros like each activation; ``"mean"``: its mean over the batch at each position."""
+    if kind == "mean":
+        return {n: a.mean(0, keepdim=True).expand_as(a) for n, a in acts.items()}
+    return {n: torch.zeros_like(a) for n, a in acts.items()}
+
+
 def node_attribution(model, clean, corrupted, metric: Callable, node: str = "result", around: str = "clean",
                      qk_fix: bool = False, freeze_patterns: bool = False) -> torch.Tensor:
     """AtP estimate for every head's ``node`` -> ``[n_layers, n_heads]`` (see the module doc for the formulas).
 
-    ``clean, corrupted [batch, pos]`` (``corrupted`` may be ``"zero"`` with ``around="clean"``: zero
-    ablation); ``metric``: ``logits [batch, pos, d_vocab] -> scalar``, made for this batch.
+    ``clean, corrupted [batch, pos]`` (``corrupted`` may be ``"zero"`` or ``"mean"`` with
+    ``around="clean"``: zero or mean ablation, the mean over the clean batch at each position); ``metric``: ``logits [batch, pos, d_vocab] -> scalar``, made for this batch.
     ``freeze_patterns=True`` holds every attention pattern at its value on the base run (then the
     model is linear in the head outputs, and for a metric linear in the logits the estimate is exact).
     """
@@ -93,7 +100,7 @@ def node_attribution(model, clean, corrupted, metric: Callable, node: str = "res
     need = names + ([f"blocks.{l}.attn.hook_{s}" for l in range(L) for s in ("q", "k")] if qk_fix else [])
     base_acts = _acts(model, base, sorted(set(need)))
     if isinstance(other, str):
-        other_acts = {n: torch.zeros_like(a) for n, a in base_acts.items()}
+        other_acts = _ablated(base_acts, other)
     else:
         other_acts = _acts(model, other, sorted(set(need)))
     grads_of = [f"blocks.{l}.attn.hook_pattern" for l in range(L)] if qk_fix else names
@@ -146,7 +153,7 @@ def node_effects(model, clean, corrupted, metric: Callable, node: str = "result"
     L, H = model.cfg.n_layers, model.cfg.n_heads
     names = [f"blocks.{l}.attn.hook_{node}" for l in range(L)]
     if isinstance(other, str):
-        source = {n: torch.zeros_like(a) for n, a in _acts(model, base, names).items()}
+        source = _ablated(_acts(model, base, names), other)
     else:
         source = _acts(model, other, names)
     hooks = frozen_pattern_hooks(model, base) if freeze_patterns else []
@@ -169,7 +176,7 @@ def edge_attribution(model, graph: Graph, clean, corrupted, metric: Callable, me
                      steps: int | None = None) -> torch.Tensor:
     """Gradient estimate of every edge's noising effect -> ``[n_edges]`` (module doc: EAP, EAP-IG).
 
-    ``clean, corrupted [batch, pos]`` (``corrupted`` may be ``"zero"``); ``metric`` as for
+    ``clean, corrupted [batch, pos]`` (``corrupted`` may be ``"zero"`` or ``"mean"``); ``metric`` as for
     :func:`~toylab.discovery.edge_patching.edge_effects`, whose output this approximates.
     The ``steps`` interpolated runs of EAP-IG (default 5) are copies of the batch in one forward pass;
     EAP takes one gradient, so ``steps`` other than 1 is refused with ``method="eap"``.

@@ -1,7 +1,8 @@
 """Exact edge patching: run the model with chosen edges of its :class:`~toylab.discovery.graph.Graph` patched.
 
 A run has a *base* input (the tokens the model reads) and a *source* (the
-corrupted tokens, or ``"zero"`` for zero ablation). Patching edge
+corrupted tokens, ``"zero"`` for zero ablation, or ``"mean"`` for mean ablation: each sender's
+output averaged over the base batch at each position). Patching edge
 ``e = s -> r`` by a weight ``w_e`` in ``[0, 1]`` changes only what slot ``r``
 reads from sender ``s``::
 
@@ -9,7 +10,7 @@ reads from sender ``s``::
 
 where ``out_s`` is the sender's output *in this run* (itself changed if
 edges upstream of it were patched) and ``src_s`` its output on the source
-(0 for zero ablation). With one edge patched and ``w_e = 1`` this is
+(0 for zero ablation, ``mean_b out_s^base[b, p]`` for mean ablation). With one edge patched and ``w_e = 1`` this is
 ``x_r = x_r^clean - out_s^clean + out_s^corrupted``. Weights between 0 and 1
 interpolate (used by the gradient methods); ``w = 1`` everywhere gives the
 source's logits. With LayerNorm, ``x_r`` is normalised afresh by the receiver's
@@ -36,6 +37,9 @@ from toylab.discovery.graph import SLOTS, Circuit, Graph, check_circuit, check_g
 from toylab.discovery.metrics import check_metric, check_metric_value
 
 DIRECTIONS = ("noise", "denoise")
+#: the sources that are not tokens: ``"zero"`` (every sender's output replaced by 0) and ``"mean"`` (by its
+#: mean over the base batch at the same position, ``mean_b out_s[b, p]``: mean ablation)
+ABLATIONS = ("zero", "mean")
 
 
 def check_model_graph(model, graph) -> None:
@@ -46,13 +50,14 @@ def check_model_graph(model, graph) -> None:
 
 
 def check_pair(model, base: torch.Tensor, source) -> tuple[torch.Tensor, torch.Tensor | str]:
-    """Validated ``(base [batch, pos], source)``; ``source`` is tokens of the same shape or ``"zero"``."""
+    """Validated ``(base [batch, pos], source)``; ``source`` is tokens of the same shape, ``"zero"`` or
+    ``"mean"`` (:data:`ABLATIONS`)."""
     if not callable(getattr(model, "check_tokens", None)):
         raise TypeError(f"model must be an AttnOnlyTransformer, got {type(model).__name__}")
     base = model.check_tokens(base)
     if isinstance(source, str):
-        if source != "zero":
-            raise ValueError(f"source must be corrupted tokens [batch, pos] or 'zero', got {source!r}")
+        if source not in ABLATIONS:
+            raise ValueError(f"source must be corrupted tokens [batch, pos], 'mean' or 'zero', got {source!r}")
         return base, source
     source = model.check_tokens(source)
     if source.shape != base.shape:
@@ -88,6 +93,10 @@ def sender_outputs(model, graph: Graph, tokens) -> dict[str, torch.Tensor]:
 def _source_outputs(model, graph: Graph, base: torch.Tensor, source) -> dict[str, torch.Tensor]:
     if isinstance(source, dict):
         return source
+    if isinstance(source, str) and source == "mean":  # mean ablation: the base batch's mean per position
+        B = base.shape[0]
+        return {n: out.mean(0, keepdim=True).expand(B, -1, -1)
+                for n, out in sender_outputs(model, graph, base).items()}
     if isinstance(source, str):  # zero ablation
         B, P = base.shape
         z = torch.zeros(B, P, graph.cfg.d_model, dtype=model.W_E.dtype)
@@ -141,7 +150,7 @@ def _slot_tables(graph: Graph):
 def run_with_edges(model, graph: Graph, base, source, patched, metric: Callable | None = None, *,
                    input_deltas: dict | None = None, embed_override: torch.Tensor | None = None,
                    source_outputs: dict | None = None, project_slots: bool = False):
-    """Run ``base [batch, pos]`` with edges patched towards ``source`` (tokens of the same shape or ``"zero"``).
+    """Run ``base [batch, pos]`` with edges patched towards ``source`` (tokens of the same shape, ``"zero"`` or ``"mean"``).
 
     ``patched``: edge names / a Circuit whose edges are patched / weights ``[n_edges]`` or ``[G, n_edges]``
     (see the module doc for the formula; ``G`` weight rows run as ``G`` copies of the batch in one pass).
@@ -260,7 +269,7 @@ def run_with_edges(model, graph: Graph, base, source, patched, metric: Callable 
 
 def run_circuit(model, graph: Graph, circuit: Circuit, clean, corrupted, metric: Callable) -> float:
     """``metric`` of ``clean [batch, pos]`` with every edge *outside* ``circuit`` patched to ``corrupted``
-    (tokens or ``"zero"``): how well the circuit alone reproduces the behaviour."""
+    (tokens, ``"zero"`` or ``"mean"``): how well the circuit alone reproduces the behaviour."""
     check_model_graph(model, graph)
     check_circuit(circuit, graph)
     check_metric(metric)
@@ -274,7 +283,7 @@ def edge_effects(model, graph: Graph, clean, corrupted, metric: Callable, direct
     """The exact effect of patching each edge alone: ``[n_edges]`` with ``M(patched) - M(base)``.
 
     ``direction="noise"``: base = ``clean``, the edge reads the sender's output on ``corrupted``
-    (tokens, or ``"zero"``); ``"denoise"``: base = ``corrupted`` tokens, the edge reads the clean output.
+    (tokens, ``"zero"`` or ``"mean"``); ``"denoise"``: base = ``corrupted`` tokens, the edge reads the clean output.
     ``metric``: ``logits [batch, pos, d_vocab] -> scalar`` made for this batch. ``edges_per_pass``
     (default: about 128 sequences per forward pass) edges run as copies of the batch in one pass.
     """
@@ -288,7 +297,7 @@ def edge_effects(model, graph: Graph, clean, corrupted, metric: Callable, direct
     clean, corrupted = check_pair(model, clean, corrupted)
     if direction == "denoise":
         if isinstance(corrupted, str):
-            raise ValueError("denoising needs corrupted tokens to start from, not 'zero'")
+            raise ValueError(f"denoising needs corrupted tokens to start from, not {corrupted!r}")
         clean, corrupted = corrupted, clean
     n, B = len(graph), clean.shape[0]
     G = edges_per_pass or max(1, 128 // B)

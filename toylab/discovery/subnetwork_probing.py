@@ -56,7 +56,7 @@ def subnetwork_probing(model, graph: Graph, clean, corrupted, lam: float, metric
                        seed: int = 0) -> tuple[Circuit, torch.Tensor]:
     """Train hard-concrete edge masks (module doc) -> ``(circuit, log_alpha [n_edges])``.
 
-    ``clean, corrupted [batch, pos]`` (``corrupted`` may be ``"zero"``); ``lam >= 0`` the sparsity weight;
+    ``clean, corrupted [batch, pos]`` (``corrupted`` may be ``"zero"`` or ``"mean"``); ``lam >= 0`` the sparsity weight;
     ``metric`` ``logits [batch, pos, d_vocab] -> scalar`` (default KL to the clean output on ``positions``);
     ``steps`` Adam steps of ``samples`` gate draws each (run as copies of the batch in one pass).
     """

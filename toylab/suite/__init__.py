@@ -14,4 +14,10 @@ Modules:
   generator labels (the truths' only reading of the model).
 - :mod:`toylab.suite.truth`: the intervention check of a truth (``check_truth``: kept and removed
   fractions of the behaviour) and of a dense behaviour (``check_dense``).
+- :mod:`toylab.suite.entries`: the suite's models that exist today (``induction-2l``,
+  ``skiptrigram-1l``, features of ``facts-1l``), their tasks and truths, and the registry that takes in
+  :mod:`toylab.suite.planted` where it exists.
+- :mod:`toylab.suite.scores`: every discovery and feature method scored against a truth at one seed.
+- :mod:`toylab.suite.runner`: models trained or loaded per seed, jobs over processes, ``toylab suite``.
+- :mod:`toylab.suite.report`: means and spreads over seeds, ``suite.md``, ``suite.json``, ``suite.png``.
 """

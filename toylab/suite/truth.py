@@ -6,7 +6,8 @@ next-token distribution, at the task's positions (:func:`toylab.discovery.metric
     B(run) = mean_{(b, p) in task.positions} KL(softmax(clean logits) || softmax(run's logits)),
 
 so the clean model has ``B = 0`` and the run with *every* edge patched to the source has the gap
-``B_all``. With the source the task's corrupted tokens (resample ablation) or ``"zero"``:
+``B_all``. With the source ``"resample"`` (the task's corrupted tokens), ``"zero"`` or ``"mean"``
+(:mod:`toylab.discovery.edge_patching`):
 
 - ``kept = 1 - B(every edge outside the truth patched) / B_all`` (the truth alone keeps this much);
 - ``removed = B(every truth edge patched) / B_all`` (removing the truth destroys this much).
@@ -36,7 +37,7 @@ from toylab.suite.spec import Task
 
 MIN_KEPT = 0.9
 MIN_REMOVED = 0.8
-SOURCES = ("corrupted", "zero")
+SOURCES = ("resample", "zero", "mean")
 
 
 @dataclass(frozen=True)
@@ -60,9 +61,38 @@ def _check_task(task) -> Task:
 
 def _check_source(source: str) -> str:
     if source not in SOURCES:
-        raise ValueError(f"source must be one of {SOURCES} (the task's corrupted tokens, or zero ablation), "
-                         f"got {source!r}")
+        raise ValueError(f"source must be one of {SOURCES} (the task's corrupted tokens, zero or mean "
+                         f"ablation), got {source!r}")
     return source
+
+
+def source_of(task: Task, source: str):
+    """What the discovery functions take as ``corrupted`` for ``source``: the task's corrupted tokens
+    for ``"resample"``, else the string ``"zero"`` or ``"mean"``."""
+    _check_source(source)
+    return task.corrupted if source == "resample" else source
+
+
+def behaviour_metric(model, task: Task):
+    """The suite's behaviour ``M`` (module doc): KL to the clean run at ``task.positions``."""
+    if not isinstance(task, Task):
+        raise TypeError(f"task must be a toylab.suite.spec.Task, got {type(task).__name__}")
+    with torch.no_grad():
+        return kl_to_clean(model(task.clean), task.positions)
+
+
+def behaviour_gap(model, graph, task: Task, source: str = "resample", metric=None) -> float:
+    """``M`` of the fully corrupted run (every edge patched to the source); ``ValueError`` if it is ~0
+    (the corruption changes nothing at the task's positions, so no fraction of it means anything)."""
+    check_model_graph(model, graph)
+    metric = behaviour_metric(model, task) if metric is None else metric
+    with torch.no_grad():
+        gap = float(run_with_edges(model, graph, task.clean, source_of(task, source), torch.ones(len(graph)),
+                                   metric)[0])
+    if not math.isfinite(gap) or gap < 1e-6:
+        raise ValueError(f"the fully corrupted run ({source}) is {gap:.3g} nats from the clean one at the task's "
+                         "positions: the corruption removes no behaviour to recover")
+    return gap
 
 
 def _check_fraction(v, name: str) -> float:
@@ -75,11 +105,11 @@ def _behaviours(model, graph, task: Task, source: str, masks: torch.Tensor) -> t
     """``B`` (module doc) of each row of ``masks [G, n_edges]`` (True: the edge is patched), ``[G]``."""
     with torch.no_grad():
         metric = kl_to_clean(model(task.clean), task.positions)
-        src = task.corrupted if source == "corrupted" else "zero"
+        src = source_of(task, source)
         return run_with_edges(model, graph, task.clean, src, masks, metric).double()
 
 
-def check_truth(model, graph, circuit: Circuit | Iterable[str], task: Task, source: str = "corrupted",
+def check_truth(model, graph, circuit: Circuit | Iterable[str], task: Task, source: str = "resample",
                 min_kept: float = MIN_KEPT, min_removed: float = MIN_REMOVED) -> TruthCheck:
     """Check a planted truth by intervention (module doc): the fractions of the behaviour it keeps alone
     and destroys when removed.
@@ -88,7 +118,7 @@ def check_truth(model, graph, circuit: Circuit | Iterable[str], task: Task, sour
         model, graph: the model and its :class:`~toylab.discovery.graph.Graph`.
         circuit: the truth, a :class:`~toylab.discovery.graph.Circuit` of ``graph`` or edge names.
         task: the :class:`~toylab.suite.spec.Task` (clean and corrupted tokens ``[batch, pos]``, positions).
-        source: ``"corrupted"`` (patch in the task's corrupted run) or ``"zero"`` (zero ablation).
+        source: ``"resample"`` (patch in the task's corrupted run), ``"zero"`` or ``"mean"``.
         min_kept, min_removed: the pass thresholds (the issue's 0.9 and 0.8).
 
     Returns:
@@ -144,7 +174,7 @@ class DenseCheck:
     passed: bool
 
 
-def check_dense(model, graph, task: Task, source: str = "corrupted", max_fraction: float = 0.5,
+def check_dense(model, graph, task: Task, source: str = "resample", max_fraction: float = 0.5,
                 min_kept: float = MIN_KEPT) -> DenseCheck:
     """The negative control's check (module doc): over every set of at most ``max_fraction`` of the
     heads (at most 4096 sets), the kept fraction of :func:`heads_circuit`; passes when the best one keeps
@@ -172,3 +202,8 @@ def check_dense(model, graph, task: Task, source: str = "corrupted", max_fractio
     removed = {h: float(v) / b_all for h, v in zip(heads, b[1 + len(subsets):])}
     return DenseCheck(float(kept[best]), tuple(subsets[best]), k_max, removed, b_all, source,
                       bool(float(kept[best]) < min_kept))
+
+
+def truth_holds(kept: float, removed: float) -> bool:
+    """Whether a truth passes the issue's bar: ``kept >= 0.9`` and ``removed >= 0.8``."""
+    return kept >= MIN_KEPT and removed >= MIN_REMOVED

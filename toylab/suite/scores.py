@@ -1,0 +1,272 @@
+"""Scoring every method against a suite model's planted truth, at one seed.
+
+**Discovery methods** (on a :class:`~toylab.suite.spec.PlantedCircuit`), each under the corruptions
+``"resample"`` (the task's corrupted tokens), ``"zero"`` and ``"mean"`` (the clean batch's mean per
+position; :mod:`toylab.discovery.edge_patching`):
+
+================  ==============================================================  =========================
+method            what is scored                                                  recommended setting
+================  ==============================================================  =========================
+``patching``      exact effect of each edge alone (``edge_effects``, noising)     ``|s| >= 0.1 max |s|``
+``eap``           edge attribution patching (gradient at the clean run)           ``|s| >= 0.1 max |s|``
+``eap-ig``        EAP with integrated gradients (5 steps)                         ``|s| >= 0.1 max |s|``
+``atp``           node AtP (``node_attribution``) of every head's q, k, v, result  ``|s| >= 0.1 max |s|``
+``atp*``          AtP with the QK fix on q and k nodes (no GradDrop)              ``|s| >= 0.1 max |s|``
+``acdc``          ACDC circuits over a sweep of thresholds ``tau``                ``tau = 0.01 gap``
+``sp``            subnetwork probing over a sweep of penalties ``lam``            ``lam = 0.01 gap``
+================  ==============================================================  =========================
+
+Score-based methods rank by ``|score|`` with the metric ``next_token_loss_on`` (the clean next token's
+loss at the task's positions; the behaviour's KL has zero gradient at the clean run, which would make
+EAP blind); ACDC and SP use the behaviour ``M`` itself (KL to the clean run at the task's positions,
+:mod:`toylab.suite.truth`), and their sweeps are ``gap * 10^x`` for ``n`` values of ``x`` evenly spaced
+in ``[-4, 0]`` (``gap``: ``M`` of the fully corrupted run, known without the truth).
+
+For each (method, corruption): ``auroc`` (score-based: the ROC of ranking by ``|score|``, ties 1/2;
+ACDC/SP: the area under their sweep's ROC points, ``toylab.discovery.roc``); ``precision`` and
+``recall`` of the circuit at the recommended setting (an empty circuit has precision 0);
+``faithfulness``: the kept fraction of that circuit (``1 - M(circuit) / gap``) under the method's own
+corruption; ``seconds``: wall time of the method at its recommended setting (score-based: the scores).
+Node methods (AtP, AtP*) are scored over nodes (``L0H1.q``, ``L0H1.result``, ...): a node is true when a
+truth edge enters that slot (q, k, v) or leaves that head (result); their circuit keeps the edges whose
+sender (a head's result, or ``embed``/``pos``) and receiver slot (or the logits) are both kept.
+
+**Feature methods**: ``relu-sae`` and ``topk-sae`` on a :class:`~toylab.suite.entries.PlantedFeatures`
+model, scored by signed ``mcc`` of the decoder against the planted directions; ``probe``: a softmax
+probe with its Hewitt-Liang control task at the planted write site, scored by ``selectivity``
+(accuracy minus control accuracy; :func:`probe_scores`).
+
+Every score is checked: finite, and AUROC, precision and recall in ``[0, 1]``, MCC and selectivity in
+``[-1, 1]``; anything else is refused with a sentence (:func:`check_scores`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from toylab.discovery.acdc import acdc
+from toylab.discovery.attribution_patching import edge_attribution, node_attribution
+from toylab.discovery.edge_patching import edge_effects, run_circuit
+from toylab.discovery.graph import Graph, head_name
+from toylab.discovery.metrics import next_token_loss_on
+from toylab.discovery.roc import roc_curve, roc_from_scores
+from toylab.discovery.subnetwork_probing import subnetwork_probing
+from toylab.suite.truth import SOURCES, behaviour_gap, behaviour_metric, source_of
+
+SCORE_METHODS = ("patching", "eap", "eap-ig", "atp", "atp*")
+SWEEP_METHODS = ("acdc", "sp")
+METHODS = SCORE_METHODS + SWEEP_METHODS
+FEATURE_METHODS = ("relu-sae", "topk-sae", "probe")
+KEEP_FRACTION = 0.1  # score-based methods keep the edges with |s| >= KEEP_FRACTION * max |s|
+RECOMMENDED = 0.01  # ACDC's tau and SP's lam, as a fraction of the gap
+UNIT = ("auroc", "precision", "recall")
+SIGNED = ("mcc", "selectivity")
+
+
+class NotApplicable(ValueError):
+    """A method's score means nothing on this model (e.g. node AtP where every head node is in the truth)."""
+
+
+def sweep_values(gap: float, n: int) -> list[float]:
+    """``n`` values ``gap * 10^x``, ``x`` evenly spaced in ``[-4, 0]``, with ``RECOMMENDED * gap`` added."""
+    xs = [-4 + 4 * i / (n - 1) for i in range(n)] if n > 1 else [-2.0]
+    return sorted({gap * 10 ** x for x in xs} | {RECOMMENDED * gap})
+
+
+def _auc(pos: list[float], neg: list[float]) -> float:
+    return sum((p > q) + 0.5 * (p == q) for p in pos for q in neg) / (len(pos) * len(neg))
+
+
+def _pr(found: set, truth: set) -> tuple[float, float]:
+    tp = len(found & truth)
+    return (tp / len(found) if found else 0.0), tp / len(truth)
+
+
+def node_truth(graph: Graph, truth: frozenset) -> set[str]:
+    """The nodes ``"L{l}H{h}.q|k|v|result"`` a truth's edges use (module doc)."""
+    out = set()
+    for name in truth:
+        s, r = name.split("->")
+        if r != "logits" and "." in r:
+            out.add(r)
+        if s not in ("embed", "pos") and not s.startswith("MLP"):
+            out.add(f"{s}.result")
+    return out
+
+
+def _node_circuit(graph: Graph, kept: set[str]):
+    edges = []
+    for e in graph.edges:
+        s_ok = e.sender in ("embed", "pos") or e.sender.startswith("MLP") or f"{e.sender}.result" in kept
+        r_ok = e.receiver == "logits" or e.receiver.startswith("MLP") or e.receiver in kept
+        if s_ok and r_ok:
+            edges.append(e.name)
+    return graph.circuit(edges)
+
+
+def _node_scores(model, task, corrupted, metric, qk_fix: bool) -> dict[str, float]:
+    out = {}
+    for node in ("q", "k", "v", "result"):
+        s = node_attribution(model, task.clean, corrupted, metric, node=node, qk_fix=qk_fix and node in "qk")
+        for l in range(model.cfg.n_layers):
+            for h in range(model.cfg.n_heads):
+                out[f"{head_name(l, h)}.{node}"] = float(s[l, h])
+    return out
+
+
+def _faith(model, graph, circuit, task, corrupted, behaviour, gap) -> float:
+    return 1.0 - run_circuit(model, graph, circuit, task.clean, corrupted, behaviour) / gap
+
+
+def score_method(model, graph: Graph, task, truth: frozenset, method: str, source: str, *, n_sweep: int = 20,
+                 sp_steps: int = 100) -> dict[str, float]:
+    """``{"auroc", "precision", "recall", "faithfulness", "seconds"}`` of ``method`` under ``source``
+    (module doc) against ``truth`` (edge names of ``graph``)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; the methods are {METHODS}")
+    corrupted = source_of(task, source)
+    behaviour = behaviour_metric(model, task)
+    gap = behaviour_gap(model, graph, task, source, behaviour)
+    ref = graph.circuit(truth)
+    loss = next_token_loss_on(task.clean, task.positions)
+    t0 = time.perf_counter()
+    if method in ("patching", "eap", "eap-ig"):
+        if method == "patching":
+            s = edge_effects(model, graph, task.clean, corrupted, loss)
+        else:
+            s = edge_attribution(model, graph, task.clean, corrupted, loss, method=method).detach()
+        seconds = time.perf_counter() - t0
+        auroc = roc_from_scores(graph, s, ref)[2]
+        top = float(s.abs().max())
+        kept = {e.name for e, v in zip(graph.edges, s.tolist()) if top > 0 and abs(v) >= KEEP_FRACTION * top}
+        circuit = graph.circuit(kept)
+        precision, recall = _pr(kept, set(truth))
+    elif method in ("atp", "atp*"):
+        s = _node_scores(model, task, corrupted, loss, method == "atp*")
+        seconds = time.perf_counter() - t0
+        true_nodes = node_truth(graph, truth)
+        pos = [abs(v) for k, v in s.items() if k in true_nodes]
+        neg = [abs(v) for k, v in s.items() if k not in true_nodes]
+        if not pos or not neg:
+            raise NotApplicable(f"every head node is {'in' if pos else 'outside'} the truth, so a node ranking "
+                                "has no ROC")
+        auroc = _auc(pos, neg)
+        top = max(abs(v) for v in s.values())
+        kept = {k for k, v in s.items() if top > 0 and abs(v) >= KEEP_FRACTION * top}
+        circuit = _node_circuit(graph, kept)
+        precision, recall = _pr(kept, true_nodes)
+    else:
+        values = sweep_values(gap, n_sweep)
+        circuits, seconds, circuit = [], 0.0, None
+        for v in values:
+            t0 = time.perf_counter()
+            if method == "acdc":
+                c = acdc(model, graph, task.clean, corrupted, v, metric=behaviour).circuit
+            else:
+                c = subnetwork_probing(model, graph, task.clean, corrupted, v, metric=behaviour, steps=sp_steps)[0]
+            if v == RECOMMENDED * gap:
+                seconds, circuit = time.perf_counter() - t0, c
+            circuits.append(c)
+        auroc = roc_curve(circuits, ref)[2]
+        precision, recall = _pr(set(circuit.edges), set(truth))
+    faith = _faith(model, graph, circuit, task, corrupted, behaviour, gap)
+    return check_scores({"auroc": auroc, "precision": precision, "recall": recall, "faithfulness": faith,
+                         "seconds": seconds}, f"{method} ({source})")
+
+
+def circuit_scores(model, entry, seed: int, methods=METHODS, sources=SOURCES, *, n_task: int = 64,
+                   n_sweep: int = 20, sp_steps: int = 100) -> dict[str, dict[str, float]]:
+    """Every ``method`` under every ``source`` on ``entry`` (a PlantedCircuit) at ``seed``:
+    ``{"method/source": scores}``. The truth comes from ``entry.truth``; checking it is the caller's
+    (:func:`toylab.suite.truth.check_truth`)."""
+    graph = Graph(model)
+    task = entry.make_task(model, seed, n_task)
+    truth = entry.truth(model, graph)
+    out = {}
+    for m in methods:
+        for src in sources:
+            try:
+                out[f"{m}/{src}"] = score_method(model, graph, task, truth, m, src, n_sweep=n_sweep,
+                                                 sp_steps=sp_steps)
+            except NotApplicable as err:
+                out[f"{m}/{src}"] = {"n/a": str(err)}
+    return out
+
+
+def sae_scores(model, entry, seed: int, methods=("relu-sae", "topk-sae"), *, steps: int = 1500) -> dict:
+    """``{"relu-sae" | "topk-sae": {"mcc", "seconds"}}``: SAEs (``d_sae = 2 n_features``; ReLU with L1
+    0.1, TopK with ``k = 4``) trained on ``entry``'s rows, their decoders matched to the planted
+    directions (signed MCC, :func:`toylab.features.metrics.mcc`)."""
+    from toylab.features.metrics import mcc
+    from toylab.features.sae import ReluSAE
+    from toylab.features.topk import TopKSAE
+    from toylab.features.train_sae import train_sae
+
+    planted, rows = entry.planted(model)
+    d_in, d_sae = rows.shape[1], 2 * planted.shape[0]
+    out = {}
+    for m in methods:
+        t0 = time.perf_counter()
+        if m == "relu-sae":
+            sae = ReluSAE(d_in, d_sae, l1_coefficient=0.1, seed=seed)
+        elif m == "topk-sae":
+            sae = TopKSAE(d_in, d_sae, k=4, seed=seed)
+        else:
+            raise ValueError(f"unknown SAE method {m!r}; expected 'relu-sae' or 'topk-sae'")
+        train_sae(sae, rows, steps=steps, batch_size=512, lr=3e-3, seed=seed, resample_every=250, progress=False)
+        out[m] = check_scores({"mcc": mcc(sae.W_dec.detach().float(), planted),
+                               "seconds": time.perf_counter() - t0}, m)
+    return out
+
+
+#: model -> (hook, probe variable): where the planted rule writes, and what it writes there
+PROBE_SITES = {"induction-2l": ("blocks.0.hook_resid_post", "previous_token"),
+               "skiptrigram-1l": ("blocks.0.hook_resid_post", "rule_active")}
+
+
+def probe_scores(model, name: str, seed: int, n: int = 256) -> dict:
+    """``{"probe": {"accuracy", "control_accuracy", "selectivity", "seconds"}}`` at :data:`PROBE_SITES`
+    ``[name]``: induction-2l's previous token after layer 0 (the previous-token head writes it),
+    skiptrigram-1l's "a rule fires here" after its one layer; the control task gives each current
+    token a random label (:func:`toylab.features.probes.probe_with_control`), rows split by sequence."""
+    from toylab.features.probes import induction_variables, probe_with_control, skip_trigram_variables
+    from toylab.features.train_sae import gather_activations
+    from toylab.suite.entries import _induction_batch, _skip_language
+
+    if name not in PROBE_SITES:
+        raise ValueError(f"no planted write site is known for {name!r}; probes run on {sorted(PROBE_SITES)}")
+    hook, var = PROBE_SITES[name]
+    t0 = time.perf_counter()
+    if name == "induction-2l":
+        batch = _induction_batch(seed, n)[1]
+        tokens, variables = batch.tokens, induction_variables(batch)
+    else:
+        lang = _skip_language()
+        tokens = lang.sample(n, torch.Generator().manual_seed(7919 * seed + 5))
+        variables = skip_trigram_variables(tokens, lang)
+        variables["current_token"] = tokens[:, 1:].reshape(-1)
+    groups = torch.arange(tokens.shape[0]).repeat_interleave(tokens.shape[1] - 1)
+    acts = gather_activations(model, hook, tokens)
+    r = probe_with_control(acts, variables[var], variables["current_token"], seed=seed, groups=groups)
+    return {"probe": check_scores({"accuracy": r["accuracy"], "control_accuracy": r["control_accuracy"],
+                                   "selectivity": r["selectivity"], "seconds": time.perf_counter() - t0}, "probe")}
+
+
+def check_scores(scores: dict, what: str) -> dict:
+    """``scores`` itself, each a float; ``ValueError`` naming the score for a NaN/inf or a value outside
+    its range (``[0, 1]`` for AUROC, precision, recall, accuracies; ``[-1, 1]`` for MCC, selectivity)."""
+    out = {}
+    for k, v in scores.items():
+        v = float(v)
+        if not math.isfinite(v):
+            raise ValueError(f"{what}: {k} came out {v}; a suite score must be a finite number (a NaN would "
+                             "average into every cell it touches), so this run is refused")
+        lo, hi = (0.0, 1.0) if k in UNIT or k.endswith("accuracy") else (-1.0, 1.0) if k in SIGNED else (-math.inf,
+                                                                                                       math.inf)
+        if not lo - 1e-9 <= v <= hi + 1e-9:
+            raise ValueError(f"{what}: {k} = {v:.4g} lies outside [{lo:g}, {hi:g}], where it must lie")
+        out[k] = v
+    return out
