@@ -27,7 +27,9 @@ def _hidden_tests(path: Path) -> list[str]:
 
 
 def test_every_chapter_has_a_hidden_graded_test_and_the_marker_is_registered():
-    assert len(GRADED) == 12
+    stubs = sorted(p.stem for p in (ROOT / "exercises").glob("ch*.py"))
+    assert [f.stem.removeprefix("test_") for f in GRADED] == stubs, "one graded test file per exercise module"
+    assert len(GRADED) >= 13, f"{len(GRADED)} graded chapters: chapters 0-11 and the capstone have graded exercises"
     for f in GRADED:
         assert _hidden_tests(f), f"{f.name}: no graded test marked @pytest.mark.hidden"
     tomllib = pytest.importorskip("tomllib")
