@@ -89,8 +89,19 @@ def _retrain_prefix(name, **change):
     return prefix.model.state_dict(), ckpt.prefix_state, preset.train.prefix_steps
 
 
+# grokking-1l's full-batch recipe (init_std 1, AdamW 3e-3, weight decay 2) is chaotic from its first
+# steps: retrained under torch's generic kernels against the native AVX-512 ones, its weights differ by
+# 1.6e-5 after 1, 2 and 5 steps and by 0.016 (9 % of a tensor's largest weight) after 20. No bound in
+# rounding units holds across CPUs, so its recipe is checked by the preset comparison above, by
+# check_grokking_model on the shipped weights, by tests/test_train_full_batch.py (bit-identical
+# retraining on one machine) and by the recipe test at another seed, not here.
+CHAOTIC_PREFIX = {"grokking-1l"}
+
+
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_retraining_the_prefix_reproduces_the_recorded_weights(name):
+    if name in CHAOTIC_PREFIX:
+        pytest.skip(f"{name}: its training is chaotic, so its prefix differs across CPU kernels (see CHAOTIC_PREFIX)")
     got, want, steps = _retrain_prefix(name)
     drift = prefix_drift(got, want, steps)
     assert drift <= PREFIX_ULPS, (
