@@ -75,8 +75,7 @@ def source_of(task: Task, source: str):
 
 def behaviour_metric(model, task: Task):
     """The suite's behaviour ``M`` (module doc): KL to the clean run at ``task.positions``."""
-    if not isinstance(task, Task):
-        raise TypeError(f"task must be a toylab.suite.spec.Task, got {type(task).__name__}")
+    task = _check_task(task)
     with torch.no_grad():
         return kl_to_clean(model(task.clean), task.positions)
 
@@ -103,10 +102,9 @@ def _check_fraction(v, name: str) -> float:
 
 def _behaviours(model, graph, task: Task, source: str, masks: torch.Tensor) -> torch.Tensor:
     """``B`` (module doc) of each row of ``masks [G, n_edges]`` (True: the edge is patched), ``[G]``."""
+    metric = behaviour_metric(model, task)
     with torch.no_grad():
-        metric = kl_to_clean(model(task.clean), task.positions)
-        src = source_of(task, source)
-        return run_with_edges(model, graph, task.clean, src, masks, metric).double()
+        return run_with_edges(model, graph, task.clean, source_of(task, source), masks, metric).double()
 
 
 def check_truth(model, graph, circuit: Circuit | Iterable[str], task: Task, source: str = "resample",
