@@ -74,7 +74,7 @@ book: $(VENV)/.book $(VENV_TL)/.installed
 
 # The chapters that need TransformerLens run in .venv-tl (make test-peer, and the book's
 # "toylab-tl" kernel), not in .venv: `make test` and test-kernels leave them out.
-TL_NOTEBOOKS := chapters/ch12_crossing_over.ipynb
+TL_NOTEBOOKS := chapters/ch14_crossing_over.ipynb
 NOTEBOOKS := $(filter-out $(TL_NOTEBOOKS),$(wildcard chapters/ch*.ipynb))
 # pytest-xdist workers: one per core (JOBS=1 runs everything in one process). Notebooks are
 # distributed whole (--dist loadfile): a notebook's cells run in order in one kernel.

@@ -8,7 +8,7 @@ to ``A`` predicts) and by intervention (replace ``A`` and watch the
 probability of ``C`` fall). The grader trains your model with your choices,
 then checks every answer against the rules your language planted, and against
 a second model it trains on a language of its own choosing. Grade your own
-answers in ``exercises/ch13_capstone.py`` with ``toylab grade --chapter 13``.
+answers in ``exercises/ch15_capstone.py`` with ``toylab grade --chapter 15``.
 """
 
 from __future__ import annotations

@@ -11,11 +11,11 @@ a second model it trains on a language of its own choosing.
 Fill in every function whose body raises ``NotImplementedError``, then check
 your work with
 
-    toylab grade --chapter 13
+    toylab grade --chapter 15
 
 or, in a notebook, ``toylab.course.grading.check("ch11", "rule_from_weights")``.
-The reference answers are in ``solutions/ch13_capstone.py``: try first.
-The project brief is the book page ``chapters/ch13_capstone.md``.
+The reference answers are in ``solutions/ch15_capstone.py``: try first.
+The project brief is the book page ``chapters/ch15_capstone.md``.
 """
 
 from __future__ import annotations
