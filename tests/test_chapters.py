@@ -464,3 +464,61 @@ def test_known_learning_aid_gaps_name_real_chapters_and_kinds():
     assert set(KNOWN_GAPS) <= stems, sorted(set(KNOWN_GAPS) - stems)
     kinds = {"opening", "summary", "predict", "hide-input"}
     assert all(set(v) <= kinds for v in KNOWN_GAPS.values())
+
+
+def _write_notebook(path, cells):
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nbformat.write(nb, str(path))
+
+
+def test_the_name_check_catches_undefined_names_and_stale_references(tmp_path):
+    ct = _check_text()
+    chapters, exercises, lib = tmp_path / "chapters", tmp_path / "exercises", tmp_path / "toylab"
+    for d in (chapters, exercises, lib):
+        d.mkdir()
+    (tmp_path / "README.md").write_text("readme\n")
+    (lib / "report.py").write_text("def head_report(model):\n    pass\n")
+    (exercises / "ch02_b.py").write_text("def graded_fn(x):\n    raise NotImplementedError\n")
+    out = lambda text: [nbformat.v4.new_output("stream", name="stdout", text=text)]
+    _write_notebook(chapters / "ch01_a.ipynb", [
+        nbformat.v4.new_markdown_cell("# One\n\n## Setting up\n\nProse."),
+        nbformat.v4.new_code_cell("half_len = 3\nprint(lang)",
+                                  outputs=out("Lang(p_boost=0.4)\n")),
+        nbformat.v4.new_markdown_cell(
+            "We set `half_len` and the printout shows `p_boost` (both fine). Later we call"
+            " `later_fn()` and the exercise `graded_fn`, neither shown yet; `made_up_name`"
+            " exists nowhere; `CONSTANT_X` and `x` are not checked. See section"
+            " \"Setting up\" (fine) and section"
+            " \"Gone away\"."),
+    ])
+    _write_notebook(chapters / "ch02_b.ipynb", [
+        nbformat.v4.new_markdown_cell("# Two\n\n## Reading heads"),
+        nbformat.v4.new_code_cell("later_fn()\nother_fn()\nhalf_len = 4"),
+        nbformat.v4.new_markdown_cell(
+            "`later_fn()` and `graded_fn` are fine here, and so is `half_len` (chapter 1)."
+            " But the chance correction of `head_report` (chapter 1) is stale, and so is"
+            " chapter 1's `other_fn`; section \"Setting up\" of chapter 1 holds, section"
+            " \"Reading weights\" of chapter 1 does not."),
+    ])
+    (chapters / "glossary.md").write_text(
+        "# Glossary\n\n**Half length ($L$)**\n: the length of r (chapter 2).\n\n"
+        "**Setting up; set-up**\n: what chapter 1 does first (chapter 1).\n")
+    found = ct.name_findings(tmp_path)
+    text = "\n".join(found)
+    assert "`later_fn` is used before any chapter defines it (first shown in chapter 2)" in text
+    assert "`graded_fn` is used before any chapter defines it" in text
+    assert "`made_up_name` is a name no chapter defines" in text
+    for fine in ("`half_len`", "`p_boost`", "CONSTANT_X", "`x`"):
+        assert fine not in text, fine
+    # ch02 names `head_report`, which no chapter shows: fine as a toylab name in passing,
+    # but not as something chapter 1 has
+    assert not any("`head_report` is a name" in f for f in found)
+    assert "ch02_b.ipynb cell 2: `head_report` is referred to chapter 1" in text
+    assert "ch02_b.ipynb cell 2: `other_fn` is referred to chapter 1" in text
+    assert not any("`half_len` is referred" in f for f in found)
+    assert "section 'Gone away' is not a heading of this page" in text
+    assert "section 'Reading weights' is not a heading of chapter 1" in text
+    assert not any("'Setting up'" in f for f in found)
+    assert "the entry 'Half length' points to chapter 2, which never uses the term" in text
+    assert not any("'Setting up'" in f for f in found)
+    assert len(found) == 8, found
