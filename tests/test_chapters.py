@@ -38,6 +38,15 @@ What it cannot check, and leaves alone:
 ``ALLOWED`` lists, per notebook, the few numbers that are derivations or
 definitions rather than results, each with the reason. Keep it short: a number
 that a cell can print should be printed.
+
+4. Every chapter has its learning aids: "What you will learn" and "What you need"
+   before its first code cell, a closing ``## Summary`` (only ``## Exercises`` may
+   follow), at least two "Predict, then run" tip admonitions each right before a
+   code cell, and the ``hide-input`` tag on every cell that draws a figure.
+   ``KNOWN_GAPS`` lists the gaps a chapter may still have, by kind, with the reason.
+5. ``.ci/check_text.py`` finds nothing in the student text (jargon, stale names,
+   dead links, names no chapter defines, stale cross-references); each check has
+   a catch test here.
 """
 
 from __future__ import annotations
