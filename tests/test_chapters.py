@@ -38,6 +38,15 @@ What it cannot check, and leaves alone:
 ``ALLOWED`` lists, per notebook, the few numbers that are derivations or
 definitions rather than results, each with the reason. Keep it short: a number
 that a cell can print should be printed.
+
+4. Every chapter has its learning aids: "What you will learn" and "What you need"
+   before its first code cell, a closing ``## Summary`` (only ``## Exercises`` may
+   follow), at least two "Predict, then run" tip admonitions each right before a
+   code cell, and the ``hide-input`` tag on every cell that draws a figure.
+   ``KNOWN_GAPS`` lists the gaps a chapter may still have, by kind, with the reason.
+5. ``.ci/check_text.py`` finds nothing in the student text (jargon, stale names,
+   dead links, names no chapter defines, stale cross-references); each check has
+   a catch test here.
 """
 
 from __future__ import annotations
@@ -299,3 +308,226 @@ def test_the_text_check_catches_what_it_should(tmp_path):
     assert not any("toylab.circuits.weights.OV" in f for f in found)
     assert any("'ch02_missing'" in f for f in found) and not any("'ch01_x'" in f for f in found)
     assert not any("README" in f for f in found)
+
+
+# --- learning aids -------------------------------------------------------------------
+#
+# Every chapter opens with "What you will learn" and "What you need" (before its first
+# code cell), ends with a Summary section (only an Exercises section may follow it), has
+# at least two "Predict, then run" tip admonitions, each closing its markdown cell right
+# before the code cell that answers it, and tags every cell that draws a figure (an
+# image/png output) with ``hide-input`` so that the figure's code folds away.
+
+MIN_PREDICT = 2
+_PREDICT = re.compile(r"```+\{admonition\}[ \t]*Predict, then run[ \t]*\n:class:[ \t]*tip\b")
+_HEADING = re.compile(r"^(#{1,2})[ \t]+(.+?)[ \t]*#*[ \t]*$")
+
+# Gaps a chapter is known to have, by kind ("opening", "summary", "predict", "hide-input"),
+# with the reason they may stay for now. Keep it empty where possible; an entry whose gap
+# is gone must be removed (the test says so).
+KNOWN_GAPS: dict[str, dict[str, str]] = {
+    "ch04_induction_heads": {
+        "hide-input": "cells 10, 18 and 41 mix a printout with a figure; the chapter's owner"
+                      " splits them (listed in the review audit)"},
+    "ch05_interventions": {
+        "hide-input": "cells 19 and 32 mix a printout with a figure; the chapter's owner"
+                      " splits them (listed in the review audit)"},
+    "ch07_probes_and_steering": {
+        "hide-input": "cells 16 and 21 mix a printout with a figure; the chapter's owner"
+                      " splits them (listed in the review audit)"},
+}
+
+
+def _outside_fences(markdown: str) -> list[str]:
+    """The lines of ``markdown`` that are not inside a fenced block."""
+    lines, fenced = [], False
+    for line in markdown.splitlines():
+        if line.lstrip().startswith(("```", "~~~")):
+            fenced = not fenced
+            continue
+        if not fenced:
+            lines.append(line)
+    return lines
+
+
+def _section_headings(markdown: str) -> list[str]:
+    """Level-1 and level-2 headings of a markdown cell, outside fenced blocks."""
+    return [m.group(2) for line in _outside_fences(markdown)
+            if (m := _HEADING.match(line))]
+
+
+def learning_aid_gaps(nb) -> list[tuple[str, str]]:
+    """``(kind, what is missing)`` for every learning aid the notebook lacks; kinds are
+    "opening", "summary", "predict" and "hide-input". Cells are numbered from 0."""
+    cells, gaps = nb.cells, []
+    first_code = next((i for i, c in enumerate(cells) if c.cell_type == "code"), len(cells))
+    opening = "\n".join(c.source for c in cells[:first_code] if c.cell_type == "markdown")
+    for phrase in ("What you will learn", "What you need"):
+        if phrase not in opening:
+            gaps.append(("opening", f"no {phrase!r} before the first code cell"))
+    headings = [h for c in cells if c.cell_type == "markdown"
+                for h in _section_headings(c.source)]
+    content = [h for h in headings if not h.lower().startswith("exercises")]
+    if not content or not content[-1].lower().startswith("summary"):
+        last = repr(content[-1]) if content else "none"
+        gaps.append(("summary", "does not end with a '## Summary' section (only '## Exercises'"
+                                f" may follow it); its last section heading is {last}"))
+    placed, misplaced = 0, []
+    for i, c in enumerate(cells):
+        if c.cell_type != "markdown" or not _PREDICT.search(c.source):
+            continue
+        closes_cell = c.source.rstrip().endswith("```")
+        before_code = i + 1 < len(cells) and cells[i + 1].cell_type == "code"
+        if closes_cell and before_code:
+            placed += 1
+        else:
+            misplaced.append(i)
+    if placed < MIN_PREDICT:
+        where = (f"; cells {misplaced} hold one that does not close its cell right before a"
+                 " code cell" if misplaced else "")
+        gaps.append(("predict", f"{placed} 'Predict, then run' tip admonitions placed right"
+                                f" before a code cell, fewer than {MIN_PREDICT}{where}"))
+    for i, c in enumerate(cells):
+        if c.cell_type != "code":
+            continue
+        draws = any("image/png" in o.get("data", {}) for o in c.get("outputs", []))
+        if draws and "hide-input" not in c.get("metadata", {}).get("tags", []):
+            gaps.append(("hide-input", f"cell {i} draws a figure but has no 'hide-input' tag"))
+    return gaps
+
+
+def _chapter_with_every_aid():
+    png = nbformat.v4.new_output("display_data", data={"image/png": "iVBOR", "text/plain": "<Figure>"})
+    tip = "```{admonition} Predict, then run\n:class: tip\nBefore running the next cell: ...?\n```"
+    plot = nbformat.v4.new_code_cell("plt.plot(x)", outputs=[png])
+    plot.metadata["tags"] = ["hide-input"]
+    return nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# Title\n\n**What you will learn**\n\n- a\n\n"
+                                      "**What you need**\n\n- b"),
+        nbformat.v4.new_code_cell("x = 1"),
+        nbformat.v4.new_markdown_cell("## A section\n\nSome prose."),
+        nbformat.v4.new_markdown_cell(tip),
+        nbformat.v4.new_code_cell("print(x)"),
+        nbformat.v4.new_markdown_cell("Prose, then a prompt.\n\n" + tip),
+        plot,
+        nbformat.v4.new_markdown_cell("## Summary\n\n- what we saw\n\n```python\n# not a heading\n```"),
+        nbformat.v4.new_markdown_cell("## Exercises\n\n| exercise |\n|---|"),
+    ])
+
+
+def test_the_learning_aid_check_catches_each_missing_piece():
+    kinds = lambda nb: sorted({kind for kind, _ in learning_aid_gaps(nb)})
+    assert learning_aid_gaps(_chapter_with_every_aid()) == []
+
+    nb = _chapter_with_every_aid()               # no "What you need"
+    nb.cells[0].source = "# Title\n\n**What you will learn**\n\n- a"
+    assert kinds(nb) == ["opening"]
+    nb = _chapter_with_every_aid()               # the opening comes after code
+    nb.cells[0], nb.cells[1] = nb.cells[1], nb.cells[0]
+    assert kinds(nb) == ["opening"]
+
+    nb = _chapter_with_every_aid()               # no Summary
+    nb.cells[7].source = "## Wrapping up\n\n- what we saw"
+    assert kinds(nb) == ["summary"]
+    nb = _chapter_with_every_aid()               # a section after the Summary
+    nb.cells.append(nbformat.v4.new_markdown_cell("## Appendix"))
+    assert kinds(nb) == ["summary"]
+
+    nb = _chapter_with_every_aid()               # one prompt only
+    del nb.cells[3]
+    assert kinds(nb) == ["predict"]
+    nb = _chapter_with_every_aid()               # a prompt followed by prose, not code
+    nb.cells[5].source += "\n\nMore prose after the prompt."
+    assert kinds(nb) == ["predict"]
+    nb = _chapter_with_every_aid()               # a prompt before a markdown cell
+    nb.cells.insert(4, nbformat.v4.new_markdown_cell("An aside."))
+    gaps = learning_aid_gaps(nb)
+    assert [k for k, _ in gaps] == ["predict"] and "cells [3]" in gaps[0][1]
+    nb = _chapter_with_every_aid()               # a note, not a tip
+    nb.cells[3].source = nb.cells[3].source.replace(":class: tip", ":class: note")
+    assert kinds(nb) == ["predict"]
+
+    nb = _chapter_with_every_aid()               # a figure whose code does not fold
+    nb.cells[6].metadata["tags"] = []
+    gaps = learning_aid_gaps(nb)
+    assert gaps == [("hide-input", "cell 6 draws a figure but has no 'hide-input' tag")]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_every_chapter_has_its_learning_aids(path):
+    gaps = learning_aid_gaps(nbformat.read(path, as_version=4))
+    known = KNOWN_GAPS.get(path.stem, {})
+    stale = sorted(set(known) - {kind for kind, _ in gaps})
+    assert not stale, (f"{path.name}: KNOWN_GAPS lists {stale}, which the chapter no longer"
+                       " lacks; remove the entry")
+    new = [what for kind, what in gaps if kind not in known]
+    assert not new, (f"{path.name}: learning aids missing: " + "; ".join(new)
+                     + ". Every chapter opens with 'What you will learn' and 'What you need',"
+                     " ends with '## Summary', has at least two 'Predict, then run' tip"
+                     " admonitions each right before the code cell that answers it, and"
+                     " tags its plotting cells 'hide-input'.")
+
+
+def test_known_learning_aid_gaps_name_real_chapters_and_kinds():
+    stems = {p.stem for p in NOTEBOOKS}
+    assert set(KNOWN_GAPS) <= stems, sorted(set(KNOWN_GAPS) - stems)
+    kinds = {"opening", "summary", "predict", "hide-input"}
+    assert all(set(v) <= kinds for v in KNOWN_GAPS.values())
+
+
+def _write_notebook(path, cells):
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nbformat.write(nb, str(path))
+
+
+def test_the_name_check_catches_undefined_names_and_stale_references(tmp_path):
+    ct = _check_text()
+    chapters, exercises, lib = tmp_path / "chapters", tmp_path / "exercises", tmp_path / "toylab"
+    for d in (chapters, exercises, lib):
+        d.mkdir()
+    (tmp_path / "README.md").write_text("readme\n")
+    (lib / "report.py").write_text("def head_report(model):\n    pass\n")
+    (exercises / "ch02_b.py").write_text("def graded_fn(x):\n    raise NotImplementedError\n")
+    out = lambda text: [nbformat.v4.new_output("stream", name="stdout", text=text)]
+    _write_notebook(chapters / "ch01_a.ipynb", [
+        nbformat.v4.new_markdown_cell("# One\n\n## Setting up\n\nProse."),
+        nbformat.v4.new_code_cell("half_len = 3\nprint(lang)",
+                                  outputs=out("Lang(p_boost=0.4)\n")),
+        nbformat.v4.new_markdown_cell(
+            "We set `half_len` and the printout shows `p_boost` (both fine). Later we call"
+            " `later_fn()` and the exercise `graded_fn`, neither shown yet; `made_up_name`"
+            " exists nowhere; `CONSTANT_X` and `x` are not checked. See section"
+            " \"Setting up\" (fine) and section"
+            " \"Gone away\"."),
+    ])
+    _write_notebook(chapters / "ch02_b.ipynb", [
+        nbformat.v4.new_markdown_cell("# Two\n\n## Reading heads"),
+        nbformat.v4.new_code_cell("later_fn()\nother_fn()\nhalf_len = 4"),
+        nbformat.v4.new_markdown_cell(
+            "`later_fn()` and `graded_fn` are fine here, and so is `half_len` (chapter 1)."
+            " But the chance correction of `head_report` (chapter 1) is stale, and so is"
+            " chapter 1's `other_fn`; section \"Setting up\" of chapter 1 holds, section"
+            " \"Reading weights\" of chapter 1 does not."),
+    ])
+    (chapters / "glossary.md").write_text(
+        "# Glossary\n\n**Half length ($L$)**\n: the length of r (chapter 2).\n\n"
+        "**Setting up; set-up**\n: what chapter 1 does first (chapter 1).\n")
+    found = ct.name_findings(tmp_path)
+    text = "\n".join(found)
+    assert "`later_fn` is used before any chapter defines it (first shown in chapter 2)" in text
+    assert "`graded_fn` is used before any chapter defines it" in text
+    assert "`made_up_name` is a name no chapter defines" in text
+    for fine in ("`half_len`", "`p_boost`", "CONSTANT_X", "`x`"):
+        assert fine not in text, fine
+    # ch02 names `head_report`, which no chapter shows: fine as a toylab name in passing,
+    # but not as something chapter 1 has
+    assert not any("`head_report` is a name" in f for f in found)
+    assert "ch02_b.ipynb cell 2: `head_report` is referred to chapter 1" in text
+    assert "ch02_b.ipynb cell 2: `other_fn` is referred to chapter 1" in text
+    assert not any("`half_len` is referred" in f for f in found)
+    assert "section 'Gone away' is not a heading of this page" in text
+    assert "section 'Reading weights' is not a heading of chapter 1" in text
+    assert not any("'Setting up'" in f for f in found)
+    assert "the entry 'Half length' points to chapter 2, which never uses the term" in text
+    assert not any("'Setting up'" in f for f in found)
+    assert len(found) == 8, found
