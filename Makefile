@@ -67,7 +67,7 @@ $(VENV)/.book: $(VENV)/.test
 # The chapters in TL_NOTEBOOKS name the kernel "toylab-tl": .ci/book.sh registers it for .venv-tl
 book: $(VENV)/.book $(VENV_TL)/.installed
 	$(PY) -m toylab.cli models
-	$(PY) .ci/check_text.py   # no project jargon, no stale toylab names, no dead page links
+	$(PY) .ci/check_text.py   # no project jargon, stale toylab names, dead page links, undefined names or stale cross-references
 	TL_PYTHON=$(abspath $(PY_TL)) bash .ci/book.sh $(PY)
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 	$(PY) .ci/check_book.py chapters/_build/html chapters/_build/screenshots
