@@ -19,7 +19,7 @@ The reference answers are in ``solutions/ch13_when_methods_fail.py``: try first.
 
 from __future__ import annotations
 
-import math
+import math  # noqa: F401  (math.inf and math.nan, for your answers)
 
 import torch
 
