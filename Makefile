@@ -151,6 +151,8 @@ test-lab: $(VENV)/.lab
 MODEL_JOBS ?= auto
 models: $(VENV)/.torch $(VENV)/.test
 	$(PY) -m toylab.cli train --all --out-dir toylab/models --jobs $(MODEL_JOBS)
+	for p in $$($(PY) -c "from toylab.training.presets import SHIPPED_SUITE; print(*SHIPPED_SUITE)"); do \
+	  $(PY) -m toylab.cli train $$p --out toylab/models/$$p.pt --quiet || exit 1; done
 
 bench: $(VENV)/.test
 	$(PY) benchmarks/bench_train.py

@@ -13,23 +13,24 @@ import pytest
 import torch
 
 from toylab.data import make_dataset
-from toylab.training.presets import PRESETS, load_shipped, shipped_path
+from toylab.training.presets import PRESETS, SHIPPED_SUITE, get_preset, load_shipped, shipped_path
 from toylab.training.train import induction_probe, train
 
 L = 15  # the probe [BOS, r, r] that fills n_ctx = 32
+SHIPPED = list(PRESETS) + list(SHIPPED_SUITE)  # the suite's shipped seed-0 checkpoints too
 
 
 def states_equal(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("name", list(PRESETS))
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_checkpoint_matches_its_preset(name):
     path = shipped_path(name)
     assert path.is_file(), f"{path} is missing: run `make models`"
     assert path.stat().st_size < 5_000_000
     ckpt = load_shipped(name)
-    preset = PRESETS[name]
+    preset = get_preset(name)
     assert ckpt.config == preset.model
     assert ckpt.train_spec == preset.train.to_dict()
     assert ckpt.seed == preset.seed
@@ -77,7 +78,7 @@ def prefix_drift(got, want, steps):
 
 def _retrain_prefix(name, **change):
     ckpt = load_shipped(name)
-    preset = PRESETS[name]
+    preset = get_preset(name)
     if preset.data["kind"] in ("text", "text_repeats"):   # both read this Python's docstrings
         here = make_dataset(preset.data).spec["corpus_fingerprint"]
         if here != ckpt.data_spec["corpus_fingerprint"]:
@@ -98,7 +99,7 @@ def _retrain_prefix(name, **change):
 CHAOTIC_PREFIX = {"grokking-1l"}
 
 
-@pytest.mark.parametrize("name", list(PRESETS))
+@pytest.mark.parametrize("name", SHIPPED)
 def test_retraining_the_prefix_reproduces_the_recorded_weights(name):
     if name in CHAOTIC_PREFIX:
         pytest.skip(f"{name}: its training is chaotic, so its prefix differs across CPU kernels (see CHAOTIC_PREFIX)")
@@ -242,3 +243,24 @@ def test_grokking_model_adds_mod_p_with_a_few_key_frequencies_after_a_delay():
     memorised, last_chance, grokked = grokking_summary(ckpt.history)  # the recorded curves
     assert memorised is not None and grokked is not None and last_chance is not None, (memorised, grokked)
     assert last_chance - memorised >= 500, "fresh-test accuracy left chance soon after memorising: no delay"
+
+
+def test_shipped_suite_models_plant_their_truth():
+    """The suite's shipped seed-0 checkpoints do what their presets are for: ``redundant-2l`` has two
+    induction heads and its generator-read truth passes the intervention check; ``majority-1l`` (the
+    negative control) has no circuit of at most half its heads that keeps 90 % of the behaviour."""
+    from toylab.discovery.graph import Graph
+    from toylab.suite.planted import INTENDED, PLANTED
+    from toylab.suite.truth import check_dense, check_truth
+
+    model = load_shipped("redundant-2l").model
+    graph = Graph(model)
+    ok, why = INTENDED["redundant"](model, graph)
+    assert ok, why
+    entry = PLANTED["redundant"]
+    r = check_truth(model, graph, entry.truth(model, graph), entry.make_task(model, 0, 64), "resample")
+    assert r.passed, r
+    model = load_shipped("majority-1l").model
+    graph = Graph(model)
+    d = check_dense(model, graph, PLANTED["majority"].make_task(model, 0, 64), "resample")
+    assert d.passed, d

@@ -17,8 +17,9 @@ seed fixes everything else. ``toylab train PRESET`` trains one; the files in
 
 The methods suite's planted-truth models (:mod:`toylab.suite.planted`) are presets too, in
 :data:`SUITE_PRESETS`: ``toylab train NAME --seed N`` trains one, :func:`get_preset` finds them,
-but they are not shipped and ``toylab train --all`` (``make models``) leaves them out; the suite
-trains them at its seeds.
+but ``toylab train --all`` leaves them out and the suite trains them at its seeds. The seed-0
+checkpoints of :data:`SHIPPED_SUITE` (stable recipes that chapter 13 reads) are shipped as well,
+made by ``toylab train NAME --out toylab/models/NAME.pt`` (``make models`` runs both).
 
 =====================  ==========================================================
 ``redundant-2l``       induction trained with head dropout in layer 1: two heads that can each do it
@@ -197,6 +198,10 @@ SUITE_PRESETS: dict[str, Preset] = {
         ),
     ]
 }
+
+
+# The suite presets whose seed-0 checkpoint is shipped in toylab/models/ (chapter 13 reads them).
+SHIPPED_SUITE = ("redundant-2l", "majority-1l")
 
 
 def get_preset(name: str) -> Preset:
