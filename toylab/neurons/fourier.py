@@ -304,3 +304,27 @@ def excluded_loss(logits: torch.Tensor, p: int, keys: Sequence[int], rows: Any =
     """
     p = _check_p(p)
     return _loss(_split_logits(logits, p, keys)[1], p, rows)
+
+
+# ------------------------------------------------------------------ interventions
+def remove_frequencies(W_E: torch.Tensor, p: int, freqs: Sequence[int]) -> torch.Tensor:
+    """``W_E`` with the waves of ``freqs`` taken out of its residue rows: ``[d_vocab, d_model]``.
+
+    With ``E = W_E[:p]`` and ``B_f`` the ``2 |freqs|`` rows ``cos k``, ``sin k`` (``k`` in
+    ``freqs``) of :func:`fourier_basis`, the residue rows become ``E - B_f^T (B_f E)``:
+    every residue keeps its embedding minus the part that varies with ``x`` as a wave of
+    a removed frequency (any phase, any direction of the residual stream). Rows beyond
+    ``p`` (the ``=`` token) are returned unchanged. The result is a new tensor, float64;
+    ``W_E`` is not modified. An ablation: run the model with it to test whether those
+    frequencies carry the answer.
+    """
+    p = _check_p(p)
+    W = _check_tensor("W_E", W_E, (2,))
+    if W.shape[0] < p:
+        raise ValueError(f"W_E must have at least p = {p} rows [d_vocab, d_model], got {list(W.shape)}")
+    keys = _check_keys(freqs, p)
+    out = W.clone()
+    if keys:
+        B = fourier_basis(p)[0][[r for k in keys for r in (2 * k - 1, 2 * k)]]   # [2m, p]
+        out[:p] = W[:p] - B.T @ (B @ W[:p])
+    return out
