@@ -83,6 +83,7 @@ def test_grokking_step(grok):
                           "memorising; grokking is the fresh test pairs' accuracy")
     assert got != (1, 4, 3), "you returned positions in the list, not the entries' \"step\""
     assert got[1] != 140, "the first step that reaches 0.99, not the last time it is reached again"
+    assert got[:2] != (40, 100) or got[2] == 60, f"delay = grokked - memorised = 100 - 40 = 60, got {got[2]}"
     assert got == (40, 100, 60), f"expected (40, 100, 60), got {got}"
     never = [dict(e, fresh_acc=min(e["fresh_acc"], 0.5)) for e in HIST]
     got = tuple(f(never))
@@ -122,13 +123,27 @@ def test_key_frequencies_from_embedding(grok):
     assert got != [1], ("frequency 2 is a pure sin wave here: a frequency's energy is its cos part plus "
                         "its sin part (a wave of any phase)")
     assert 0 not in got, "the constant is not a frequency: leave row 0 of the basis (k = 0) out"
+    assert got != [2, 1], "strongest first: frequency 1 holds the larger share"
     assert got != [], ("nothing passes ratio 1? The constant's energy is not part of the total: shares are "
                        "over the frequencies 1..K only")
+    assert got != [1, 2, 3], ("frequency 3 passed ratio 1: shares are of energy (squared norms), 0.18 < 1/5; "
+                              "shares of the norms would be 0.23")
+    quiet = E.clone()
+    quiet[p] = 0.0
+    assert [int(k) for k in f(quiet, p, 1.0)] == got, ("your answer changes with the '=' row (index p): it is "
+                                                      "not a residue, use W_E[:p] only")
     assert got == [1, 2], f"ratio 1 (threshold 1/5): expected [1, 2], strongest first; got {got}"
     got = [int(k) for k in f(E, p, 2.0)]
     assert got != [], ("no key frequency at ratio 2? Shares are of energy (squared norms): 0.51 > 2/5; "
                        "shares of the norms would be 0.38")
     assert got == [1], f"ratio 2 (threshold 2/5): expected [1], got {got}"
+    # a spike at x = 0 has the same energy at every frequency; with p = 5 (K = 2) each share
+    # is exactly 1/2 whatever the basis' normalisation, and ratio 1 asks for *more* than 1/2
+    spike = torch.zeros(5 + 1, 3, dtype=torch.float64)
+    spike[0, 0] = 1.0
+    got = [int(k) for k in f(spike, 5, 1.0)]
+    assert got == [], (f"every share equals 1/K exactly here, and a key frequency must hold *more* than "
+                       f"ratio / K (>, not >=); got {got}")
     got = [int(k) for k in f(E, p, 0.5)]
     assert got == [1, 2, 3], (f"ratio 0.5: expected [1, 2, 3] strongest first; got {got}"
                               + (" (you sorted by frequency, not by share)" if got == sorted(got) != [1, 2, 3]
@@ -161,13 +176,14 @@ def test_predict_neuron_frequency(grok):
     assert int(k) != 5, ("you compared the cos parts only: frequency 8's wave (amplitude 1) is split between "
                          "cos and sin by its phase and beats frequency 5's 0.9")
     assert int(k) != 0, "the constant is not a frequency: a neuron's bias-like offset reads nothing"
+    assert int(k) != 7, "frequencies start at k = 1: position 0 of your table is k = 1 (off by one)"
     assert int(k) == 8, f"expected frequency 8, got {k}"
     expect_number(share, 1 / 1.81, "the share of frequency 8", tol=1e-6,
                   hint="the share of *energy* (squared amplitudes: 1 / (1 + 0.81)), not of amplitudes"
                   if abs(float(share) - 1 / 1.9) < 1e-6 else
                   "energy of frequency 8 over the energy of all frequencies 1..K (the constant left out)")
     k, share = f(torch.full((p,), 2.0, dtype=torch.float64), p)
-    assert (int(k), float(share)) == (0, 0.0), "a constant key reads no frequency: return (0, 0.0)"
+    assert (int(k), float(share)) == (0, 0.0), "a constant key reads no frequency: return (0, 0.0) for it"
     model, data = grok[0], grok[1]
     keys = (model.W_E.detach()[:data.p] @ model.blocks[0].mlp.W_in.detach()).double()   # [p, d_mlp]
     for n in (0, 17, 100, 255):
@@ -218,7 +234,8 @@ def test_logit_variance_explained(grok):
         if abs(float(got) - value) < 1e-6 and abs(value - want) > 1e-4:
             raise AssertionError(f"variance explained {float(got):.4f}, expected {want:.4f}: {hint}")
     expect_number(got, want, "the variance explained on planted logits", tol=1e-6)
-    assert float(f(L, p, [])) == 0.0, "no keys explain nothing: return 0.0"
+    none = f(L, p, [])
+    assert none is not None and float(none) == 0.0, "no keys explain nothing: return 0.0"
     _, data, logits, _ = grok
     keys = [18, 19, 11]
     expect_number(f(logits.clone(), data.p, keys), logit_fit(logits, data.p, keys)[0],
@@ -226,41 +243,52 @@ def test_logit_variance_explained(grok):
 
 
 # ------------------------------------------------------------------ excluded_loss_of
-@pytest.mark.exercise("excluded_loss_of")
-@pytest.mark.points(3)
-def test_excluded_loss_of(grok):
+def _excluded_mistakes(logits, p, keys, rows):
+    """(value, hint) for the plausible wrong answers of excluded_loss_of on these logits."""
     from toylab.neurons.fourier import excluded_loss, restricted_loss
 
-    f = answers().excluded_loss_of
-    _, data, logits, _ = grok
-    p, keys, rows = data.p, [18, 19, 11], data.train_idx.clone()
-    keep = logits.clone()
-    got = f(logits, p, keys, rows)
-    assert torch.equal(logits, keep), "excluded_loss_of changed the logits in place"
-    want = excluded_loss(logits, p, keys, data.train_idx)
     answers_ = (torch.arange(p * p) // p + torch.arange(p * p) % p) % p
     G = logits.double().reshape(p, p, p)
     Lc = G - G.mean(-1, keepdim=True)
-    cos = [torch.cos(_w(k, p) * _phase(p)) for k in keys]
-    X = torch.stack([c.reshape(-1) for c in cos], 1)
+    X = torch.stack([torch.cos(_w(k, p) * _phase(p)).reshape(-1) for k in keys], 1)
     cos_only = (G.reshape(-1) - (X @ torch.linalg.lstsq(X, Lc.reshape(-1, 1)).solution)[:, 0]).reshape(p * p, p)
-    hints = [(excluded_loss(logits, p, keys), "you scored every pair: the excluded loss is taken on the "
-                                              "training pairs, `rows`"),
-             (float(torch.nn.functional.cross_entropy(cos_only[rows], answers_[rows])),
-              "you removed the cos terms only: a wave of any phase is a cos plus a sin; fit and remove both"),
-             (restricted_loss(logits, p, keys, rows), "that is the restricted loss (the waves kept, the rest "
-                                                      "removed): the excluded loss removes the waves"),
-             (float(torch.nn.functional.cross_entropy(logits[rows].double(), answers_[rows])),
-              "that is the plain training loss: nothing was removed")]
-    for value, hint in hints:
-        tol = 1e-3 * max(1.0, abs(value))
+    ce = torch.nn.functional.cross_entropy
+    return [(excluded_loss(logits, p, keys), "you scored every pair: the excluded loss is taken on the "
+                                             "training pairs, `rows`"),
+            (float(ce(cos_only[rows], answers_[rows])),
+             "you removed the cos terms only: a wave of any phase is a cos plus a sin; fit and remove both"),
+            (float(ce(logits[rows].double(), answers_[rows])), "that is the plain loss on `rows`: nothing was "
+                                                               "removed"),
+            (restricted_loss(logits, p, keys, rows), "that is the restricted loss (the waves kept, the rest "
+                                                     "removed): the excluded loss removes the waves")]
+
+
+def _check_excluded(got, want, mistakes, what):
+    tol = 1e-4 * max(1.0, abs(want))
+    for value, hint in mistakes:
         if abs(float(got) - value) < tol and abs(value - want) > tol:
-            raise AssertionError(f"excluded loss {float(got):.4f}, expected {want:.4f}: {hint}")
-    expect_number(got, want, "grokking-1l's excluded loss on its training pairs", tol=1e-4 * max(1.0, want))
+            raise AssertionError(f"{what}: excluded loss {float(got):.4f}, expected {want:.4f}: {hint}")
+    expect_number(got, want, what, tol=tol)
+
+
+@pytest.mark.exercise("excluded_loss_of")
+@pytest.mark.points(3)
+def test_excluded_loss_of(grok):
+    from toylab.neurons.fourier import excluded_loss
+
+    f = answers().excluded_loss_of
+    # planted logits with a sin part, where every wrong answer gives a different number
     L = _planted_logits(11, seed=2)
     r = torch.tensor([0, 5, 17, 60, 120])
-    expect_number(f(L, 11, [2], r), excluded_loss(L, 11, [2], r), "the excluded loss of planted logits",
-                  tol=1e-6)
+    keep = L.clone()
+    got = f(L, 11, [2], r)
+    assert torch.equal(L, keep), "excluded_loss_of changed the logits in place"
+    _check_excluded(got, excluded_loss(L, 11, [2], r), _excluded_mistakes(L, 11, [2], r),
+                    "planted logits")
+    _, data, logits, _ = grok
+    p, keys, rows = data.p, [18, 19, 11], data.train_idx.clone()
+    _check_excluded(f(logits.clone(), p, keys, rows), excluded_loss(logits, p, keys, data.train_idx),
+                    _excluded_mistakes(logits, p, keys, rows), "grokking-1l on its training pairs")
 
 
 # ------------------------------------------------------------------------ has_grokked
@@ -317,7 +345,8 @@ def test_has_grokked(grok):
     decision, explained = f(model.W_E.detach().clone(), logits.clone(), data.p)
     expect_number(explained, logit_fit(logits, data.p, [18, 19, 11])[0], "grokking-1l's explained variance",
                   tol=1e-5)
-    assert bool(decision), "grokking-1l has grokked (fresh-test accuracy 0.999)"
+    assert bool(decision), (f"grokking-1l has grokked (fresh-test accuracy 0.999): it has key frequencies "
+                            f"and its cos terms explain {float(explained):.2f} >= 0.5")
     # a random embedding: no key frequency, so no evidence of waves, whatever the logits
     g = torch.Generator().manual_seed(5)
     decision, explained = f(torch.randn(p + 1, 64, generator=g, dtype=torch.float64), _generaliser(p)[1], p)
@@ -354,6 +383,7 @@ def test_circuit_lead(grok):
                         "(>=), and the excluded loss there is 2.0")
     assert lead != 120, ("the circuit is the excluded loss rising *after* memorisation (step >= 40), against its "
                          "value there; step 20 precedes memorisation")
+    assert lead != -60, "lead = test step - circuit step: positive when the circuit came first"
     assert (bool(before), lead) == (True, 60), f"expected (True, 60): circuit at 80, test at 140; got {(before, lead)}"
     # the restricted loss falls from the start, but the excluded loss rises only after the test moved
     h = _run(excluded=[3.0, 2.0, 2.2, 2.5, 3.0, 3.5, 4.5, 9.0],
@@ -361,7 +391,8 @@ def test_circuit_lead(grok):
     before, lead = f(h)
     assert not bool(before), ("the excluded loss doubles only at step 140, after fresh acc reached 0.5 at step "
                               "80: the circuit did not lead, whatever the restricted loss did")
-    assert lead == -60, f"lead = test step - circuit step = 80 - 140 = -60, got {lead}"
+    assert lead == -60, (f"lead = test step - circuit step = 80 - 140 = -60, got {lead}: the circuit is the "
+                         f"excluded loss doubling, not the restricted loss falling")
     h = _run(excluded=[3.0, 2.0, 2.2, 2.5, 3.0, 3.5, 3.0, 3.9], fresh=[0.0] * 8)
     assert tuple(f(h)) == (False, None), "nothing happened (no circuit, no test movement): (False, None)"
     hist = grok[3]
