@@ -45,7 +45,7 @@ def grokking_step(history: list[dict]) -> tuple[int | None, int | None, int | No
     raise NotImplementedError
 
 
-def key_frequencies_from_embedding(W_E: torch.Tensor, p: int, ratio: float = 2.0) -> list[int]:
+def find_key_frequencies(W_E: torch.Tensor, p: int, ratio: float = 2.0) -> list[int]:
     """The key frequencies of an embedding, from its Fourier transform.  ★★  (about 15 min)
 
     Args:
@@ -153,7 +153,7 @@ def has_grokked(W_E: torch.Tensor, logits: torch.Tensor, p: int) -> tuple[bool, 
 
     Returns:
         ``(grokked, explained)``: ``keys`` are the key frequencies of ``W_E``
-        (:func:`key_frequencies_from_embedding`, ratio 2), ``explained`` the logit
+        (:func:`find_key_frequencies`, ratio 2), ``explained`` the logit
         variance their cos terms explain (:func:`logit_variance_explained`; 0.0 when
         there is no key frequency), and ``grokked`` is ``True`` iff ``keys`` is not
         empty and ``explained >= 0.5``.

@@ -53,7 +53,7 @@ def _waves(p: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cos(w[:, None] * x), torch.sin(w[:, None] * x)
 
 
-def key_frequencies_from_embedding(W_E: torch.Tensor, p: int, ratio: float = 2.0) -> list[int]:
+def find_key_frequencies(W_E: torch.Tensor, p: int, ratio: float = 2.0) -> list[int]:
     """The key frequencies of an embedding, from its Fourier transform.  ★★  (about 15 min)
 
     Args:
@@ -201,7 +201,7 @@ def has_grokked(W_E: torch.Tensor, logits: torch.Tensor, p: int) -> tuple[bool, 
 
     Returns:
         ``(grokked, explained)``: ``keys`` are the key frequencies of ``W_E``
-        (:func:`key_frequencies_from_embedding`, ratio 2), ``explained`` the logit
+        (:func:`find_key_frequencies`, ratio 2), ``explained`` the logit
         variance their cos terms explain (:func:`logit_variance_explained`; 0.0 when
         there is no key frequency), and ``grokked`` is ``True`` iff ``keys`` is not
         empty and ``explained >= 0.5``.
@@ -209,7 +209,7 @@ def has_grokked(W_E: torch.Tensor, logits: torch.Tensor, p: int) -> tuple[bool, 
     Hint: neither "the training pairs are all right" nor "the spectrum has a
     peak" decides it; use your two functions above.
     """
-    keys = key_frequencies_from_embedding(W_E, p)
+    keys = find_key_frequencies(W_E, p)
     explained = logit_variance_explained(logits, p, keys) if keys else 0.0
     return bool(keys) and explained >= 0.5, explained
 

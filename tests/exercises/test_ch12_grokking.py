@@ -94,7 +94,7 @@ def test_grokking_step(grok):
     assert got == (m, g, g - m), f"on grokking-1l's history: expected {(m, g, g - m)}, got {got}"
 
 
-# --------------------------------------------------- key_frequencies_from_embedding
+# --------------------------------------------------- find_key_frequencies
 def _planted_embedding(p, energies, d=8, const=0.0, eq_row=0.0):
     """[p + 1, d]: frequency k's wave (its phase fixed per k, one sin-only) along its own
     column, with squared amplitude ``energies[k]``; a constant column; a loud '=' row."""
@@ -107,18 +107,18 @@ def _planted_embedding(p, energies, d=8, const=0.0, eq_row=0.0):
     return E
 
 
-@pytest.mark.exercise("key_frequencies_from_embedding")
+@pytest.mark.exercise("find_key_frequencies")
 @pytest.mark.points(2)
-def test_key_frequencies_from_embedding(grok):
+def test_find_key_frequencies(grok):
     from toylab.neurons.fourier import embedding_spectrum, key_frequencies
 
-    f = answers().key_frequencies_from_embedding
+    f = answers().find_key_frequencies
     p = 11
     # energies 1, 0.5 (a pure sin wave), 0.35, 0.1: shares 0.51, 0.26, 0.18, 0.05 (K = 5)
     E = _planted_embedding(p, {1: 1.0, 2: 0.5, 3: 0.35, 4: 0.1}, const=3.0, eq_row=50.0)
     keep = E.clone()
     got = f(E, p, 1.0)
-    assert torch.equal(E, keep), "key_frequencies_from_embedding changed W_E in place"
+    assert torch.equal(E, keep), "find_key_frequencies changed W_E in place"
     got = [int(k) for k in got]
     assert got != [1], ("frequency 2 is a pure sin wave here: a frequency's energy is its cos part plus "
                         "its sin part (a wave of any phase)")
