@@ -7,7 +7,8 @@ import torch
 
 from toylab.neurons.fourier import (cluster_neurons, embedding_spectrum, excluded_loss, fourier_basis,
                                     frequency_shares, gini, key_frequencies, logit_fit,
-                                    neuron_frequencies, restricted_loss, top_share, wave_features)
+                                    neuron_frequencies, neuron_frequency_shares, remove_frequencies, restricted_loss, top_share,
+                                    wave_features)
 
 P = 23
 K = (P - 1) // 2
@@ -97,6 +98,12 @@ def test_neurons_are_clustered_by_the_frequency_they_read():
     assert torch.allclose(neuron_frequencies(acts.reshape(P, P, -1), P)[1], frac)
     clusters = cluster_neurons(best, frac, threshold=0.5)
     assert clusters == {0: [6, 7], 3: [0, 1], 4: [5], 5: [3], 7: [2, 4]}
+    shares = neuron_frequency_shares(acts, P)                   # [K, n]
+    assert shares.shape == (K, acts.shape[1])
+    assert torch.allclose(shares.max(0).values, frac) and torch.equal(shares.argmax(0)[:6] + 1, best[:6])
+    assert (shares.sum(0) <= 1 + 1e-10).all() and shares[:, 7].abs().max() == 0
+    cross = torch.cos(2 * math.pi * 2 * a / P) * torch.cos(2 * math.pi * 5 * b / P)
+    assert neuron_frequency_shares(cross[:, None], P).abs().max() < 1e-10  # a product of two frequencies
 
 
 def _planted_logits(betas, noise=0.0, seed=0):
@@ -144,6 +151,22 @@ def test_restricted_and_excluded_loss():
         float(torch.nn.functional.cross_entropy(_planted_logits({3: 6.0, 7: 6.0})[rows], answers[rows])), abs=0.05)
 
 
+def test_remove_frequencies_takes_out_exactly_those_waves():
+    W_E = _planted_embedding([3, 7])
+    keep = W_E.clone()
+    out = remove_frequencies(W_E, P, [3])
+    assert torch.equal(W_E, keep), "the input must not be modified"
+    assert out.shape == W_E.shape and out.dtype == torch.float64
+    assert torch.equal(out[P:], W_E[P:])          # the '=' row is left alone
+    before, after = embedding_spectrum(W_E, P), embedding_spectrum(out, P)
+    assert float(after[3]) < 1e-10
+    others = [k for k in range(K + 1) if k != 3]
+    assert torch.allclose(after[others], before[others], atol=1e-10)
+    # removing every planted frequency leaves only what was there besides them (nothing)
+    assert float(remove_frequencies(W_E, P, [3, 7])[:P].abs().max()) < 1e-10
+    assert torch.equal(remove_frequencies(W_E, P, []), W_E.double())
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda: fourier_basis(10), "odd int"),
     (lambda: embedding_spectrum(torch.zeros(5, 4), P), "at least p"),
@@ -160,6 +183,10 @@ def test_restricted_and_excluded_loss():
     (lambda: cluster_neurons(torch.zeros(3), torch.zeros(3), threshold=0), "threshold"),
     (lambda: top_share(torch.ones(K + 1), 0), "n must be"),
     (lambda: gini(torch.tensor([-1.0, 2.0])), "non-negative"),
+    (lambda: remove_frequencies(torch.zeros(5, 4), P, [1]), "at least p"),
+    (lambda: neuron_frequency_shares(torch.zeros(P, 4), P), "acts must be"),
+    (lambda: remove_frequencies(torch.zeros(P, 4), P, [0]), "keys must be ints"),
+    (lambda: remove_frequencies(torch.zeros(P, 4), P, 3), "list of frequencies"),
 ])
 def test_bad_input_raises_a_sentence(call, message):
     with pytest.raises(ValueError, match=message):

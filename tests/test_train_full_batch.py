@@ -9,7 +9,8 @@ import torch
 from toylab.data import make_dataset
 from toylab.model import AttnOnlyTransformer, ModelConfig
 from toylab.neurons.fourier import embedding_spectrum, excluded_loss, gini, key_frequencies, restricted_loss
-from toylab.training.full_batch import add_progress_measures, answer_loss, evaluate_full_batch, is_full_batch
+from toylab.training.full_batch import (add_progress_measures, answer_loss, evaluate_full_batch, first_step,
+                                       is_full_batch)
 from toylab.training.train import TrainConfig, is_decayed, make_optimizer, train
 
 P = 11
@@ -133,3 +134,19 @@ def test_a_full_batch_run_saves_and_loads(tmp_path):
     ckpt = load_checkpoint(result.save(tmp_path / "m.pt"))
     assert ckpt.history == result.history and ckpt.train_spec["decay_all"] is True
     assert states_equal(ckpt.model.state_dict(), result.model.state_dict())
+
+
+def test_first_step_counts_equality_honours_after_and_skips_missing_measures():
+    h = [{"step": 20, "acc": 0.5, "x": None}, {"step": 40, "acc": 0.99, "x": 3.0},
+         {"step": 60, "acc": 1.0, "x": 1.0}, {"step": 80, "acc": 0.2, "x": 5.0}]
+    assert first_step(h, "acc", 0.99) == 40          # equality counts
+    assert first_step(h, "acc", 0.995) == 60
+    assert first_step(h, "acc", 0.99, after=41) == 60
+    assert first_step(h, "acc", 1.5) is None
+    assert first_step(h, "x", 0.0) == 40             # None never counts
+    with pytest.raises(ValueError, match="'step' and 'nope'"):
+        first_step(h, "nope", 0.5)
+    with pytest.raises(ValueError, match="list of dicts"):
+        first_step({"step": 1}, "acc", 0.5)
+    with pytest.raises(ValueError, match="threshold"):
+        first_step(h, "acc", float("nan"))

@@ -7,8 +7,9 @@
                        it raises, ``W_out[n] @ W_U``)
 ``fourier``            the Fourier analysis of modular addition: the basis of Z_p, the
                        embedding's spectrum and key frequencies, neurons clustered by
-                       frequency, logits explained by cos(w(a + b - c)), and the
-                       progress measures (restricted and excluded loss, sparsity)
+                       frequency, logits explained by cos(w(a + b - c)), the
+                       progress measures (restricted and excluded loss, sparsity),
+                       and the key waves taken out of an embedding (an ablation)
 ``facts``              which neurons store which facts of a planted fact table
                        (:class:`toylab.data.facts.FactLanguage`): keys, values,
                        per-fact contributions, facts per neuron, the ablation check

@@ -157,6 +157,35 @@ def top_share(spectrum: torch.Tensor, n: int) -> float:
 
 
 # -------------------------------------------------------------------- the neurons
+def _frequency_energy(acts: Any, p: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(parts [K, n], var [n], const [n])``: each frequency's energy in each neuron, the
+    neuron's variance over the grid, and its squared constant coefficient."""
+    p = _check_p(p)
+    A = _grid("acts", acts, p, None)
+    B = fourier_basis(p)[0]
+    F2 = torch.einsum("ia,abn,jb->ijn", B, A, B).pow(2)          # [p, p, n]
+    var = F2.sum((0, 1)) - F2[0, 0]
+    parts = []
+    for k in range(1, (p - 1) // 2 + 1):
+        idx = [0, 2 * k - 1, 2 * k]
+        parts.append(F2[idx][:, idx].sum((0, 1)) - F2[0, 0])
+    return torch.stack(parts), var, F2[0, 0]
+
+
+def neuron_frequency_shares(acts: torch.Tensor, p: int) -> torch.Tensor:
+    """``[K, n]``: for each frequency ``k`` (row ``k - 1``) and neuron ``j``, the share of
+    the neuron's variance over the grid in frequency ``k``'s part (the 8 terms of
+    :func:`neuron_frequencies`); 0 for a neuron constant over the grid.
+
+    ``acts`` is ``[p * p, n]`` or ``[p, p, n]``. A column's maximum is the ``fraction``
+    that :func:`neuron_frequencies` returns. The products of two different frequencies
+    belong to no row, so a column sums to at most 1.
+    """
+    parts, var, const = _frequency_energy(acts, p)
+    live = var > 1e-12 * (1 + float(const.max()))
+    return torch.where(live, parts / var.clamp_min(1e-300), torch.zeros_like(parts))
+
+
 def neuron_frequencies(acts: torch.Tensor, p: int) -> tuple[torch.Tensor, torch.Tensor]:
     """For each neuron, the frequency it reads and the share of its variance at that frequency.
 
@@ -173,18 +202,9 @@ def neuron_frequencies(acts: torch.Tensor, p: int) -> tuple[torch.Tensor, torch.
         constant over the grid, e.g. dead), and ``fraction [n]`` float64, that part's
         energy over the neuron's variance (0 for a constant neuron).
     """
-    p = _check_p(p)
-    A = _grid("acts", acts, p, None)
-    B = fourier_basis(p)[0]
-    F2 = torch.einsum("ia,abn,jb->ijn", B, A, B).pow(2)          # [p, p, n]
-    var = F2.sum((0, 1)) - F2[0, 0]
-    parts = []
-    for k in range(1, (p - 1) // 2 + 1):
-        idx = [0, 2 * k - 1, 2 * k]
-        parts.append(F2[idx][:, idx].sum((0, 1)) - F2[0, 0])
-    parts = torch.stack(parts)                                   # [K, n]
+    parts, var, const = _frequency_energy(acts, p)
     frac, best = parts.max(0)
-    live = var > 1e-12 * (1 + float(F2[0, 0].max()))
+    live = var > 1e-12 * (1 + float(const.max()))
     frac = torch.where(live, frac / var.clamp_min(1e-300), torch.zeros_like(frac))
     return torch.where(live, best + 1, torch.zeros_like(best)), frac
 
@@ -304,3 +324,27 @@ def excluded_loss(logits: torch.Tensor, p: int, keys: Sequence[int], rows: Any =
     """
     p = _check_p(p)
     return _loss(_split_logits(logits, p, keys)[1], p, rows)
+
+
+# ------------------------------------------------------------------ interventions
+def remove_frequencies(W_E: torch.Tensor, p: int, keys: Sequence[int]) -> torch.Tensor:
+    """``W_E`` with the waves of ``keys`` taken out of its residue rows: ``[d_vocab, d_model]``.
+
+    With ``E = W_E[:p]`` and ``B_f`` the ``2 |keys|`` rows ``cos k``, ``sin k`` (``k`` in
+    ``keys``) of :func:`fourier_basis`, the residue rows become ``E - B_f^T (B_f E)``:
+    every residue keeps its embedding minus the part that varies with ``x`` as a wave of
+    a removed frequency (any phase, any direction of the residual stream). Rows beyond
+    ``p`` (the ``=`` token) are returned unchanged. The result is a new tensor, float64;
+    ``W_E`` is not modified. An ablation: run the model with it to test whether those
+    frequencies carry the answer.
+    """
+    p = _check_p(p)
+    W = _check_tensor("W_E", W_E, (2,))
+    if W.shape[0] < p:
+        raise ValueError(f"W_E must have at least p = {p} rows [d_vocab, d_model], got {list(W.shape)}")
+    keys = _check_keys(keys, p)
+    out = W.clone()
+    if keys:
+        B = fourier_basis(p)[0][[r for k in keys for r in (2 * k - 1, 2 * k)]]   # [2m, p]
+        out[:p] = W[:p] - B.T @ (B @ W[:p])
+    return out

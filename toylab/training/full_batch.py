@@ -102,3 +102,24 @@ def add_progress_measures(model: AttnOnlyTransformer, dataset, history: list[dic
     if history:
         history[-1]["key_frequencies"] = keys
     return keys
+
+
+def first_step(history: list[dict], key: str, threshold: float, after: int = 0) -> int | None:
+    """The first recorded step ``>= after`` whose ``history`` value ``key`` is at least ``threshold``.
+
+    Rule: the smallest ``entry["step"]`` with ``entry["step"] >= after`` and
+    ``entry[key] >= threshold`` (equality counts), or ``None`` if no entry gets there.
+    Entries whose value is ``None`` (a progress measure with no key frequency) never count.
+    E.g. ``first_step(history, "fresh_acc", 0.99)`` is the step a run grokked at.
+    """
+    if not isinstance(history, list) or not all(isinstance(e, dict) for e in history):
+        raise ValueError("history must be a list of dicts (a checkpoint's or a TrainResult's history)")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold != threshold:
+        raise ValueError(f"threshold must be a number, got {threshold!r}")
+    for entry in history:
+        if "step" not in entry or key not in entry:
+            raise ValueError(f"every history entry needs 'step' and {key!r}; got keys {sorted(entry)}")
+        value = entry[key]
+        if entry["step"] >= after and value is not None and value >= threshold:
+            return int(entry["step"])
+    return None
