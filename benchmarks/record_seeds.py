@@ -8,10 +8,14 @@ without the off-probe ones) so that chapter 4 can locate the phase change in eac
 evaluation draws from its own generators, so the weights are those of
 :func:`toylab.suite.runner.load_or_train`. Trained seeds are cached under ``$TOYLAB_CACHE``.
 
+Chapter 10's ``text-2l`` is recorded the same way; ``text-induction-2l`` is not: its recipe (2,000
+steps) took 493 s on one thread for the shipped model, so two more seeds cost a quarter of an
+hour on an idle machine.
+
 Everything runs on one thread (``torch.set_num_threads(1)``).
 
     python benchmarks/record_seeds.py                # every chapter
-    python benchmarks/record_seeds.py --only ch04    # or one chapter (the others are kept)
+    python benchmarks/record_seeds.py --only ch10    # or some chapters (the others are kept)
 """
 
 from __future__ import annotations
@@ -346,7 +350,55 @@ def ch09(model) -> dict:
     return out
 
 
-CHAPTERS = ("ch04", "ch05", "ch06", "ch07", "ch08", "ch09")
+def ch10(model) -> dict:
+    """Chapter 10, ``text-2l`` (``text-induction-2l`` takes too long to retrain; module doc): the
+    validation loss, how well the direct path and the model on ``[BOS, c]`` fit the corpus's bigram
+    table, which layer-0 heads map ``(`` to ``)`` first in their OV circuits, the ICL score, and
+    induction on copied spans."""
+    from toylab.circuits.copying import icl_score
+    from toylab.circuits.scores import induction_score
+    from toylab.circuits.weights import full_ov
+    from toylab.data import make_dataset
+    from toylab.training.presets import get_preset
+
+    data = make_dataset(get_preset("text-2l").data)
+    tok, V = data.tokenizer, data.d_vocab
+    val = data.sample(256, torch.Generator().manual_seed(0), split="validation")
+    out = {"val_loss": _r(model(val, return_type="loss"))}
+    ids = data.splits["train"]
+    counts = torch.bincount(ids[:-1] * V + ids[1:], minlength=V * V).view(V, V).double()
+    total = counts.sum(-1, keepdim=True)
+    P = torch.where(total > 0, counts / total.clamp_min(1), 0 * counts)
+    freq = torch.bincount(ids, minlength=V).double()
+    w = freq / freq.sum()
+    xlogx = lambda p: torch.where(p > 0, p * p.clamp_min(1e-300).log(), 0 * p)  # noqa: E731
+
+    def fit(logits):
+        log_q = torch.log_softmax(logits.double(), -1)
+        kl = (w * (xlogx(P) - P * log_q).sum(-1)).sum()
+        return _r(kl), _r((w * (P.argmax(-1) == logits.argmax(-1)).double()).sum())
+
+    one_char = torch.stack([torch.zeros(V, dtype=torch.long), torch.arange(V)], 1)
+    out["direct_kl"], out["direct_top1"] = fit(model.W_E @ model.W_U)
+    out["bos_c_kl"], out["bos_c_top1"] = fit(model(one_char)[:, 1])
+    lp, rp = tok.encode("()").tolist()
+    ov = full_ov(model, 0).AB
+    boost = ov - ov.mean(-1, keepdim=True)
+    out["paren_heads"] = [f"L0H{h}" for h in range(model.cfg.n_heads) if int(boost[h, lp].argmax()) == rp]
+    x = data.sample(512, torch.Generator().manual_seed(0))
+    out["icl_score"] = _r(icl_score(model, x, 5, None))
+    rep = make_dataset({"kind": "text_repeats", "n_ctx": 64, "seed": 0, "min_len": 8, "max_len": 24,
+                        "p_repeat": 1.0})
+    toks, is_rep = rep.sample_with_truth(256, torch.Generator().manual_seed(7), split="validation")
+    logits, cache = model.run_with_cache(toks, names_filter=lambda n: "pattern" in n)
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), toks[:, 1:], reduction="none")
+    ind = torch.stack([induction_score(cache["pattern", l], toks, is_rep) for l in range(2)])
+    out.update(loss_copied=_r(loss[is_rep[:, 1:]].mean()), loss_elsewhere=_r(loss[~is_rep[:, 1:]].mean()),
+               best_induction=_r(ind.max()))
+    return out
+
+
+CHAPTERS = ("ch04", "ch05", "ch06", "ch07", "ch08", "ch09", "ch10")
 
 
 def record_chapter(chapter: str, seed: int) -> dict:
@@ -356,6 +408,8 @@ def record_chapter(chapter: str, seed: int) -> dict:
 
 
 def _record_chapter(chapter: str, seed: int) -> dict:
+    if chapter == "ch10":
+        return ch10(model_and_history("text-2l", seed)[0])
     model2, hist2 = model_and_history("induction-2l", seed)
     if chapter == "ch04":
         model1, hist1 = model_and_history("induction-1l", seed)
@@ -384,7 +438,8 @@ def main(argv=None) -> int:
     old = json.loads(args.out.read_text()) if args.out.exists() else {}
     rec = {"script": "benchmarks/record_seeds.py", "code_version": code_version(), "torch": torch.__version__,
            "python": platform.python_version(), "threads": 1, "seeds": list(SEEDS),
-           "models": {"induction-2l": "ch04-ch09", "induction-1l": "ch04, ch08", "skiptrigram-1l": "ch07"},
+           "models": {"induction-2l": "ch04-ch09", "induction-1l": "ch04, ch08", "skiptrigram-1l": "ch07",
+                      "text-2l": "ch10"},
            "settings": {"seed 0": "the shipped checkpoint",
                         "seeds 1, 2": "the preset's recipe; induction-2l/1l with their evaluations every 50 steps "
                                       "(off_probe=False), cached in $TOYLAB_CACHE/suite",
