@@ -282,6 +282,8 @@ def ch08(model) -> dict:
     out["acdc_auc_resample"] = _r(roc_curve([r.circuit for r in sweep], known)[2])
     mid = sweep[taus.index(0.03)].circuit
     out["acdc_tau0.03_equals_known"] = mid == known
+    out["acdc_tau0.03_extra"] = sorted(set(mid.edges) - set(known.edges))
+    out["acdc_tau0.03_missing"] = sorted(set(known.edges) - set(mid.edges))
     zero = [r.circuit for r in acdc_sweep(model, graph, x, "zero", taus, positions=pos)]
     out["acdc_auc_zero"] = _r(roc_curve(zero, known)[2])
     prev = next(e.split("->")[0] for e in known.edges if e.endswith(".k") and e.startswith("L0"))
@@ -445,15 +447,16 @@ def main(argv=None) -> int:
                                       "(off_probe=False), cached in $TOYLAB_CACHE/suite",
                         "ch06": "SAE seed 0, the chapter's data and budgets (see ch06's docstring)"},
            "chapters": dict(old.get("chapters", {}))}
-    t0 = time.perf_counter()
+    seconds = old.get("seconds") if isinstance(old.get("seconds"), dict) else {}
     for chapter in args.only or CHAPTERS:
-        rows = []
+        rows, t0 = [], time.perf_counter()
         for seed in SEEDS:
             t = time.perf_counter()
             rows.append({"seed": seed, **record_chapter(chapter, seed)})
             print(f"{chapter} seed {seed}: {time.perf_counter() - t:.0f} s", flush=True)
         rec["chapters"][chapter] = rows
-    rec["seconds"] = round(time.perf_counter() - t0, 1)
+        seconds[chapter] = round(time.perf_counter() - t0, 1)  # training included when not cached
+    rec["seconds"] = seconds
     atomic_write(args.out, lambda p: Path(p).write_text(json.dumps(rec, indent=1) + "\n"))
     print(f"wrote {args.out}")
     return 0
