@@ -118,12 +118,12 @@ def test_steepest_drop_is_chapter_4s_rule(script):
 def test_seed_summary_prints_seed_0_the_mean_the_spread_and_the_range():
     rows = [{"a": {"b": 0.95}}, {"a": {"b": 0.91}}, {"a": {"b": 0.93}}]
     sd = math.sqrt((0.02 ** 2 + 0.02 ** 2) / 3)  # population standard deviation: 0.0163
-    assert seed_summary(rows, "a", "b") == f"0.95   0.93 ± {sd:.2f} (0.91..0.95)"
-    assert seed_summary(rows, "a", "b", digits=3) == "0.950   0.930 ± 0.016 (0.910..0.950)"
+    assert seed_summary(rows, "a", "b") == f"0.95   0.93 ± {sd:.2f} (0.91 to 0.95)"
+    assert seed_summary(rows, "a", "b", digits=3) == "0.950   0.930 ± 0.016 (0.910 to 0.950)"
     steps = [{"s": 200}, {"s": 150}, {"s": 250}]
-    assert seed_summary(steps, "s", digits=0) == "200   200 ± 41 (150..250)"
+    assert seed_summary(steps, "s", digits=0) == "200   200 ± 41 (150 to 250)"
     # a rounded 0 has no sign
-    assert seed_summary([{"x": -0.001}, {"x": 0.0}], "x") == "0.00   0.00 ± 0.00 (0.00..0.00)"
+    assert seed_summary([{"x": -0.001}, {"x": 0.0}], "x") == "0.00   0.00 ± 0.00 (0.00 to 0.00)"
 
 
 def test_seed_summary_rejects_bad_input():

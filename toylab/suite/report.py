@@ -46,7 +46,7 @@ def aggregate(results: list[dict]) -> dict:
 
 
 def seed_summary(rows: list[dict], *keys: str, digits: int = 2) -> str:
-    """One recorded number over seeds: ``"0.95   0.93 ± 0.02 (0.91..0.95)"``.
+    """One recorded number over seeds: ``"0.95   0.93 ± 0.02 (0.91 to 0.95)"``.
 
     ``rows``: one dict per seed, seed 0 first (a chapter's list in ``seeds.json``); ``keys``: the
     path to the number in each row (``row[k1][k2]...``). Printed: seed 0's value, then the mean ±
@@ -75,7 +75,7 @@ def seed_summary(rows: list[dict], *keys: str, digits: int = 2) -> str:
     def f(v: float) -> str:
         return f"{round(v, digits) + 0.0:.{digits}f}"
 
-    return f"{f(vals[0])}   {f(mean)} ± {f(spread)} ({f(min(vals))}..{f(max(vals))})"
+    return f"{f(vals[0])}   {f(mean)} ± {f(spread)} ({f(min(vals))} to {f(max(vals))})"
 
 
 def _cell(c: dict | None, n_seeds: int) -> str:
