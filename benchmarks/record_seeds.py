@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import platform
 import subprocess
@@ -96,7 +97,7 @@ def _roles(model, probe):
 
 def steepest_drop(history, key="loss_repeat"):
     """``(step, nats per step)``: the evaluation interval with the largest fall of ``key`` (chapter 4)."""
-    pairs = list(zip(history, history[1:]))
+    pairs = list(itertools.pairwise(history))
     drops = [(a[key] - b[key]) / (b["step"] - a["step"]) for a, b in pairs]
     i = max(range(len(drops)), key=drops.__getitem__)
     return history[i + 1]["step"], drops[i]
@@ -116,7 +117,7 @@ def ch04(model2, hist2, model1, hist1) -> dict:
         out[f"loss_first_{tag}"] = _r(loss[0:L].mean())
         out[f"loss_repeat_{tag}"] = _r(loss[L + 1:2 * L].mean())
     s = head_detector_scores(model2, probe, destinations=torch.arange(probe.shape[1]) >= L + 1)
-    prev, other, strong, weak = _roles(model2, probe)
+    prev, _, strong, weak = _roles(model2, probe)
     out.update(prev_head=_name(prev), induction_head=_name(strong), other_induction_head=_name(weak),
                prev_token_score=_r(s["previous_token"][prev]),
                induction_score=_r(s["induction"][strong]), induction_score_weak=_r(s["induction"][weak]))
@@ -164,7 +165,7 @@ def ch05(model) -> dict:
     return out
 
 
-SAE_BUDGET = dict(steps=300, batch_size=1024, seed=0, resample_every=100, progress=False)
+SAE_BUDGET = {"steps": 300, "batch_size": 1024, "seed": 0, "resample_every": 100, "progress": False}
 
 
 def ch06(model) -> dict:
@@ -373,7 +374,7 @@ def ch10(model) -> dict:
     P = torch.where(total > 0, counts / total.clamp_min(1), 0 * counts)
     freq = torch.bincount(ids, minlength=V).double()
     w = freq / freq.sum()
-    xlogx = lambda p: torch.where(p > 0, p * p.clamp_min(1e-300).log(), 0 * p)  # noqa: E731
+    xlogx = lambda p: torch.where(p > 0, p * p.clamp_min(1e-300).log(), 0 * p)
 
     def fit(logits):
         log_q = torch.log_softmax(logits.double(), -1)
