@@ -6,6 +6,9 @@ one seed), and ``(n=k)`` says how many seeds a cell has when it is not every sco
 has one table per score (rows: models; columns: ``method/corruption``); the figure shows each
 method's AUROC (MCC, selectivity for feature methods) per model, one dot per seed. All three files
 are written atomically (:func:`toylab.files.atomic_write_many`).
+
+:func:`seed_summary` prints one recorded number over seeds the same way, for the chapters that read
+``chapters/data/seeds.json`` (``benchmarks/record_seeds.py``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,39 @@ def aggregate(results: list[dict]) -> dict:
                 else:
                     c.update(mean=None, spread=None, n=len(vals))
     return out
+
+
+def seed_summary(rows: list[dict], *keys: str, digits: int = 2) -> str:
+    """One recorded number over seeds: ``"0.95   0.93 ± 0.02 (0.91 to 0.95)"``.
+
+    ``rows``: one dict per seed, seed 0 first (a chapter's list in ``seeds.json``); ``keys``: the
+    path to the number in each row (``row[k1][k2]...``). Printed: seed 0's value, then the mean ±
+    the spread (the population standard deviation, as in the suite's tables) and the range, each
+    to ``digits`` decimals (a rounded 0 prints without a sign).
+    """
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        raise TypeError(f"rows must be a non-empty list of dicts (one per seed), got {rows!r:.60}")
+    if not keys:
+        raise ValueError("keys must name the number in each row, e.g. 'induction_score'")
+    if isinstance(digits, bool) or not isinstance(digits, int) or not 0 <= digits <= 6:
+        raise ValueError(f"digits must be an integer from 0 to 6, got {digits!r}")
+    vals = []
+    for i, r in enumerate(rows):
+        v = r
+        for k in keys:
+            if not isinstance(v, dict) or k not in v:
+                raise ValueError(f"row {i} has no entry {'/'.join(keys)!r} (missing {k!r})")
+            v = v[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"row {i}'s {'/'.join(keys)!r} must be a finite number, got {v!r}")
+        vals.append(float(v))
+    mean = sum(vals) / len(vals)
+    spread = math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))
+
+    def f(v: float) -> str:
+        return f"{round(v, digits) + 0.0:.{digits}f}"
+
+    return f"{f(vals[0])}   {f(mean)} ± {f(spread)} ({f(min(vals))} to {f(max(vals))})"
 
 
 def _cell(c: dict | None, n_seeds: int) -> str:
