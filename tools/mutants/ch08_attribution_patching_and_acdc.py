@@ -67,7 +67,6 @@ def edge_patch_effect(model, clean, corrupted, metric, sender, receiver):
     M("acdc_prune", "returns the removed edges", old="    return kept", new="    return [e for e in edges if e in removed]", keys=("kept",)),
     M("acdc_prune", "kept edges sorted", old="    return kept", new="    return sorted(kept)", keys=("visiting order", "order")),
     M("choose_metric", "KL", old='return "logit_diff"', new='return "kl"', keys=("gradient is 0", "KL")),
-    M("choose_metric", "loss", old='return "logit_diff"', new='return "loss"', keys=("loss", "Spearman")),
     M("choose_tau", "the largest threshold", old="return taus[max(range(len(ratios)), key=ratios.__getitem__)]", new="return taus[-1]",
       keys=("too large",)),
     M("choose_tau", "the smallest threshold", old="return taus[max(range(len(ratios)), key=ratios.__getitem__)]", new="return taus[0]",
