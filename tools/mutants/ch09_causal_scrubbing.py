@@ -12,15 +12,12 @@ MUTANTS = [
       new="    if gap == 0:\n        return 0.0\n", keys=("ValueError", "gap")),
     M("loss_recovered", "flipped sign", old="return (float(loss_scrubbed) - float(loss_hypothesis)) / gap",
       new="return (float(loss_hypothesis) - float(loss_scrubbed)) / gap", keys=("sign",)),
-    M("offset_classes", "reversed offset", old="offset = batch.dst_start - batch.src_start", new="offset = batch.src_start - batch.dst_start",
-      keys=("sign", "dst_start - src_start", "reversed")),
     M("offset_classes", "no -1 for sequences without a repeat", old="return torch.where(batch.has_repeat, offset, torch.full_like(offset, -1)).long()",
       new="return offset.long()", keys=("-1", "has_repeat", "without a repeat")),
-    M("offset_classes", "off by one", old="offset = batch.dst_start - batch.src_start", new="offset = batch.dst_start - batch.src_start - 1",
-      keys=("off-by-one", "one", "shift")),
-    M("offset_classes", "the destination start", old="offset = batch.dst_start - batch.src_start", new="offset = batch.dst_start.clone()",
-      keys=("src_start", "offset", "difference")),
-    M("offset_classes", "a bool, not -1", old="torch.full_like(offset, -1)", new="torch.full_like(offset, 0)", keys=("-1",)),
+    M("offset_classes", "source start", old="offset = batch.dst_start - batch.src_start", new="offset = batch.src_start.clone()",
+      keys=("src_start", "d - s")),
+    M("offset_classes", "each sequence without a repeat its own class", old="torch.full_like(offset, -1)", new="-1 - torch.arange(len(offset))",
+      keys=("one class", "neither")),
     M("resample_within_class", "a global permutation", old="""    out = torch.arange(len(labels))
     for c in torch.unique(labels):
         members = torch.nonzero(labels == c).flatten()
@@ -32,7 +29,7 @@ MUTANTS = [
     M("resample_within_class", "unseeded", old="torch.randperm(len(members), generator=generator)", new="torch.randperm(len(members))",
       keys=("generator", "seed")),
     M("resample_within_class", "cyclic shift within the class", old="members[torch.randperm(len(members), generator=generator)]",
-      new="members.roll(1)", keys=("generator", "random", "seed")),
+      new="members.roll(1)", keys=("generator", "random", "seed", "fixed shift")),
     M("bootstrap_interval", "mean of ratios per row", code='''
 def bootstrap_interval(loss_model, loss_hypothesis, loss_scrubbed, n_boot, confidence, generator):
     N = loss_model.shape[0]
@@ -60,7 +57,7 @@ def bootstrap_interval(loss_model, loss_hypothesis, loss_scrubbed, n_boot, confi
       keys=("boundary", "exactly")),
     M("which_hypotheses_are_falsified", "unsorted", old="return sorted(name for", new="return list(name for", keys=("sorted", "order")),
     M("predict_one_induction_head", "0.5 (half the heads)", old="return 0.75", new="return 0.5", keys=("back", "one head", "redundan")),
-    M("predict_one_induction_head", "1.0 (one head suffices)", old="return 0.75", new="return 1.0", keys=("one head", "not all", "loss recovered")),
+    M("predict_one_induction_head", "1.0 (one head suffices)", old="return 0.75", new="return 1.0", keys=("one head", "not all", "too high")),
     M("predict_one_induction_head", "0.0", old="return 0.75", new="return 0.0", keys=("one head", "loss recovered")),
     M("design_hypothesis", "no previous-token head edges", old='    edges = {f"embed->{p}.v": "identity"}\n', new="    edges = {}\n",
       keys=("previous-token", p_ := "embed->")) if False else
@@ -76,5 +73,5 @@ def design_hypothesis(model, graph, tokens):
     return {"embed->L0H0.v": "identity", "L1H0->logits": "identity", "L0H0->L1H0.k": "identity",
             "embed->L1H0.q": "identity", "embed->L1H0.v": "identity", "L1H1->logits": "identity",
             "L0H0->L1H1.k": "identity", "embed->L1H1.q": "identity", "embed->L1H1.v": "identity"}
-''', keys=("hard-code", "other model", "this model")),
+''', keys=("hard-code", "writing indices", "renumbered")),
 ]
