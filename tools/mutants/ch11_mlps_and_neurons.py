@@ -36,16 +36,8 @@ MUTANTS = [
       new="order = torch.nonzero(pos > 0).flatten(); vals = pos[order]", keys=("largest", "order", "sort")),
     M("fact_neuron_set", "coverage of the absolute total", old="total = float(pos.sum())", new="total = float(contributions.abs().sum())",
       keys=("positive", "total", "negative")),
-    M("fact_neuron_set", "unstable ties", old="descending=True, stable=True)", new="descending=True)", keys=("tie", "lower index")),
     M("count_facts_per_neuron", "a set's length per fact", old="        counts[s] += 1\n", new="        counts[: len(s)] += 1\n",
       keys=("neuron", "index", "count")),
-    M("count_facts_per_neuron", "duplicates counted once per neuron index? no: counts bincount once", code='''
-def count_facts_per_neuron(neuron_sets, d_mlp):
-    counts = torch.zeros(d_mlp, dtype=torch.long)
-    for s in neuron_sets:
-        counts += torch.bincount(torch.as_tensor(s, dtype=torch.long), minlength=d_mlp).clamp_max(1)
-    return counts * 0 + counts
-''', keys=("count",)),
     M("count_facts_per_neuron", "in-place edit of the sets", code='''
 def count_facts_per_neuron(neuron_sets, d_mlp):
     counts = torch.zeros(d_mlp, dtype=torch.long)
