@@ -55,7 +55,5 @@ def rule_from_weights(model, n_rules):
     M("is_rule_learned", "the language's rule list", old="    return p_c > 0.3 and drop > 0.15", new="    return tuple(rule) in [tuple(r) for r in language.rules]",
       keys=("rule list", "predictions", "untrained")),
     M("is_rule_learned", "thresholds too strict", old="return p_c > 0.3 and drop > 0.15", new="return p_c > 0.95 and drop > 0.15", keys=("too strict",)),
-    M("is_rule_learned", "probability of C only", old="return p_c > 0.3 and drop > 0.15", new="return p_c > 0.3", keys=("removing A", "mixes", "predicts C")),
-    M("is_rule_learned", "drop only", old="return p_c > 0.3 and drop > 0.15", new="return drop > 0.15", keys=("removing A", "mixes", "predicts C")),
-    M("is_rule_learned", "raw drop sign ignored", old="return p_c > 0.3 and drop > 0.15", new="return p_c > 0.3 and abs(drop) > 0.01", keys=("removing A", "mixes")),
+    M("is_rule_learned", "probability of C only", old="return p_c > 0.3 and drop > 0.15", new="return p_c > 0.3", keys=("removing A", "mixes")),
 ]
