@@ -176,7 +176,7 @@ def is_edge_real(exact_alone: float, exact_without_partner: float, approx: float
             partly redundant induction head is already patched (equal to ``exact_alone`` for an
             edge without a counterpart).
         approx: the EAP estimate (a gradient at the clean run) of ``exact_alone``.
-        tau: how large an increase makes an edge matter.
+        tau: how large an increase makes an edge matter (an increase of at least ``tau``).
 
     Returns:
         True if the edge is part of the mechanism. Graded on every edge of ``induction-2l``

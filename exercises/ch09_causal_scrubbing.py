@@ -30,6 +30,7 @@ def loss_recovered(loss_model: float, loss_hypothesis: float, loss_scrubbed: flo
     Returns:
         The float ``(L_scrub - L_hyp) / (L_scrub - L_model)``: 1 when the hypothesis keeps all of the
         model's performance, 0 when it keeps none (it may leave ``[0, 1]``).
+        A ``ValueError`` when ``L_scrub == L_model`` (no gap: the score is undefined).
 
     Hint: which of the three losses is the score's zero, and which is its one?
     """

@@ -57,3 +57,13 @@ def test_expect_tensor_names_common_relations():
         answers.expect_tensor(e.exp(), p, "p")
     with pytest.raises(AssertionError, match="bits"):
         answers.expect_number(2.0 / 0.6931471805599453, 2.0, "H", tol=1e-6)
+
+
+def test_expect_tensor_rows_that_sum_to_one_beside_empty_rows():
+    """A table of conditional distributions may hold all-zero rows (a character never seen):
+    unnormalised rows are still named."""
+    p = torch.softmax(torch.randn(4, 5, generator=torch.Generator().manual_seed(1)), -1)
+    p[2] = 0.0
+    counts = p * torch.tensor([3.0, 5.0, 1.0, 2.0])[:, None]
+    with pytest.raises(AssertionError, match="sum to 1"):
+        answers.expect_tensor(counts, p, "P")

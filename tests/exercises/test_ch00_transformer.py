@@ -49,8 +49,14 @@ def test_project(induction_model, probe):
     attn = induction_model.blocks[0].attn
     x = cache["blocks.0.hook_resid_pre"]
     qk_in = x + induction_model.W_pos[: tokens.shape[1]]  # shortformer: positions feed Q and K
+    W = attn.W_V.detach()
+    H = W.shape[0]
     expect_tensor(answers().project(x, attn.W_V), cache["blocks.0.attn.hook_v"], "project(x, W_V)",
-                  "batch, pos, n_heads, d_head")
+                  "batch, pos, n_heads, d_head",
+                  hints=[(torch.einsum("bpd,hde->bpe", x, W)[:, :, None].expand(-1, -1, H, -1),
+                          "You summed over the heads: every head h has its own projection x @ W[h]"),
+                         (torch.einsum("bpd,de->bpe", x, W[0])[:, :, None].expand(-1, -1, H, -1),
+                          "Every head got head 0's projection: use x @ W[h] for each head h")])
     expect_tensor(answers().project(qk_in, attn.W_Q), cache["blocks.0.attn.hook_q"], "project(x + pos, W_Q)",
                   "batch, pos, n_heads, d_head")
 
@@ -74,6 +80,8 @@ def test_attention_scores(induction_model, probe):
             (want.masked_fill(torch.triu(torch.ones(n, n, dtype=torch.bool)), float("-inf")),
              "Your mask also hides the diagonal: a position may attend to itself (use diagonal=1)."),
             (want.transpose(-1, -2), "Queries index the rows (dim -2) and keys the columns (dim -1)."),
+            ((raw.transpose(-1, -2) / math.sqrt(d_head)).masked_fill(future, float("-inf")),
+             "You swapped the query and key positions (bhkq): row i must hold q_i . k_j for the keys j."),
             (raw.masked_fill(future, float("-inf")) / math.sqrt(q.shape[2] * d_head),
              "You divided by sqrt(d_model); the scale is sqrt(d_head), the length of one head's q and k."),
             ((raw / math.sqrt(d_head)).masked_fill(torch.tril(torch.ones(n, n, dtype=torch.bool), -1), float("-inf")),
@@ -91,7 +99,10 @@ def test_attention_pattern(probe):
     scores = cache["blocks.1.attn.hook_attn_scores"]
     before = scores.clone()
     hints = [(torch.softmax(scores, dim=-2),
-              "You normalised over query positions (dim -2); each destination's row over keys must sum to 1.")]
+              "You normalised over query positions (dim -2); each destination's row over keys must sum to 1."),
+             (torch.softmax(scores.masked_fill(torch.isinf(scores), 0.0), dim=-1),
+              "You replaced the masked -inf scores by 0: softmax(0) is not 0, so the future keys got weight; "
+              "keep the -inf so that they get exactly 0")]
     got = answers().attention_pattern(scores)
     expect_tensor(got, cache["blocks.1.attn.hook_pattern"], "attention_pattern(scores)",
                   "batch, n_heads, query_pos, key_pos", hints=hints)
@@ -135,8 +146,26 @@ def test_attention_layer(induction_model, probe):
         if layer == 0:
             hints.append((lcache["blocks.0.hook_attn_out"], "qk_pos goes into the queries and keys only, "
                                                             "not into the values."))
+        with torch.no_grad():
+            hints += [(_plain_layer(x, a, None), "You left qk_pos out: with shortformer positions, x + qk_pos "
+                                                 "feeds the queries and keys"),
+                      (_plain_layer(x, a, pos, a.W_Q), "Your keys come from W_Q: project x + qk_pos with W_K "
+                                                       "for the keys")]
         expect_tensor(got, cache[f"blocks.{layer}.hook_attn_out"], f"attention_layer (layer {layer})",
                       "batch, pos, d_model", hints=hints)
+
+
+def _plain_layer(x, a, qk_pos, key_weight=None):
+    """One attention layer written out with einsums (no toylab code), for the hints."""
+    W_K = a.W_K if key_weight is None else key_weight
+    qk = x if qk_pos is None else x + qk_pos
+    q, k = torch.einsum("bpd,hde->bphe", qk, a.W_Q), torch.einsum("bpd,hde->bphe", qk, W_K)
+    v = torch.einsum("bpd,hde->bphe", x, a.W_V)
+    n = x.shape[1]
+    s = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(q.shape[-1])
+    s = s.masked_fill(torch.triu(torch.ones(n, n, dtype=torch.bool), 1), float("-inf"))
+    z = torch.einsum("bhqk,bkhe->bqhe", s.softmax(-1), v)
+    return torch.einsum("bqhe,hed->bqd", z, a.W_O)
 
 
 def _refuse_forward(act, hook):
@@ -162,9 +191,25 @@ def test_forward(induction_model, probe):
     for name, model, toks, want in cases:
         if want is None:
             want = model(toks)
+        hints = []
+        if model.cfg.n_layers:
+            with torch.no_grad():
+                x = model.W_E[toks] + (model.W_pos[: toks.shape[1]] if model.cfg.positional == "learned" else 0)
+                qk_pos = model.W_pos[: toks.shape[1]] if model.cfg.positional == "shortformer" else None
+                for block in model.blocks:
+                    x = _plain_layer(x, block.attn, qk_pos)
+                hints.append((x @ model.W_U, "No residual connection: each layer ADDS its output to the stream, "
+                                             "x = x + attention_layer(x); the running sum is what the unembedding "
+                                             "reads"))
+                r = model.W_E[toks] + (model.W_pos[: toks.shape[1]] if model.cfg.positional == "learned" else 0)
+                for block in model.blocks:
+                    r = r + _plain_layer(r, block.attn, qk_pos)
+                if model.W_E.shape[::-1] == model.W_U.shape:
+                    hints.append((r @ model.W_E.T, "You unembedded with W_E transposed: the logits are x @ W_U, "
+                                                   "the model's own unembedding"))
         with model.hooks([("hook_embed", _refuse_forward)]):
             got = answers().forward(model, toks)
-        expect_tensor(got, want, f"forward on {name}", "batch, pos, d_vocab", atol=1e-3)
+        expect_tensor(got, want, f"forward on {name}", "batch, pos, d_vocab", atol=1e-3, hints=hints)
 
 
 @pytest.mark.exercise("next_token_loss")
@@ -177,7 +222,9 @@ def test_next_token_loss(induction_model, probe):
              (-want, "The loss is the *negative* log-probability."),
              (-torch.log_softmax(logits[:, :-1], -1).gather(-1, tokens[:, :-1, None]).squeeze(-1),
               "You scored the CURRENT token: logits[:, p] predict the NEXT token, tokens[:, p + 1]."),
-             (want / math.log(2), "That is in bits (log2): the loss is in nats, the natural log (a ratio of 1.4427).")]
+             (want / math.log(2), "That is in bits (log2): the loss is in nats, the natural log (a ratio of 1.4427)."),
+             (-torch.log_softmax(logits[:, :-1], 1).gather(-1, tokens[:, 1:, None]).squeeze(-1),
+              "You took the log-softmax over the positions (dim 1): normalise over the vocabulary, the last dim")]
     got = answers().next_token_loss(logits, tokens)
     expect_tensor(got, want, "next_token_loss(logits, tokens)", "batch, pos - 1", hints=hints)
     # the repeated half of [BOS, r, r] is predictable by induction: its loss must be small

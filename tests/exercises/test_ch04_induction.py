@@ -298,6 +298,8 @@ def test_previous_token_head_from_positions(induction_model):
     cases = [("induction-2l, layer 0", induction_model, 0),
              (f"a hand-built model (planted previous-token head {prev_head})", _positional_model(prev_head, decoy_head),
               0)]
+    other = (prev_head + 1) % 3                 # a second planted head: never the same index as the first
+    cases.append((f"a hand-built model (planted previous-token head {other})", _positional_model(other, prev_head), 0))
     for name, model, layer in cases:
         toks = torch.randint(1, model.cfg.d_vocab, (32, model.cfg.n_ctx), generator=g)
         _, cache = model.run_with_cache(toks, names_filter=lambda s: s.endswith("hook_pattern"))
@@ -322,6 +324,9 @@ def test_previous_token_head_from_positions(induction_model):
         if got == after:
             msg = (": your head attends to the NEXT position in the position-only pattern: the previous "
                    "position is the key at q - 1 (diagonal offset -1)")
+        elif got == 0 and want != 0 and "hand-built" in name:
+            msg = (": the planted head is not head 0 here; did you hard-code induction-2l's answer? Read it off "
+                   "the positional QK circuit of the model you are given")
         elif got == unmasked:
             msg = (": without the causal mask the later keys take a share of the softmax that attention never "
                    "gives them — mask them (-inf) before the softmax, as the model does")

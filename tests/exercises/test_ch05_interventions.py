@@ -303,6 +303,8 @@ def test_corrupt_for_induction(induction_model):
                                  "logit difference is compared between runs), so they must stay the same; corrupt "
                                  "what induction reads from instead")
         assert torch.equal(got[:, 0], clean[:, 0]), "keep BOS at position 0: the model always saw it there"
+        assert not bool((got[:, 1:] == 0).any()), ("token 0 is BOS, not an ordinary token: draw the random tokens "
+                                                   "from 1 .. d_vocab - 1 (the model only saw BOS at position 0)")
         # what the model does with it: induction must be broken on the second copy
         loss_clean = model(clean, return_type="loss_per_token")[:, half + 1:].mean()
         loss_corr = model(got, return_type="loss_per_token")[:, half + 1:].mean()

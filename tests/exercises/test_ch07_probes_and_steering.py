@@ -70,10 +70,10 @@ def random_model(n_layers, seed, positional="learned"):
 @pytest.mark.points(1)
 def test_majority_baseline():
     g = torch.Generator().manual_seed(0)
-    for trial in range(4):
+    for trial in range(5):
         train = torch.multinomial(torch.tensor([0.5, 0.3, 0.2, 0.1]), 300, replacement=True, generator=g)
         test = torch.multinomial(torch.tensor([0.2, 0.5, 0.2, 0.1]), 200, replacement=True, generator=g)
-        train[torch.randperm(300, generator=g)[:60]] = -1
+        train[torch.randperm(300, generator=g)[:60 if trial < 4 else 200]] = -1   # last trial: -1 is the most common
         test[torch.randperm(200, generator=g)[:40]] = -1
         tr, te = train.clone(), test.clone()
         m = int(torch.bincount(train[train >= 0]).argmax())
@@ -85,6 +85,12 @@ def test_majority_baseline():
                 abs(got - float((test[test >= 0] == m_test).double().mean())) < 1e-9:
             raise AssertionError("you took the majority class of the TEST labels: the baseline must be "
                                  "decided on the training rows, like any probe")
+        m_bad = int(torch.bincount(train + 1).argmax()) - 1          # -1 counted as a class
+        bad = (float((test[test >= 0] == m_bad).double().mean()), float((test == m_bad).double().mean()))
+        if m_bad != m and isinstance(got, (int, float)) and min(abs(got - b) for b in bad) < 1e-9 \
+                and abs(got - want) > 1e-9:
+            raise AssertionError("you counted the -1 rows as a class (here they are the most common training "
+                                 "value): rows outside the task take no part in the majority")
         if isinstance(got, (int, float)) and abs(got - float((test == m).double().mean())) < 1e-9:
             raise AssertionError("you averaged over the -1 rows too: leave rows outside the task out of "
                                  "the accuracy")
@@ -309,6 +315,19 @@ def test_probe_verdict():
     cases = [("nothing", token_acts, skewed, "the labels are independent of the activations"),
              ("token identity", token_acts, per_type, "the labels are a function of the token type"),
              ("readable", planted, balanced, "the label is planted along a direction, apart from the type")]
+    # numbers given directly: a margin too small to be more than the noise of a few hundred rows
+    for acc, ctrl, maj, want in ((0.81, 0.30, 0.80, "nothing"), (0.84, 0.80, 0.60, "token identity"),
+                                 (0.90, 0.60, 0.55, "readable")):
+        got = answers().probe_verdict(acc, ctrl, maj)
+        if got != want:
+            raise AssertionError(
+                f"you said {got!r} for accuracy {acc:.2f}, control {ctrl:.2f}, majority {maj:.2f}; expected "
+                f"{want!r}: " + ("0.01 above the majority baseline is within the noise of a few hundred "
+                                 "held-out rows: beat the majority clearly, by a margin of a few per cent"
+                                 if want == "nothing" else
+                                 "the control task is solved almost as well (selectivity 0.04): the probe "
+                                 "may be reading the token type" if want == "token identity" else
+                                 "it beats the majority and the control clearly"))
     for want, acts, labels, why in cases:
         r = probe_with_control(acts, labels, types, groups=groups, max_iter=50)
         got = answers().probe_verdict(r["accuracy"], r["control_accuracy"], r["majority"])

@@ -139,7 +139,11 @@ def test_atp_estimate(induction_model):
                               hints=[(-want[l], "the sign is flipped: the step goes from the base run to the "
                                                 "other run, (a_other - a_base) . grad"),
                                      ((diff * grads[l]).mean(dim=(0, 1, 3)), "sum over batch, positions and d "
-                                      "(the metric's gradient already carries the averaging), do not average")])
+                                      "(the metric's gradient already carries the averaging), do not average"),
+                                     ((diff * grads[l]).sum().expand(want[l].shape), "you summed over the heads "
+                                      "too: keep one estimate per head (sum over dims 0, 1 and 3 only)"),
+                                     ((diff * grads[l]).sum(dim=(1, 3)).mean(0), "sum over the batch too, do "
+                                      "not average it (the metric's gradient already carries the averaging)")])
 
 
 # ----------------------------------------------------------------------------- spearman
@@ -191,7 +195,7 @@ def test_roc_auc(induction_model):
     noisy = exact + 2.0 * torch.randn(len(graph), generator=g)
     ties = torch.zeros(len(graph))
     ties[:5] = 1.0
-    for scores in (exact, noisy, ties, -noisy.abs()):
+    for scores in (exact.abs(), exact, noisy, ties, -noisy.abs()):
         inref = ref.mask.clone()
         sc = scores.clone()
         got = answers().roc_auc(sc, inref)
@@ -200,6 +204,8 @@ def test_roc_auc(induction_model):
         pos, neg = scores[ref.mask], scores[~ref.mask]
         signed = float(((pos[:, None] > neg[None]).double() + 0.5 * (pos[:, None] == neg[None]).double()).mean())
         value = float(got)
+        if abs(1 - want - want) > 1e-6 and abs(1 - want - signed) > 1e-6:
+            assert abs(value - (1 - want)) > 1e-6, "the AUC is reversed: reference edges should score HIGHER"
         if abs(signed - want) > 1e-6:
             assert abs(value - signed) > 1e-6, "rank by |score|: an effect of -3 matters as much as +3"
         if abs(1 - want - want) > 1e-6:
@@ -227,6 +233,10 @@ def test_acdc_prune():
     assert list(got) == [], "a removal that LOWERS the metric is accepted (do not compare |difference|)"
     got = answers().acdc_prune(lambda r: 0.5 * len(r & {"b"}) + 0.25 * len(r & {"c"}), names, 0.5)
     assert list(got) == ["b"], (f"an increase of exactly tau is not 'less than tau': b must stay (got {list(got)})")
+    got = answers().acdc_prune(lambda r: 1.0 if {"a", "b"} <= set(r) else 0.0, names, 0.5)
+    assert list(got) == ["b"], (f"a and b back each other up: removing either alone costs nothing, but once a is "
+                                f"gone removing b costs 1 >= tau. Measure each removal on the CURRENT graph (the "
+                                f"earlier removals applied), not on the full one (got {list(got)})")
     # against the library's ACDC on a random model (no skipping of dead heads)
     model = random_model(2, 3, 24, 20, "learned", seed=8)
     graph = Graph(model)
@@ -381,6 +391,17 @@ def test_is_edge_real(induction_model):
                                                                             graph.mask([p, e.name]).float()]), kl)
                 without = float(v[1] - v[0])
             rows.append((e.name, float(alone[i]), without, float(approx[i])))
+    for al, wo, ap, tau, want, why in (
+            (0.3, 0.3, 0.3, 0.3, True, "an increase of exactly tau is at least tau: the edge matters (>= tau)"),
+            (0.5, 0.1, 0.5, 0.3, True, "patched alone it costs 0.5 >= tau: an edge that matters in either test "
+                                       "is real, whatever its partner does"),
+            (0.1, 0.5, 0.0, 0.3, True, "once its partner is patched it costs 0.5 >= tau: the two heads back "
+                                       "each other up, and an edge that matters in either test is real"),
+            (0.1, 0.2, 0.9, 0.3, False, "both exact measurements are below tau; the EAP estimate is only an "
+                                        "estimate of them")):
+        got = answers().is_edge_real(al, wo, ap, tau)
+        assert bool(got) == want, (f"alone {al}, without its partner {wo}, EAP {ap}, tau {tau}: you said "
+                                   f"{bool(got)}; {why}")
     for tau in (0.3, 1.0):
         for name, al, wo, ap in rows:
             got = answers().is_edge_real(al, wo, ap, tau)

@@ -59,8 +59,22 @@ def test_char_bigram_table():
         for a, b in zip(ids[:-1].tolist(), ids[1:].tolist()):
             counts[a, b] += 1
         joint = counts / counts.sum()
+
+        def rows(c):
+            t = c.sum(-1, keepdim=True)
+            return torch.where(t > 0, c / t.clamp_min(1), torch.zeros_like(c))
+        unseen = want.sum(-1, keepdim=True) == 0
         hints = [(want.T, "your table is transposed: row a must be the distribution of the character "
                   "AFTER a, P[a, b] = P(next = b | current = a)"),
+                 (rows(counts.T), "your table is transposed: you counted (next, current) pairs; row a must "
+                  "be the distribution of the character AFTER a, P[a, b] = P(next = b | current = a)"),
+                 (rows(counts.T).T, "you divided each column by its total: normalise each ROW (a row sums to "
+                  "1, the distribution of the next character)"),
+                 (counts, "those are the counts: divide each row by its own total so that it sums to 1"),
+                 (torch.where(unseen, torch.full_like(want, 1.0 / V), want), "a character that is never "
+                  "followed by anything must get a row of zeros, not a uniform row"),
+                 (rows(torch.diag(torch.bincount(ids, minlength=V).double())), "you paired each character "
+                  "with itself: pair ids[t] with the NEXT character ids[t + 1]"),
                  (joint, "that is the joint frequency of the pairs; divide each row by its own total "
                   "(a conditional distribution, rows sum to 1)")]
         if isinstance(got, torch.Tensor) and got.shape == want.shape and torch.isnan(got.double()).any():
@@ -108,6 +122,21 @@ def test_bigram_fit():
                 raise AssertionError("your KL is in bits (log2): use the natural log, nats")
             if abs(v - unweighted) < 1e-4 and abs(unweighted - kl) > 1e-3:
                 raise AssertionError("you averaged the rows equally: weight each row by weights / sum(weights)")
+            ent = float((w * torch.where(P > 0, P * torch.log(P.clamp_min(1e-300)), torch.zeros_like(P)).sum(-1)).sum())
+            if abs(v - (kl - ent)) < 1e-4 and abs(ent) > 1e-3:
+                raise AssertionError("that is the cross-entropy of P and Q: the KL subtracts P's own entropy, "
+                                     "sum P (ln P - ln Q)")
+            raw = float((w * torch.where(P > 0, P * (torch.log(P.clamp_min(1e-300)) - logits.double()),
+                                         torch.zeros_like(P)).sum(-1)).sum())
+            if abs(v - raw) < 1e-4 and abs(raw - kl) > 1e-3:
+                raise AssertionError("you used the logits as log-probabilities: Q = softmax(logits) over the "
+                                     "last dim, ln Q = log_softmax(logits, -1)")
+            lq0 = torch.log_softmax(logits.double(), 0)
+            by_col = float((w * torch.where(P > 0, P * (torch.log(P.clamp_min(1e-300)) - lq0),
+                                            torch.zeros_like(P)).sum(-1)).sum())
+            if abs(v - by_col) < 1e-4 and abs(by_col - kl) > 1e-3:
+                raise AssertionError("you took the softmax over dim 0 (down the columns): each ROW of logits is "
+                                     "the prediction after one character, log_softmax(logits, -1)")
             if math.isinf(v) or abs(v - reverse) < 1e-3 and abs(reverse - kl) > 1e-3:
                 raise AssertionError("that is KL(Q || P), the wrong direction: the truth P comes first, "
                                      "KL(P || Q) = sum P (ln P - ln Q)")
@@ -152,6 +181,9 @@ def test_skip_trigram_lift():
             if abs(v - shorter) < 1e-6 and abs(shorter - want) > 1e-6:
                 raise AssertionError(f"your lift is the one for a window of {W - 1}: the window is the "
                                      f"last W = {W} characters, the current one included")
+        if abs(v - want) > 1e-6 and v != 0 and abs(1 / v - want) < 1e-6:
+            raise AssertionError(f"your lift {v:.4g} is the inverse of the lift {want:.4g}: divide "
+                                 "P(next = c | a in the window) by P(next = c), not the other way round")
         expect_number(got, want, f"the lift of {a} ... -> {c} with a window of {W}", tol=1e-6,
                       hint="P(next = c | a in the window) divided by P(next = c), both over the "
                       "N - 1 prediction places")
@@ -184,12 +216,16 @@ def test_attention_by_offset():
                 vals0 = [pattern[i, head, q, q - d] for i in range(b) for q in range(d, n)]
                 with_bos[head, d] = torch.stack(vals0).mean()
         past = torch.zeros(h, D + 1)  # a common slip: A[q, q + d] is above the diagonal (0)
+        n_q = torch.tensor([n - max(d, 1) for d in range(D + 1)], dtype=torch.float32)
+        summed = want * n_q
         expect_tensor(got, want, f"attention by offset ({b}x{h} heads, {n} positions, D = {D})",
                       "n_heads, D + 1", atol=1e-5,
                       hints=[(with_bos, "you kept query 0 in the mean of offset 0: BOS can only attend "
                               "to itself (always 1), so leave it out (queries q >= max(d, 1))"),
                              (past, "all zeros: A[q, q + d] lies above the diagonal; the key of offset d "
-                              "is q - d (a negative diagonal offset)")])
+                              "is q - d (a negative diagonal offset)"),
+                             (summed, "you summed over the queries: take the mean over the batch and the "
+                              "queries q >= max(d, 1)")])
 
 
 # ------------------------------------------------------------ judgement: induction heads on text
@@ -265,7 +301,10 @@ def test_is_induction_head():
                 f"batch {seed}: head {h} is {names[bool(truth[h])]}, you said {bool(got[h])}. Its raw "
                 f"induction score on these tokens is {float(raw[h]):.2f}; raw scores of the induction "
                 f"heads here run from {float(raw[truth].min()):.2f}, of the others up to "
-                f"{float(raw[~truth].max()):.2f}. Where do a previous-token or current-token head get "
+                f"{float(raw[~truth].max()):.2f}. "
+                + ("An induction head here puts at least half of its attention on the tokens after earlier "
+                   "occurrences: is your threshold too strict? " if bool(truth[h]) else "")
+                + "Where do a previous-token or current-token head get "
                 "induction attention for free (runs like '====', stretches like '-=-=')? Leave "
                 "those destinations out, and compare with a uniform head there.")
 
@@ -287,7 +326,7 @@ def direct_model(P: torch.Tensor, n_layers: int, seed: int) -> AttnOnlyTransform
     return m
 
 
-def heads_model(P: torch.Tensor, seed: int, junk: float) -> AttnOnlyTransformer:
+def heads_model(P: torch.Tensor, seed: int, junk: float, flat: float = 0.0) -> AttnOnlyTransformer:
     """A one-layer model whose direct path is junk and whose head carries ln P."""
     V = P.shape[0]
     cfg = ModelConfig(d_vocab=V, n_ctx=8, d_model=2 * V, n_layers=1, n_heads=2, d_head=V,
@@ -300,6 +339,7 @@ def heads_model(P: torch.Tensor, seed: int, junk: float) -> AttnOnlyTransformer:
         m.W_U.zero_()
         m.W_U[V:] = torch.eye(V)
         m.W_U[:V] = junk * torch.randn(V, V, generator=g)  # the direct path: noise (or 0)
+        m.W_U[:V] += flat * torch.log(P.float() + 1e-4)     # (or a flat copy of ln P: right top-1, poor fit)
         attn = m.blocks[0].attn
         attn.W_Q.zero_()
         attn.W_K.zero_()                                   # uniform attention: 1/2 on c at [BOS, c]
@@ -341,6 +381,10 @@ def test_bigram_lives_in():
                       f"a {1 + seed % 2}-layer model whose heads write nothing (V = {V})"))
         cases.append((heads_model(P, seed, junk=float(seed % 2)), P, w, "heads",
                       f"a 1-layer model whose head carries the bigram (V = {V})"))
+    P, w = random_bigram(10, 3, 2.5)
+    cases.append((heads_model(P, 3, junk=0.0, flat=0.15), P, w, "heads",
+                  "a 1-layer model whose direct path is a flat copy of ln P (the right top-1, a poor fit) and "
+                  "whose head carries the rest (V = 10); compare the KL, not only the top-1 agreement"))
     for model, P, w, want, what in cases:
         got = f(model, P.clone(), w.clone())
         assert got in ("direct", "heads"), f"return 'direct' or 'heads', got {got!r}"

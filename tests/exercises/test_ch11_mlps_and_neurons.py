@@ -47,7 +47,13 @@ def test_mlp_as_memory(facts):
                   hints=[((x @ W_in + b_in) @ W_out + b_out, "you forgot the ReLU: a neuron writes its value "
                                                              "only when its key matches (pre-activation > 0)"),
                          (torch.relu(x @ W_in + b_in) @ W_out, "you forgot the output bias b_out"),
-                         (torch.relu(x @ W_in) @ W_out + b_out, "you forgot the input bias b_in")])
+                         (torch.relu(x @ W_in) @ W_out + b_out, "you forgot the input bias b_in"),
+                         ((torch.relu(x @ W_in) + b_in) @ W_out + b_out, "you added the input bias b_in after "
+                          "the ReLU: it belongs inside, ReLU(x W_in + b_in)"),
+                         (torch.nn.functional.gelu(x @ W_in + b_in) @ W_out + b_out, "you used GELU: this "
+                          "model's MLP uses ReLU"),
+                         (x + torch.relu(x @ W_in + b_in) @ W_out + b_out, "you added the residual x: return "
+                          "the MLP's output only")])
 
 
 @pytest.mark.exercise("neuron_top_attribute")
@@ -66,7 +72,12 @@ def test_neuron_top_attribute(facts):
                                            "token id: map it back with attributes[...]")
         assert not torch.equal(got, (W_out @ W_U).argmax(-1)), \
             "you took the argmax over the whole vocabulary: only attribute tokens compete"
-    expect_tensor(got, want, "the top attribute of each neuron", "d_mlp")
+    scores = (W_out @ W_U)[:, lang.attributes]
+    expect_tensor(got, want, "the top attribute of each neuron", "d_mlp",
+                  hints=[(lang.attributes[scores.argmin(-1)], "you took the attribute with the LOWEST logit "
+                          "(argmin or a flipped sign): the top attribute has the largest W_out W_U entry"),
+                         (lang.attributes[scores.abs().argmax(-1)], "you ranked by |W_out W_U|: a large "
+                          "negative entry suppresses the attribute, keep the sign (argmax of the signed values)")])
     # a hand-made case where the best token overall is not an attribute
     W_U2 = torch.zeros(2, 6)
     W_U2[0, 5], W_U2[0, 3], W_U2[1, 2] = 5.0, 1.0, 1.0
@@ -85,7 +96,7 @@ def test_mean_neuron_dla(facts):
     model, lang, tokens = facts
     tokens = tokens[:128]
     s = 1  # the first subject
-    at = tokens[:, :-1] == s
+    at = (tokens[:, :-1] == s) | (tokens[:, :-1] == s + 1)   # two subjects: the targets differ
     want = neuron_dla(model, tokens, 0).attrs[:-1][:, at].mean(1)
     _, cache = model.run_with_cache(tokens, names_filter="blocks.0.mlp.hook_post")
     post = cache["blocks.0.mlp.hook_post"][:, :-1][at]  # [m, d_mlp]
@@ -99,7 +110,9 @@ def test_mean_neuron_dla(facts):
                   hints=[(want * len(targets), "you summed over positions instead of averaging"),
                          (value.mean(-1), "you left out the activation: DLA is activation times value"),
                          (post.mean(0) * value.mean(-1), "you averaged activation and value separately: "
-                                                         "average their product, position by position")])
+                                                         "average their product, position by position"),
+                         ((post.T * value).abs().mean(-1), "you took |activation x value|: keep the sign, a "
+                          "neuron can push the right token's logit down")])
 
 
 def _loop_set(c, coverage):
@@ -130,7 +143,13 @@ def test_fact_neuron_set(facts):
     assert torch.equal(c, keep), "fact_neuron_set changed its input in place: work on a copy"
     got = torch.as_tensor(got).long().reshape(-1).tolist()
     assert got != [1, 0, 3], "you stopped only when the sum passed the target (>): 'at least' includes equality"
-    assert got != [1], "negative contributions count as 0 in the total: don't let -1.0 shrink the target"
+    assert got != [1], ("you stopped one neuron short: 0.5 alone is below 0.75 of the total 1.0; keep adding "
+                        "neurons until their sum reaches at least coverage x total")
+    assert got != [], ("negative contributions count as 0 (clamp them) in the total: with -1.0 in it the "
+                       "total is 0 and no neuron is chosen")
+    assert 2 not in got, (f"you chose neuron 2, whose contribution is negative (got {got}): only positive "
+                          "contributions count, in the set and in the total (clamp at 0, not |c|)")
+    assert got != [0, 1], "order the neurons by their contribution, largest first (got [0, 1], index order)"
     assert got == [1, 0], f"expected neurons [1, 0] (0.5 + 0.25 = 0.75 of 1.0), got {got}"
     # ties: the lower index first
     got = torch.as_tensor(f(torch.tensor([0.1, 0.3, 0.3, 0.3]), 0.5)).long().tolist()
@@ -164,7 +183,13 @@ def test_count_facts_per_neuron():
     keep = [s.clone() for s in sets]
     got = answers().count_facts_per_neuron(sets, d)
     assert all(torch.equal(a, b) for a, b in zip(sets, keep)), "count_facts_per_neuron changed a set in place"
+    assert isinstance(got, torch.Tensor) and not got.dtype.is_floating_point, \
+        "return integer counts: a LongTensor [d_mlp], not floats"
     expect_tensor(torch.as_tensor(got).double(), want.double(), "facts per neuron", "d_mlp")
+    tail = answers().count_facts_per_neuron([torch.tensor([0, 2]), torch.tensor([2])], 6)
+    assert torch.as_tensor(tail).tolist() == [1, 0, 2, 0, 0, 0], (
+        f"with d_mlp = 6 and sets [0, 2], [2] expected [1, 0, 2, 0, 0, 0], got {torch.as_tensor(tail).tolist()}: "
+        "one count per neuron, d_mlp of them, the unused ones 0")
     assert torch.as_tensor(got).sum() == sum(len(s) for s in sets), "the counts must sum to the sets' sizes"
 
 
@@ -180,11 +205,15 @@ def test_predict_facts_per_neuron():
                   if abs(float(kbar) - 4.8) < 1e-9 else
                   "kbar is sum(fpn) / N: every (neuron, fact) pair counts once on each side")
     expect_number(pred, 6.0, "the predicted facts per neuron at 12 facts", tol=1e-9,
-                  hint="N' kbar / d_mlp, averaged over all 8 neurons (the unused ones included)")
+                  hint="that is the mean of fpn at the CURRENT 6 facts: scale with the new number of facts "
+                  "n_new, N' kbar / d_mlp" if abs(float(pred) - 3.0) < 1e-9 else
+                  "N' kbar / d_mlp, averaged over all 8 neurons (the unused ones included)")
     g = torch.Generator().manual_seed(1)
     fpn = torch.randint(0, 9, (32,), generator=g)
     kbar, pred = answers().predict_facts_per_neuron(fpn, 40, 100)
-    expect_number(kbar, float(fpn.sum()) / 40, "kbar", tol=1e-9)
+    expect_number(kbar, float(fpn.sum()) / 40, "kbar", tol=1e-9,
+                  hint="do not round: kbar is a mean, sum(fpn) / N" if abs(float(kbar) - round(float(fpn.sum()) / 40)) < 1e-9
+                  else "kbar is sum(fpn) / N")
     expect_number(pred, 100 * float(fpn.sum()) / 40 / 32, "the prediction", tol=1e-9)
 
 
@@ -211,13 +240,19 @@ def test_ablating_neuron_breaks():
                   else "the largest c[n, f] / margins[f] over facts with a positive margin")
     # a polysemantic neuron that breaks nothing: it serves 3 facts, every one with margin to spare
     served, breaks, ratio = f(c, margins, 0)
-    assert torch.as_tensor(served).long().tolist() == [3, 1, 0]
+    got0 = torch.as_tensor(served).long().tolist()
+    assert got0 == [3, 1, 0], (f"neuron 0 serves facts [3, 1, 0], got {got0}: the facts with c > 0 (fact 2's "
+                               "contribution is 0: not served), largest contribution first")
     assert not bool(breaks), "neuron 0 serves three facts but none of them needs it: nothing breaks"
     expect_number(ratio, 0.2, "the ratio for neuron 0", tol=1e-9)
     # exactly the margin: the margin drops to 0, no longer positive
     c2 = torch.tensor([[0.5, 0.25]], dtype=torch.float64)
     _, breaks, ratio = f(c2, torch.tensor([0.5, 1.0], dtype=torch.float64), 0)
     assert bool(breaks), "a contribution equal to the margin leaves the margin at 0: that breaks the fact (>=)"
+    _, breaks, ratio = f(torch.tensor([[0.5, 0.2]], dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64), 0)
+    assert not bool(breaks) and abs(float(ratio) - 0.2) < 1e-9, (
+        f"fact 0 has margin 0: it is already wrong and cannot break, leave facts with margin <= 0 out "
+        f"(expected ratio 0.2 from fact 1, got {float(ratio):.4g})")
     _, breaks, ratio = f(torch.tensor([[-1.0, 0.0]]), torch.tensor([1.0, 1.0]), 0)
     assert not bool(breaks) and float(ratio) == 0.0, "a neuron that serves nothing breaks nothing: ratio 0.0"
 
@@ -236,7 +271,11 @@ def test_better_unit():
     noisy_sae = torch.cat([aligned + 0.8 * torch.randn(S, d, generator=g, dtype=torch.float64),
                            torch.randn(8, d, generator=g, dtype=torch.float64)])
     keep = aligned.clone()
-    choice, n_mcc, s_mcc = f(aligned, noisy_sae)
+    try:
+        choice, n_mcc, s_mcc = f(aligned, noisy_sae)
+    except ValueError as e:
+        raise AssertionError(f"better_unit raised ValueError ({e}): W_dec [n_latents, d_mlp] has one SAE direction "
+                             "per ROW, like planted [S, d_mlp]; score it as it is, not transposed") from None
     assert torch.equal(aligned, keep), "better_unit changed planted in place"
     eye = torch.eye(d, dtype=torch.float64)
     expect_number(n_mcc, mcc(eye, aligned), "the neurons' MCC", tol=1e-6,

@@ -229,10 +229,14 @@ def test_rule_firing_mask():
 def _check_rules(got, rules, which):
     assert isinstance(got, (list, tuple)) and all(isinstance(r, (list, tuple)) and len(r) == 3 for r in got), (
         f"{which}: expected a list of (A, B, C) triples, got {got!r}")
-    got = {tuple(int(x) for x in r) for r in got}
+    listed = [tuple(int(x) for x in r) for r in got]
+    got = set(listed)
     want = set(rules)
-    if got == want:
+    if got == want and len(listed) == len(got):
         return
+    if len(got) < len(listed):
+        raise AssertionError(f"{which}: you returned the same rule twice ({listed}): two heads can implement the same "
+                             "rule, so de-duplicate: skip a candidate whose A or B an earlier pick already uses")
     if got == {(b, a, c) for a, b, c in want}:
         raise AssertionError(f"{which}: you returned (B, A, C): the QK circuit's rows are the query (the trigger B), "
                              "its columns the key (the source A)")
@@ -250,6 +254,41 @@ def _check_rules(got, rules, which):
                          "times how much A's OV row singles out an output")
 
 
+PLANTED = [(4, 6, 8), (10, 12, 14)]
+
+
+def _planted_model():
+    """A one-layer model whose circuits are written by hand, with the traps of a real one.
+
+    One-hot tokens in dims 0-23, the heads write to dims 24-47. Head 0 plants both rules
+    (QK[B, A] and OV[A, C]); head 1 plants the first rule again (two heads, one rule). Query
+    17's QK row is a constant 10 (it attends uniformly: softmax ignores a constant per row),
+    and A = 4's OV row boosts token 19 even more than C = 8, but the direct path at B = 6
+    suppresses 19, so the model predicts 8 there."""
+    from toylab.model import AttnOnlyTransformer, ModelConfig
+
+    cfg = ModelConfig(d_vocab=24, n_ctx=16, d_model=48, n_layers=1, n_heads=2, d_head=24, positional="shortformer")
+    m = AttnOnlyTransformer(cfg, seed=0)
+    (a1, b1, c1), (a2, b2, c2) = PLANTED
+    with torch.no_grad():
+        for p in m.parameters():
+            p.zero_()
+        m.W_E[:, :24] = torch.eye(24)
+        m.W_U[24:] = torch.eye(24)
+        m.W_U[b1, 19] = -10.0                       # the direct path at B1 suppresses 19
+        attn = m.blocks[0].attn
+        for h in range(2):
+            attn.W_K[h, :24] = torch.eye(24)
+            attn.W_V[h, :24] = torch.eye(24)
+            attn.W_Q[h, b1, a1] = 6.0
+            attn.W_O[h, a1, 24 + c1] = 5.0
+            attn.W_O[h, a1, 24 + 19] = 6.0
+        attn.W_Q[0, b2, a2] = 4.0
+        attn.W_O[0, a2, 24 + c2] = 4.0
+        attn.W_Q[0, 17, :] = 10.0                   # a query that attends uniformly
+    return m.eval()
+
+
 @pytest.mark.exercise("rule_from_weights")
 @pytest.mark.points(3)
 def test_rule_from_weights():
@@ -261,6 +300,17 @@ def test_rule_from_weights():
     got = answers().rule_from_weights(model, len(lang.rules))
     assert _same_weights(model, kept), "rule_from_weights changed the model's weights: read them, do not edit"
     _check_rules(got, lang.rules, f"the test's model (language seed {lang.seed})")
+    got = answers().rule_from_weights(_planted_model(), 2)
+    listed = [tuple(int(x) for x in r) for r in got] if isinstance(got, (list, tuple)) else got
+    if isinstance(listed, list) and any(len(r) == 3 and r[1] == 17 for r in listed):
+        raise AssertionError(f"on a hand-built model you returned {listed}, with B = 17: query 17's QK row is one "
+                             "constant (it attends uniformly, softmax ignores a constant per row). Subtract each QK "
+                             "row's mean over the keys, and each OV row's mean over the outputs, before ranking")
+    if isinstance(listed, list) and (4, 6, 19) in listed:
+        raise AssertionError(f"on a hand-built model you returned {listed}: A = 4's OV row boosts 19 most, but the "
+                             "direct path W_E W_U at B = 6 pushes 19 down, so the model predicts 8 there: C is the "
+                             "argmax of the direct path plus the boost")
+    _check_rules(got, PLANTED, "a hand-built model (two heads share a rule, a uniform query, a direct path)")
     lang, model = _student_model()
     _check_rules(answers().rule_from_weights(model, len(lang.rules)), lang.rules, "your model")
 
@@ -345,6 +395,12 @@ def test_is_rule_learned():
         assert not answers().is_rule_learned(model, lang, fake), (
             f"{fake} mixes {why}; the model never learned it, but you say it did: does your check look at C "
             "where this rule fires, and at what removing A does?")
+    used = {t for r in lang.rules for t in r}
+    x = next(t for t in range(1, lang.d_vocab) if t not in used)
+    assert not answers().is_rule_learned(model, lang, (x, b1, c1)), (
+        f"{(x, b1, c1)} puts a token of no rule before a real trigger: the model predicts {c1} where it fires, but "
+        f"only because the real source {a1} is often there too; taking {x} away changes nothing. Check what "
+        "removing A does, not only that C is predicted")
     other_seed = next(s for s in REF_SEEDS if s != lang.seed)
     other = make_dataset(dict(REF_SPEC, seed=other_seed))
     foreign = [r for r in other.rules if r not in lang.rules][0]

@@ -60,7 +60,7 @@ MUTANTS = [
     M("attention_layer", "qk_pos ignored", old="qk_in = x if qk_pos is None else x + qk_pos", new="qk_in = x",
       keys=("qk_pos", "shortformer", "position")),
     M("attention_layer", "residual added inside", old="return result.sum(dim=2)", new="return x + result.sum(dim=2)",
-      keys=("residual",)),
+      keys=("residual", "without adding x")),
     M("attention_layer", "mean over heads", old="return result.sum(dim=2)", new="return result.mean(dim=2)",
       keys=("sum", "head", "mean")),
     M("attention_layer", "keys from the wrong weight", old="project(qk_in, W_K)", new="project(qk_in, W_Q)",
@@ -96,5 +96,5 @@ MUTANTS = [
     M("predict_initial_loss", "hard-coded for the shipped vocabulary", old="return math.log(d_vocab)",
       new="return math.log(64)", keys=("d_vocab", "vocabulary")),
     M("predict_initial_loss", "log of V - 1", old="return math.log(d_vocab)", new="return math.log(d_vocab - 1)",
-      keys=("d_vocab", "even", "1/V", "log(V)")),
+      keys=("d_vocab", "even", "1/V", "log(V)", "all V tokens")),
 ]

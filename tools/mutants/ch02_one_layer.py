@@ -83,8 +83,6 @@ MUTANTS = [
       new='"previous": pattern[:, q[:-1], q[:-1] + 1].mean()', keys=("previous",)),
     M("one_head_votes", "bias not half-integer: ties", old="torch.arange(-5.5, 6.0, 1.0, dtype=torch.float64)",
       new="torch.arange(-5.0, 6.0, 1.0, dtype=torch.float64)", keys=("tie", "half", "bias", "> 0")),
-    M("one_head_votes", ">= instead of >", old="sums + bias > 0", new="sums + bias >= 0",
-      keys=("boundary", "> 0", "strict")),
     M("one_head_votes", "weights only 0/1", old="itertools.product(range(-2, 3), repeat=k)",
       new="itertools.product(range(0, 3), repeat=k)", keys=("negative", "weight", "NOT", "inhibit")),
     M("one_head_votes", "column-major order", old="want = table.reshape(-1)", new="want = table.permute(*reversed(range(k))).reshape(-1)",

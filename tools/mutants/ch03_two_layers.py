@@ -67,8 +67,6 @@ MUTANTS = [
       new="(M.diagonal() > M.mean(-1))", keys=("argmax", "largest", "rule")),
     M("diagonal_accuracy", "ties count", old="(M.argmax(dim=-1) == torch.arange(n, device=M.device))",
       new="(M.diagonal() >= M.max(-1).values)", keys=("tie", "argmax")),
-    M("composition_kind", "threshold > instead of >=", old="ratios[best] >= 1.5", new="ratios[best] > 1.5",
-      keys=("boundary", "1.5", ">=")),
     M("composition_kind", "raw scores, no baseline", old="ratios[kind] = composition_score(W_OV_a, reader) / base",
       new="ratios[kind] = composition_score(W_OV_a, reader) / 0.1", keys=("baseline", "random")),
     M("composition_kind", "Q and K swapped", old='(("Q", W_QK_b), ("K", W_QK_b.T), ("V", W_OV_b))',

@@ -33,7 +33,6 @@ MUTANTS = [
       keys=("denois", "corrupted run", "clean")),
     M("denoise_one_cell", "all heads", old="z[:, position, head] = clean_z[:, position, head]",
       new="z[:, position] = clean_z[:, position]", keys=("head",)),
-    M("denoise_one_cell", "in place", old="        z = z.clone()\n", new="", keys=("in place", "clone")),
     M("head_dla", "no shift: direction of the current token", old="directions = model.W_U.T[tokens[:, 1:]]",
       new="directions = model.W_U.T[tokens[:, :-1]]", keys=("next", "shift", "tokens[:, 1:]")),
     M("head_dla", "z without W_O", old="result = cache[\"z\", layer][:, :, head] @ model.blocks[layer].attn.W_O[head]",

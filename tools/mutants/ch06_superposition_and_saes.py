@@ -47,8 +47,6 @@ MUTANTS = [
     M("mmcs", "mean of all cosines", old=".max(0).values.mean()", new=".mean()", keys=("max",)),
     M("token_dictionary_hook", "resid_post of layer 0", old='return "blocks.0.hook_resid_pre"', new='return "blocks.0.hook_resid_post"',
       keys=("resid_pre", "embedding", "before")),
-    M("token_dictionary_hook", "hook_embed", old='return "blocks.0.hook_resid_pre"', new='return "hook_embed"',
-      keys=("position", "resid_pre")),
     M("token_dictionary_hook", "attention output", old='return "blocks.0.hook_resid_pre"', new='return "blocks.0.hook_attn_out"',
       keys=("resid_pre", "token")),
     M("choose_k_after_layer_0", "k = 1", old="return 2", new="return 1", keys=("two", "2", "previous", "position")),
