@@ -325,17 +325,7 @@ _HEADING = re.compile(r"^(#{1,2})[ \t]+(.+?)[ \t]*#*[ \t]*$")
 # Gaps a chapter is known to have, by kind ("opening", "summary", "predict", "hide-input"),
 # with the reason they may stay for now. Keep it empty where possible; an entry whose gap
 # is gone must be removed (the test says so).
-KNOWN_GAPS: dict[str, dict[str, str]] = {
-    "ch04_induction_heads": {
-        "hide-input": "cells 10, 18 and 41 mix a printout with a figure; the chapter's owner"
-                      " splits them (listed in the review audit)"},
-    "ch05_interventions": {
-        "hide-input": "cells 19 and 32 mix a printout with a figure; the chapter's owner"
-                      " splits them (listed in the review audit)"},
-    "ch07_probes_and_steering": {
-        "hide-input": "cells 16 and 21 mix a printout with a figure; the chapter's owner"
-                      " splits them (listed in the review audit)"},
-}
+KNOWN_GAPS: dict[str, dict[str, str]] = {}
 
 
 def _outside_fences(markdown: str) -> list[str]:
