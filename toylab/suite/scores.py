@@ -13,41 +13,66 @@ method            what is scored                                                
 ``atp``           node AtP (``node_attribution``) of every head's q, k, v, result  ``|s| >= 0.1 max |s|``
 ``atp*``          AtP with the QK fix on q and k nodes (no GradDrop)              ``|s| >= 0.1 max |s|``
 ``acdc``          ACDC circuits over a sweep of thresholds ``tau``                ``tau = 0.01 gap``
-``sp``            subnetwork probing over a sweep of penalties ``lam``            ``lam = 0.01 gap``
+``sp``            subnetwork probing, one run, ranked by its learned mask logits  ``lam = 0.01 gap``
 ================  ==============================================================  =========================
 
 Score-based methods rank by ``|score|`` with the metric ``next_token_loss_on`` (the clean next token's
 loss at the task's positions; the behaviour's KL has zero gradient at the clean run, which would make
 EAP blind); ACDC and SP use the behaviour ``M`` itself (KL to the clean run at the task's positions,
-:mod:`toylab.suite.truth`), and their sweeps are ``gap * 10^x`` for ``n`` values of ``x`` evenly spaced
-in ``[-4, 0]`` (``gap``: ``M`` of the fully corrupted run, known without the truth).
+:mod:`toylab.suite.truth`). ACDC's sweep is ``gap * 10^x`` for ``n`` values of ``x`` evenly spaced in
+``[-4, 0]`` (``gap``: ``M`` of the fully corrupted run, known without the truth), run as one
+:func:`~toylab.discovery.acdc.acdc_sweep` (its runs share the tests they have in common: the same
+circuits, bit for bit, in about 40 % of the time). SP is trained once, at its recommended
+``lam``, for ``sp_steps`` Adam steps of one gate draw on the first :data:`SP_BATCH` sequences of the
+task, and its AUROC ranks the edges by the learned ``sigmoid(log_alpha)`` (a continuous score, as
+for the score-based methods) instead of one run per ``lam``: on induction-2l seed 0 (resample) the old
+sweep (21 penalties x 30 steps x 4 draws x 64 sequences, 104 s CPU) gave AUROC 0.685 and precision
+0.389; one run of 150 steps x 1 draw x 32 sequences (3 s CPU) gives 0.71-0.82 and 0.583 (the masks
+had not moved far from their start in 30 steps); under zero ablation 0.972 (100 steps x 4 draws x 64:
+0.993).
 
-For each (method, corruption): ``auroc`` (score-based: the ROC of ranking by ``|score|``, ties 1/2;
-ACDC/SP: the area under their sweep's ROC points, ``toylab.discovery.roc``); ``precision`` and
+For each (method, corruption): ``auroc`` (score-based and SP: the ROC of ranking by ``|score|``, ties
+1/2; ACDC: the area under its sweep's ROC points, ``toylab.discovery.roc``); ``precision`` and
 ``recall`` of the circuit at the recommended setting (an empty circuit has precision 0);
 ``faithfulness``: the kept fraction of that circuit (``1 - M(circuit) / gap``) under the method's own
-corruption; ``seconds``: wall time of the method at its recommended setting (score-based: the scores).
-Node methods (AtP, AtP*) are scored over nodes (``L0H1.q``, ``L0H1.result``, ...): a node is true when a
-truth edge enters that slot (q, k, v) or leaves that head (result); their circuit keeps the edges whose
-sender (a head's result, or ``embed``/``pos``) and receiver slot (or the logits) are both kept.
+corruption; ``seconds`` and ``cpu_seconds``: wall and CPU time of the method (score-based: the
+scores; ACDC: the whole sweep; SP: its one run). Node methods (AtP, AtP*) are scored over nodes (``L0H1.q``, ``L0H1.result``, ...): a node
+is true when a truth edge enters that slot (q, k, v) or leaves that head (result); their circuit keeps
+the edges whose sender (a head's result, or ``embed``/``pos``) and receiver slot (or the logits) are
+both kept.
+
+**Confidence** (:func:`confidence`), defined once for every discovery method from its own output,
+never from the truth: ``confidence = coverage - size``, where ``size`` is the share of the graph's
+edges (nodes, for AtP and AtP*) the recommended circuit keeps, and ``coverage`` is the share of the
+behaviour the method itself says that circuit carries: for a score-based method the share of the total
+``|score|`` on the kept edges (nodes); for ACDC and SP, which search with the behaviour itself, the
+kept fraction they measure for their circuit (``faithfulness``, clipped to ``[0, 1]``). A method that
+returns a few edges carrying nearly everything claims confidence near 1; scores spread evenly give 0
+(any ``k`` edges then carry their share ``k/n``). On the negative control (a dense behaviour,
+:data:`toylab.suite.planted.NEGATIVE_CONTROLS`) a high confidence is a confident wrong answer: no circuit of
+at most half the heads keeps 90 % of its behaviour (:func:`toylab.suite.truth.check_dense`). There the
+truth is every edge, so no AUROC, precision or recall is scored (``truth=None``); ``confidence``,
+``coverage``, ``size``, ``faithfulness`` and ``seconds`` are.
 
 **Feature methods**: ``relu-sae`` and ``topk-sae`` on a :class:`~toylab.suite.entries.PlantedFeatures`
 model, scored by signed ``mcc`` of the decoder against the planted directions; ``probe``: a softmax
 probe with its Hewitt-Liang control task at the planted write site, scored by ``selectivity``
 (accuracy minus control accuracy; :func:`probe_scores`).
 
-Every score is checked: finite, and AUROC, precision and recall in ``[0, 1]``, MCC and selectivity in
-``[-1, 1]``; anything else is refused with a sentence (:func:`check_scores`).
+Every score is checked: finite, and AUROC, precision, recall, coverage and size in ``[0, 1]``,
+confidence, MCC and selectivity in ``[-1, 1]``; anything else is refused with a sentence
+(:func:`check_scores`).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 
-from toylab.discovery.acdc import acdc
+from toylab.discovery.acdc import acdc_sweep
 from toylab.discovery.attribution_patching import edge_attribution, node_attribution
 from toylab.discovery.edge_patching import edge_effects, run_circuit
 from toylab.discovery.graph import Graph, head_name
@@ -62,8 +87,9 @@ METHODS = SCORE_METHODS + SWEEP_METHODS
 FEATURE_METHODS = ("relu-sae", "topk-sae", "probe")
 KEEP_FRACTION = 0.1  # score-based methods keep the edges with |s| >= KEEP_FRACTION * max |s|
 RECOMMENDED = 0.01  # ACDC's tau and SP's lam, as a fraction of the gap
-UNIT = ("auroc", "precision", "recall")
-SIGNED = ("mcc", "selectivity")
+SP_BATCH = 32  # sequences SP trains its masks on (module doc)
+UNIT = ("auroc", "precision", "recall", "coverage", "size")
+SIGNED = ("mcc", "selectivity", "confidence")
 
 
 class NotApplicable(ValueError):
@@ -83,6 +109,32 @@ def _auc(pos: list[float], neg: list[float]) -> float:
 def _pr(found: set, truth: set) -> tuple[float, float]:
     tp = len(found & truth)
     return (tp / len(found) if found else 0.0), tp / len(truth)
+
+
+def confidence(magnitudes, kept) -> dict[str, float]:
+    """``{"coverage", "size", "confidence"}`` of a score-based method (module doc): ``magnitudes [n]``
+    (``|score|`` per edge or node, >= 0) and ``kept [n]`` (bool: the recommended circuit).
+    ``coverage = sum(magnitudes[kept]) / sum(magnitudes)`` (0 when every score is 0),
+    ``size = mean(kept)``, ``confidence = coverage - size``."""
+    m = torch.as_tensor(magnitudes, dtype=torch.float64).flatten()
+    k = torch.as_tensor(kept, dtype=torch.bool).flatten()
+    if m.numel() == 0 or m.shape != k.shape:
+        raise ValueError(f"magnitudes and kept must be two [n] tensors (n >= 1), got {list(m.shape)} and "
+                         f"{list(k.shape)}")
+    if not bool(torch.isfinite(m).all()) or bool((m < 0).any()):
+        raise ValueError("magnitudes must be finite numbers >= 0 (the |score| of each edge or node)")
+    total = float(m.sum())
+    coverage = float(m[k].sum()) / total if total > 0 else 0.0
+    size = float(k.double().mean())
+    return {"coverage": coverage, "size": size, "confidence": coverage - size}
+
+
+def circuit_confidence(faithfulness: float, n_kept: int, n_edges: int) -> dict[str, float]:
+    """``{"coverage", "size", "confidence"}`` of a circuit a method measured itself (ACDC, SP; module
+    doc): ``coverage`` = its faithfulness clipped to ``[0, 1]``, ``size = n_kept / n_edges``."""
+    coverage = min(1.0, max(0.0, float(faithfulness)))
+    size = n_kept / n_edges
+    return {"coverage": coverage, "size": size, "confidence": coverage - size}
 
 
 def node_truth(graph: Graph, truth: frozenset) -> set[str]:
@@ -117,80 +169,118 @@ def _node_scores(model, task, corrupted, metric, qk_fix: bool) -> dict[str, floa
     return out
 
 
-def _faith(model, graph, circuit, task, corrupted, behaviour, gap) -> float:
-    return 1.0 - run_circuit(model, graph, circuit, task.clean, corrupted, behaviour) / gap
+@dataclass(frozen=True)
+class Setting:
+    """What every method under one corruption shares (built once per source by :func:`setting`):
+    the ``corrupted`` argument, the behaviour metric, its ``gap`` and the score methods' ``loss``."""
+
+    source: str
+    corrupted: object
+    behaviour: object
+    gap: float
+    loss: object
 
 
-def score_method(model, graph: Graph, task, truth: frozenset, method: str, source: str, *, n_sweep: int = 20,
-                 sp_steps: int = 100) -> dict[str, float]:
-    """``{"auroc", "precision", "recall", "faithfulness", "seconds"}`` of ``method`` under ``source``
-    (module doc) against ``truth`` (edge names of ``graph``)."""
+def setting(model, graph: Graph, task, source: str) -> Setting:
+    """The :class:`Setting` of ``source`` on ``task`` (the behaviour and its gap computed once)."""
+    behaviour = behaviour_metric(model, task)
+    return Setting(source, source_of(task, source), behaviour, behaviour_gap(model, graph, task, source, behaviour),
+                   next_token_loss_on(task.clean, task.positions))
+
+
+def _sp_task(task):
+    """The first :data:`SP_BATCH` sequences of ``task`` (all of it if they mark no read position)."""
+    p = None if task.positions is None else task.positions[:SP_BATCH]
+    if p is not None and not bool(p.any()):
+        return task
+    return type(task)(task.clean[:SP_BATCH], task.corrupted[:SP_BATCH], p, task.description)
+
+
+def score_method(model, graph: Graph, task, truth: frozenset | None, method: str, source: str, *, n_sweep: int = 20,
+                 sp_steps: int = 150, ctx: Setting | None = None) -> dict[str, float]:
+    """``{"auroc", "precision", "recall", "faithfulness", "coverage", "size", "confidence", "seconds"}``
+    of ``method`` under ``source`` (module doc) against ``truth`` (edge names of ``graph``); with
+    ``truth=None`` (a negative control: no sparse truth) no AUROC, precision or recall. ``ctx``: the
+    :class:`Setting` of ``source``, if already built."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; the methods are {METHODS}")
-    corrupted = source_of(task, source)
-    behaviour = behaviour_metric(model, task)
-    gap = behaviour_gap(model, graph, task, source, behaviour)
-    ref = graph.circuit(truth)
-    loss = next_token_loss_on(task.clean, task.positions)
-    t0 = time.perf_counter()
+    ctx = setting(model, graph, task, source) if ctx is None else ctx
+    if ctx.source != source:
+        raise ValueError(f"ctx is the setting of {ctx.source!r}, not of {source!r}")
+    corrupted, behaviour, gap, loss = ctx.corrupted, ctx.behaviour, ctx.gap, ctx.loss
+    ref = None if truth is None else graph.circuit(truth)
+    out: dict[str, float] = {}
+    t0, c0 = time.perf_counter(), time.process_time()
     if method in ("patching", "eap", "eap-ig"):
         if method == "patching":
             s = edge_effects(model, graph, task.clean, corrupted, loss)
         else:
             s = edge_attribution(model, graph, task.clean, corrupted, loss, method=method).detach()
-        seconds = time.perf_counter() - t0
-        auroc = roc_from_scores(graph, s, ref)[2]
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         top = float(s.abs().max())
-        kept = {e.name for e, v in zip(graph.edges, s.tolist()) if top > 0 and abs(v) >= KEEP_FRACTION * top}
+        mask = (s.abs() >= KEEP_FRACTION * top) & (top > 0)
+        kept = {e.name for e, k in zip(graph.edges, mask.tolist()) if k}
         circuit = graph.circuit(kept)
-        precision, recall = _pr(kept, set(truth))
+        out.update(confidence(s.abs(), mask))
+        if ref is not None:
+            out["auroc"] = roc_from_scores(graph, s, ref)[2]
+            out["precision"], out["recall"] = _pr(kept, set(truth))
     elif method in ("atp", "atp*"):
         s = _node_scores(model, task, corrupted, loss, method == "atp*")
-        seconds = time.perf_counter() - t0
-        true_nodes = node_truth(graph, truth)
-        pos = [abs(v) for k, v in s.items() if k in true_nodes]
-        neg = [abs(v) for k, v in s.items() if k not in true_nodes]
-        if not pos or not neg:
-            raise NotApplicable(f"every head node is {'in' if pos else 'outside'} the truth, so a node ranking "
-                                "has no ROC")
-        auroc = _auc(pos, neg)
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         top = max(abs(v) for v in s.values())
         kept = {k for k, v in s.items() if top > 0 and abs(v) >= KEEP_FRACTION * top}
         circuit = _node_circuit(graph, kept)
-        precision, recall = _pr(kept, true_nodes)
-    else:
+        out.update(confidence([abs(v) for v in s.values()], [k in kept for k in s]))
+        if ref is not None:
+            true_nodes = node_truth(graph, truth)
+            pos = [abs(v) for k, v in s.items() if k in true_nodes]
+            neg = [abs(v) for k, v in s.items() if k not in true_nodes]
+            if not pos or not neg:
+                raise NotApplicable(f"every head node is {'in' if pos else 'outside'} the truth, so a node ranking "
+                                    "has no ROC")
+            out["auroc"] = _auc(pos, neg)
+            out["precision"], out["recall"] = _pr(kept, true_nodes)
+    elif method == "acdc":
         values = sweep_values(gap, n_sweep)
-        circuits, seconds, circuit = [], 0.0, None
-        for v in values:
-            t0 = time.perf_counter()
-            if method == "acdc":
-                c = acdc(model, graph, task.clean, corrupted, v, metric=behaviour).circuit
-            else:
-                c = subnetwork_probing(model, graph, task.clean, corrupted, v, metric=behaviour, steps=sp_steps)[0]
-            if v == RECOMMENDED * gap:
-                seconds, circuit = time.perf_counter() - t0, c
-            circuits.append(c)
-        auroc = roc_curve(circuits, ref)[2]
-        precision, recall = _pr(set(circuit.edges), set(truth))
-    faith = _faith(model, graph, circuit, task, corrupted, behaviour, gap)
-    return check_scores({"auroc": auroc, "precision": precision, "recall": recall, "faithfulness": faith,
-                         "seconds": seconds}, f"{method} ({source})")
+        runs = acdc_sweep(model, graph, task.clean, corrupted, values, metric=behaviour)
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+        circuit = runs[values.index(RECOMMENDED * gap)].circuit
+        if ref is not None:
+            out["auroc"] = roc_curve([r.circuit for r in runs], ref)[2]
+            out["precision"], out["recall"] = _pr(set(circuit.edges), set(truth))
+    else:
+        sp_task = _sp_task(task)
+        corr = corrupted if isinstance(corrupted, str) else sp_task.corrupted
+        circuit, log_alpha = subnetwork_probing(model, graph, sp_task.clean, corr, RECOMMENDED * gap,
+                                                metric=behaviour_metric(model, sp_task), steps=sp_steps, samples=1)
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+        if ref is not None:
+            out["auroc"] = roc_from_scores(graph, torch.sigmoid(log_alpha), ref)[2]
+            out["precision"], out["recall"] = _pr(set(circuit.edges), set(truth))
+    out["faithfulness"] = 1.0 - run_circuit(model, graph, circuit, task.clean, corrupted, behaviour) / gap
+    if method in SWEEP_METHODS:
+        out.update(circuit_confidence(out["faithfulness"], len(circuit.edges), len(graph)))
+    out["seconds"], out["cpu_seconds"] = seconds, cpu
+    return check_scores(out, f"{method} ({source})")
 
 
 def circuit_scores(model, entry, seed: int, methods=METHODS, sources=SOURCES, *, n_task: int = 64,
-                   n_sweep: int = 20, sp_steps: int = 100) -> dict[str, dict[str, float]]:
+                   n_sweep: int = 20, sp_steps: int = 150, dense: bool = False) -> dict[str, dict[str, float]]:
     """Every ``method`` under every ``source`` on ``entry`` (a PlantedCircuit) at ``seed``:
     ``{"method/source": scores}``. The truth comes from ``entry.truth``; checking it is the caller's
-    (:func:`toylab.suite.truth.check_truth`)."""
+    (:func:`toylab.suite.truth.check_truth`). ``dense=True`` (a negative control): no truth is scored
+    against (``truth=None`` in :func:`score_method`)."""
     graph = Graph(model)
     task = entry.make_task(model, seed, n_task)
-    truth = entry.truth(model, graph)
+    truth = None if dense else entry.truth(model, graph)
     out = {}
-    for m in methods:
-        for src in sources:
+    for src in sources:
+        ctx = setting(model, graph, task, src)
+        for m in methods:
             try:
                 out[f"{m}/{src}"] = score_method(model, graph, task, truth, m, src, n_sweep=n_sweep,
-                                                 sp_steps=sp_steps)
+                                                 sp_steps=sp_steps, ctx=ctx)
             except NotApplicable as err:
                 out[f"{m}/{src}"] = {"n/a": str(err)}
     return out
