@@ -4,8 +4,9 @@
 
 - ``"settings"``: the run's settings (``seeds``, ``sources``, ``n_sweep``, ``sp_steps``, ``n_task``,
   ``sae_steps``, ``methods``; lists);
-- ``"seconds"``: the run's wall seconds; ``"timing"``: ``{"wall", "cpu", "load_average", "jobs",
-  "cores"}`` (CPU seconds of the command and its workers; the 1-minute load average at the start);
+- ``"seconds"``: the wall seconds of the scoring run; ``"timing"``: ``{"wall", "cpu", "load_average",
+  "jobs", "cores"}`` (wall and CPU seconds of the whole command from its start, its workers' CPU
+  included, writing the outputs excluded; the 1-minute load average when the run started);
 - ``"results"``: one record per (model, seed): ``{"model", "seed", "status": "scored" | "excluded",
   "reason", "truth", "scores", "seconds"}``; ``truth`` is ``{"edges", "kept", "removed"}`` (the
   intervention check) or, for a negative control, ``{"dense": true, "best_kept", "best_heads",
@@ -121,8 +122,8 @@ def confidence_table(agg: dict) -> list[str]:
 
 def markdown(results: list[dict], agg: dict, settings: dict, seconds: float, timing: dict | None = None) -> str:
     t = timing or {}
-    when = (f"{t['wall']:.0f} s wall, {t['cpu']:.0f} s CPU (this command and its workers), --jobs {t['jobs']} "
-            f"on {t['cores']} cores, load average {t['load_average']:.1f} at the start"
+    when = (f"{t['wall']:.0f} s wall, {t['cpu']:.0f} s CPU (the command from its start and its workers), "
+            f"--jobs {t['jobs']} on {t['cores']} cores, load average {t['load_average']:.1f} at the start"
             if {"wall", "cpu", "jobs", "cores", "load_average"} <= set(t) else f"{seconds:.0f} s in all")
     lines = ["# The methods suite", "",
              f"Run: {when}.", "",

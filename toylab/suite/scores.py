@@ -29,22 +29,23 @@ measured on the whole task. On induction-2l seed 0, ACDC on 32 instead of 64 seq
 AUROC by at most 0.02 (0.71 -> 0.73, 1.00 -> 1.00, 0.86 -> 0.85 under resample, zero, mean) and left
 precision, recall and faithfulness as they were, at 60 % of the CPU time (the score-based methods,
 cheap, keep the 64: there zero-ablation AUROCs of EAP and AtP moved by up to 0.09). SP is trained
-once, at its recommended ``lam``, for ``sp_steps`` Adam steps of one gate draw, and its AUROC ranks the edges by the learned ``sigmoid(log_alpha)`` (a continuous score, as
-for the score-based methods) instead of one run per ``lam``: on induction-2l seed 0 (resample) the old
-sweep (21 penalties x 30 steps x 4 draws x 64 sequences, 104 s CPU) gave AUROC 0.685 and precision
-0.389; one run of 150 steps x 1 draw x 32 sequences (3 s CPU) gives 0.71-0.82 and 0.583 (the masks
-had not moved far from their start in 30 steps); under zero ablation 0.972 (100 steps x 4 draws x 64:
-0.993).
+once, at its recommended ``lam``, for ``sp_steps`` Adam steps of one gate draw, and its AUROC ranks
+the edges by the learned ``sigmoid(log_alpha)`` (a continuous score, as for the score-based methods)
+instead of one run per ``lam``. On induction-2l seed 0 the old sweep (21 penalties x 30 steps x 4
+draws x 64 sequences: 104 s CPU under resample) gave AUROC 0.685 and precision 0.389 under resample
+(the masks had hardly moved from their start in 30 steps); one run of 150 steps x 1 draw x 32
+sequences (3.7 s CPU) gives 0.80 and 0.54 (resample), 0.95 and 0.58 (zero), 0.86 and 0.56 (mean);
+100 steps x 4 draws x 64 sequences, at 4x the CPU time, gave 0.85 (resample) and 0.99 (zero).
 
 For each (method, corruption): ``auroc`` (score-based and SP: the ROC of ranking by ``|score|``, ties
 1/2; ACDC: the area under its sweep's ROC points, ``toylab.discovery.roc``); ``precision`` and
 ``recall`` of the circuit at the recommended setting (an empty circuit has precision 0);
 ``faithfulness``: the kept fraction of that circuit (``1 - M(circuit) / gap``) under the method's own
 corruption; ``seconds`` and ``cpu_seconds``: wall and CPU time of the method (score-based: the
-scores; ACDC: the whole sweep; SP: its one run). Node methods (AtP, AtP*) are scored over nodes (``L0H1.q``, ``L0H1.result``, ...): a node
-is true when a truth edge enters that slot (q, k, v) or leaves that head (result); their circuit keeps
-the edges whose sender (a head's result, or ``embed``/``pos``) and receiver slot (or the logits) are
-both kept.
+scores; ACDC: the whole sweep; SP: its one run). Node methods (AtP, AtP*) are scored over nodes
+(``L0H1.q``, ``L0H1.result``, ...): a node is true when a truth edge enters that slot (q, k, v) or
+leaves that head (result); their circuit keeps the edges whose sender (a head's result, or
+``embed``/``pos``) and receiver slot (or the logits) are both kept.
 
 **Confidence** (:func:`confidence`), defined once for every discovery method from its own output,
 never from the truth: ``confidence = coverage - size``, where ``size`` is the share of the graph's
