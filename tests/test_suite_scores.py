@@ -160,3 +160,25 @@ def test_seeds_shared_by_two_suite_models_are_trained_once(tmp_path, monkeypatch
     plan = training_plan(every, [(m, s) for m in every for s in (0, 1)])
     # seed 0 of both presets is shipped; seed 1 of the shared preset is trained once, the longer recipe first
     assert plan == [("induction-2l", 1), ("skiptrigram-1l", 1)]
+
+
+def test_the_search_batch_is_the_tasks_first_sequences_unless_they_read_nothing(induction):
+    from toylab.suite.scores import SEARCH_BATCH, _search_task
+    from toylab.suite.spec import Task
+
+    _, _, task, _ = induction
+    big = Task(task.clean.repeat(2, 1), task.corrupted.repeat(2, 1), task.positions.repeat(2, 1), "x")
+    sub = _search_task(big)
+    assert sub.clean.shape[0] == SEARCH_BATCH and torch.equal(sub.clean, big.clean[:SEARCH_BATCH])
+    assert torch.equal(sub.positions, big.positions[:SEARCH_BATCH])
+    late = torch.zeros_like(big.positions)
+    late[-1, 3] = True  # only the last sequence is read: the search keeps the whole task
+    assert _search_task(Task(big.clean, big.corrupted, late, "x")).clean.shape[0] == big.clean.shape[0]
+
+
+def test_the_probe_on_128_sequences_agrees_with_256():
+    from toylab.suite.scores import probe_scores
+
+    model = load_model("skiptrigram-1l")
+    a, b = probe_scores(model, "skiptrigram-1l", 0)["probe"], probe_scores(model, "skiptrigram-1l", 0, n=256)["probe"]
+    assert abs(a["selectivity"] - b["selectivity"]) < 0.02 and a["accuracy"] > 0.9
