@@ -69,6 +69,30 @@ def test_acdc_recovers_the_induction_circuit(two_layer):
     assert no_hooks(model)
 
 
+def test_acdc_sweep_shares_tests_between_thresholds_and_changes_no_result(two_layer):
+    """acdc_sweep reads a test another threshold already ran from a shared table: every run equals acdc
+    at that threshold alone (circuit, final M, log), and the sweep runs fewer forward passes."""
+    import toylab.discovery.acdc as acdc_module
+
+    model, g, clean, corr = two_layer
+    pos = induction_positions(clean.is_repeat)
+    taus = [0.003, 0.01, 0.03, 0.1]
+    alone = [acdc(model, g, clean.tokens, corr.tokens, t, positions=pos) for t in taus]
+    calls = []
+    real = acdc_module.run_with_edges
+    acdc_module.run_with_edges = lambda *a, **k: calls.append(1) or real(*a, **k)
+    try:
+        swept = acdc_sweep(model, g, clean.tokens, corr.tokens, taus, positions=pos)
+    finally:
+        acdc_module.run_with_edges = real
+    for a, b in zip(alone, swept):
+        assert a.circuit.edges == b.circuit.edges and a.metric == b.metric and a.log == b.log
+        assert a.n_evaluations == b.n_evaluations
+    assert len(calls) < sum(a.n_evaluations + 1 for a in alone)
+    with pytest.raises(TypeError, match="unexpected argument"):
+        acdc_sweep(model, g, clean.tokens, corr.tokens, taus, tau=0.1)
+
+
 def test_acdc_on_the_one_layer_control_finds_no_induction():
     model = load_model("induction-1l")
     g = Graph(model)

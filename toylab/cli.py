@@ -8,7 +8,7 @@
     toylab grade [--chapter N] [--json [FILE]] [--timeout S] [PATH]   # grade exercises
     toylab grade-class SUBMISSIONS [--jobs N] [--out DIR]             # a class into gradebook.csv/json
     toylab release OUT                                                # the students' copy of the course
-    toylab suite [--quick] [--jobs N] [--out DIR] [--models ...]      # every method against planted truth
+    toylab suite [--quick] [--jobs N] [--out DIR] [--models ...] [--seeds ...]  # methods vs planted truth
 """
 
 from __future__ import annotations

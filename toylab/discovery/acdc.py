@@ -90,6 +90,11 @@ def acdc(model, graph: Graph, clean, corrupted, tau: float, metric: Callable | N
     bool mask ``[pos]`` or ``[batch, pos]`` of logit positions); ``sender_order``: ``"reverse"``
     (the latest sender first), ``"forward"`` (the embedding first) or a list of every node name.
     """
+    return _acdc(model, graph, clean, corrupted, tau, metric, positions, sender_order, skip_dead, {})
+
+
+def _acdc(model, graph, clean, corrupted, tau, metric, positions, sender_order, skip_dead, memo) -> AcdcResult:
+    """:func:`acdc`, reading and filling ``memo`` (patched edges as bytes -> ``M``)."""
     tau = check_tau(tau)
     check_model_graph(model, graph)
     if not isinstance(skip_dead, bool):
@@ -108,7 +113,10 @@ def acdc(model, graph: Graph, clean, corrupted, tau: float, metric: Callable | N
     w = torch.zeros(len(graph))
 
     def evaluate() -> float:
-        return float(run_with_edges(model, graph, clean, corrupted, w, metric, source_outputs=src)[0])
+        key = w.to(torch.bool).numpy().tobytes()
+        if key not in memo:
+            memo[key] = float(run_with_edges(model, graph, clean, corrupted, w, metric, source_outputs=src)[0])
+        return memo[key]
 
     log, n_eval = [], 0
     with torch.no_grad():
@@ -135,11 +143,22 @@ def acdc(model, graph: Graph, clean, corrupted, tau: float, metric: Callable | N
 
 
 def acdc_sweep(model, graph: Graph, clean, corrupted, taus: Sequence[float], **kwargs) -> list[AcdcResult]:
-    """:func:`acdc` at each threshold of ``taus`` (same arguments otherwise) -> one result per ``tau``."""
+    """:func:`acdc` at each threshold of ``taus`` (same arguments otherwise) -> one result per ``tau``.
+
+    The runs share one table of ``M`` per set of patched edges: two thresholds make the same decisions
+    until some test's increase lies between them, so the later run reads those tests from the table
+    instead of running them again (the same forward passes, so the same numbers bit for bit;
+    ``n_evaluations`` still counts every test a run made)."""
     if isinstance(taus, (int, float, str)) or not hasattr(taus, "__iter__"):
         raise TypeError(f"taus must be a list of thresholds, got {type(taus).__name__} {taus!r} "
                         "(for one threshold, call acdc)")
     taus = [check_tau(t) for t in taus]
     if not taus:
         raise ValueError("taus is empty: give at least one threshold")
-    return [acdc(model, graph, clean, corrupted, t, **kwargs) for t in taus]
+    allowed = {"metric", "positions", "sender_order", "skip_dead"}
+    if set(kwargs) - allowed:
+        raise TypeError(f"acdc_sweep got unexpected argument(s) {sorted(set(kwargs) - allowed)}; it takes "
+                        f"acdc's {sorted(allowed)}")
+    memo: dict = {}
+    return [_acdc(model, graph, clean, corrupted, t, kwargs.get("metric"), kwargs.get("positions"),
+                  kwargs.get("sender_order", "reverse"), kwargs.get("skip_dead", True), memo) for t in taus]

@@ -17,7 +17,8 @@ Modules:
 - :mod:`toylab.suite.entries`: the suite's models that exist today (``induction-2l``,
   ``skiptrigram-1l``, features of ``facts-1l``), their tasks and truths, and the registry that takes in
   :mod:`toylab.suite.planted` where it exists.
-- :mod:`toylab.suite.scores`: every discovery and feature method scored against a truth at one seed.
+- :mod:`toylab.suite.scores`: every discovery and feature method scored against a truth at one seed,
+  and each discovery method's confidence (also on the negative control, which has no sparse truth).
 - :mod:`toylab.suite.runner`: models trained or loaded per seed, jobs over processes, ``toylab suite``.
 - :mod:`toylab.suite.report`: means and spreads over seeds, ``suite.md``, ``suite.json``, ``suite.png``.
 """

@@ -1,10 +1,33 @@
 """The suite's outputs: scores aggregated over seeds, written as ``suite.md``, ``suite.json``, ``suite.png``.
 
+``suite.json`` (read by the chapter; keep it stable) has the keys:
+
+- ``"settings"``: the run's settings (``seeds``, ``sources``, ``n_sweep``, ``sp_steps``, ``n_task``,
+  ``sae_steps``, ``methods``; lists);
+- ``"seconds"``: the wall seconds of the scoring run; ``"timing"``: ``{"wall", "cpu", "load_average",
+  "jobs", "cores"}`` (wall and CPU seconds of the whole command from its start, its workers' CPU
+  included, writing the outputs excluded; the 1-minute load average when the run started);
+- ``"results"``: one record per (model, seed): ``{"model", "seed", "status": "scored" | "excluded",
+  "reason", "truth", "scores", "seconds"}``; ``truth`` is ``{"edges", "kept", "removed"}`` (the
+  intervention check) or, for a negative control, ``{"dense": true, "best_kept", "best_heads",
+  "max_heads"}``; ``scores`` maps a column (``"method/corruption"``, ``"relu-sae"``, ``"topk-sae"``,
+  ``"probe"``) to its numbers (discovery: ``auroc``, ``precision``, ``recall`` (not on a negative
+  control), ``faithfulness``, ``coverage``, ``size``, ``confidence``, ``seconds``, ``cpu_seconds``;
+  features: ``mcc`` or ``accuracy``, ``control_accuracy``, ``selectivity``; and ``seconds``), or to
+  ``{"n/a": reason}``;
+- ``"aggregate"``: ``{model: {column: {score: {"mean", "spread", "n", "values"}}}}`` over the scored seeds;
+- ``"negative_controls"``: the names of the negative-control models in the run.
+
 Each cell is ``mean ± spread`` over the seeds that were scored (excluded seeds are listed, with the
 reason, and enter no mean); the spread is the population standard deviation over those seeds (0 for
 one seed), and ``(n=k)`` says how many seeds a cell has when it is not every scored seed. ``suite.md``
-has one table per score (rows: models; columns: ``method/corruption``); the figure shows each
-method's AUROC (MCC, selectivity for feature methods) per model, one dot per seed. All three files
+starts with the run's timing (wall, CPU, load average at the start), has one table per score (rows:
+models; columns: ``method/corruption``) and a side-by-side table of each method's confidence
+(:func:`toylab.suite.scores.confidence`) on the planted models and on the negative controls, with
+the negative control's faithfulness and circuit size: a high confidence there is a confident sparse
+circuit where none exists. The figure shows each method's AUROC (MCC, selectivity for feature
+methods) per model, one dot per seed, and a last panel of confidence, planted models against the
+negative controls. All three files
 are written atomically (:func:`toylab.files.atomic_write_many`).
 
 :func:`seed_summary` prints one recorded number over seeds the same way, for the chapters that read
@@ -20,7 +43,8 @@ from pathlib import Path
 from toylab.files import atomic_write_many
 
 MAIN = {"relu-sae": "mcc", "topk-sae": "mcc", "probe": "selectivity"}  # the headline score of feature methods
-TABLES = ("auroc", "precision", "recall", "faithfulness", "seconds", "mcc", "selectivity")
+TABLES = ("auroc", "precision", "recall", "faithfulness", "confidence", "seconds", "mcc", "selectivity")
+CONFIDENT = 0.5  # a confidence at or above this on a negative control is flagged as a confident wrong answer
 
 
 def aggregate(results: list[dict]) -> dict:
@@ -87,19 +111,76 @@ def _cell(c: dict | None, n_seeds: int) -> str:
     return s if c["n"] == n_seeds else f"{s} (n={c['n']})"
 
 
-def markdown(results: list[dict], agg: dict, settings: dict, seconds: float) -> str:
+def _negatives(agg: dict) -> list[str]:
+    from toylab.suite.planted import NEGATIVE_CONTROLS
+
+    return [m for m in agg if m in NEGATIVE_CONTROLS]
+
+
+def _mean_sd(vals: list[float]) -> str:
+    m = sum(vals) / len(vals)
+    return f"{m:.2f} ± {math.sqrt(sum((v - m) ** 2 for v in vals) / len(vals)):.2f}"
+
+
+def confidence_table(agg: dict) -> list[str]:
+    """The side-by-side table (module doc): per discovery column, the confidence on the planted models
+    (mean ± standard deviation over their per-model means, and the lowest model mean) and, per negative
+    control, its confidence, faithfulness and size; ``confident wrong`` where confidence >= :data:`CONFIDENT`."""
+    neg = _negatives(agg)
+    planted = [m for m in agg if m not in neg]
+    cols = sorted({c for m in agg for c, cell in agg[m].items() if "confidence" in cell})
+    if not cols:
+        return []
+    head = ["method/corruption", "planted: confidence", "planted: lowest"]
+    for n in neg:
+        head += [f"{n}: confidence", f"{n}: faithfulness", f"{n}: size", f"{n}: verdict"]
+    lines = ["## confidence: planted models against the negative control", "",
+             "confidence = coverage - size (toylab.suite.scores.confidence): the share of the behaviour "
+             "(score-based methods: of the total |score|) the method says its recommended circuit carries, minus "
+             "the share of the graph it keeps. On the negative control no circuit of at most half the heads keeps "
+             f"90 % of the behaviour, so a confidence >= {CONFIDENT} there is a confident sparse circuit where "
+             "none exists.", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for c in cols:
+        means = [agg[m][c]["confidence"]["mean"] for m in planted if "confidence" in agg[m].get(c, {})]
+        row = [c, _mean_sd(means) if means else "", f"{min(means):.2f}" if means else ""]
+        for n in neg:
+            cell = agg[n].get(c, {})
+            if "confidence" not in cell:
+                row += ["", "", "", ""]
+                continue
+            conf = cell["confidence"]["mean"]
+            row += [_cell(cell["confidence"], cell["confidence"]["n"]), _cell(cell["faithfulness"],
+                    cell["faithfulness"]["n"]), _cell(cell["size"], cell["size"]["n"]),
+                    "confident wrong" if conf >= CONFIDENT else "low confidence"]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines + [""]
+
+
+def markdown(results: list[dict], agg: dict, settings: dict, seconds: float, timing: dict | None = None) -> str:
+    t = timing or {}
+    when = (f"{t['wall']:.0f} s wall, {t['cpu']:.0f} s CPU (the command from its start and its workers), "
+            f"--jobs {t['jobs']} on {t['cores']} cores, load average {t['load_average']:.1f} at the start"
+            if {"wall", "cpu", "jobs", "cores", "load_average"} <= set(t) else f"{seconds:.0f} s in all")
     lines = ["# The methods suite", "",
-             f"Seeds {list(settings['seeds'])}, corruptions {list(settings['sources'])}, sweeps of "
-             f"{settings['n_sweep']} thresholds (+ the recommended one), {seconds:.0f} s in all. "
+             f"Run: {when}.", "",
+             f"Seeds {list(settings['seeds'])}, corruptions {list(settings['sources'])}; ACDC over a sweep of "
+             f"{settings['n_sweep']} thresholds (+ the recommended one); subnetwork probing one run of "
+             f"{settings['sp_steps']} steps, ranked by its mask logits. "
              "Each cell: mean ± standard deviation over the scored seeds.", ""]
     excluded = [r for r in results if r["status"] != "scored"]
     if excluded:
         lines += ["Excluded seeds:", ""] + [f"- {r['model']} seed {r['seed']}: {r['reason']}" for r in excluded] + [""]
-    truths = [r for r in results if r.get("truth")]
+    truths = [r for r in results if r.get("truth") and "kept" in r["truth"]]
     if truths:
         lines += ["Truth checks (resampling): " + "; ".join(
             f"{r['model']} s{r['seed']} kept {r['truth']['kept']:.3f}, removed {r['truth']['removed']:.3f}"
             for r in truths), ""]
+    dense = [r for r in results if r.get("truth", {}).get("dense")]
+    if dense:
+        lines += ["Negative-control checks (resampling; the best circuit of at most half the heads): " + "; ".join(
+            f"{r['model']} s{r['seed']} {r['truth']['best_heads']} keep {r['truth']['best_kept']:.3f}"
+            for r in dense), ""]
+    lines += confidence_table(agg)
     n_seeds = {m: sum(r["model"] == m and r["status"] == "scored" for r in results) for m in agg}
     for score in TABLES:
         cols = sorted({c for cols in agg.values() for c, cell in cols.items() if score in cell or (
@@ -110,6 +191,8 @@ def markdown(results: list[dict], agg: dict, settings: dict, seconds: float) -> 
         for m, mc in agg.items():
             cells = [_cell(mc.get(c, {}).get(score) or (mc.get(c, {}).get("n/a") if score == "auroc" else None),
                            n_seeds[m]) for c in cols]
+            if not any(cells):  # e.g. a negative control has no AUROC, precision or recall
+                continue
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -121,9 +204,27 @@ def figure(agg: dict):
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    models = list(agg)
-    fig, axes = plt.subplots(len(models), 1, figsize=(10, 2.6 * max(len(models), 1)), squeeze=False)
-    for ax, m in zip(axes[:, 0], models):
+    neg = _negatives(agg)
+    models = [m for m in agg if m not in neg]
+    conf_cols = sorted({c for m in agg for c, cell in agg[m].items() if "confidence" in cell})
+    n_ax = len(models) + bool(conf_cols)
+    fig, axes = plt.subplots(n_ax, 1, figsize=(10, 2.6 * max(n_ax, 1)), squeeze=False)
+    if conf_cols:
+        ax = axes[-1, 0]
+        for i, c in enumerate(conf_cols):
+            for m in agg:
+                cell = agg[m].get(c, {}).get("confidence")
+                if cell:
+                    ax.scatter([i + (0.15 if m in neg else -0.15)] * len(cell["values"]), cell["values"], s=12,
+                               color="tab:red" if m in neg else "tab:blue", alpha=0.6)
+        ax.axhline(CONFIDENT, color="gray", lw=0.8, ls="--")
+        ax.set_xticks(range(len(conf_cols)))
+        ax.set_xticklabels(conf_cols, rotation=60, ha="right", fontsize=7)
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_ylabel("confidence")
+        ax.set_title("confidence: planted models (blue) against the negative control" +
+                     (f" {', '.join(neg)} (red)" if neg else ""), fontsize=9)
+    for ax, m in zip(axes[:len(models), 0], models):
         cols = sorted(agg[m])
         for i, c in enumerate(cols):
             score = MAIN.get(c, "auroc")
@@ -142,16 +243,18 @@ def figure(agg: dict):
     return fig
 
 
-def write_outputs(out_dir, results: list[dict], settings: dict, seconds: float) -> list[Path]:
+def write_outputs(out_dir, results: list[dict], settings: dict, seconds: float,
+                  timing: dict | None = None) -> list[Path]:
     """Write ``suite.md``, ``suite.json`` and ``suite.png`` into ``out_dir`` (created), atomically."""
     import matplotlib.pyplot as plt
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     agg = aggregate(results)
-    md = markdown(results, agg, settings, seconds)
+    md = markdown(results, agg, settings, seconds, timing)
     data = {"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
-            "seconds": seconds, "results": results, "aggregate": agg}
+            "seconds": seconds, "timing": timing or {}, "results": results, "aggregate": agg,
+            "negative_controls": _negatives(agg)}
     fig = figure(agg)
 
     def text(s):
