@@ -62,6 +62,36 @@ def test_topic_corrupt_keeps_topic_and_prefix_and_breaks_the_copy():
     assert float((c[b.is_repeat] == b.tokens[b.is_repeat]).double().mean()) < 0.2, "the copy is redrawn"
 
 
+def test_topic_plain_source_keeps_the_copy_apart_from_the_topics():
+    ds = TopicInductionData(d_vocab=128, n_ctx=32, n_topics=4, topic_size=12, p_topic=0.8, max_offset=14,
+                            plain_source=True)
+    assert ds.first_plain == 1 + 4 + 48
+    b = ds.sample_batch(512, gen(21))
+    x, pos = b.tokens, torch.arange(32)[None]
+    d, o = b.dst_start[:, None], b.offset[:, None]
+    window = (pos >= d - o) & (pos < d)
+    assert (x[window] >= ds.first_plain).all() and (x[pos >= d] >= ds.first_plain).all(), \
+        "the source window and so the copy hold plain tokens only"
+    for i in range(64):
+        di, oi = int(b.dst_start[i]), int(b.offset[i])
+        assert all(x[i, p] == x[i, p - oi] for p in range(di, 32)), "the copy reads x_p = x_{p-o}"
+    before = (pos >= 2) & (pos < d - o)
+    in_topic = (x - ds.first_content) // ds.topic_size == b.topic[:, None]
+    want = 0.8 + 0.2 * 12 / (128 - 5)
+    got = float((in_topic & (x < ds.first_plain))[before].double().mean())
+    assert abs(got - want) < 0.03, f"topic share before the source window {got:.3f}, the rule says {want:.3f}"
+    c = ds.corrupt(b, gen(22))
+    assert torch.equal(c[pos < d], x[pos < d]) and (c[pos >= d] >= ds.first_plain).all(), \
+        "the corruption redraws the copy from the plain tokens and keeps the rest"
+    assert make_dataset(ds.spec).spec == ds.spec
+    old = {k: v for k, v in TopicInductionData().spec.items() if k != "plain_source"}
+    assert make_dataset(old).plain_source is False, "a spec from before the field reads as before"
+    with pytest.raises(ValueError, match="plain_source"):
+        TopicInductionData(d_vocab=97, n_topics=8, topic_size=11, plain_source=True)
+    with pytest.raises(ValueError, match="plain_source"):
+        TopicInductionData(plain_source=1)
+
+
 def test_mixture_labels_and_rule_removal():
     ds = InductionSkipTrigramMixture(d_vocab=64, n_ctx=32)
     b = ds.sample_batch(256, gen(4))
@@ -87,6 +117,34 @@ def test_rule_source_triples_point_at_the_latest_A():
     toks = torch.tensor([[0, a, filler, a, filler, bb, filler, filler]])
     b, q, k = rule_source_triples(lang, toks)
     assert (b.tolist(), q.tolist(), k.tolist()) == ([0], [5], [3]), "at B (pos 5) the rule reads the A at pos 3"
+
+
+def test_skip_trigram_truth_reads_each_rule_and_composes_layers(monkeypatch):
+    """The rule heads are read per rule (a head carrying some of the rules counts), never where the A sits
+    right before its B, and a later rule head gets edges from the earlier ones."""
+    import toylab.suite.planted as planted
+
+    lang = make_dataset(get_preset("mixture-2l").data).skip_trigram
+    seen = []
+
+    def fake_scores(model, tokens, b, q, k):
+        assert (k < q - 1).all(), "an A right before its B is left out"
+        rules = set(lang.active_rules(tokens)[b, q].tolist())
+        assert len(rules) == 1, "one rule at a time"
+        r = rules.pop()
+        seen.append(r)
+        out = torch.zeros(2, 2)
+        out[1, 0] = 0.6 if r % 2 == 0 else 0.1  # L1H0 carries the even rules only
+        out[0, 1] = 0.5 if r == 3 else 0.0  # L0H1 carries rule 3 only
+        return out
+
+    monkeypatch.setattr(planted, "attention_scores", fake_scores)
+    m = AttnOnlyTransformer(get_preset("mixture-2l").model, seed=0)
+    t = planted.skip_trigram_truth("mixture-2l")(m, Graph(m))
+    assert 3 in seen and len(seen) == len(set(seen)) >= 6
+    want = {f"embed->{h}.{s}" for h in ("L0H1", "L1H0") for s in "qkv"} | {"L0H1->logits", "L1H0->logits"}
+    want |= {f"L0H1->L1H0.{s}" for s in "qkv"}
+    assert t == want and want <= set(Graph(m).edge_names)
 
 
 def brute_majority_probs(ds, seq):
