@@ -30,6 +30,7 @@ reports it and leaves the seed out; the truth is never redefined to fit.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -215,12 +216,26 @@ FEATURES: dict[str, PlantedFeatures] = {
 
 
 # The planted models (toylab.suite.planted) the suite scores: those whose recipe plants its truth at
-# every seed (benchmarks/suite_truths.py). Left out: "induction" (it is induction-2l, above), the
-# negative control "majority" (its truth is every edge, so it needs a scoring of its own:
-# check_dense), and distractor, mixture and layernorm, whose recipes do not plant their truth yet.
-FROM_PLANTED = ("redundant",)
+# at least 2 of 3 seeds (benchmarks/suite_truths.py). Left out: "induction" (it is induction-2l, above)
+# and the negative control "majority" (its truth is every edge; the runner takes it from
+# toylab.suite.planted.NEGATIVE_CONTROLS and checks it with check_dense).
+FROM_PLANTED = ("redundant", "mixture-induction", "mixture-skiptrigram")
+
+
+def _intended_first(pc: PlantedCircuit) -> PlantedCircuit:
+    """``pc`` with a truth that first checks the intended structure (:data:`toylab.suite.planted.INTENDED`)
+    and raises :class:`NoPlantedCircuit` where training did not produce it (the seed is excluded)."""
+    from toylab.suite.planted import INTENDED
+
+    def truth(model, graph) -> frozenset:
+        ok, why = INTENDED[pc.name](model, graph)
+        if not ok:
+            raise NoPlantedCircuit(f"training did not produce the structure {pc.name} is built for: {why}")
+        return pc.truth(model, graph)
+    return dataclasses.replace(pc, truth=truth)
 
 
 def registry() -> dict[str, PlantedCircuit]:
-    """Every circuit model the suite scores: :data:`CIRCUITS` and :data:`FROM_PLANTED`."""
-    return {**CIRCUITS, **{name: PLANTED[name] for name in FROM_PLANTED}}
+    """Every circuit model the suite scores: :data:`CIRCUITS` and :data:`FROM_PLANTED` (whose truths raise
+    :class:`NoPlantedCircuit` at a seed without the intended structure)."""
+    return {**CIRCUITS, **{name: _intended_first(PLANTED[name]) for name in FROM_PLANTED}}
