@@ -16,7 +16,8 @@ from toylab.data.topic_induction import TopicInductionData
 from toylab.discovery.graph import Graph
 from toylab.model import AttnOnlyTransformer, ModelConfig
 from toylab.suite.planted import INTENDED, NEGATIVE_CONTROLS, PLANTED, rule_source_triples
-from toylab.suite.readers import attention_scores, heads_of, induction_edges, induction_scores
+from toylab.suite.readers import (attention_scores, heads_of, induction_edges, induction_scores,
+                                  two_back_scores)
 from toylab.suite.spec import PlantedCircuit, Task
 from toylab.suite.truth import check_dense, check_truth, heads_circuit
 from toylab.training.presets import PRESETS, SUITE_PRESETS, get_preset
@@ -275,6 +276,26 @@ def test_induction_edges_from_scores():
     assert induction_edges(m, ind, torch.zeros(2, 2)) == frozenset(), "no previous-token head: no truth"
     assert heads_of(want) == ["L0H1", "L1H0"]
     assert want <= set(Graph(m).edge_names)
+    two = induction_edges(m, ind, prev, back2=torch.tensor([[0.7, 0.8], [0.0, 0.0]]))
+    assert two == want | {"embed->L0H0.v", "pos->L0H0.q", "pos->L0H0.k", "L0H0->L1H0.k", "L0H1->L1H0.q"}, \
+        "a two-back head T (not the previous-token head) adds T -> I.k and P -> I.q"
+    assert induction_edges(m, ind, prev, back2=torch.tensor([[0.2, 0.8], [0.0, 0.0]])) == want
+
+
+def test_two_back_scores_read_the_keys_of_the_copy():
+    """A head that attends from j to j - 2, built by hand, scores 1 at the keys k = p + 1 - o."""
+    m = prev_token_model()
+    with torch.no_grad():
+        a = m.blocks[0].attn
+        for p in range(8):
+            if p + 2 < 8:
+                a.W_K[1, p, p + 2] = 30.0
+            a.W_Q[1, p, p] = 30.0
+    toks = torch.randint(1, 16, (4, 8), generator=gen(13))
+    positions = torch.zeros(4, 8, dtype=torch.bool)
+    positions[:, 4:7] = True
+    two = two_back_scores(m, toks, positions, torch.full((4,), 2))
+    assert float(two[0, 1]) > 0.99 and float(two[0, 0]) < 0.5
 
 
 def test_truths_of_an_untrained_model_are_empty_or_every_edge():

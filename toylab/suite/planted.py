@@ -32,7 +32,7 @@ import torch
 from toylab.data import make_dataset
 from toylab.data.mixture import remove_rule_sources
 from toylab.discovery.metrics import induction_positions
-from toylab.suite.readers import attention_scores, heads_of, induction_edges, induction_scores
+from toylab.suite.readers import attention_scores, heads_of, induction_edges, induction_scores, two_back_scores
 from toylab.suite.spec import PlantedCircuit, Task
 from toylab.suite.truth import check_truth
 from toylab.training.presets import get_preset
@@ -83,14 +83,16 @@ def induction_task(preset: str):
 
 def induction_truth(preset: str, pos_edges: bool = True):
     """``truth`` of an induction-type preset: :func:`~toylab.suite.readers.induction_edges` of the heads
-    read on a labelled batch of its generator."""
+    read on a labelled batch of its generator (previous-token, induction and two-back scores)."""
     ds = _data(preset)
 
     def truth(model, graph) -> frozenset:
         graph.check_model(model)
         batch = _induction_component(ds).sample_batch(N_TRUTH, torch.Generator().manual_seed(TRUTH_SEED))
-        ind, prev = induction_scores(model, batch.tokens, induction_positions(batch.is_repeat), batch.offset)
-        return induction_edges(model, ind, prev, pos_edges=pos_edges)
+        positions = induction_positions(batch.is_repeat)
+        ind, prev = induction_scores(model, batch.tokens, positions, batch.offset)
+        back2 = two_back_scores(model, batch.tokens, positions, batch.offset)
+        return induction_edges(model, ind, prev, pos_edges=pos_edges, back2=back2)
     return truth
 
 
