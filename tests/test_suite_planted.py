@@ -63,36 +63,6 @@ def test_topic_corrupt_keeps_topic_and_prefix_and_breaks_the_copy():
     assert float((c[b.is_repeat] == b.tokens[b.is_repeat]).double().mean()) < 0.2, "the copy is redrawn"
 
 
-def test_topic_plain_source_keeps_the_copy_apart_from_the_topics():
-    ds = TopicInductionData(d_vocab=128, n_ctx=32, n_topics=4, topic_size=12, p_topic=0.8, max_offset=14,
-                            plain_source=True)
-    assert ds.first_plain == 1 + 4 + 48
-    b = ds.sample_batch(512, gen(21))
-    x, pos = b.tokens, torch.arange(32)[None]
-    d, o = b.dst_start[:, None], b.offset[:, None]
-    window = (pos >= d - o) & (pos < d)
-    assert (x[window] >= ds.first_plain).all() and (x[pos >= d] >= ds.first_plain).all(), \
-        "the source window and so the copy hold plain tokens only"
-    for i in range(64):
-        di, oi = int(b.dst_start[i]), int(b.offset[i])
-        assert all(x[i, p] == x[i, p - oi] for p in range(di, 32)), "the copy reads x_p = x_{p-o}"
-    before = (pos >= 2) & (pos < d - o)
-    in_topic = (x - ds.first_content) // ds.topic_size == b.topic[:, None]
-    want = 0.8 + 0.2 * 12 / (128 - 5)
-    got = float((in_topic & (x < ds.first_plain))[before].double().mean())
-    assert abs(got - want) < 0.03, f"topic share before the source window {got:.3f}, the rule says {want:.3f}"
-    c = ds.corrupt(b, gen(22))
-    assert torch.equal(c[pos < d], x[pos < d]) and (c[pos >= d] >= ds.first_plain).all(), \
-        "the corruption redraws the copy from the plain tokens and keeps the rest"
-    assert make_dataset(ds.spec).spec == ds.spec
-    old = {k: v for k, v in TopicInductionData().spec.items() if k != "plain_source"}
-    assert make_dataset(old).plain_source is False, "a spec from before the field reads as before"
-    with pytest.raises(ValueError, match="plain_source"):
-        TopicInductionData(d_vocab=97, n_topics=8, topic_size=11, plain_source=True)
-    with pytest.raises(ValueError, match="plain_source"):
-        TopicInductionData(plain_source=1)
-
-
 def test_mixture_labels_and_rule_removal():
     ds = InductionSkipTrigramMixture(d_vocab=64, n_ctx=32)
     b = ds.sample_batch(256, gen(4))

@@ -43,12 +43,6 @@ class TopicInductionData:
         for p = 2..n-1:  x_p ~ Uniform(S_k) with probability p_topic, else Uniform(C)
         o ~ Uniform{min_offset..max_offset};  d = 2 + o with probability p_periodic,
             else d ~ Uniform{2+o .. n-2};  x_p := x_{p-o} for p = d..n-1 (in order)
-        with plain_source: the source window x_{d-o} .. x_{d-1} is redrawn (before the copy) uniformly
-            from the plain tokens U = {K+1+K*m .. V-1}, which no topic owns
-
-``plain_source`` keeps the copy apart from the topic: with it, the token a copy predicts is a plain
-token that the topical noise rarely holds, so a copy is found by its current token alone (as in
-:class:`~toylab.data.induction.InductionData`), not confused with chance repeats of topic tokens.
 
     Truth: ``is_repeat[p]`` iff ``p > d`` (the token is fixed by the copy); elsewhere (``p >= 2``) the
     next token follows the topic: ``P(v) = p_topic / m 1[v in S_k] + (1 - p_topic) / |C|``
@@ -58,11 +52,11 @@ token that the topical noise rarely holds, so a copy is found by its current tok
 
     kind = "topic_induction"
     _FIELDS = ("d_vocab", "n_ctx", "seed", "n_topics", "topic_size", "p_topic", "min_offset", "max_offset",
-               "p_periodic", "plain_source")
+               "p_periodic")
 
     def __init__(self, *, d_vocab: int = 128, n_ctx: int = 32, seed: int = 0, n_topics: int = 8,
                  topic_size: int = 8, p_topic: float = 0.5, min_offset: int = 2, max_offset: int = 14,
-                 p_periodic: float = 0.5, plain_source: bool = False) -> None:
+                 p_periodic: float = 0.5) -> None:
         self.d_vocab = check_int("d_vocab", d_vocab, minimum=4)
         self.n_ctx = check_int("n_ctx", n_ctx, minimum=6)
         self.seed = check_seed(seed)
@@ -72,16 +66,10 @@ token that the topical noise rarely holds, so a copy is found by its current tok
         self.min_offset = check_int("min_offset", min_offset, minimum=1)
         self.max_offset = check_int("max_offset", max_offset, minimum=self.min_offset)
         self.p_periodic = check_probability("p_periodic", p_periodic)
-        if not isinstance(plain_source, bool):
-            raise ValueError(f"plain_source must be True or False, got {plain_source!r}")
-        self.plain_source = plain_source
         if 1 + self.n_topics + self.n_topics * self.topic_size > self.d_vocab:
             raise ValueError(f"d_vocab must be >= 1 + n_topics * (1 + topic_size) = "
                              f"{1 + self.n_topics * (1 + self.topic_size)} (BOS, markers, topic tokens), "
                              f"got d_vocab={self.d_vocab}")
-        if plain_source and 1 + self.n_topics * (1 + self.topic_size) >= self.d_vocab:
-            raise ValueError(f"plain_source needs plain tokens: d_vocab must be > 1 + n_topics * (1 + topic_size) = "
-                             f"{1 + self.n_topics * (1 + self.topic_size)}, got d_vocab={self.d_vocab}")
         if self.max_offset > self.n_ctx - 4:
             raise ValueError(f"max_offset must be <= n_ctx - 4 = {self.n_ctx - 4} (BOS, marker, o tokens and "
                              f"two copied ones), got max_offset={self.max_offset}")
@@ -95,11 +83,6 @@ token that the topical noise rarely holds, so a copy is found by its current tok
         """``S_k``: the content tokens topic ``k`` favours."""
         start = self.first_content + k * self.topic_size
         return list(range(start, start + self.topic_size))
-
-    @property
-    def first_plain(self) -> int:
-        """The first plain token id, ``K + 1 + K m`` (the content tokens no topic owns start here)."""
-        return self.first_content + self.n_topics * self.topic_size
 
     def noise_probs(self, topic: torch.Tensor) -> torch.Tensor:
         """``[b, V]`` float64: the distribution of a noise token under topics ``topic [b]``."""
@@ -133,9 +116,6 @@ token that the topical noise rarely holds, so a copy is found by its current tok
         d = torch.where(periodic, 2 + o, 2 + o + (u * (n - 3 - o)).long())  # uniform on 2+o..n-2
         pos = torch.arange(n)[None]
         dd, oo = d[:, None], o[:, None]
-        if self.plain_source:
-            plain = torch.randint(self.first_plain, self.d_vocab, (b, n), generator=generator)
-            tokens = torch.where((pos >= dd - oo) & (pos < dd), plain, tokens)
         source = torch.where(pos >= dd, dd - oo + (pos - dd).clamp_min(0) % oo, pos)
         tokens = tokens.gather(1, source)
         return TopicBatch(tokens, topic, pos > dd, d, o)
@@ -146,13 +126,8 @@ token that the topical noise rarely holds, so a copy is found by its current tok
 
     def corrupt(self, batch: TopicBatch, generator: torch.Generator) -> torch.Tensor:
         """``[b, n]``: ``batch``'s tokens with the copy (``p >= d``) redrawn as fresh noise of the same
-        topic (with ``plain_source``: as fresh plain tokens, the source window's own distribution):
-        the repeat is gone, the topic and every token before ``d`` are kept."""
-        generator = check_generator(generator)
-        if self.plain_source:
-            noise = torch.randint(self.first_plain, self.d_vocab, batch.tokens.shape, generator=generator)
-        else:
-            noise = self.draw_noise(batch.topic, self.n_ctx, generator)
+        topic: the repeat is gone, the topic and every token before ``d`` are kept."""
+        noise = self.draw_noise(batch.topic, self.n_ctx, check_generator(generator))
         in_copy = torch.arange(self.n_ctx)[None] >= batch.dst_start[:, None]
         return torch.where(in_copy, noise, batch.tokens)
 
@@ -164,7 +139,6 @@ token that the topical noise rarely holds, so a copy is found by its current tok
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> "TopicInductionData":
         """Rebuild from :attr:`spec` (all fields required)."""
-        spec = {"plain_source": False, **spec} if isinstance(spec, dict) else spec  # specs from before the field
         return cls(**check_spec(spec, cls.kind, cls._FIELDS))
 
     def __repr__(self) -> str:
