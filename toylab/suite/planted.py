@@ -185,11 +185,15 @@ def _n_induction_heads(preset: str, minimum: int):
 
 
 @torch.no_grad()
-def head_output_norms(model, tokens: torch.Tensor) -> torch.Tensor:
+def head_output_norms(model, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
     """``[n_layers, n_heads]``: the mean norm of each head's output ``z^h W_O^h`` (``hook_result``) over
-    the positions ``p >= 2`` of ``tokens [batch, pos]`` (how much a head writes, wherever it reads)."""
+    the positions ``p >= 2`` of ``tokens [batch, pos]`` (how much a head writes, wherever it reads), or
+    over ``positions [batch, pos]`` (bool) where given."""
+    if positions is None:
+        positions = torch.zeros_like(tokens, dtype=torch.bool)
+        positions[:, 2:] = True
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_result"))
-    return torch.stack([cache[f"blocks.{l}.attn.hook_result"][:, 2:].norm(dim=-1).mean((0, 1))
+    return torch.stack([cache[f"blocks.{l}.attn.hook_result"][positions].norm(dim=-1).mean(0)
                         for l in range(model.cfg.n_layers)])
 
 
@@ -218,6 +222,7 @@ def _topic_head(preset: str, min_attention: float = 0.3, min_norm: float = 0.5, 
         norm = {f"L{l}H{h}": float(norms[l, h]) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)}
         circuit_norm = sum(norm[h] for h in inside) / len(inside)
         task = make_task(model, 0, 128)
+        at_metric = head_output_norms(model, task.clean, task.positions)
         good, parts = [], []
         for h in topic:
             out = {e.name for e in graph.edges if e.sender == h}
@@ -225,10 +230,12 @@ def _topic_head(preset: str, min_attention: float = 0.3, min_norm: float = 0.5, 
             zero = check_truth(model, graph, out, task, "zero").removed
             ok = norm[h] >= min_norm * circuit_norm and resample < max_removed
             good += [h] if ok else []
-            parts.append(f"{h} (marker {float(score[int(h[1]), int(h[3:])]):.2f}, norm {norm[h]:.2f}, removing it "
-                         f"removes {resample:.2f} resample / {zero:.2f} zero)")
+            l, i = int(h[1]), int(h[3:])
+            parts.append(f"{h} (marker {float(score[l, i]):.2f}, norm {norm[h]:.2f}, {float(at_metric[l, i]):.2f} at the "
+                         f"metric's positions, removing it removes {resample:.2f} resample / {zero:.2f} zero)")
+        metric_norm = sum(float(at_metric[int(h[1]), int(h[3:])]) for h in inside) / len(inside)
         return bool(good), (f"topic heads {', '.join(parts)}; truth heads {sorted(inside)} (mean norm "
-                            f"{circuit_norm:.2f}); active, high-norm (>= {min_norm} x) and irrelevant "
+                            f"{circuit_norm:.2f}, {metric_norm:.2f} at the metric's positions); active, high-norm (>= {min_norm} x) and irrelevant "
                             f"(< {max_removed}): {good or 'none'}")
     return intended
 
