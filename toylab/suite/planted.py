@@ -231,12 +231,12 @@ def _topic_head(preset: str, min_attention: float = 0.3, min_norm: float = 0.5, 
             ok = norm[h] >= min_norm * circuit_norm and resample < max_removed
             good += [h] if ok else []
             l, i = int(h[1]), int(h[3:])
-            parts.append(f"{h} (marker {float(score[l, i]):.2f}, norm {norm[h]:.2f}, {float(at_metric[l, i]):.2f} at the "
-                         f"metric's positions, removing it removes {resample:.2f} resample / {zero:.2f} zero)")
+            parts.append(f"{h} (marker {float(score[l, i]):.2f}, norm {norm[h]:.2f}, {float(at_metric[l, i]):.2f} "
+                         f"at the metric's positions, removing it removes {resample:.2f} resample / {zero:.2f} zero)")
         metric_norm = sum(float(at_metric[int(h[1]), int(h[3:])]) for h in inside) / len(inside)
         return bool(good), (f"topic heads {', '.join(parts)}; truth heads {sorted(inside)} (mean norm "
-                            f"{circuit_norm:.2f}, {metric_norm:.2f} at the metric's positions); active, high-norm (>= {min_norm} x) and irrelevant "
-                            f"(< {max_removed}): {good or 'none'}")
+                            f"{circuit_norm:.2f}, {metric_norm:.2f} at the metric's positions); active, high-norm "
+                            f"(>= {min_norm} x) and irrelevant (< {max_removed}): {good or 'none'}")
     return intended
 
 
