@@ -10,7 +10,8 @@ whether the seed is included (intended structure and the 90/80 check under the r
 The negative control is checked by :func:`toylab.suite.truth.check_dense` instead (the best
 circuit of at most half the heads). Then ``induction-2l`` with today's reference circuit
 (:func:`toylab.discovery.reference.induction_circuit`) as its truth, with and without the
-previous-token head's ``pos -> .q/.k`` edges.
+previous-token head's ``pos -> .q/.k`` edges. Last, per model, the seeds included and whether the
+suite's registry scores it (a model is registered when at least 2 of its 3 seeds are included).
 
 Checkpoints are cached in ``--cache`` (``PRESET-sSEED.pt`` and a ``.time.json`` with the times).
 
@@ -33,6 +34,7 @@ from toylab.discovery.reference import induction_circuit, induction_heads
 from toylab.data import repeated_tokens
 from toylab.files import atomic_write
 from toylab.model import head_name, next_token_loss
+from toylab.suite.entries import registry
 from toylab.suite.planted import INTENDED, NEGATIVE_CONTROLS, PLANTED
 from toylab.suite.readers import heads_of
 from toylab.suite.truth import check_dense, check_truth
@@ -167,6 +169,13 @@ def main() -> None:
                 edges = "0 (no circuit read)"
             print(f"| {name} | {seed} | {t} | {perf} | {'yes' if r['intended'] else 'NO'}: {r['why']} | {edges} | "
                   f"{kr} | {kz} | {one} | {'yes' if r['included'] else 'NO'} |", flush=True)
+    print("\nSeeds included per model (intended structure and the 90/80 check, resample), and whether the "
+          "suite's registry (toylab.suite.entries.registry, plus the negative controls) scores it:\n")
+    registered = set(registry()) | set(NEGATIVE_CONTROLS)
+    for name in dict.fromkeys(r["name"] for r in rows):
+        seeds_in = [r["seed"] for r in rows if r["name"] == name and r["included"]]
+        n = sum(r["name"] == name for r in rows)
+        print(f"- {name}: {len(seeds_in)} of {n} seeds {seeds_in}; registered: {'yes' if name in registered else 'no'}")
     if not args.no_reference:
         print("\ninduction-2l with reference.induction_circuit as its truth\n")
         print("| seed | truth | edges | kept / removed (resample) | kept / removed (zero) | passes 90/80 "

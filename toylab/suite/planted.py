@@ -32,8 +32,9 @@ import torch
 from toylab.data import make_dataset
 from toylab.data.mixture import remove_rule_sources
 from toylab.discovery.metrics import induction_positions
-from toylab.suite.readers import attention_scores, heads_of, induction_edges, induction_scores
+from toylab.suite.readers import attention_scores, heads_of, induction_edges, induction_scores, two_back_scores
 from toylab.suite.spec import PlantedCircuit, Task
+from toylab.suite.truth import check_truth
 from toylab.training.presets import get_preset
 
 TASK_SEED = 50_000  # task draws: TASK_SEED + seed (never the training stream, seed + 1)
@@ -82,14 +83,16 @@ def induction_task(preset: str):
 
 def induction_truth(preset: str, pos_edges: bool = True):
     """``truth`` of an induction-type preset: :func:`~toylab.suite.readers.induction_edges` of the heads
-    read on a labelled batch of its generator."""
+    read on a labelled batch of its generator (previous-token, induction and two-back scores)."""
     ds = _data(preset)
 
     def truth(model, graph) -> frozenset:
         graph.check_model(model)
         batch = _induction_component(ds).sample_batch(N_TRUTH, torch.Generator().manual_seed(TRUTH_SEED))
-        ind, prev = induction_scores(model, batch.tokens, induction_positions(batch.is_repeat), batch.offset)
-        return induction_edges(model, ind, prev, pos_edges=pos_edges)
+        positions = induction_positions(batch.is_repeat)
+        ind, prev = induction_scores(model, batch.tokens, positions, batch.offset)
+        back2 = two_back_scores(model, batch.tokens, positions, batch.offset)
+        return induction_edges(model, ind, prev, pos_edges=pos_edges, back2=back2)
     return truth
 
 
@@ -121,20 +124,33 @@ def rule_source_triples(lang, tokens: torch.Tensor):
 
 
 def skip_trigram_truth(preset: str, min_attention: float = 0.3):
-    """Heads that attend from a firing ``B`` to its rule's ``A`` (mean ``>= min_attention``), with the edges
-    ``embed -> H.q`` (the ``B``), ``embed -> H.k`` and ``embed -> H.v`` (the ``A``) and ``H -> logits``."""
+    """Heads that carry a rule: for some rule, the head's mean attention from that rule's firing ``B`` to
+    its ``A`` (over the positions where it fires, :func:`rule_source_triples`) is ``>= min_attention``.
+    Read per rule, since a model may split the rules between heads (by trigger, say): averaged over
+    every rule, a head that carries half of them reads about half its attention. Positions where the
+    ``A`` sits right before its ``B`` are left out (a previous-token head attends there by position,
+    whatever the rule). Each rule head's edges: ``embed -> H.q`` (the ``B``), ``embed -> H.k`` and
+    ``embed -> H.v`` (the ``A``), ``H -> logits``, and from every rule head ``G`` of an earlier layer
+    ``G -> H.q``, ``G -> H.k``, ``G -> H.v`` (both read the rule's ``A``: the later one may find or
+    read it through the earlier one's output)."""
     lang = _data(preset).skip_trigram
 
     def truth(model, graph) -> frozenset:
         graph.check_model(model)
         tokens = lang.sample(N_TRUTH, torch.Generator().manual_seed(TRUTH_SEED))
-        score = attention_scores(model, tokens, *rule_source_triples(lang, tokens))
+        b, q, k = rule_source_triples(lang, tokens)
+        far = k < q - 1  # an A right before its B: a previous-token head attends there by position
+        b, q, k = b[far], q[far], k[far]
+        rule = lang.active_rules(tokens)[b, q]
+        carried = torch.zeros(model.cfg.n_layers, model.cfg.n_heads, dtype=torch.bool)
+        for r in rule.unique().tolist():
+            at = rule == r
+            carried |= attention_scores(model, tokens, b[at], q[at], k[at]) >= min_attention
+        heads = [(l, f"L{l}H{h}") for l, h in carried.nonzero().tolist()]
         edges = set()
-        for l in range(model.cfg.n_layers):
-            for h in range(model.cfg.n_heads):
-                if float(score[l, h]) >= min_attention:
-                    name = f"L{l}H{h}"
-                    edges |= {f"embed->{name}.q", f"embed->{name}.k", f"embed->{name}.v", f"{name}->logits"}
+        for l, name in heads:
+            edges |= {f"embed->{name}.q", f"embed->{name}.k", f"embed->{name}.v", f"{name}->logits"}
+            edges |= {f"{g}->{name}.{s}" for m, g in heads if m < l for s in "qkv"}
         return frozenset(edges)
     return truth
 
@@ -168,8 +184,26 @@ def _n_induction_heads(preset: str, minimum: int):
     return intended
 
 
-def _topic_head(preset: str, min_attention: float = 0.3):
-    ds, truth = _data(preset), induction_truth(preset)
+@torch.no_grad()
+def head_output_norms(model, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """``[n_layers, n_heads]``: the mean norm of each head's output ``z^h W_O^h`` (``hook_result``) over
+    the positions ``p >= 2`` of ``tokens [batch, pos]`` (how much a head writes, wherever it reads), or
+    over ``positions [batch, pos]`` (bool) where given."""
+    if positions is None:
+        positions = torch.zeros_like(tokens, dtype=torch.bool)
+        positions[:, 2:] = True
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_result"))
+    return torch.stack([cache[f"blocks.{l}.attn.hook_result"][positions].norm(dim=-1).mean(0)
+                        for l in range(model.cfg.n_layers)])
+
+
+def _topic_head(preset: str, min_attention: float = 0.3, min_norm: float = 0.5, max_removed: float = 0.1):
+    """The distractor's intended structure: a *topic head* outside the truth (mean attention from the
+    noise positions to the topic marker ``>= min_attention``) that is active and high-norm (its mean
+    output norm ``>= min_norm`` times the truth heads' mean) and irrelevant to the metric (patching
+    every edge out of it to the task's corrupted run removes ``< max_removed`` of the behaviour).
+    Its zero-ablation effect is reported too: that is where a method is trapped."""
+    ds, truth, make_task = _data(preset), induction_truth(preset), induction_task(preset)
 
     def intended(model, graph):
         batch = ds.sample_batch(N_TRUTH, torch.Generator().manual_seed(TRUTH_SEED))
@@ -177,21 +211,46 @@ def _topic_head(preset: str, min_attention: float = 0.3):
         noise[:, :2] = False
         b, q = noise.nonzero(as_tuple=True)
         score = attention_scores(model, batch.tokens, b, q, torch.ones_like(q))  # to the topic marker
-        inside = set(heads_of(truth(model, graph)))
+        edges = truth(model, graph)
+        inside = set(heads_of(edges))
         topic = [f"L{l}H{h}" for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)
                  if float(score[l, h]) >= min_attention and f"L{l}H{h}" not in inside]
-        return bool(topic) and bool(inside), (f"topic heads outside the truth {topic or 'none'} (attention to the "
-                                              f"marker >= {min_attention}); truth heads {sorted(inside) or 'none'}")
+        if not topic or not inside:
+            return False, (f"topic heads outside the truth {topic or 'none'} (attention to the marker >= "
+                           f"{min_attention}); truth heads {sorted(inside) or 'none'}")
+        norms = head_output_norms(model, batch.tokens)
+        norm = {f"L{l}H{h}": float(norms[l, h]) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)}
+        circuit_norm = sum(norm[h] for h in inside) / len(inside)
+        task = make_task(model, 0, 128)
+        at_metric = head_output_norms(model, task.clean, task.positions)
+        good, parts = [], []
+        for h in topic:
+            out = {e.name for e in graph.edges if e.sender == h}
+            resample = check_truth(model, graph, out, task, "resample").removed
+            zero = check_truth(model, graph, out, task, "zero").removed
+            ok = norm[h] >= min_norm * circuit_norm and resample < max_removed
+            good += [h] if ok else []
+            l, i = int(h[1]), int(h[3:])
+            parts.append(f"{h} (marker {float(score[l, i]):.2f}, norm {norm[h]:.2f}, {float(at_metric[l, i]):.2f} "
+                         f"at the metric's positions, removing it removes {resample:.2f} resample / {zero:.2f} zero)")
+        metric_norm = sum(float(at_metric[int(h[1]), int(h[3:])]) for h in inside) / len(inside)
+        return bool(good), (f"topic heads {', '.join(parts)}; truth heads {sorted(inside)} (mean norm "
+                            f"{circuit_norm:.2f}, {metric_norm:.2f} at the metric's positions); active, high-norm "
+                            f"(>= {min_norm} x) and irrelevant (< {max_removed}): {good or 'none'}")
     return intended
 
 
 def _two_circuits(preset: str):
+    """The mixture's intended structure: an induction circuit and a skip-trigram circuit, distinct
+    (different edge sets) and sharing at least one head."""
     t_ind, t_skip = induction_truth(preset), skip_trigram_truth(preset)
 
     def intended(model, graph):
         a, b = t_ind(model, graph), t_skip(model, graph)
-        return bool(a) and bool(b) and a != b, (f"induction heads {heads_of(a) or 'none'}, skip-trigram heads "
-                                                f"{heads_of(b) or 'none'}")
+        shared = sorted(set(heads_of(a)) & set(heads_of(b)))
+        return bool(a) and bool(b) and a != b and bool(shared), (
+            f"induction heads {heads_of(a) or 'none'}, skip-trigram heads {heads_of(b) or 'none'}, shared "
+            f"{shared or 'none'}")
     return intended
 
 

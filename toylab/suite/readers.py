@@ -8,6 +8,8 @@ the mean attention on the labelled (query, key) pairs, ``[n_layers, n_heads]``.
 - :func:`attention_scores`: the mean of ``pattern[b, h, q, k]`` over labelled ``(b, q, k)`` triples;
 - :func:`induction_scores`: induction (query ``p``, key ``p + 1 - o``) at the logit positions of a
   copy, and previous-token (query ``j``, key ``j - 1``) at the keys those queries need;
+- :func:`two_back_scores`: two-back (query ``j``, key ``j - 2``) at the keys a copy's induction
+  head reads (the second token of a two-token match);
 - :func:`induction_edges`: the induction circuit's edges for the heads the scores pick.
 """
 
@@ -47,15 +49,31 @@ def induction_scores(model, tokens: torch.Tensor, positions: torch.Tensor, offse
     return attention_scores(model, tokens, *ind), attention_scores(model, tokens, *prev)
 
 
+def two_back_scores(model, tokens: torch.Tensor, positions: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """``[n_layers, n_heads]``: mean attention along ``(k, k - 2)`` at the keys ``k = p + 1 - o`` (``k >= 2``)
+    an induction head reads from the logit positions ``p`` of :func:`induction_triples`. In a copy
+    ``x_{p-1} = x_{k-2}``: a head that moves ``x_{k-2}`` to ``k`` lets the induction head match two tokens
+    (its query's previous token, moved by the previous-token head, against the key's ``x_{k-2}``)."""
+    (rows, _, keys), _ = induction_triples(positions, offset)
+    ok = keys >= 2
+    return attention_scores(model, tokens, rows[ok], keys[ok], keys[ok] - 2)
+
+
 def induction_edges(model, ind: torch.Tensor, prev: torch.Tensor, ind_min: float = 0.3,
-                    prev_min: float = 0.3, pos_edges: bool = True) -> frozenset[str]:
+                    prev_min: float = 0.3, pos_edges: bool = True, back2: torch.Tensor | None = None,
+                    back2_min: float = 0.3) -> frozenset[str]:
     """The induction circuit of the heads the scores pick: previous-token heads ``P`` (layer 0, score
     ``>= prev_min``) and induction heads ``I`` (last layer, score ``>= ind_min``).
 
     Edges: ``embed -> P.v`` (``P`` moves the token on), ``pos -> P.q``, ``pos -> P.k`` (it finds the
     previous position by position; with ``pos_edges`` and a model with positions), ``P -> I.k``
     (K-composition), ``embed -> I.q``, ``embed -> I.v`` and ``I -> logits`` (``I`` queries with the
-    current token and copies the attended one). Empty if no ``P`` or no ``I`` formed."""
+    current token and copies the attended one). Empty if no ``P`` or no ``I`` formed.
+
+    The two-token match, with ``back2`` (:func:`two_back_scores`): layer-0 heads ``T`` (not a ``P``)
+    with two-back score ``>= back2_min`` move ``x_{k-2}`` to each key; then ``embed -> T.v``,
+    ``pos -> T.q``, ``pos -> T.k``, ``T -> I.k`` and ``P -> I.q`` (the query's previous token, matched
+    against it) join the circuit."""
     last = model.cfg.n_layers - 1
     P = [head_name(0, h) for h in range(model.cfg.n_heads) if float(prev[0, h]) >= prev_min]
     I = [head_name(last, h) for h in range(model.cfg.n_heads) if float(ind[last, h]) >= ind_min]
@@ -68,6 +86,13 @@ def induction_edges(model, ind: torch.Tensor, prev: torch.Tensor, ind_min: float
             edges |= {f"pos->{p}.q", f"pos->{p}.k"}
     for i in I:
         edges |= {f"{p}->{i}.k" for p in P} | {f"embed->{i}.q", f"embed->{i}.v", f"{i}->logits"}
+    T = [] if back2 is None else [head_name(0, h) for h in range(model.cfg.n_heads)
+                                  if float(back2[0, h]) >= back2_min and head_name(0, h) not in P]
+    for t in T:
+        edges.add(f"embed->{t}.v")
+        if pos_edges and model.cfg.positional != "none":
+            edges |= {f"pos->{t}.q", f"pos->{t}.k"}
+        edges |= {f"{t}->{i}.k" for i in I} | {f"{p}->{i}.q" for p in P for i in I}
     return frozenset(edges)
 
 
