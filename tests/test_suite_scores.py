@@ -11,7 +11,7 @@ from toylab.cli import main
 from toylab.discovery.graph import Graph
 from toylab.model import AttnOnlyTransformer
 from toylab.suite.entries import CIRCUITS, NoPlantedCircuit, induction_truth, registry
-from toylab.suite.report import aggregate, confidence_table
+from toylab.suite.report import aggregate, confidence_table, failures_table
 from toylab.suite.scores import check_scores, circuit_confidence, confidence, node_truth, score_method
 from toylab.suite.truth import check_truth, truth_holds
 from toylab.training.presets import get_preset, load_model
@@ -147,6 +147,30 @@ def test_the_confidence_table_flags_a_confident_circuit_on_the_negative_control(
     rows = {line.split(" | ")[0].strip("| "): line for line in confidence_table(agg) if line.startswith("| ")}
     assert "confident wrong" in rows["eap/zero"] and "low confidence" in rows["acdc/zero"]
     assert "0.80 ± 0.00" in rows["eap/zero"] and "0.62 ± 0.00" in rows["eap/zero"]
+
+
+def test_the_failures_table_names_each_methods_lowest_cell_and_why():
+    def cell(v):
+        return {"mean": v, "spread": 0.0, "n": 1, "values": [v]}
+
+    agg = {"induction-2l": {"eap/resample": {"auroc": cell(0.7), "faithfulness": cell(0.95)},
+                            "eap/zero": {"auroc": cell(0.95), "faithfulness": cell(0.9)},
+                            "probe": {"selectivity": cell(-0.02), "accuracy": cell(0.97),
+                                      "control_accuracy": cell(0.99)}},
+           "redundant": {"eap/zero": {"auroc": cell(0.92), "faithfulness": cell(0.3)}},
+           "majority": {"eap/zero": {"faithfulness": cell(0.0)}}}  # a negative control: never a failure row
+    results = [{"model": "induction-2l", "truth": {"edges": ["pos->L0H0.q", "L1H0->logits"]}},
+               {"model": "redundant", "truth": {"edges": ["L1H0->logits"]}}]
+    rows = [line for line in failures_table(results, agg) if line.startswith("| ") and "---" not in line][1:]
+    by = {(r.split(" | ")[0].strip("| "), r.split(" | ")[1].split()[0]): r for r in rows}
+    auroc, faith = by["eap", "auroc"], by["eap", "faithfulness"]
+    assert "0.70" in auroc and "induction-2l, resample" in auroc and "| yes |" in auroc
+    assert "share their positions" in auroc  # a resample cell whose truth has pos edges
+    assert "0.30" in faith and "redundant, zero" in faith and "| yes |" in faith
+    assert "under-reports" in faith  # the redundant model's trap is the reason given
+    probe = by["probe", "selectivity"]
+    assert "-0.02" in probe and "control accuracy 0.99" in probe and "| yes |" in probe
+    assert not any("majority" in r for r in rows)
 
 
 def test_seeds_shared_by_two_suite_models_are_trained_once(tmp_path, monkeypatch):

@@ -217,7 +217,9 @@ def facts_planted(model) -> tuple[torch.Tensor, torch.Tensor]:
 CIRCUITS: dict[str, PlantedCircuit] = {
     "induction-2l": PlantedCircuit(
         "induction-2l", "induction-2l", SEEDS, induction_task, lambda model, graph, seed=0: induction_truth(
-            model, graph, seed), "clean: one circuit, no redundancy; the control every method should get right"),
+            model, graph, seed), "clean: one circuit, no redundancy; but its "
+        "previous-token head's pattern is nearly one-hot (a saturated softmax), so under zero ablation a "
+        "gradient (EAP, AtP) misses how much its position edges matter"),
     "skiptrigram-1l": PlantedCircuit(
         "skiptrigram-1l", "skiptrigram-1l", SEEDS, skiptrigram_task, lambda model, graph, seed=0: skiptrigram_truth(
             model, graph, seed), "zero and mean ablation also remove the bigram background (embed -> logits), "

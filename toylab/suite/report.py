@@ -21,7 +21,9 @@
 Each cell is ``mean ± spread`` over the seeds that were scored (excluded seeds are listed, with the
 reason, and enter no mean); the spread is the population standard deviation over those seeds (0 for
 one seed), and ``(n=k)`` says how many seeds a cell has when it is not every scored seed. ``suite.md``
-starts with the run's timing (wall, CPU, load average at the start), has one table per score (rows:
+starts with the run's timing (wall, CPU, load average at the start), then where each method fails
+(:func:`failures_table`: its lowest score over the planted models, whether that is a failure, and the
+trap that model is built for), has one table per score (rows:
 models; columns: ``method/corruption``) and a side-by-side table of each method's confidence
 (:func:`toylab.suite.scores.confidence`) on the planted models and on the negative controls, with
 the negative control's faithfulness and circuit size: a high confidence there is a confident sparse
@@ -156,6 +158,71 @@ def confidence_table(agg: dict) -> list[str]:
     return lines + [""]
 
 
+FAILS = {"auroc": 0.9, "faithfulness": 0.8, "mcc": 0.9, "selectivity": 0.1}  # below: the method fails there
+
+
+def _trap(model: str) -> str:
+    from toylab.suite.entries import FEATURES, registry
+    from toylab.suite.planted import PLANTED
+
+    known = {**PLANTED, **registry(), **FEATURES}
+    return getattr(known.get(model), "trap", "")
+
+
+def _worst(agg: dict, models: list[str], cols: list[str], score: str):
+    """``(mean, model, column)`` of the lowest mean ``score`` over ``models`` x ``cols``, or ``None``."""
+    cells = [(agg[m][c][score]["mean"], m, c) for m in models for c in cols
+             if agg[m].get(c, {}).get(score, {}).get("mean") is not None]
+    return min(cells) if cells else None
+
+
+def failures_table(results: list[dict], agg: dict) -> list[str]:
+    """``## where each method fails``: per method, its lowest AUROC and faithfulness (discovery; over the
+    planted models and every corruption) or its lowest MCC or selectivity (features), whether that is a
+    failure (below :data:`FAILS`), and why: the trap the model is built for, and, for a resample cell
+    whose truth has ``pos ->`` edges, that both runs share their positions (so those edges have no
+    effect and no ranking by effect puts them first); for a probe, its control accuracy."""
+    neg = _negatives(agg)
+    planted = [m for m in agg if m not in neg]
+    pos_truth = {r["model"] for r in results if any(e.startswith("pos->") for e in
+                                                    (r.get("truth") or {}).get("edges", []))}
+    methods = sorted({c.split("/")[0] for m in planted for c in agg[m] if "/" in c})
+    lines = ["## where each method fails", "",
+             f"Per method, its lowest score over the planted models (and corruptions); a failure is an AUROC "
+             f"below {FAILS['auroc']}, a faithfulness below {FAILS['faithfulness']}, an MCC below "
+             f"{FAILS['mcc']} or a selectivity below {FAILS['selectivity']}. Why: what the model is built to "
+             "trip. Chapter 13 puts the mechanism on screen for backup heads, saturated attention, ACDC's edge "
+             "order, the corruption, the probe's control and the SAE; for the other cells the trap is the likely "
+             "cause, not a tested one.", "",
+             "| method | lowest | where | fails | why |", "|---|---|---|---|---|"]
+    for method in methods:
+        cols = sorted({c for m in planted for c in agg[m] if c.split("/")[0] == method})
+        for score in ("auroc", "faithfulness"):
+            w = _worst(agg, planted, cols, score)
+            if w is None:
+                continue
+            v, m, c = w
+            why = _trap(m)
+            if score == "auroc" and c.endswith("/resample") and m in pos_truth:
+                why = ("under resampling both runs share their positions, so the truth's pos edges have no "
+                       "effect and rank below any false edge with one; " + why)
+            lines.append(f"| {method} | {score} {v:.2f} | {m}, {c.split('/')[1]} | "
+                         f"{'yes' if v < FAILS[score] else 'no'} | {why} |")
+    for method, score in MAIN.items():
+        w = _worst(agg, planted, [method], score)
+        if w is None:
+            continue
+        v, m, _ = w
+        why = _trap(m)
+        if score == "selectivity":
+            cell = agg[m][method]
+            why = (f"the control task is as easy as the real one here (control accuracy "
+                   f"{cell['control_accuracy']['mean']:.2f}, accuracy {cell['accuracy']['mean']:.2f})") + (
+                   f"; {why}" if why else "")
+        lines.append(f"| {method} | {score} {v:.2f} | {m} | {'yes' if v < FAILS[score] else 'no'} | {why} |")
+    return lines + [""]
+
+
 def markdown(results: list[dict], agg: dict, settings: dict, seconds: float, timing: dict | None = None) -> str:
     t = timing or {}
     when = (f"{t['wall']:.0f} s wall, {t['cpu']:.0f} s CPU (the command from its start and its workers), "
@@ -180,6 +247,7 @@ def markdown(results: list[dict], agg: dict, settings: dict, seconds: float, tim
         lines += ["Negative-control checks (resampling; the best circuit of at most half the heads): " + "; ".join(
             f"{r['model']} s{r['seed']} {r['truth']['best_heads']} keep {r['truth']['best_kept']:.3f}"
             for r in dense), ""]
+    lines += failures_table(results, agg)
     lines += confidence_table(agg)
     n_seeds = {m: sum(r["model"] == m and r["status"] == "scored" for r in results) for m in agg}
     for score in TABLES:
