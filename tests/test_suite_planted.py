@@ -63,6 +63,58 @@ def test_topic_corrupt_keeps_topic_and_prefix_and_breaks_the_copy():
     assert float((c[b.is_repeat] == b.tokens[b.is_repeat]).double().mean()) < 0.2, "the copy is redrawn"
 
 
+def test_topic_copy_end_keeps_the_stream_and_labels_the_copy():
+    """With p_end > 0 a later copy stops after its second token with probability p_end at each token and
+    the noise goes on; a periodic copy (d = 2 + o) runs to the end; everything drawn before is the
+    p_end = 0 stream (the stop is the last draw)."""
+    plain = TopicInductionData(p_topic=0.6, topic_size=8)
+    ends = TopicInductionData(p_topic=0.6, topic_size=8, p_end=0.2)
+    a, b = plain.sample_batch(512, gen(5)), ends.sample_batch(512, gen(5))
+    assert torch.equal(a.topic, b.topic) and torch.equal(a.dst_start, b.dst_start) and torch.equal(a.offset, b.offset)
+    assert (a.length == 32 - a.dst_start).all(), "p_end = 0: the copy runs to the end"
+    to_end = b.dst_start + b.length == 32
+    at_start = b.dst_start == 2 + b.offset  # the periodic ones, and a few later ones drawn there
+    assert float(to_end[at_start].double().mean()) > 0.9, "a periodic copy runs to the end"
+    assert (b.length >= 2).all(), "a copy holds at least two tokens"
+    assert float(to_end[~at_start].double().mean()) < 0.4, "most later copies stop inside the context"
+    x = b.tokens
+    pos = torch.arange(32)[None]
+    e = (b.dst_start + b.length)[:, None]
+    assert torch.equal(x[pos < e], a.tokens[pos < e]), "up to the copy's end the tokens are the p_end = 0 ones"
+    for i in range(128):
+        d, o, n = int(b.dst_start[i]), int(b.offset[i]), int(b.dst_start[i] + b.length[i])
+        assert all(x[i, p] == x[i, p - o] for p in range(d, n)), "inside the copy x_p = x_{p-o}"
+        assert b.is_repeat[i].tolist() == [d < p < n for p in range(32)]
+    # after the end the noise follows the topic again (not the copy)
+    after = pos >= e
+    in_topic = (x - ends.first_content) // ends.topic_size == b.topic[:, None]
+    want = 0.6 + 0.4 * 8 / (128 - 9)
+    assert abs(float(in_topic[after].double().mean()) - want) < 0.04
+    assert make_dataset(ends.spec).spec == ends.spec and ends.spec["p_end"] == 0.2
+    assert "p_end" not in plain.spec and make_dataset(plain.spec).p_end == 0.0, "p_end = 0 is left out of a spec"
+    with pytest.raises(ValueError, match="p_end"):
+        TopicInductionData(p_end=1.5)
+
+
+def test_zero_loss_rise_is_the_loss_of_the_model_without_the_head():
+    """One layer: zero-ablating a head's out-edge (L0Hh -> logits) is the model with that head's W_O zeroed."""
+    from toylab.model import next_token_loss
+    from toylab.suite.planted import zero_loss_rise
+
+    m = AttnOnlyTransformer(ModelConfig(d_vocab=16, n_ctx=10, d_model=16, n_layers=1, n_heads=2,
+                                        positional="shortformer"), seed=3)
+    toks = torch.randint(1, 16, (8, 10), generator=gen(14))
+    g = Graph(m)
+    cut = AttnOnlyTransformer(m.cfg, seed=3)
+    cut.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        cut.blocks[0].attn.W_O[1].zero_()
+        want = float(next_token_loss(cut(toks), toks)[:, 1:].mean() - next_token_loss(m(toks), toks)[:, 1:].mean())
+    got = zero_loss_rise(m, g, {"L0H1->logits"}, toks)
+    assert abs(got - want) < 1e-5 and abs(want) > 1e-3, (got, want)
+    assert zero_loss_rise(m, g, set(), toks) == 0.0
+
+
 def test_mixture_labels_and_rule_removal():
     ds = InductionSkipTrigramMixture(d_vocab=64, n_ctx=32)
     b = ds.sample_batch(256, gen(4))
