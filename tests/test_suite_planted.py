@@ -1,9 +1,11 @@
 """The suite's planted models (issue 23): generators and their labels, truths, the intervention check.
 
 Fast tests only, except the recipe tests at the end (marked ``recipes``: each trains a suite preset
-whole, about a minute, and checks its truth by intervention at seed 0).
+whole, about a minute, and checks its truth by intervention at seed 0; the distractor's also at
+seeds 1 and 2, with its trap).
 """
 
+import dataclasses
 import math
 
 import pytest
@@ -444,3 +446,47 @@ def test_suite_recipe_at_seed_0_plants_its_truth(preset):
         else:
             r = check_truth(model, g, pc.truth(model, g), task)
             assert r.passed, f"{name}: the truth keeps {r.kept:.2f} and removing it destroys {r.removed:.2f}"
+
+
+@pytest.mark.recipes
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+def test_distractor_recipe_plants_a_topic_head_at_other_seeds(seed):
+    """At seeds 1 and 2 too (benchmarks/suite_truths.py: all of 0-2), the distractor's truth passes and a
+    topic head outside it reads the marker; it is the trap the suite entry names: it writes more than the
+    truth heads' mean, and zero-ablating it raises the clean loss more than for some truth head, while
+    the metric (against a same-topic corrupted run) loses < 0.1 when it is patched."""
+    from toylab.suite.planted import TRUTH_SEED, head_output_norms, zero_loss_rise
+
+    p = get_preset("distractor-2l")
+    once = dataclasses.replace(p.train, eval_every=p.train.steps)
+    model = train(p.model, p.data, once, seed=seed, progress=False, off_probe=False).model
+    g = Graph(model)
+    pc = PLANTED["distractor"]
+    ok, why = INTENDED["distractor"](model, g)
+    assert ok, f"seed {seed}: no active, high-norm, irrelevant topic head outside the truth: {why}"
+    truth = pc.truth(model, g)
+    task = pc.make_task(model, seed, 128)
+    r = check_truth(model, g, truth, task)
+    assert r.passed, f"seed {seed}: the truth keeps {r.kept:.2f} and removing it destroys {r.removed:.2f}"
+    batch = make_dataset(p.data).sample_batch(256, gen(TRUTH_SEED))
+    noise = ~batch.is_repeat
+    noise[:, :2] = False
+    b, q = noise.nonzero(as_tuple=True)
+    marker = attention_scores(model, batch.tokens, b, q, torch.ones_like(q))
+    inside = heads_of(truth)
+    names = [f"L{l}H{h}" for l in range(2) for h in range(4)]
+    topic = [n for n in names if n not in inside and float(marker[int(n[1]), int(n[3])]) >= 0.3]
+    norms = head_output_norms(model, batch.tokens)
+    norm = {n: float(norms[int(n[1]), int(n[3])]) for n in names}
+
+    def rise(h):
+        return zero_loss_rise(model, g, {e.name for e in g.edges if e.sender == h}, task.clean)
+
+    lowest = min(rise(h) for h in inside)
+    mean_norm = sum(norm[h] for h in inside) / len(inside)
+    trapped = [h for h in topic if norm[h] > mean_norm and rise(h) > lowest
+               and check_truth(model, g, {e.name for e in g.edges if e.sender == h}, task).removed < 0.1]
+    assert trapped, (f"seed {seed}: no topic head ({topic}) writes more than the truth heads' mean norm "
+                     f"{mean_norm:.2f} and costs more clean loss zero-ablated than the cheapest truth head "
+                     f"({lowest:.3f} nats): the distractor does not trap a norm or zero-ablation reading")
