@@ -1,9 +1,11 @@
 """The suite's planted models (issue 23): generators and their labels, truths, the intervention check.
 
 Fast tests only, except the recipe tests at the end (marked ``recipes``: each trains a suite preset
-whole, about a minute, and checks its truth by intervention at seed 0).
+whole, about a minute, and checks its truth by intervention at seed 0; the distractor's also at
+seeds 1 and 2, with its trap).
 """
 
+import dataclasses
 import math
 
 import pytest
@@ -61,6 +63,58 @@ def test_topic_corrupt_keeps_topic_and_prefix_and_breaks_the_copy():
     assert torch.equal(c[before], b.tokens[before]), "tokens before the copy are kept"
     assert torch.equal(c[:, 1], b.tokens[:, 1]), "the topic marker is kept"
     assert float((c[b.is_repeat] == b.tokens[b.is_repeat]).double().mean()) < 0.2, "the copy is redrawn"
+
+
+def test_topic_copy_end_keeps_the_stream_and_labels_the_copy():
+    """With p_end > 0 a later copy stops after its second token with probability p_end at each token and
+    the noise goes on; a periodic copy (d = 2 + o) runs to the end; everything drawn before is the
+    p_end = 0 stream (the stop is the last draw)."""
+    plain = TopicInductionData(p_topic=0.6, topic_size=8)
+    ends = TopicInductionData(p_topic=0.6, topic_size=8, p_end=0.2)
+    a, b = plain.sample_batch(512, gen(5)), ends.sample_batch(512, gen(5))
+    assert torch.equal(a.topic, b.topic) and torch.equal(a.dst_start, b.dst_start) and torch.equal(a.offset, b.offset)
+    assert (a.length == 32 - a.dst_start).all(), "p_end = 0: the copy runs to the end"
+    to_end = b.dst_start + b.length == 32
+    at_start = b.dst_start == 2 + b.offset  # the periodic ones, and a few later ones drawn there
+    assert float(to_end[at_start].double().mean()) > 0.9, "a periodic copy runs to the end"
+    assert (b.length >= 2).all(), "a copy holds at least two tokens"
+    assert float(to_end[~at_start].double().mean()) < 0.4, "most later copies stop inside the context"
+    x = b.tokens
+    pos = torch.arange(32)[None]
+    e = (b.dst_start + b.length)[:, None]
+    assert torch.equal(x[pos < e], a.tokens[pos < e]), "up to the copy's end the tokens are the p_end = 0 ones"
+    for i in range(128):
+        d, o, n = int(b.dst_start[i]), int(b.offset[i]), int(b.dst_start[i] + b.length[i])
+        assert all(x[i, p] == x[i, p - o] for p in range(d, n)), "inside the copy x_p = x_{p-o}"
+        assert b.is_repeat[i].tolist() == [d < p < n for p in range(32)]
+    # after the end the noise follows the topic again (not the copy)
+    after = pos >= e
+    in_topic = (x - ends.first_content) // ends.topic_size == b.topic[:, None]
+    want = 0.6 + 0.4 * 8 / (128 - 9)
+    assert abs(float(in_topic[after].double().mean()) - want) < 0.04
+    assert make_dataset(ends.spec).spec == ends.spec and ends.spec["p_end"] == 0.2
+    assert "p_end" not in plain.spec and make_dataset(plain.spec).p_end == 0.0, "p_end = 0 is left out of a spec"
+    with pytest.raises(ValueError, match="p_end"):
+        TopicInductionData(p_end=1.5)
+
+
+def test_zero_loss_rise_is_the_loss_of_the_model_without_the_head():
+    """One layer: zero-ablating a head's out-edge (L0Hh -> logits) is the model with that head's W_O zeroed."""
+    from toylab.model import next_token_loss
+    from toylab.suite.planted import zero_loss_rise
+
+    m = AttnOnlyTransformer(ModelConfig(d_vocab=16, n_ctx=10, d_model=16, n_layers=1, n_heads=2,
+                                        positional="shortformer"), seed=3)
+    toks = torch.randint(1, 16, (8, 10), generator=gen(14))
+    g = Graph(m)
+    cut = AttnOnlyTransformer(m.cfg, seed=3)
+    cut.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        cut.blocks[0].attn.W_O[1].zero_()
+        want = float(next_token_loss(cut(toks), toks)[:, 1:].mean() - next_token_loss(m(toks), toks)[:, 1:].mean())
+    got = zero_loss_rise(m, g, {"L0H1->logits"}, toks)
+    assert abs(got - want) < 1e-5 and abs(want) > 1e-3, (got, want)
+    assert zero_loss_rise(m, g, set(), toks) == 0.0
 
 
 def test_mixture_labels_and_rule_removal():
@@ -392,3 +446,47 @@ def test_suite_recipe_at_seed_0_plants_its_truth(preset):
         else:
             r = check_truth(model, g, pc.truth(model, g), task)
             assert r.passed, f"{name}: the truth keeps {r.kept:.2f} and removing it destroys {r.removed:.2f}"
+
+
+@pytest.mark.recipes
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+def test_distractor_recipe_plants_a_topic_head_at_other_seeds(seed):
+    """At seeds 1 and 2 too (benchmarks/suite_truths.py: all of 0-2), the distractor's truth passes and a
+    topic head outside it reads the marker; it is the trap the suite entry names: it writes more than the
+    truth heads' mean, and zero-ablating it raises the clean loss more than for some truth head, while
+    the metric (against a same-topic corrupted run) loses < 0.1 when it is patched."""
+    from toylab.suite.planted import TRUTH_SEED, head_output_norms, zero_loss_rise
+
+    p = get_preset("distractor-2l")
+    once = dataclasses.replace(p.train, eval_every=p.train.steps)
+    model = train(p.model, p.data, once, seed=seed, progress=False, off_probe=False).model
+    g = Graph(model)
+    pc = PLANTED["distractor"]
+    ok, why = INTENDED["distractor"](model, g)
+    assert ok, f"seed {seed}: no active, high-norm, irrelevant topic head outside the truth: {why}"
+    truth = pc.truth(model, g)
+    task = pc.make_task(model, seed, 128)
+    r = check_truth(model, g, truth, task)
+    assert r.passed, f"seed {seed}: the truth keeps {r.kept:.2f} and removing it destroys {r.removed:.2f}"
+    batch = make_dataset(p.data).sample_batch(256, gen(TRUTH_SEED))
+    noise = ~batch.is_repeat
+    noise[:, :2] = False
+    b, q = noise.nonzero(as_tuple=True)
+    marker = attention_scores(model, batch.tokens, b, q, torch.ones_like(q))
+    inside = heads_of(truth)
+    names = [f"L{l}H{h}" for l in range(2) for h in range(4)]
+    topic = [n for n in names if n not in inside and float(marker[int(n[1]), int(n[3])]) >= 0.3]
+    norms = head_output_norms(model, batch.tokens)
+    norm = {n: float(norms[int(n[1]), int(n[3])]) for n in names}
+
+    def rise(h):
+        return zero_loss_rise(model, g, {e.name for e in g.edges if e.sender == h}, task.clean)
+
+    lowest = min(rise(h) for h in inside)
+    mean_norm = sum(norm[h] for h in inside) / len(inside)
+    trapped = [h for h in topic if norm[h] > mean_norm and rise(h) > lowest
+               and check_truth(model, g, {e.name for e in g.edges if e.sender == h}, task).removed < 0.1]
+    assert trapped, (f"seed {seed}: no topic head ({topic}) writes more than the truth heads' mean norm "
+                     f"{mean_norm:.2f} and costs more clean loss zero-ablated than the cheapest truth head "
+                     f"({lowest:.3f} nats): the distractor does not trap a norm or zero-ablation reading")

@@ -31,7 +31,9 @@ import torch
 
 from toylab.data import make_dataset
 from toylab.data.mixture import remove_rule_sources
+from toylab.discovery.edge_patching import run_with_edges
 from toylab.discovery.metrics import induction_positions
+from toylab.model import next_token_loss
 from toylab.suite.readers import attention_scores, heads_of, induction_edges, induction_scores, two_back_scores
 from toylab.suite.spec import PlantedCircuit, Task
 from toylab.suite.truth import check_truth
@@ -197,12 +199,26 @@ def head_output_norms(model, tokens: torch.Tensor, positions: torch.Tensor | Non
                         for l in range(model.cfg.n_layers)])
 
 
+@torch.no_grad()
+def zero_loss_rise(model, graph, edges, tokens: torch.Tensor) -> float:
+    """How much zero-ablating ``edges`` raises the mean next-token loss of ``tokens [batch, pos]`` over the
+    predictions from position 1 on (``x_2 .. x_{n-1}``; position 0 predicts the marker), in nats:
+    ``L(edges -> 0) - L(clean)``."""
+    masks = torch.stack([torch.zeros(len(graph), dtype=torch.bool), graph.mask(edges)])
+    loss = run_with_edges(model, graph, tokens, "zero", masks,
+                          lambda logits: next_token_loss(logits, tokens)[:, 1:].mean())
+    return float(loss[1] - loss[0])
+
+
 def _topic_head(preset: str, min_attention: float = 0.3, min_norm: float = 0.5, max_removed: float = 0.1):
     """The distractor's intended structure: a *topic head* outside the truth (mean attention from the
     noise positions to the topic marker ``>= min_attention``) that is active and high-norm (its mean
     output norm ``>= min_norm`` times the truth heads' mean) and irrelevant to the metric (patching
     every edge out of it to the task's corrupted run removes ``< max_removed`` of the behaviour).
-    Its zero-ablation effect is reported too: that is where a method is trapped."""
+    Its zero-ablation effects are reported too, where a method is trapped: the fraction of the behaviour
+    zero-ablating its out-edges removes, and how much that raises the clean run's next-token loss over
+    every position from the marker on (:func:`zero_loss_rise`; the topic it writes is worth nats there),
+    against the truth heads' own rises."""
     ds, truth, make_task = _data(preset), induction_truth(preset), induction_task(preset)
 
     def intended(model, graph):
@@ -223,16 +239,21 @@ def _topic_head(preset: str, min_attention: float = 0.3, min_norm: float = 0.5, 
         circuit_norm = sum(norm[h] for h in inside) / len(inside)
         task = make_task(model, 0, 128)
         at_metric = head_output_norms(model, task.clean, task.positions)
+        truth_rise = [zero_loss_rise(model, graph, {e.name for e in graph.edges if e.sender == h}, task.clean)
+                      for h in inside]
         good, parts = [], []
         for h in topic:
             out = {e.name for e in graph.edges if e.sender == h}
             resample = check_truth(model, graph, out, task, "resample").removed
             zero = check_truth(model, graph, out, task, "zero").removed
+            rise = zero_loss_rise(model, graph, out, task.clean)
             ok = norm[h] >= min_norm * circuit_norm and resample < max_removed
             good += [h] if ok else []
             l, i = int(h[1]), int(h[3:])
             parts.append(f"{h} (marker {float(score[l, i]):.2f}, norm {norm[h]:.2f}, {float(at_metric[l, i]):.2f} "
-                         f"at the metric's positions, removing it removes {resample:.2f} resample / {zero:.2f} zero)")
+                         f"at the metric's positions, removing it removes {resample:.2f} resample / {zero:.2f} zero; "
+                         f"zero-ablated, the clean loss rises {rise:.2f} nats, more than for "
+                         f"{sum(r < rise for r in truth_rise)} of the {len(inside)} truth heads)")
         metric_norm = sum(float(at_metric[int(h[1]), int(h[3:])]) for h in inside) / len(inside)
         return bool(good), (f"topic heads {', '.join(parts)}; truth heads {sorted(inside)} (mean norm "
                             f"{circuit_norm:.2f}, {metric_norm:.2f} at the metric's positions); active, high-norm "
@@ -275,8 +296,10 @@ PLANTED: dict[str, PlantedCircuit] = {p.name: p for p in [
                    "induction heads, since the other one covers for it"),
     PlantedCircuit("distractor", "distractor-2l", SEEDS, induction_task("distractor-2l"),
                    induction_truth("distractor-2l"),
-                   "heads that read the topic marker are active and write strongly everywhere; a reading by "
-                   "activation norm, or zero/mean ablation, can take them for part of the induction circuit"),
+                   "a layer-1 head reads the topic marker everywhere and writes more than the truth heads do; "
+                   "zero-ablating it raises the clean loss more than for some induction heads, so a reading by "
+                   "output norm or by zero-ablated loss takes it for part of the circuit; the induction metric "
+                   "against a same-topic corrupted run does not need it"),
     PlantedCircuit("mixture-induction", "mixture-2l", SEEDS, induction_task("mixture-2l"),
                    induction_truth("mixture-2l"),
                    "the heads are shared with a second task, so a method must keep the edges of this task's "

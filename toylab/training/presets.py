@@ -163,13 +163,19 @@ SUITE_PRESETS: dict[str, Preset] = {
             dict(_INDUCTION_DATA),
             dataclasses.replace(_SUITE_TRAIN, head_dropout=0.5),
         ),
+        # Noise drawn from the topic's 8 tokens with p_topic 0.6, and the later (non-periodic) copies
+        # stop with p_end 0.2 per token, so the topic pays inside a copy too: at seeds 0-2 one
+        # layer-1 head reads the marker everywhere (0.73-0.77) with a larger output norm than the
+        # truth heads' mean, beside the induction heads (benchmarks/suite_truths.py). At p_topic 0.4
+        # with 12 tokens and no p_end, every layer-1 head became an induction head at seeds 0 and 1;
+        # 1500 steps left seed 0 with four mixed heads.
         Preset(
             "distractor-2l",
             "2-layer, 4-head model of induction under a topic token: heads that read the topic are distractors",
             ModelConfig(d_vocab=128, n_ctx=32, d_model=64, n_layers=2, n_heads=4, positional="shortformer"),
-            {"kind": "topic_induction", "d_vocab": 128, "n_ctx": 32, "seed": 0, "n_topics": 8, "topic_size": 12,
-             "p_topic": 0.4, "min_offset": 2, "max_offset": 14, "p_periodic": 0.5},
-            _SUITE_TRAIN,
+            {"kind": "topic_induction", "d_vocab": 128, "n_ctx": 32, "seed": 0, "n_topics": 8, "topic_size": 8,
+             "p_topic": 0.6, "min_offset": 2, "max_offset": 14, "p_periodic": 0.5, "p_end": 0.2},
+            dataclasses.replace(_SUITE_TRAIN, steps=2000),
         ),
         Preset(
             "mixture-2l",
