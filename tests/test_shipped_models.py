@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from toylab.data import make_dataset
+from toylab.suite.planted import PLANTED
 from toylab.training.presets import PRESETS, SHIPPED_SUITE, get_preset, load_shipped, shipped_path
 from toylab.training.train import induction_probe, train
 
@@ -245,22 +246,25 @@ def test_grokking_model_adds_mod_p_with_a_few_key_frequencies_after_a_delay():
     assert last_chance - memorised >= 500, "fresh-test accuracy left chance soon after memorising: no delay"
 
 
-def test_shipped_suite_models_plant_their_truth():
-    """The suite's shipped seed-0 checkpoints do what their presets are for: ``redundant-2l`` has two
-    induction heads and its generator-read truth passes the intervention check; ``majority-1l`` (the
-    negative control) has no circuit of at most half its heads that keeps 90 % of the behaviour."""
+@pytest.mark.parametrize("suite_name", sorted(n for n, e in PLANTED.items() if e.preset in SHIPPED_SUITE))
+def test_shipped_suite_models_plant_their_truth(suite_name):
+    """The suite's shipped seed-0 checkpoints do what their presets are for: the structure each is built
+    for is there (``INTENDED``: two induction heads, a topic head outside the truth, ...) and its
+    generator-read truth passes the intervention check; a negative control (``majority-1l``) has no
+    circuit of at most half its heads that keeps 90 % of the behaviour."""
     from toylab.discovery.graph import Graph
-    from toylab.suite.planted import INTENDED, PLANTED
+    from toylab.suite.planted import INTENDED, NEGATIVE_CONTROLS
     from toylab.suite.truth import check_dense, check_truth
 
-    model = load_shipped("redundant-2l").model
+    entry = PLANTED[suite_name]
+    model = load_shipped(entry.preset).model
     graph = Graph(model)
-    ok, why = INTENDED["redundant"](model, graph)
+    task = entry.make_task(model, 0, 64)
+    if suite_name in NEGATIVE_CONTROLS:
+        d = check_dense(model, graph, task, "resample")
+        assert d.passed, d
+        return
+    ok, why = INTENDED[suite_name](model, graph)
     assert ok, why
-    entry = PLANTED["redundant"]
-    r = check_truth(model, graph, entry.truth(model, graph), entry.make_task(model, 0, 64), "resample")
+    r = check_truth(model, graph, entry.truth(model, graph), task, "resample")
     assert r.passed, r
-    model = load_shipped("majority-1l").model
-    graph = Graph(model)
-    d = check_dense(model, graph, PLANTED["majority"].make_task(model, 0, 64), "resample")
-    assert d.passed, d

@@ -18,7 +18,8 @@ seed fixes everything else. ``toylab train PRESET`` trains one; the files in
 The methods suite's planted-truth models (:mod:`toylab.suite.planted`) are presets too, in
 :data:`SUITE_PRESETS`: ``toylab train NAME --seed N`` trains one, :func:`get_preset` finds them,
 but ``toylab train --all`` leaves them out and the suite trains them at its seeds. The seed-0
-checkpoints of :data:`SHIPPED_SUITE` (stable recipes that chapter 13 reads) are shipped as well,
+checkpoints of :data:`SHIPPED_SUITE` (chapter 13 reads them; shipped, they keep ``toylab suite --quick``
+within its 2 minutes on a fresh clone) are shipped as well,
 made by ``toylab train NAME --out toylab/models/NAME.pt`` (``make models`` runs both).
 
 =====================  ==========================================================
@@ -206,8 +207,9 @@ SUITE_PRESETS: dict[str, Preset] = {
 }
 
 
-# The suite presets whose seed-0 checkpoint is shipped in toylab/models/ (chapter 13 reads them).
-SHIPPED_SUITE = ("redundant-2l", "majority-1l")
+# The suite presets whose seed-0 checkpoint is shipped in toylab/models/ (chapter 13 reads them; the
+# suite's quick run trains none of them on a fresh clone).
+SHIPPED_SUITE = ("redundant-2l", "majority-1l", "distractor-2l")
 
 
 def get_preset(name: str) -> Preset:
