@@ -238,10 +238,9 @@ FEATURES: dict[str, PlantedFeatures] = {
 #   the truth, at seed 0, writes little: norm 0.26 against the truth heads' 3.21);
 # - "mixture-induction": its truth holds at seed 0 only (kept 0.77 at seed 1, where a second induction
 #   head reads 0.28 < 0.3; 0.8995 at seed 2);
-# - "layernorm": no previous-token or induction head forms at any seed;
 # - the negative control "majority": its truth is every edge; the runner takes it from
 #   toylab.suite.planted.NEGATIVE_CONTROLS and checks it with check_dense.
-FROM_PLANTED = ("redundant", "mixture-skiptrigram")
+FROM_PLANTED = ("redundant", "mixture-skiptrigram", "layernorm")
 
 
 def _intended_first(pc: PlantedCircuit) -> PlantedCircuit:
