@@ -236,11 +236,9 @@ FEATURES: dict[str, PlantedFeatures] = {
 # - "distractor": its truth holds at every seed, but only seed 2 grows an active, high-norm topic head
 #   outside it (at seeds 0 and 1 every layer-1 head is an induction head; the one topic head outside
 #   the truth, at seed 0, writes little: norm 0.26 against the truth heads' 3.21);
-# - "mixture-induction": its truth holds at seed 0 only (kept 0.77 at seed 1, where a second induction
-#   head reads 0.28 < 0.3; 0.8995 at seed 2);
 # - the negative control "majority": its truth is every edge; the runner takes it from
 #   toylab.suite.planted.NEGATIVE_CONTROLS and checks it with check_dense.
-FROM_PLANTED = ("redundant", "mixture-skiptrigram", "layernorm")
+FROM_PLANTED = ("redundant", "mixture-induction", "mixture-skiptrigram", "layernorm")
 
 
 def _intended_first(pc: PlantedCircuit) -> PlantedCircuit:

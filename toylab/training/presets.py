@@ -171,14 +171,19 @@ SUITE_PRESETS: dict[str, Preset] = {
              "p_topic": 0.4, "min_offset": 2, "max_offset": 14, "p_periodic": 0.5},
             _SUITE_TRAIN,
         ),
+        # 55 % induction rows at lr 3e-3: both halves' truths hold at seeds 0-2 (benchmarks/suite_truths.py;
+        # the induction half's kept is 0.90-0.92, its thinnest margin). At half the rows and lr 1e-2 the
+        # induction half held at seed 0 only (kept 0.77 and 0.8995 at seeds 1 and 2); 2000 steps, 70 %
+        # induction rows, lr 5e-3 (1500 or 2000 steps) or lr 3e-3 alone held it at one seed of three,
+        # and 60 % induction rows at lr 3e-3 lost the skip-trigram half at seed 0 (kept 0.855).
         Preset(
             "mixture-2l",
             "2-layer, 2-head model of induction rows and skip-trigram rows: two circuits in shared heads",
             ModelConfig(d_vocab=64, n_ctx=32, d_model=64, n_layers=2, n_heads=2, positional="shortformer"),
-            {"kind": "induction_skiptrigram", "d_vocab": 64, "n_ctx": 32, "seed": 0, "p_induction": 0.5,
+            {"kind": "induction_skiptrigram", "d_vocab": 64, "n_ctx": 32, "seed": 0, "p_induction": 0.55,
              "min_offset": 2, "max_offset": 20, "p_periodic": 0.5, "p_end": 0.1, "n_rules": 12,
              "n_triggers": 4, "p_rule": 0.8, "p_boost": 0.4},
-            _SUITE_TRAIN,
+            dataclasses.replace(_SUITE_TRAIN, lr=3e-3),
         ),
         # LayerNorm rescales each residual vector to norm sqrt(d_model) = 8, about 6x the norm of the
         # embeddings it reads (1.4 at init_std 1), so at init_std 1 and lr 1e-2 the layer-0 attention
