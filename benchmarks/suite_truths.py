@@ -8,7 +8,11 @@ fractions of the behaviour (:func:`toylab.suite.truth.check_truth`, resample sou
 corrupted run, and zero ablation), the largest fraction one head's edges remove alone, and
 whether the seed is included (intended structure and the 90/80 check under the resample source).
 The negative control is checked by :func:`toylab.suite.truth.check_dense` instead (the best
-circuit of at most half the heads). Then ``induction-2l`` with today's reference circuit
+circuit of at most half the heads). For a model with LayerNorm, what it changes for the analyses:
+whether :func:`toylab.circuits.folding.fold_layer_norm` keeps the logits (their largest difference)
+and how far the final LayerNorm's scale varies over the task's positions; for learned positions,
+the truth without its ``pos ->`` edges, under both sources (resample patching cannot see them:
+the corrupted run has the same positions). Then ``induction-2l`` with today's reference circuit
 (:func:`toylab.discovery.reference.induction_circuit`) as its truth, with and without the
 previous-token head's ``pos -> .q/.k`` edges. Last, per model, the seeds included and whether the
 suite's registry scores it (a model is registered when at least 2 of its 3 seeds are included).
@@ -38,6 +42,7 @@ from toylab.suite.entries import registry
 from toylab.suite.planted import INTENDED, NEGATIVE_CONTROLS, PLANTED
 from toylab.suite.readers import heads_of
 from toylab.suite.truth import check_dense, check_truth
+from toylab.circuits.folding import fold_layer_norm
 from toylab.training.checkpoint import load_checkpoint
 from toylab.training.presets import get_preset, load_shipped
 from toylab.training.train import train
@@ -80,6 +85,31 @@ def single_head_removal(model, graph, truth, task) -> tuple[str, float]:
     return best
 
 
+@torch.no_grad()
+def layernorm_effects(model, task) -> dict:
+    """What LayerNorm changes for the analyses: the largest logit difference of
+    :func:`~toylab.circuits.folding.fold_layer_norm`'s model on the task's clean run (0 up to float
+    rounding: folding is exact), and the spread of ``ln_final``'s scale ``s(x)`` over the task's positions
+    (min, max and max/min: a weights-only reading such as ``W_E W_OV W_U`` is off by that factor, which
+    activation-based readings freeze at its value on the run)."""
+    diff = float((fold_layer_norm(model)(task.clean) - model(task.clean)).abs().max())
+    _, cache = model.run_with_cache(task.clean, names_filter=lambda n: n == f"blocks.{model.cfg.n_layers - 1}.hook_resid_post")
+    resid = cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"][task.positions]
+    scale = (resid.var(-1, unbiased=False) + 1e-5).sqrt()
+    return {"fold_max_logit_diff": diff, "scale_min": float(scale.min()), "scale_max": float(scale.max())}
+
+
+def without_pos_edges(model, graph, truth, task) -> dict:
+    """The truth without its ``pos -> ...`` edges (learned positions: the previous-token head finds the
+    previous position through them), checked under both sources: the edges it drops, and kept / removed."""
+    pos = sorted(e for e in truth if e.startswith("pos->"))
+    out = {"pos_edges": pos}
+    for src in ("resample", "zero"):
+        c = check_truth(model, graph, truth - set(pos), task, src)
+        out[src] = {"kept": c.kept, "removed": c.removed, "passed": c.passed}
+    return out
+
+
 def row(name: str, seed: int, cache: Path, n: int) -> dict:
     pc = PLANTED[name]
     model, wall, cpu = get_model(pc.preset, seed, cache)
@@ -95,8 +125,12 @@ def row(name: str, seed: int, cache: Path, n: int) -> dict:
                         "removed_by_head": d.removed_by_head, "passed": d.passed}
         out["included"] = ok and out["resample"]["passed"]
         return out
+    if model.cfg.layernorm:
+        out["layernorm"] = layernorm_effects(model, task)
     truth = pc.truth(model, graph)
     out["n_edges"] = len(truth)
+    if truth and model.cfg.positional == "learned":
+        out["without_pos"] = without_pos_edges(model, graph, truth, task)
     if not truth:
         out["included"] = False
         return out
@@ -176,6 +210,23 @@ def main() -> None:
         seeds_in = [r["seed"] for r in rows if r["name"] == name and r["included"]]
         n = sum(r["name"] == name for r in rows)
         print(f"- {name}: {len(seeds_in)} of {n} seeds {seeds_in}; registered: {'yes' if name in registered else 'no'}")
+    extra = [r for r in rows if "layernorm" in r or "without_pos" in r]
+    if extra:
+        print("\nLayerNorm and learned positions: fold_layer_norm's largest logit difference on the task's clean "
+              "run, the spread of the final LayerNorm's scale s(x) at the task's positions, and the truth without "
+              "its pos edges (kept / removed, resample and zero):\n")
+    for r in extra:
+        parts = []
+        if "layernorm" in r:
+            ln = r["layernorm"]
+            parts.append(f"fold_layer_norm max |logit diff| {ln['fold_max_logit_diff']:.1e}; final LN scale "
+                         f"{ln['scale_min']:.2f}..{ln['scale_max']:.2f} (x{ln['scale_max'] / ln['scale_min']:.1f})")
+        if "without_pos" in r:
+            w = r["without_pos"]
+            parts.append(f"without {', '.join(w['pos_edges']) or 'no pos edges'}: resample "
+                         f"{w['resample']['kept']:.3f} / {w['resample']['removed']:.3f}, zero "
+                         f"{w['zero']['kept']:.3f} / {w['zero']['removed']:.3f}")
+        print(f"- {r['name']} seed {r['seed']}: " + "; ".join(parts))
     if not args.no_reference:
         print("\ninduction-2l with reference.induction_circuit as its truth\n")
         print("| seed | truth | edges | kept / removed (resample) | kept / removed (zero) | passes 90/80 "

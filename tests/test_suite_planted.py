@@ -6,6 +6,7 @@ seeds 1 and 2, with its trap).
 """
 
 import dataclasses
+import functools
 import math
 
 import pytest
@@ -322,6 +323,31 @@ def test_two_back_scores_read_the_keys_of_the_copy():
     assert float(two[0, 1]) > 0.99 and float(two[0, 0]) < 0.5
 
 
+def test_layernorm_truth_keeps_the_pos_edges_that_resampling_cannot_see():
+    """layernorm-2l (LayerNorm, learned positions): the previous-token head's pos -> P.q/k edges are in the
+    truth; patching them to the resample source changes nothing (the corrupted run has the same positions),
+    zero ablation does; and folding the LayerNorm keeps the logits."""
+    from toylab.circuits.folding import fold_layer_norm
+
+    cfg = get_preset("layernorm-2l").model
+    assert cfg.layernorm and cfg.positional == "learned"
+    m = AttnOnlyTransformer(cfg, seed=0)
+    with torch.no_grad():  # sharpen L0H0's attention, so that what its queries and keys read matters
+        m.blocks[0].attn.W_Q[0] *= 20
+        m.blocks[0].attn.W_K[0] *= 20
+    g = Graph(m)
+    truth = induction_edges(m, torch.tensor([[0.0, 0.0], [0.8, 0.1]]), torch.tensor([[0.9, 0.1], [0.0, 0.0]]))
+    pos = {"pos->L0H0.q", "pos->L0H0.k"}
+    assert pos <= truth <= set(g.edge_names)
+    task = PLANTED["layernorm"].make_task(m, 0, 32)
+    with_pos, without = (check_truth(m, g, t, task, "resample") for t in (truth, truth - pos))
+    assert abs(with_pos.kept - without.kept) < 1e-6 and abs(with_pos.removed - without.removed) < 1e-6, \
+        "resampling leaves the positions as they are: the pos edges make no difference under it"
+    with_pos, without = (check_truth(m, g, t, task, "zero") for t in (truth, truth - pos))
+    assert abs(with_pos.removed - without.removed) > 1e-2, "zero ablation removes the positions the head reads"
+    assert torch.allclose(fold_layer_norm(m)(task.clean), m(task.clean), atol=1e-4)
+
+
 def test_truths_of_an_untrained_model_are_empty_or_every_edge():
     """An untrained, uniform-attention model has no planted circuit: the truths say so (empty)."""
     for name, pc in PLANTED.items():
@@ -428,12 +454,17 @@ def _registered():
     return sorted({PLANTED[n].preset for n in (*FROM_PLANTED, *NEGATIVE_CONTROLS)})
 
 
+@functools.lru_cache(maxsize=None)
+def _trained_at_seed_0(preset):
+    p = get_preset(preset)
+    return train(p.model, p.data, p.train, seed=0, off_probe=False).model
+
+
 @pytest.mark.recipes
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", _registered())
 def test_suite_recipe_at_seed_0_plants_its_truth(preset):
-    p = get_preset(preset)
-    model = train(p.model, p.data, p.train, seed=0, off_probe=False).model
+    model = _trained_at_seed_0(preset)
     g = Graph(model)
     for name in [n for n, pc in PLANTED.items() if pc.preset == preset]:
         pc = PLANTED[name]
@@ -490,3 +521,24 @@ def test_distractor_recipe_plants_a_topic_head_at_other_seeds(seed):
     assert trapped, (f"seed {seed}: no topic head ({topic}) writes more than the truth heads' mean norm "
                      f"{mean_norm:.2f} and costs more clean loss zero-ablated than the cheapest truth head "
                      f"({lowest:.3f} nats): the distractor does not trap a norm or zero-ablation reading")
+
+
+@pytest.mark.recipes
+@pytest.mark.slow
+def test_layernorm_recipe_needs_its_pos_edges_under_zero_ablation_only():
+    """Trained layernorm-2l: the previous-token head finds the previous position through its pos edges.
+    Zero-ablating them breaks the circuit (benchmarks/suite_truths.py: the truth without them keeps
+    -0.2 to -0.3 at seeds 1 and 2), while resampling, whose corrupted run has the same positions,
+    cannot see them."""
+    model = _trained_at_seed_0("layernorm-2l")
+    g = Graph(model)
+    pc = PLANTED["layernorm"]
+    truth = pc.truth(model, g)
+    pos = {e for e in truth if e.startswith("pos->")}
+    assert pos, f"the truth {sorted(truth)} has no pos edges: no previous-token head formed"
+    task = pc.make_task(model, 0, 128)
+    full, cut = (check_truth(model, g, t, task, "zero") for t in (truth, truth - pos))
+    assert full.passed, f"zero ablation: the truth keeps {full.kept:.2f}, removing it destroys {full.removed:.2f}"
+    assert cut.kept < 0.5, f"without {sorted(pos)} the truth still keeps {cut.kept:.2f} under zero ablation"
+    full, cut = (check_truth(model, g, t, task, "resample") for t in (truth, truth - pos))
+    assert abs(full.kept - cut.kept) < 1e-6, "resampling keeps the positions: the pos edges change nothing"

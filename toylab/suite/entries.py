@@ -235,12 +235,9 @@ FEATURES: dict[str, PlantedFeatures] = {
 # The planted models (toylab.suite.planted) the suite scores: those whose recipe plants its truth at
 # at least 2 of 3 seeds (benchmarks/suite_truths.py). Left out:
 # - "induction": it is induction-2l, above;
-# - "mixture-induction": its truth holds at seed 0 only (kept 0.77 at seed 1, where a second induction
-#   head reads 0.28 < 0.3; 0.8995 at seed 2);
-# - "layernorm": no previous-token or induction head forms at any seed;
 # - the negative control "majority": its truth is every edge; the runner takes it from
 #   toylab.suite.planted.NEGATIVE_CONTROLS and checks it with check_dense.
-FROM_PLANTED = ("redundant", "distractor", "mixture-skiptrigram")
+FROM_PLANTED = ("redundant", "distractor", "mixture-induction", "mixture-skiptrigram", "layernorm")
 
 
 def _intended_first(pc: PlantedCircuit) -> PlantedCircuit:
