@@ -221,7 +221,7 @@ SUITE_PRESETS: dict[str, Preset] = {
 
 # The suite presets whose seed-0 checkpoint is shipped in toylab/models/ (chapter 13 reads them; the
 # suite's quick run trains none of them on a fresh clone).
-SHIPPED_SUITE = ("redundant-2l", "majority-1l", "distractor-2l")
+SHIPPED_SUITE = ("redundant-2l", "majority-1l", "distractor-2l", "mixture-2l", "layernorm-2l")
 
 
 def get_preset(name: str) -> Preset:
