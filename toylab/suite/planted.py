@@ -299,7 +299,8 @@ PLANTED: dict[str, PlantedCircuit] = {p.name: p for p in [
                    "a layer-1 head reads the topic marker everywhere and writes more than the truth heads do; "
                    "zero-ablating it raises the clean loss more than for some induction heads, so a reading by "
                    "output norm or by zero-ablated loss takes it for part of the circuit; the induction metric "
-                   "against a same-topic corrupted run does not need it"),
+                   "against a same-topic corrupted run does not need it while the induction heads work, though "
+                   "it carries part of the behaviour once they are removed (chapter 13: 0.41 at seed 0)"),
     PlantedCircuit("mixture-induction", "mixture-2l", SEEDS, induction_task("mixture-2l"),
                    induction_truth("mixture-2l"),
                    "the heads are shared with a second task, so a method must keep the edges of this task's "

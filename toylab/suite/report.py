@@ -179,7 +179,7 @@ def _worst(agg: dict, models: list[str], cols: list[str], score: str):
 def failures_table(results: list[dict], agg: dict) -> list[str]:
     """``## where each method fails``: per method, its lowest AUROC and faithfulness (discovery; over the
     planted models and every corruption) or its lowest MCC or selectivity (features), whether that is a
-    failure (below :data:`FAILS`), and why: the trap the model is built for, and, for a resample cell
+    failure (below :data:`FAILS`), and why: the trap the model is built for or, for a resample cell
     whose truth has ``pos ->`` edges, that both runs share their positions (so those edges have no
     effect and no ranking by effect puts them first); for a probe, its control accuracy."""
     neg = _negatives(agg)
@@ -205,7 +205,7 @@ def failures_table(results: list[dict], agg: dict) -> list[str]:
             why = _trap(m)
             if score == "auroc" and c.endswith("/resample") and m in pos_truth:
                 why = ("under resampling both runs share their positions, so the truth's pos edges have no "
-                       "effect and rank below any false edge with one; " + why)
+                       "effect and rank below any false edge with one")
             lines.append(f"| {method} | {score} {v:.2f} | {m}, {c.split('/')[1]} | "
                          f"{'yes' if v < FAILS[score] else 'no'} | {why} |")
     for method, score in MAIN.items():
@@ -217,8 +217,7 @@ def failures_table(results: list[dict], agg: dict) -> list[str]:
         if score == "selectivity":
             cell = agg[m][method]
             why = (f"the control task is as easy as the real one here (control accuracy "
-                   f"{cell['control_accuracy']['mean']:.2f}, accuracy {cell['accuracy']['mean']:.2f})") + (
-                   f"; {why}" if why else "")
+                   f"{cell['control_accuracy']['mean']:.2f}, accuracy {cell['accuracy']['mean']:.2f})")
         lines.append(f"| {method} | {score} {v:.2f} | {m} | {'yes' if v < FAILS[score] else 'no'} | {why} |")
     return lines + [""]
 
